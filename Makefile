@@ -1,0 +1,56 @@
+# gongshu (公数) — everything a fresh machine with Python 3.11 and make needs.
+#   make demo    set up, generate the demo city, run the nightly 归集 on SQLite, print a summary
+#   make test    set up with dev extras and run the whole test suite
+#   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
+#   make bench   benchmarks (not part of make test)
+
+PY      ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+export GONGSHU_HOME    ?= $(CURDIR)/.gongshu
+export GONGSHU_LANDING ?= $(GONGSHU_HOME)/landing
+export DAGSTER_HOME    ?= $(GONGSHU_HOME)/dagster
+
+PERSONS  ?= 100000
+SEED     ?= 20261121
+DAYS     ?= 2
+API_PORT ?= 8765
+DATE     ?= $(shell $(PY) -c 'import datetime as d, zoneinfo as z; print(d.datetime.now(z.ZoneInfo("Asia/Shanghai")).date() - d.timedelta(days=1))')
+BENCH_PERSONS ?= 1000000
+
+.PHONY: install demo test ui bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	rm -rf "$(GONGSHU_LANDING)" "$(GONGSHU_HOME)"/warehouse.db*
+	$(BIN)/gongshu generate --persons $(PERSONS) --seed $(SEED) --date $(DATE) --days $(DAYS) --out "$(GONGSHU_LANDING)"
+	@$(BIN)/gongshu serve-api --port $(API_PORT) --landing "$(GONGSHU_LANDING)" > "$(GONGSHU_HOME)/api.log" 2>&1 & pid=$$!; \
+	  trap "kill $$pid 2>/dev/null" EXIT; \
+	  for i in $$(seq 100); do $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(API_PORT)), 0.2)" 2>/dev/null && break; sleep 0.1; done; \
+	  GONGSHU_API_ZRZY_URL=http://127.0.0.1:$(API_PORT)/zrzy/bdcqz $(BIN)/gongshu run --date $(DATE) --days $(DAYS)
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install
+	$(BIN)/gongshu instance
+	$(BIN)/dagster dev -w workspace.yaml
+
+bench: install
+	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS)
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf .gongshu .pytest_cache .ruff_cache

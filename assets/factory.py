@@ -1,0 +1,316 @@
+"""Asset factories: one catalogue entry in, its Dagster assets out.
+
+Each resource becomes ``ods/<dept>/<resource>`` and ``std/<dept>/<resource>``; each base library
+becomes ``base/<library>``. Descriptions and metadata are in Chinese (what users read); keys,
+groups and tags are ASCII. Assets only wire the pure steps in ods/std/base to the warehouse and
+report what they did as MaterializeResult metadata.
+"""
+
+
+import datetime as dt
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+    asset,
+)
+
+from assets.base import merge_library, read_current
+from assets.channels import DeliveryError
+from assets.merge import base_schema, lineage
+from assets.ods import ingest, ods_schema, read_ods
+from assets.standardize import std_schema
+from assets.std import standardize_batch
+from catalog.loader import Catalogue
+from catalog.models import Element, Library, Resource
+from desensitize.rules import mask_for_preview
+from pipelines.resources import LandingResource, WarehouseResource
+from quality.checks import (
+    SAMPLE_ROWS,
+    consistency_check_result,
+    consistency_check_spec,
+    reference_check,
+    std_check_results,
+    std_check_specs,
+)
+from quality.conflicts import check_library_consistency
+from quality.consistency import copies
+from quality.freshness import freshness_policy
+from quality.results import read_failures
+from quality.volume import HISTORY, assess, previous_volumes, volume_ratio
+
+PREVIEW_ROWS = 5
+CHANNEL_LABEL = {"file": "文件上传", "database": "前置库", "api": "数据接口"}
+CHANNEL_KIND = {"csv": "csv", "xlsx": "excel", "json": "json"}
+
+
+def daily_partitions(catalogue: Catalogue, start_date: str = "2024-01-01") -> DailyPartitionsDefinition:
+    """Batch dates, in the city's time zone; the partition of day D is complete at D+1 00:00."""
+    return DailyPartitionsDefinition(start_date=start_date, timezone=catalogue.city.city.timezone)
+
+
+def ods_key(resource: Resource) -> AssetKey:
+    return AssetKey(["ods", resource.department, resource.code])
+
+
+def std_key(resource: Resource) -> AssetKey:
+    return AssetKey(["std", resource.department, resource.code])
+
+
+def base_key(lib: Library) -> AssetKey:
+    return AssetKey(["base", lib.code])
+
+
+def _column_schema(schema: dict[str, pl.DataType], labels: dict[str, str]) -> TableSchema:
+    return TableSchema(columns=[TableColumn(n, str(t), description=labels.get(n)) for n, t in schema.items()])
+
+
+def preview(frame: pl.DataFrame, elements: dict[str, Element | None]) -> MetadataValue:
+    """A Markdown preview of the first rows with every sensitive value masked."""
+    head = mask_for_preview(frame.head(PREVIEW_ROWS), elements)
+    if head.height == 0:
+        return MetadataValue.md("(无数据)")
+    cols = head.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.iter_rows():
+        lines.append("| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |")
+    return MetadataValue.md("\n".join(lines))
+
+
+def _resource_elements(catalogue: Catalogue, resource: Resource) -> dict[str, Element]:
+    lib = catalogue.library(resource.library)
+    return {code: lib.element(code) for code in resource.elements()}
+
+
+def build_ods_asset(catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+    dept = catalogue.department(resource.department)
+    lib = catalogue.library(resource.library)
+    ch = resource.channel
+    kind = CHANNEL_KIND.get(getattr(ch, "format", ""), "sql" if ch.kind == "database" else "json")
+    # ODS columns carry the department's own names; mask each by the element it maps to.
+    column_elements: dict[str, Element | None] = {f.column: lib.element(f.element) for f in resource.fields}
+    column_elements["_raw"] = None
+
+    volume_spec = AssetCheckSpec(
+        "volume", asset=ods_key(resource),
+        description=f"完整性(记录数): 交付行数不少于最近 {HISTORY} 次交付中位数的 {volume_ratio():.0%}",
+    )
+
+    @asset(
+        key=ods_key(resource),
+        check_specs=[volume_spec],
+        group_name=lib.code,
+        partitions_def=partitions,
+        kinds={kind, "polars"},
+        owners=[f"team:{resource.department}"],
+        tags={"department": resource.department, "layer": "ods", "update_cycle": resource.update_cycle.name},
+        freshness_policy=freshness_policy(resource),
+        description=(
+            f"贴源层: {dept.name}「{resource.name}」, {CHANNEL_LABEL[ch.kind]}归集, 更新周期{resource.update_cycle.value}。"
+            "原样保存每一批次(只追加, 不修改), 附批次号、来源与行号。"
+        ),
+        metadata={"部门": dept.name, "资源": resource.name, "基础库": lib.name, "共享属性": resource.share.value,
+                  "开放属性": resource.open.value},
+    )
+    def _ods(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource) -> MaterializeResult:
+        wh = warehouse.get()
+        batch_date = dt.date.fromisoformat(context.partition_key)
+        try:
+            result = ingest(wh, catalogue, resource, batch_date, landing.root())
+        except DeliveryError as exc:
+            context.log.error(f"{resource.id} {batch_date}: {exc}")
+            raise
+        for p in result.problems:
+            context.log.warning(p)
+        if result.batch is None:
+            context.log.warning(f"{dept.name}「{resource.name}」{batch_date} 未收到交付")
+            return MaterializeResult(
+                metadata={"状态": "未收到交付", "dagster/row_count": 0},
+                check_results=[AssetCheckResult(check_name="volume", passed=True, metadata={"状态": "本日未交付"})],
+            )
+        b = result.batch
+        with wh.engine.connect() as conn:
+            sample = read_ods(wh, conn, resource, b.batch_id).head(PREVIEW_ROWS)
+            vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date))
+        if not vol.ok:
+            context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
+        return MaterializeResult(
+            check_results=[AssetCheckResult(
+                check_name="volume", passed=vol.ok, severity=AssetCheckSeverity.WARN,
+                metadata={"交付行数": vol.rows, "近期中位数": vol.median if vol.median is not None else "无历史",
+                          "占比": vol.share if vol.share is not None else "无历史",
+                          "近期交付行数": ", ".join(str(x) for x in vol.previous) or "无"},
+            )],
+            metadata={
+                "状态": {"new": "新批次", "unchanged": "与已有批次相同, 未重复入库"}[result.status],
+                "批次号": b.batch_id,
+                "来源": b.sources,
+                "交付行数": b.rows_delivered,
+                "无法解析行数": b.rows_unparseable,
+                "dagster/row_count": b.rows_delivered,
+                "问题": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "无"),
+                "dagster/column_schema": _column_schema(ods_schema(resource), {}),
+                "预览(已脱敏)": preview(sample.drop("_batch_id"), column_elements),
+            },
+            data_version=None,
+        )
+
+    return _ods
+
+
+def build_std_asset(catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+    dept = catalogue.department(resource.department)
+    lib = catalogue.library(resource.library)
+    elements = _resource_elements(catalogue, resource)
+    check_specs = std_check_specs(catalogue, resource, std_key(resource))
+
+    @asset(
+        key=std_key(resource),
+        deps=[ods_key(resource)],
+        check_specs=check_specs,
+        group_name=lib.code,
+        partitions_def=partitions,
+        kinds={"polars"},
+        owners=[f"team:{resource.department}"],
+        tags={"department": resource.department, "layer": "std"},
+        description=(
+            f"标准层: {dept.name}「{resource.name}」按数据元解析、类型化与规范化(全角转半角、去空格、日期格式、代码映射);"
+            "无法解析或主键无效的行进入隔离区并注明原因。交付行数 = 接收行数 + 隔离行数。"
+        ),
+    )
+    def _std(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        wh = warehouse.get()
+        batch_date = dt.date.fromisoformat(context.partition_key)
+        out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id)
+        if out.batch is None or out.result is None:
+            return MaterializeResult(
+                metadata={"状态": "无批次", "dagster/row_count": 0},
+                check_results=[AssetCheckResult(check_name=s.name, passed=True, metadata={"状态": "本日无批次"})
+                               for s in check_specs],
+            )
+        q = out.result.quarantine
+        by_reason = (
+            q.group_by("reason", "field").agg(pl.col("_row_no").n_unique().alias("rows")).sort("reason", "field")
+            if q.height else q
+        )
+        reasons_md = "\n".join(
+            f"| {r['reason']} | {r['field'] or ''} | {r['rows']} |" for r in by_reason.iter_rows(named=True)
+        )
+        with wh.engine.connect() as conn:
+            failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
+        checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts)
+        context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
+        return MaterializeResult(
+            metadata={
+                "批次号": out.batch.batch_id,
+                "交付行数": out.delivered,
+                "接收行数": out.accepted,
+                "隔离行数": out.quarantined,
+                "对账": f"{out.delivered} = {out.accepted} + {out.quarantined}",
+                "15位身份证号转换数": out.result.converted_id15,
+                "dagster/row_count": out.accepted,
+                "隔离原因": MetadataValue.md("| 原因 | 数据元 | 行数 |\n|---|---|---|\n" + reasons_md if reasons_md else "无"),
+                "dagster/column_schema": _column_schema(std_schema(catalogue, resource),
+                                                        {c: e.name for c, e in elements.items()}),
+                "预览(已脱敏)": preview(out.result.accepted, elements),
+            },
+            check_results=checks,
+        )
+
+    return _std
+
+
+def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+    resources = catalogue.resources_of(lib.code)
+    elements: dict[str, Element | None] = {e.code: e for e in lib.elements}
+    authorities = []
+    for e in lib.elements:
+        if e.code in lib.key:
+            continue
+        auth = catalogue.authority(lib.code, e.code)
+        who = catalogue.department(auth).name if isinstance(auth, str) else "按证照类型: " + ", ".join(
+            f"{catalogue.codes.get(catalogue.library(lib.code).element(lib.discriminator.element).codelist or '', {}).get(v, v)}→"
+            f"{catalogue.department(d).name}" for v, d in auth.items()
+        )
+        authorities.append(f"{e.name}({e.code}) ← {who}")
+
+    has_copies = any(copies(catalogue, r) for r in resources)
+
+    @asset(
+        key=base_key(lib),
+        deps=[std_key(r) for r in resources],
+        check_specs=[consistency_check_spec(catalogue, lib, base_key(lib))] if has_copies else [],
+        group_name=lib.code,
+        partitions_def=partitions,
+        kinds={"polars", "sql"},
+        owners=[f"team:{d}" for d in sorted({r.department for r in resources})],
+        tags={"layer": "base"},
+        description=(
+            f"{lib.name}: 以{'+'.join(lib.key)}为主键, 每个数据元只取其权威部门的值(一数一源), "
+            "每个值记录来源批次与行号; 值变化时新增版本(valid_from/valid_to), 不删除历史。\n\n权威来源:\n"
+            + "\n".join(f"- {a}" for a in authorities)
+        ),
+    )
+    def _base(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        wh = warehouse.get()
+        batch_date = dt.date.fromisoformat(context.partition_key)
+        r = merge_library(wh, catalogue, lib.code, batch_date)
+        p = r.plan
+        checks = []
+        if has_copies:
+            checks.append(consistency_check_result(check_library_consistency(wh, catalogue, lib.code, batch_date)))
+        with wh.engine.connect() as conn:
+            sample = read_current(wh, conn, lib).head(PREVIEW_ROWS)
+        shown = {c: elements.get(c) for c in sample.columns if not c.endswith(("__batch", "__row"))}
+        shown_frame = sample.select([c for c in sample.columns if c in shown or c in ("valid_from",)])
+        context.log.info(f"{lib.code} {batch_date}: 新增 {p.new_entities}, 变更 {p.changed_entities}, 未变 {p.unchanged}")
+        return MaterializeResult(
+            metadata={
+                "合并批次": ", ".join(r.batch_ids) or "无",
+                "本次权威值记录数": r.incoming,
+                "新增实体": p.new_entities,
+                "变更实体(新版本)": p.changed_entities,
+                "未变实体": p.unchanged,
+                "早于现行版本而未应用": p.skipped_older,
+                "现行实体数": r.current_rows,
+                "历史版本总数": r.total_rows,
+                "dagster/row_count": r.current_rows,
+                "dagster/column_schema": _column_schema(
+                    base_schema(lib),
+                    {**{e.code: e.name for e in lib.elements},
+                     **{lineage(e.code)[0]: f"{e.name}来源批次" for e in lib.elements},
+                     **{lineage(e.code)[1]: f"{e.name}来源行号" for e in lib.elements}},
+                ),
+                "预览(已脱敏)": preview(shown_frame, elements),
+            },
+            check_results=checks,
+        )
+
+    return _base
+
+
+def build_assets(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[AssetsDefinition]:
+    out: list[AssetsDefinition] = []
+    for resource in catalogue.resources:
+        out.append(build_ods_asset(catalogue, resource, partitions))
+        out.append(build_std_asset(catalogue, resource, partitions))
+    for lib in catalogue.libraries:
+        out.append(build_base_asset(catalogue, lib, partitions))
+    return out
+
+
+def build_checks(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list:
+    """Checks that span base libraries (关联数据一致性), run after every library they read."""
+    return [reference_check(catalogue, lib, partitions, base_key(lib), [base_key(catalogue.library(t))
+            for t in sorted({t.library for r in lib.references for t in r.targets} - {lib.code})])
+            for lib in catalogue.libraries if lib.references]

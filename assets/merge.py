@@ -1,0 +1,154 @@
+"""基础库 merge by authority (一数一源), as pure polars.
+
+Each value of a base library comes from the one department the catalogue names as its
+authority; copies from other departments are kept in the 标准层 for comparison, never merged.
+The library keeps history: an entity gets a new version (valid_from = batch date) whenever an
+authoritative value changes, and the version it replaces is closed (valid_to = batch date).
+Nothing is deleted, and merging the same batch date twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+
+from assets.standardize import element_dtype
+from catalog.loader import Catalogue
+from catalog.models import Library, Resource
+
+VALID_FROM, VALID_TO = "valid_from", "valid_to"
+
+
+def lineage(element: str) -> tuple[str, str]:
+    """Columns recording where a value came from: its batch (department, resource) and source row."""
+    return f"{element}__batch", f"{element}__row"
+
+
+def value_elements(lib: Library) -> list[str]:
+    return [e.code for e in lib.elements if e.code not in lib.key]
+
+
+def base_schema(lib: Library) -> dict[str, pl.DataType]:
+    """Columns of a base-library table: key, each value with its lineage, validity period."""
+    schema: dict[str, pl.DataType] = {k: element_dtype(lib.element(k)) for k in lib.key}
+    for code in value_elements(lib):
+        b, r = lineage(code)
+        schema[code] = element_dtype(lib.element(code))
+        schema[b] = pl.String()
+        schema[r] = pl.Int64()
+    schema[VALID_FROM] = pl.Date()
+    schema[VALID_TO] = pl.Date()
+    return schema
+
+
+def incoming_values(
+    catalogue: Catalogue, lib: Library, batches: list[tuple[Resource, str, pl.DataFrame]]
+) -> pl.DataFrame:
+    """The authoritative values delivered on one batch date, one row per entity.
+
+    ``batches`` holds (resource, batch id, accepted std rows). A value is taken only from the
+    department that is its authority (for discriminated libraries, only for the discriminator
+    values that department is the authority of). Values that are null mean "not delivered".
+    """
+    elements = value_elements(lib)
+    parts = []
+    for resource, batch_id, frame in batches:
+        auth = catalogue.authoritative_elements(resource)
+        if not auth or frame.height == 0:
+            continue
+        exprs: list[pl.Expr] = [pl.col(k) for k in lib.key]
+        for code in elements:
+            if code not in auth:
+                continue
+            values = auth[code]
+            v = pl.col(code)
+            if values is not None:
+                assert lib.discriminator is not None
+                v = pl.when(pl.col(lib.discriminator.element).is_in(values)).then(v)
+            b, r = lineage(code)
+            exprs += [
+                v.alias(code),
+                pl.when(v.is_not_null()).then(pl.lit(batch_id)).alias(b),
+                pl.when(v.is_not_null()).then(pl.col("_row_no")).alias(r),
+            ]
+        parts.append(frame.select(exprs))
+    schema = base_schema(lib)
+    cols = [c for c in schema if c not in (VALID_FROM, VALID_TO)]
+    if not parts:
+        return pl.DataFrame(schema={c: schema[c] for c in cols})
+    combined = pl.concat(parts, how="diagonal_relaxed")
+    for c in cols:
+        if c not in combined.columns:
+            combined = combined.with_columns(pl.lit(None, schema[c]).alias(c))
+    combined = combined.select([pl.col(c).cast(schema[c]) for c in cols])
+    if len(parts) == 1:
+        return combined  # keys are unique inside one accepted batch
+    aggs = []
+    for code in elements:
+        b, r = lineage(code)
+        has = pl.col(code).is_not_null()
+        aggs += [pl.col(code).filter(has).first(), pl.col(b).filter(has).first(), pl.col(r).filter(has).first()]
+    return combined.group_by(lib.key, maintain_order=True).agg(aggs).select(cols)
+
+
+@dataclass
+class MergePlan:
+    """What one batch date does to a base library."""
+
+    insert: pl.DataFrame  # new versions, valid_from = batch date
+    close: pl.DataFrame  # keys whose current version ends at the batch date
+    replace: pl.DataFrame  # keys whose current version starts at the batch date and is rewritten
+    new_entities: int
+    changed_entities: int
+    unchanged: int
+    skipped_older: int  # current version is newer than the batch date: not rewritten
+
+
+def plan_merge(lib: Library, incoming: pl.DataFrame, current: pl.DataFrame, batch_date: dt.date) -> MergePlan:
+    """Compare incoming authoritative values with the current versions of the same entities."""
+    key = lib.key
+    elements = value_elements(lib)
+    schema = base_schema(lib)
+    cur = current.select([pl.col(c).alias(f"{c}__cur") if c not in key else pl.col(c) for c in current.columns])
+    j = incoming.join(cur, on=key, how="left", nulls_equal=False)
+    exists = pl.col(f"{VALID_FROM}__cur").is_not_null()
+    changed_cols = []
+    out: list[pl.Expr] = [pl.col(k) for k in key]
+    for code in elements:
+        b, r = lineage(code)
+        new, old = pl.col(code), pl.col(f"{code}__cur")
+        changed = new.is_not_null() & (old.is_null() | (new != old))
+        changed_cols.append(changed)
+        out += [
+            pl.when(changed).then(new).otherwise(old).alias(code),
+            pl.when(changed).then(pl.col(b)).otherwise(pl.col(f"{b}__cur")).alias(b),
+            pl.when(changed).then(pl.col(r)).otherwise(pl.col(f"{r}__cur")).alias(r),
+        ]
+    any_changed = pl.any_horizontal(changed_cols) if changed_cols else pl.lit(False)
+    j = j.with_columns(
+        (~exists).alias("__new"),
+        (exists & (pl.col(f"{VALID_FROM}__cur") > batch_date)).alias("__older"),
+        (exists & any_changed).alias("__changed"),
+        (pl.col(f"{VALID_FROM}__cur") == batch_date).fill_null(False).alias("__same_day"),
+    )
+    apply = pl.col("__new") | (pl.col("__changed") & ~pl.col("__older"))
+    insert = j.filter(apply).select(
+        out + [pl.lit(batch_date).alias(VALID_FROM), pl.lit(None, pl.Date).alias(VALID_TO)]
+    ).select([pl.col(c).cast(t) for c, t in schema.items()])
+    touched = j.filter(pl.col("__changed") & ~pl.col("__older"))
+    counts = j.select(
+        pl.col("__new").sum().alias("new"),
+        (pl.col("__changed") & ~pl.col("__older")).sum().alias("changed"),
+        (pl.col("__changed") & pl.col("__older")).sum().alias("older"),
+    ).row(0, named=True)
+    return MergePlan(
+        insert=insert,
+        close=touched.filter(~pl.col("__same_day")).select(key),
+        replace=touched.filter(pl.col("__same_day")).select(key),
+        new_entities=int(counts["new"]),
+        changed_entities=int(counts["changed"]),
+        unchanged=incoming.height - int(counts["new"]) - int(counts["changed"]) - int(counts["older"]),
+        skipped_older=int(counts["older"]),
+    )

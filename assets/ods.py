@@ -1,0 +1,175 @@
+"""贴源层 (ODS): every delivered batch stored as received, append-only.
+
+A batch is one delivery of one resource for one batch date. Re-reading the same delivery is a
+no-op (same content hash); a department that re-delivers a different file for the same date
+gets a new batch with the next sequence number, and the old one stays as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+from assets.channels import Delivery, read_api, read_database, read_files, source_columns
+from catalog.loader import Catalogue
+from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource
+from warehouse.store import Column, Warehouse
+
+BATCHES = "batches"
+BATCH_SCHEMA: dict[str, pl.DataType] = {
+    "batch_id": pl.String(),
+    "resource_id": pl.String(),
+    "department": pl.String(),
+    "resource": pl.String(),
+    "library": pl.String(),
+    "batch_date": pl.Date(),
+    "seq": pl.Int64(),
+    "received_at": pl.Datetime("us"),
+    "channel": pl.String(),
+    "sources": pl.String(),
+    "content_hash": pl.String(),
+    "rows_delivered": pl.Int64(),
+    "rows_unparseable": pl.Int64(),
+    "watermark_low": pl.String(),
+    "watermark_high": pl.String(),
+    "problems": pl.String(),
+}
+
+
+def batches_table(wh: Warehouse) -> sa.Table:
+    return wh.table(
+        "ods", BATCHES, [Column(n, t) for n, t in BATCH_SCHEMA.items()],
+        primary_key=["batch_id"], indexes=[["resource_id", "batch_date"]],
+    )
+
+
+def ods_schema(resource: Resource) -> dict[str, pl.DataType]:
+    schema: dict[str, pl.DataType] = {
+        "_batch_id": pl.String(), "_row_no": pl.Int64(), "_source": pl.String(),
+        "_raw": pl.String(), "_error": pl.String(),
+    }
+    schema.update({c: pl.String() for c in source_columns(resource)})
+    return schema
+
+
+def ods_table(wh: Warehouse, resource: Resource) -> sa.Table:
+    return wh.table(
+        "ods", resource.id, [Column(n, t) for n, t in ods_schema(resource).items()],
+        indexes=[["_batch_id", "_row_no"]],
+    )
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    batch_date: dt.date
+    seq: int
+    rows_delivered: int
+    rows_unparseable: int
+    content_hash: str
+    sources: str
+    problems: str
+    watermark_low: str | None = None
+    watermark_high: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict) -> Batch:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class IngestResult:
+    status: str  # "new" | "unchanged" | "none"
+    batch: Batch | None
+    problems: list[str]
+
+
+def latest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
+    """The newest batch of a resource for a batch date (highest sequence number)."""
+    if not wh.exists("ods", BATCHES):
+        return None
+    frame = wh.read(
+        conn,
+        f"SELECT {', '.join(BATCH_SCHEMA)} FROM {wh.qualified('ods', BATCHES)} "
+        "WHERE resource_id = :r AND batch_date = :d ORDER BY seq DESC LIMIT 1",
+        BATCH_SCHEMA,
+        {"r": resource.id, "d": batch_date},
+    )
+    return Batch.from_row(frame.row(0, named=True)) if frame.height else None
+
+
+def previous_watermark(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> str | None:
+    """The highest watermark read for any earlier batch date: where this partition starts."""
+    if not wh.exists("ods", BATCHES):
+        return None
+    return wh.scalar(
+        conn,
+        f"SELECT MAX(watermark_high) FROM {wh.qualified('ods', BATCHES)} WHERE resource_id = :r AND batch_date < :d",
+        {"r": resource.id, "d": batch_date},
+    )
+
+
+def read_batch(resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None) -> Delivery:
+    ch = resource.channel
+    if isinstance(ch, FileChannel):
+        return read_files(resource, ch, batch_date, landing)
+    if isinstance(ch, DatabaseChannel):
+        return read_database(resource, batch_date, landing, watermark_low)
+    assert isinstance(ch, ApiChannel)
+    return read_api(resource, ch, batch_date)
+
+
+def ingest(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path) -> IngestResult:
+    """Read the delivery of ``resource`` for ``batch_date`` and store it as an ODS batch."""
+    with wh.engine.connect() as conn:
+        low = previous_watermark(wh, conn, resource, batch_date)
+        prev = latest_batch(wh, conn, resource, batch_date)
+    delivery = read_batch(resource, batch_date, landing, low)
+    if isinstance(resource.channel, FileChannel) and not delivery.sources:
+        return IngestResult("none", prev, [])
+    if prev is not None and prev.content_hash == delivery.content_hash:
+        return IngestResult("unchanged", prev, delivery.problems)
+    seq = (prev.seq + 1) if prev else 1
+    batch_id = f"{resource.id}.{batch_date:%Y%m%d}.{seq}"
+    unparseable = int(delivery.frame.get_column("_error").is_not_null().sum())
+    record = {
+        "batch_id": batch_id,
+        "resource_id": resource.id,
+        "department": resource.department,
+        "resource": resource.code,
+        "library": resource.library,
+        "batch_date": batch_date,
+        "seq": seq,
+        "received_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        "channel": resource.channel.kind,
+        "sources": "; ".join(delivery.sources),
+        "content_hash": delivery.content_hash,
+        "rows_delivered": delivery.rows,
+        "rows_unparseable": unparseable,
+        "watermark_low": low,
+        "watermark_high": delivery.watermark_high or low,
+        "problems": "\n".join(delivery.problems) or None,
+    }
+    batches = batches_table(wh)
+    table = ods_table(wh, resource)
+    with wh.begin() as conn:
+        wh.create(conn, batches)
+        wh.create(conn, table)
+        wh.insert(conn, batches, pl.DataFrame([record], schema=BATCH_SCHEMA))
+        wh.insert(conn, table, delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")))
+    return IngestResult("new", Batch.from_row(record), delivery.problems)
+
+
+def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str) -> pl.DataFrame:
+    schema = ods_schema(resource)
+    cols = ", ".join(wh.quote(c) for c in schema)
+    return wh.read(
+        conn,
+        f"SELECT {cols} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b ORDER BY _row_no",
+        schema,
+        {"b": batch_id},
+    )

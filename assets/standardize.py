@@ -1,0 +1,220 @@
+"""标准层: turn one ODS batch (text as received) into typed, normalised rows keyed by data element.
+
+Pure functions over polars frames; the asset that calls them only moves data in and out of the
+warehouse. A row either comes out accepted or goes to quarantine with at least one reason, so
+rows in = rows accepted + rows quarantined, always.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from assets.channels import REPLACEMENT
+from assets.normalize import halfwidth, map_codes, parse_date, parse_datetime, parse_decimal, parse_integer
+from catalog.loader import Catalogue
+from catalog.models import Element, ElementType, Resource
+from quality.identifiers import (
+    convert_id15,
+    id_number_birth_date,
+    id_number_gender,
+    is_id15,
+    normalize_id_number,
+    normalize_mobile,
+    normalize_uscc,
+)
+from quality.rules import Kind, Rule, Severity, evaluated, failing, resource_rules
+
+REASONS: dict[str, str] = {
+    "unparseable": "无法解析的记录",
+    "bad_encoding": "含无法解码的字节",
+    "bad_date": "日期无法解析",
+    "bad_number": "数值无法解析",
+}
+"""Quarantine reason codes and the Chinese text departments read."""
+
+QUARANTINE_SCHEMA = {
+    "_row_no": pl.Int64,
+    "field": pl.String,
+    "column": pl.String,
+    "reason_code": pl.String,
+    "reason": pl.String,
+    "raw_value": pl.String,
+}
+
+
+def element_dtype(e: Element) -> pl.DataType:
+    """The polars (and so storage) type of a data element."""
+    return {
+        ElementType.date: pl.Date(),
+        ElementType.datetime: pl.Datetime("us"),
+        ElementType.integer: pl.Int64(),
+        ElementType.decimal: pl.Float64(),
+    }.get(e.type, pl.String())
+
+
+def std_schema(catalogue: Catalogue, resource: Resource) -> dict[str, pl.DataType]:
+    """Columns of the std table of a resource: row number, then its elements."""
+    lib = catalogue.library(resource.library)
+    schema: dict[str, pl.DataType] = {"_row_no": pl.Int64()}
+    for code in resource.elements():
+        schema[code] = element_dtype(lib.element(code))
+    return schema
+
+
+RULE_COUNT_SCHEMA = {
+    "rule_id": pl.String, "kind": pl.String, "dimension": pl.String, "severity": pl.String, "label": pl.String,
+    "evaluated": pl.Int64, "failed": pl.Int64,
+}
+FAILURE_SCHEMA = {"_row_no": pl.Int64, "rule_id": pl.String, "field": pl.String, "value": pl.String,
+                  "expected": pl.String}
+
+
+def expected_expr(rule: Rule) -> pl.Expr:
+    """What the value should have been, where the rule knows (the ID digits), else what it requires."""
+    if rule.kind == Kind.id_birth_date:
+        return id_number_birth_date(pl.col(rule.columns[1])).dt.strftime("%Y-%m-%d")
+    if rule.kind == Kind.id_gender:
+        return id_number_gender(pl.col(rule.columns[1]))
+    return pl.lit(rule.label)
+
+
+@dataclass
+class Standardized:
+    accepted: pl.DataFrame
+    quarantine: pl.DataFrame
+    converted_id15: int = 0
+    rule_counts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=RULE_COUNT_SCHEMA))
+    failures: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FAILURE_SCHEMA))
+    parsed: pl.DataFrame | None = None  # every row that parsed (accepted or not): what the rules saw
+
+    @property
+    def quarantined_rows(self) -> int:
+        return self.quarantine.get_column("_row_no").n_unique() if self.quarantine.height else 0
+
+
+def parse_expr(e: Element, raw: pl.Expr, formats: list[str], codes: dict[str, str]) -> pl.Expr:
+    """Normalise and type one department column as data element ``e``."""
+    clean = halfwidth(raw)
+    match e.type:
+        case ElementType.id_number:
+            return convert_id15(normalize_id_number(clean))
+        case ElementType.uscc:
+            return normalize_uscc(clean)
+        case ElementType.mobile:
+            return normalize_mobile(clean)
+        case ElementType.code:
+            return map_codes(clean, codes) if codes else clean
+        case ElementType.date:
+            return parse_date(clean, formats)
+        case ElementType.datetime:
+            return parse_datetime(clean, formats)
+        case ElementType.integer:
+            return parse_integer(clean)
+        case ElementType.decimal:
+            return parse_decimal(clean)
+        case _:
+            return clean
+
+
+def standardize(
+    ods: pl.DataFrame, catalogue: Catalogue, resource: Resource, batch_date: dt.date | None = None
+) -> Standardized:
+    """Parse one ODS batch of ``resource`` into accepted std rows, quarantine and rule results."""
+    lib = catalogue.library(resource.library)
+    parseable = pl.col("_error").is_null()
+    column_of = {f.element: f.column for f in resource.fields}
+    # Stage 1 parses every field once into __v_<element>; stage 2 checks refer to those columns,
+    # which keeps the plans small (nesting the parse expressions in every check is slow to plan).
+    parsed = [
+        parse_expr(lib.element(fm.element), pl.col(fm.column), fm.formats, fm.codes).alias(f"__v_{fm.element}")
+        for fm in resource.fields
+    ] + [pl.lit(c, pl.String).alias(f"__v_{code}") for code, c in resource.constants.items() if code not in column_of]
+    id_fields = [fm.column for fm in resource.fields if lib.element(fm.element).type == ElementType.id_number]
+    converted = pl.sum_horizontal(
+        [is_id15(normalize_id_number(halfwidth(pl.col(c)))).cast(pl.Int64).fill_null(0) for c in id_fields]
+    ) if id_fields else pl.lit(0, pl.Int64)
+    stage1 = ods.with_columns(*parsed, converted.alias("__id15"))
+
+    def v(code: str) -> pl.Expr:
+        return pl.col(f"__v_{code}")
+
+    checks: list[tuple[str, str | None, str | None, pl.Expr, pl.Expr]] = [
+        ("unparseable", None, None, ~parseable, pl.col("_raw")),
+    ]
+    for fm in resource.fields:
+        e = lib.element(fm.element)
+        raw = pl.col(fm.column)
+        checks.append(("bad_encoding", e.code, fm.column, parseable & raw.str.contains(REPLACEMENT, literal=True), raw))
+        present = raw.str.strip_chars().str.len_chars() > 0
+        if e.type in (ElementType.date, ElementType.datetime):
+            checks.append(("bad_date", e.code, fm.column, parseable & present & v(e.code).is_null(), raw))
+        elif e.type in (ElementType.integer, ElementType.decimal):
+            checks.append(("bad_number", e.code, fm.column, parseable & present & v(e.code).is_null(), raw))
+    codes = [f.element for f in resource.fields] + [c for c in resource.constants if c not in column_of]
+    flags = [cond.alias(f"__c{i}") for i, (_, _, _, cond, _) in enumerate(checks)]
+    raws = [r.cast(pl.String).alias(f"__r{i}") for i, (_, _, _, _, r) in enumerate(checks)]
+    work = stage1.select(
+        pl.col("_row_no"), *[v(c).alias(c) for c in codes], *flags, *raws, pl.col("__id15"),
+        *[pl.col(fm.column).alias(f"__raw_{fm.element}") for fm in resource.fields],
+    )
+    parts = [
+        work.filter(pl.col(f"__c{i}")).select(
+            pl.col("_row_no"),
+            pl.lit(field, pl.String).alias("field"),
+            pl.lit(column, pl.String).alias("column"),
+            pl.lit(code, pl.String).alias("reason_code"),
+            pl.lit(REASONS[code], pl.String).alias("reason"),
+            pl.col(f"__r{i}").alias("raw_value"),
+        )
+        for i, (code, field, column, _, _) in enumerate(checks)
+    ]
+    bad_any = pl.any_horizontal([pl.col(f"__c{i}") for i in range(len(checks))])
+    parsed_ok = work.filter(~bad_any)
+
+    # Quality rules run on every row that parsed; rows failing a blocking rule (an unusable key,
+    # a key delivered twice) are quarantined, the others only reported.
+    rules = resource_rules(catalogue, resource, batch_date)
+    flagged = parsed_ok.with_columns([failing(r).alias(f"__f{i}") for i, r in enumerate(rules)])
+    counts = parsed_ok.select(
+        [evaluated(r).sum().alias(f"n{i}") for i, r in enumerate(rules)]
+        + [failing(r).sum().alias(f"u{i}") for i, r in enumerate(rules)]
+    ).row(0, named=True) if rules else {}
+    rule_counts = pl.DataFrame(
+        [{"rule_id": r.id, "kind": r.kind.value, "dimension": r.dimension.value, "severity": r.severity.value,
+          "label": r.label, "evaluated": int(counts[f"n{i}"] or 0), "failed": int(counts[f"u{i}"] or 0)}
+         for i, r in enumerate(rules)],
+        schema=RULE_COUNT_SCHEMA,
+    )
+    failures = pl.concat(
+        [flagged.filter(pl.col(f"__f{i}")).select(
+            pl.col("_row_no"),
+            pl.lit(r.id).alias("rule_id"),
+            pl.lit(r.column).alias("field"),
+            pl.concat_str([pl.col(c).cast(pl.String) for c in r.columns if c == r.column or r.kind == Kind.unique],
+                          separator="|").alias("value"),
+            expected_expr(r).alias("expected"),
+        ) for i, r in enumerate(rules)],
+    ).cast(FAILURE_SCHEMA) if rules else pl.DataFrame(schema=FAILURE_SCHEMA)
+    for i, r in enumerate(rules):
+        if r.severity != Severity.blocking:
+            continue
+        raw_cols = [f"__raw_{c}" if c in column_of else c for c in r.columns]
+        parts.append(flagged.filter(pl.col(f"__f{i}")).select(
+            pl.col("_row_no"),
+            pl.lit(",".join(r.columns)).alias("field"),
+            pl.lit(",".join(column_of.get(c, c) for c in r.columns)).alias("column"),
+            pl.lit(r.id).alias("reason_code"),
+            pl.lit(r.label).alias("reason"),
+            pl.concat_str([pl.col(c).cast(pl.String) for c in raw_cols], separator="|").alias("raw_value"),
+        ))
+    blocked = [pl.col(f"__f{i}") for i, r in enumerate(rules) if r.severity == Severity.blocking]
+    quarantine = pl.concat([p.cast(QUARANTINE_SCHEMA) for p in parts]).sort("_row_no", "reason_code", "field",
+                                                                          nulls_last=True)
+    schema = std_schema(catalogue, resource)
+    keep = flagged.filter(~pl.any_horizontal(blocked)) if blocked else flagged
+    accepted = keep.select([pl.col(c).cast(t) for c, t in schema.items()])
+    parsed = parsed_ok.select([pl.col(c).cast(t) for c, t in schema.items()])
+    return Standardized(accepted, quarantine, int(work.get_column("__id15").sum()), rule_counts, failures, parsed)

@@ -1,0 +1,133 @@
+"""标准层 storage: typed rows per batch, the quarantine, and the row reconciliation per batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+import sqlalchemy as sa
+
+from assets.ods import Batch, latest_batch, read_ods
+from assets.standardize import QUARANTINE_SCHEMA, Standardized, standardize, std_schema
+from catalog.loader import Catalogue
+from catalog.models import Resource
+from quality.expectations import validate
+from quality.results import masked_failures, store_results
+from quality.rules import resource_rules
+from warehouse.store import Column, Warehouse
+
+QUARANTINE = "quarantine"
+RECONCILIATION = "reconciliation"
+QUARANTINE_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "batch_id": pl.String(), "resource_id": pl.String(), "row_no": pl.Int64(),
+    **{k: v for k, v in QUARANTINE_SCHEMA.items() if k != "_row_no"},
+}
+RECONCILIATION_SCHEMA: dict[str, pl.DataType] = {
+    "batch_id": pl.String(),
+    "resource_id": pl.String(),
+    "batch_date": pl.Date(),
+    "rows_delivered": pl.Int64(),
+    "rows_accepted": pl.Int64(),
+    "rows_quarantined": pl.Int64(),
+    "id15_converted": pl.Int64(),
+}
+
+
+class ReconciliationError(AssertionError):
+    """Rows were lost or counted twice: the batch is not written."""
+
+
+def std_table(wh: Warehouse, catalogue: Catalogue, resource: Resource) -> sa.Table:
+    schema = {"_batch_id": pl.String(), **std_schema(catalogue, resource)}
+    return wh.table("std", resource.id, [Column(n, t) for n, t in schema.items()], indexes=[["_batch_id"]])
+
+
+def quarantine_table(wh: Warehouse) -> sa.Table:
+    return wh.table(
+        "quality", QUARANTINE, [Column(n, t) for n, t in QUARANTINE_TABLE_SCHEMA.items()], indexes=[["batch_id"]]
+    )
+
+
+def reconciliation_table(wh: Warehouse) -> sa.Table:
+    return wh.table(
+        "audit", RECONCILIATION, [Column(n, t) for n, t in RECONCILIATION_SCHEMA.items()], primary_key=["batch_id"]
+    )
+
+
+@dataclass
+class StdResult:
+    batch: Batch | None
+    result: Standardized | None
+    delivered: int = 0
+    gx_counts: dict[str, tuple[int, int]] | None = None
+
+    @property
+    def accepted(self) -> int:
+        return self.result.accepted.height if self.result else 0
+
+    @property
+    def quarantined(self) -> int:
+        return self.result.quarantined_rows if self.result else 0
+
+
+def standardize_batch(
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, *,
+    run_id: str = "manual", with_gx: bool = True,
+) -> StdResult:
+    """Rebuild the std rows, quarantine and rule results of the latest batch of ``resource``.
+
+    Rules are counted by the polars predicates; with ``with_gx`` Great Expectations validates
+    the same rows too and both counts are stored side by side.
+    """
+    with wh.engine.connect() as conn:
+        batch = latest_batch(wh, conn, resource, batch_date)
+        if batch is None:
+            return StdResult(None, None)
+        ods = read_ods(wh, conn, resource, batch.batch_id)
+    result = standardize(ods, catalogue, resource, batch_date)
+    delivered, accepted, quarantined = ods.height, result.accepted.height, result.quarantined_rows
+    if delivered != accepted + quarantined or delivered != batch.rows_delivered:
+        raise ReconciliationError(
+            f"{batch.batch_id}: 交付 {batch.rows_delivered} 行, 读出 {delivered} 行, 接收 {accepted} + 隔离 {quarantined}"
+        )
+    gx_counts = None
+    if with_gx and result.parsed is not None and result.parsed.height:
+        rules = resource_rules(catalogue, resource, batch_date)
+        gx_results, _ = validate(result.parsed, rules, resource.id)
+        gx_counts = {g.rule_id: (g.evaluated, g.failed) for g in gx_results}
+    failures = masked_failures(catalogue, resource, result.failures,
+                               result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None
+                               else pl.DataFrame(schema={"_row_no": pl.Int64}))
+    std, qt, rec = std_table(wh, catalogue, resource), quarantine_table(wh), reconciliation_table(wh)
+    with wh.begin() as conn:
+        for t in (std, qt, rec):
+            wh.create(conn, t)
+        b = {"b": batch.batch_id}
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b"), b)
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', QUARANTINE)} WHERE batch_id = :b"), b)
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('audit', RECONCILIATION)} WHERE batch_id = :b"), b)
+        wh.insert(conn, std, result.accepted.with_columns(pl.lit(batch.batch_id).alias("_batch_id")))
+        wh.insert(
+            conn, qt,
+            result.quarantine.rename({"_row_no": "row_no"}).with_columns(
+                pl.lit(batch.batch_id).alias("batch_id"), pl.lit(resource.id).alias("resource_id")
+            ),
+        )
+        wh.insert(conn, rec, pl.DataFrame([{
+            "batch_id": batch.batch_id, "resource_id": resource.id, "batch_date": batch_date,
+            "rows_delivered": delivered, "rows_accepted": accepted, "rows_quarantined": quarantined,
+            "id15_converted": result.converted_id15,
+        }], schema=RECONCILIATION_SCHEMA))
+        store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
+                      counts=result.rule_counts, gx_counts=gx_counts, failures=failures)
+    return StdResult(batch, result, delivered, gx_counts)
+
+
+def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str) -> pl.DataFrame:
+    schema = std_schema(catalogue, resource)
+    cols = ", ".join(wh.quote(c) for c in schema)
+    return wh.read(
+        conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b ORDER BY _row_no",
+        schema, {"b": batch_id},
+    )

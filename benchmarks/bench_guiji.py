@@ -1,0 +1,192 @@
+"""Benchmark: 归集 of a generated city into the base libraries on PostgreSQL, against raw COPY.
+
+    python benchmarks/bench_guiji.py --persons 1000000 [--pg-url postgresql+psycopg://...] [--days 1]
+
+Prints per-stage seconds, rows/s and peak RSS, then the reference measured in the same run: every
+delivered record COPY'd as raw text into PostgreSQL (csv files straight from disk in their own
+encoding; xlsx, json and 前置库 rows rendered to CSV beforehand, outside the timing) and the ratio
+pipeline / reference. Creates and drops its own databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource as rusage
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from assets.base import merge_library  # noqa: E402
+from assets.ods import ingest, read_batch  # noqa: E402
+from assets.std import standardize_batch  # noqa: E402
+from catalog.loader import Catalogue, catalogue_path, load_catalogue  # noqa: E402
+from catalog.models import FileChannel  # noqa: E402
+from pipelines.demo_api import serve_in_thread  # noqa: E402
+from quality.conflicts import check_library_consistency  # noqa: E402
+from quality.expectations import validate, warm_up  # noqa: E402
+from quality.references import check_references  # noqa: E402
+from quality.rules import evaluated, failing, resource_rules  # noqa: E402
+from warehouse.store import Warehouse  # noqa: E402
+
+PG_ADMIN = os.environ.get("GONGSHU_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def peak_rss_mb() -> float:
+    return rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TempDatabase:
+    def __init__(self, admin_url: str):
+        self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.name = f"gongshu_bench_{uuid.uuid4().hex[:10]}"
+        self.url = sa.engine.make_url(admin_url).set(database=self.name).render_as_string(hide_password=False)
+
+    def __enter__(self) -> str:
+        with self.admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        with self.admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+def raw_copy_reference(catalogue: Catalogue, landing: Path, day: dt.date, url: str) -> tuple[float, int]:
+    """Seconds to COPY every delivered record as raw text into PostgreSQL, and the record count."""
+    wh = Warehouse(url)
+    prepared: list[tuple[str, list[str], bytes, str]] = []  # table, columns, csv bytes, encoding
+    for res in catalogue.resources:
+        ch = res.channel
+        if isinstance(ch, FileChannel) and ch.format == "csv":
+            from assets.channels import delivery_files
+
+            for i, path in enumerate(delivery_files(ch, day, landing)):
+                data = path.read_bytes()
+                header = data.split(b"\n", 1)[0].decode(ch.encoding).strip().split(ch.delimiter)
+                prepared.append((f"{res.id}_{i}", header, data, "GBK" if ch.encoding == "gbk" else "UTF8"))
+        else:
+            d = read_batch(res, day, landing, None)
+            cols = [c for c in d.frame.columns if not c.startswith("_")]
+            prepared.append((res.id, cols, d.frame.select(cols).write_csv().encode(), "UTF8"))
+    rows = 0
+    dbapi_engine = wh.engine
+    start = time.perf_counter()
+    with dbapi_engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            for table, cols, data, enc in prepared:
+                coldefs = ", ".join(f'"{c}" text' for c in cols)
+                cur.execute(f'CREATE TABLE "raw_{table}" ({coldefs})')
+                with cur.copy(f'COPY "raw_{table}" FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING \'{enc}\')') as cp:
+                    cp.write(data)
+                rows += cur.rowcount if cur.rowcount and cur.rowcount > 0 else 0
+    seconds = time.perf_counter() - start
+    wh.dispose()
+    return seconds, rows
+
+
+GUIJI = ("ods (读取+入库)", "std (标准化+隔离)", "base (一数一源合并)")
+
+
+def run_pipeline(catalogue: Catalogue, landing: Path, day: dt.date, url: str) -> tuple[dict[str, float], int, int, dict]:
+    """The 归集 (without GX: that is the quality stage), then the quality stage, timed apart."""
+    wh = Warehouse(url)
+    stages = dict.fromkeys(GUIJI, 0.0)
+    quality = {"GX 校验": 0.0, "polars 单遍(同规则)": 0.0, "一数一源+关联": 0.0, "rows": 0}
+    delivered = accepted = 0
+    parsed: list[tuple] = []
+    for res in catalogue.resources:
+        t = time.perf_counter()
+        r = ingest(wh, catalogue, res, day, landing)
+        stages[GUIJI[0]] += time.perf_counter() - t
+        t = time.perf_counter()
+        s = standardize_batch(wh, catalogue, res, day, with_gx=False)
+        stages[GUIJI[1]] += time.perf_counter() - t
+        if r.batch and s.result is not None and s.result.parsed is not None:
+            delivered += s.delivered
+            accepted += s.accepted
+            parsed.append((res, s.result.parsed))
+    for lib in catalogue.libraries:
+        t = time.perf_counter()
+        merge_library(wh, catalogue, lib.code, day)
+        stages[GUIJI[2]] += time.perf_counter() - t
+    for res, frame in parsed:
+        rules = resource_rules(catalogue, res, day)
+        quality["rows"] += frame.height
+        t = time.perf_counter()
+        validate(frame, rules, res.id)
+        quality["GX 校验"] += time.perf_counter() - t
+        t = time.perf_counter()
+        frame.select([evaluated(r).sum().alias(f"n{i}") for i, r in enumerate(rules)]
+                     + [failing(r).sum().alias(f"u{i}") for i, r in enumerate(rules)])
+        quality["polars 单遍(同规则)"] += time.perf_counter() - t
+    t = time.perf_counter()
+    for lib in catalogue.libraries:
+        check_library_consistency(wh, catalogue, lib.code, day)
+        check_references(wh, catalogue, lib.code, day)
+    quality["一数一源+关联"] += time.perf_counter() - t
+    wh.dispose()
+    return stages, delivered, accepted, quality
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--persons", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--pg-url", default=PG_ADMIN)
+    ap.add_argument("--landing", default=None, help="reuse generated deliveries from this folder")
+    args = ap.parse_args()
+    from generator import generate
+
+    catalogue = load_catalogue(catalogue_path())
+    day = dt.date(2026, 11, 20)
+    landing = Path(args.landing) if args.landing else Path(tempfile.mkdtemp(prefix="gongshu_bench_"))
+    if not (landing / "manifest.json").exists():
+        t = time.perf_counter()
+        generate(catalogue, persons=args.persons, seed=args.seed, date=day, out=landing, days=1, progress=False)
+        print(f"生成 {args.persons:,} 人: {time.perf_counter() - t:.1f} s")
+    server, base = serve_in_thread(landing)
+    for res in catalogue.resources:
+        ch = res.channel
+        if ch.kind == "api" and ch.url_env:
+            from urllib.parse import urlparse
+
+            os.environ[ch.url_env] = base + urlparse(ch.url).path
+    try:
+        with TempDatabase(args.pg_url) as url:
+            ref_s, ref_rows = raw_copy_reference(catalogue, landing, day, url)
+        with TempDatabase(args.pg_url) as url:
+            warm_up()  # GX import and context, once per process, outside the timing
+            t = time.perf_counter()
+            stages, delivered, accepted, quality = run_pipeline(catalogue, landing, day, url)
+            total = time.perf_counter() - t - sum(v for k, v in quality.items() if k != "rows")
+    finally:
+        server.shutdown()
+    print(f"\n归集基准 · PostgreSQL · {args.persons:,} 人 · 交付 {delivered:,} 行 (参照 COPY {ref_rows:,} 行)")
+    for name, s in stages.items():
+        print(f"  {name:<20} {s:8.2f} s  {delivered / s if s else 0:>12,.0f} 行/s")
+    print(f"  {'合计':<20} {total:8.2f} s  {delivered / total:>12,.0f} 行/s  (接收 {accepted:,})")
+    print(f"  {'参照: 原样 COPY':<20} {ref_s:8.2f} s  {ref_rows / ref_s:>12,.0f} 行/s")
+    print(f"  比值 归集/参照 = {total / ref_s:.2f}×  (目标 ≤ 4×)")
+    per_m = 1_000_000 / max(quality["rows"], 1)
+    gx, ref = quality["GX 校验"], quality["polars 单遍(同规则)"]
+    print(f"\n质量阶段 · {quality['rows']:,} 行 (各资源已解析行)")
+    print(f"  GX 校验(记录)        {gx:8.2f} s  = {gx * per_m:.2f} s/百万行")
+    print(f"  参照: polars 单遍     {ref:8.2f} s  = {ref * per_m:.2f} s/百万行")
+    print(f"  比值 GX/polars = {gx / ref:.2f}×  (目标 ≤ 3×)")
+    print(f"  一数一源+关联一致性  {quality['一数一源+关联']:8.2f} s")
+    print(f"  峰值 RSS {peak_rss_mb():,.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Open-data files (开放数据): CSV (UTF-8) with a data dictionary, and JSON, for one open output and date.
+
+Layout under the open-data root (``$GONGSHU_HOME/open``)::
+
+    <output>/<YYYY-MM-DD>/<output>.csv              the records, header = field codes
+    <output>/<YYYY-MM-DD>/<output>.dictionary.csv   数据字典: field, Chinese name, type, rule, code list
+    <output>/<YYYY-MM-DD>/<output>.json             {dataset, title, as_of, k, quasi_identifiers, fields, records}
+
+Files are written to a temporary name and renamed, and their content depends only on the data and
+the policy (no timestamps), so re-exporting the same date rewrites identical bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from catalog.loader import Catalogue
+from desensitize.policy import KEY_ID_COLUMN, OutputPolicy
+
+DICTIONARY_COLUMNS = ["字段", "中文名称", "数据类型", "处理规则", "准标识符", "代码表"]
+_TYPE_ZH = {pl.String: "文本", pl.Date: "日期", pl.Float64: "数值", pl.Int64: "整数", pl.Boolean: "布尔"}
+
+
+@dataclass(frozen=True)
+class ExportFiles:
+    csv: Path
+    dictionary: Path
+    json: Path
+
+    def all(self) -> list[Path]:
+        return [self.csv, self.dictionary, self.json]
+
+
+def export_paths(root: Path, policy: OutputPolicy, as_of: dt.date) -> ExportFiles:
+    folder = root / policy.name / as_of.isoformat()
+    return ExportFiles(folder / f"{policy.name}.csv", folder / f"{policy.name}.dictionary.csv",
+                       folder / f"{policy.name}.json")
+
+
+def data_dictionary(policy: OutputPolicy, catalogue: Catalogue, columns: list[str]) -> pl.DataFrame:
+    """One row per published field, in Chinese."""
+    schema = policy.schema()
+    by_column = {c.column: c for c in policy.columns}
+    by_token = {c.token_column: c for c in policy.columns if c.token}
+    rows = []
+    for name in columns:
+        dtype = _TYPE_ZH.get(type(schema[name]), str(schema[name]))
+        if name in by_column:
+            c = by_column[name]
+            codelist = next((cl for cl in catalogue.city.codelists if cl.code == c.element.codelist), None)
+            rows.append([name, c.element.name, dtype, c.rule.label, "是" if c.quasi_identifier else "否",
+                         f"{codelist.name} {codelist.standard or ''}".strip() if codelist else ""])
+        elif name in by_token:
+            c = by_token[name]
+            rows.append([name, f"{c.element.name}假名令牌", dtype, "HMAC-SHA256 密钥化假名, 同一密钥编号下可关联", "否", ""])
+        elif name == KEY_ID_COLUMN:
+            rows.append([name, "假名化密钥编号", dtype, "不同编号的令牌不可相互关联", "否", ""])
+        else:
+            rows.append([name, name, dtype, "", "否", ""])
+    return pl.DataFrame(rows, schema=DICTIONARY_COLUMNS, orient="row")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_open_export(
+    policy: OutputPolicy,
+    catalogue: Catalogue,
+    frame: pl.DataFrame,
+    root: Path,
+    as_of: dt.date,
+) -> ExportFiles:
+    """Write the three files of one open release; returns their paths."""
+    paths = export_paths(root, policy, as_of)
+    dictionary = data_dictionary(policy, catalogue, frame.columns)
+    _write(paths.csv, frame.write_csv(date_format="%Y-%m-%d").encode("utf-8"))
+    _write(paths.dictionary, dictionary.write_csv().encode("utf-8"))
+    head = {
+        "dataset": policy.name,
+        "title": policy.label,
+        "as_of": as_of.isoformat(),
+        "rows": frame.height,
+        "k": policy.k,
+        "quasi_identifiers": policy.quasi_identifiers,
+        "fields": dictionary.to_dicts(),
+    }
+    text = json.dumps(head, ensure_ascii=False, indent=1)
+    records = frame.write_json() if frame.height else "[]"
+    _write(paths.json, (text[:-2] + ',\n "records": ' + records + "\n}\n").encode("utf-8"))
+    return paths
+
+
+def read_open_csv(path: Path, policy: OutputPolicy) -> pl.DataFrame:
+    """An exported CSV read back as text (what a downstream user gets)."""
+    return pl.read_csv(path, infer_schema=False)

@@ -1,0 +1,137 @@
+"""Apply an :class:`~desensitize.policy.OutputPolicy` to base-library rows: the pure core of a share output.
+
+Input: the base-library versions valid on the snapshot date (key, values, valid_from). Output: the
+masked rows of one share/open dataset, plus what was done (rows, generalised, suppressed, tokens
+dropped). No storage here: ``assets/share.py`` reads the base and writes the share layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from catalog.models import OutputKind
+from desensitize.kanon import KAnonymity, Ladder, k_anonymise
+from desensitize.policy import (
+    KEY_ID_COLUMN,
+    ROW_HASH_COLUMN,
+    VALID_FROM,
+    ColumnPolicy,
+    Context,
+    OutputPolicy,
+    Rule,
+    rule,
+    shape,
+)
+from desensitize.pseudonym import PseudonymKey, base32, pseudonymise
+
+
+@dataclass
+class MaskedOutput:
+    frame: pl.DataFrame
+    rows_in: int  # base rows of the snapshot
+    rows_selected: int  # rows this class may carry (discriminator, at least one value)
+    kanon: KAnonymity | None = None
+    fpe_dropped: dict[str, int] = field(default_factory=dict)  # FPE tokens equal to a real ID → null
+
+    @property
+    def rows_out(self) -> int:
+        return self.frame.height
+
+
+def ladder(c: ColumnPolicy) -> list[Rule]:
+    """The k-anonymity ladder of a quasi-identifier: its policy rule, coarser rungs, then suppression."""
+    steps = [c.rule]
+    nxt = c.rule.coarser
+    if c.rule.spec == "keep":
+        nxt = {"date": "birth_year", "address": "to_district", "coordinate": "round(2)"}.get(shape(c.element))
+    while nxt is not None:
+        r = rule(nxt)
+        steps.append(r)
+        nxt = r.coarser
+    return steps
+
+
+def _selected(policy: OutputPolicy, snapshot: pl.DataFrame) -> pl.DataFrame:
+    lib = policy.library
+    rows = snapshot
+    if policy.discriminator_values is not None:
+        assert lib.discriminator is not None
+        rows = rows.filter(pl.col(lib.discriminator.element).is_in(list(policy.discriminator_values)))
+    values = [c.column for c in policy.columns if c.column not in lib.key and c.column in rows.columns]
+    excluded = [e for e, _ in policy.excluded]
+    if excluded and values:  # entities this class knows nothing about are not listed
+        rows = rows.filter(pl.any_horizontal([pl.col(v).is_not_null() for v in values]))
+    return rows
+
+
+def mask_snapshot(
+    policy: OutputPolicy,
+    snapshot: pl.DataFrame,
+    *,
+    as_of: dt.date,
+    key: PseudonymKey | None = None,
+    real_ids: pl.Series | None = None,
+) -> MaskedOutput:
+    """The masked rows of ``policy`` from base rows valid on ``as_of``.
+
+    ``real_ids``: every ID number in the base libraries; format-preserving tokens equal to one of
+    them are nulled (counted), so a token never shows anybody's real number.
+
+    Without a key, keyed columns (tokens, format-preserving IDs, the key id) are published empty:
+    suppression is the safe side of pseudonymisation, and the schema stays the same.
+    """
+    ctx = Context(as_of=as_of, key=key)
+    nothing = pl.lit(None, pl.String)
+    rows = _selected(policy, snapshot)
+    schema = policy.schema()
+    qis = policy.quasi_identifiers if policy.kind == OutputKind.open else []
+
+    exprs: list[pl.Expr] = []
+    for c in policy.columns:
+        src = pl.col(c.column)
+        if c.rule.outputs and c.column not in qis:
+            exprs.append((nothing if c.rule.keyed and key is None else c.rule.build(src, ctx)).alias(c.column))
+        elif c.column in qis:
+            exprs.append(src)  # raw; generalised by k_anonymise below
+        if c.token:
+            exprs.append((nothing if key is None else pseudonymise(src, key)).alias(c.token_column))
+    if VALID_FROM in schema:
+        exprs.append(pl.col(VALID_FROM))
+    if KEY_ID_COLUMN in schema:
+        exprs.append((nothing if key is None else pl.lit(key.key_id)).alias(KEY_ID_COLUMN))
+    out = rows.select(exprs) if exprs else pl.DataFrame()
+
+    dropped: dict[str, int] = {}
+    if real_ids is not None:
+        for c in policy.columns:
+            if c.rule.spec.startswith("fpe_id") and c.column in out.columns:
+                hit = out.get_column(c.column).is_in(real_ids)
+                dropped[c.column] = int(hit.sum())
+                if dropped[c.column]:
+                    out = out.with_columns(pl.when(hit).then(None).otherwise(pl.col(c.column)).alias(c.column))
+
+    report = None
+    if policy.kind == OutputKind.open:
+        ladders: dict[str, Ladder] = {}
+        for q in qis:
+            rungs = ladder(policy.column(q))
+            ladders[q] = [(lambda x, r=r: r.build(x, ctx)) for r in rungs] + [lambda x: pl.lit(None, pl.String)]
+        out, report = k_anonymise(out, ladders, policy.k)
+        # Row order must say nothing about the (suppressed) key: publish sorted by the values shown.
+        out = out.sort(out.columns, nulls_last=True)
+
+    out = out.select([pl.col(n).cast(t) for n, t in schema.items()])
+    return MaskedOutput(out, snapshot.height, rows.height, report, dropped)
+
+
+def with_row_hash(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add the 128-bit content hash of each row that incremental rewrites compare on (base32, no digits)."""
+    if frame.height == 0:
+        return frame.with_columns(pl.lit(None, pl.String).alias(ROW_HASH_COLUMN))
+    halves = [frame.hash_rows(seed=seed).to_numpy().astype(">u8") for seed in (0x6773, 0x6A6B)]
+    raw = np.concatenate([h.view(np.uint8).reshape(-1, 8) for h in halves], axis=1)
+    return frame.with_columns(base32(raw).alias(ROW_HASH_COLUMN))

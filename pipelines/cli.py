@@ -1,0 +1,364 @@
+"""``gongshu``: the command line of the product.
+
+    gongshu generate --persons 100000 --seed 7 --date 2026-11-21 --out .gongshu/landing
+    gongshu run --date 2026-11-21            # the nightly 归集 job for one batch date
+    gongshu summary --date 2026-11-21
+    gongshu serve-api                        # the demo departments' paged JSON API
+    gongshu catalog check [FOLDER] | gongshu catalog schema --out docs/
+    gongshu instance                         # write $DAGSTER_HOME/dagster.yaml
+    gongshu report --date 2026-11-21         # scorecard, 校核 tickets and department reports (and mail)
+    gongshu ticket answer JH-GAJ-20261121-0001 --note "已核实并更正" --by 张三
+    gongshu ticket import-reply 回复.xlsx | gongshu ticket extend ID --days 5 --approved-by 李四
+
+Errors are reported as one clear message (file, row, field where known) and exit code 2, never
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"日期格式应为 YYYY-MM-DD: {text!r}") from None
+
+
+def _yesterday() -> dt.date:
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo("Asia/Shanghai")).date() - dt.timedelta(days=1)
+
+
+def dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or (Path(".gongshu") / "dagster")).resolve()
+
+
+def cmd_instance(args: argparse.Namespace) -> int:
+    """Write $DAGSTER_HOME/dagster.yaml: the repo's dagster.yaml, plus PostgreSQL storage if configured."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    text = (REPO_ROOT / "dagster.yaml").read_text(encoding="utf-8")
+    if os.environ.get("DAGSTER_PG_URL"):
+        text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+    (home / "dagster.yaml").write_text(text, encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(home)
+    if not args.quiet:
+        kind = "PostgreSQL (DAGSTER_PG_URL)" if os.environ.get("DAGSTER_PG_URL") else "SQLite (内置)"
+        print(f"Dagster 实例: {home} · 存储: {kind}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from catalog.loader import catalogue_path, load_catalogue
+    from generator import generate
+
+    catalogue = load_catalogue(args.catalog or catalogue_path())
+    start = time.perf_counter()
+    manifest = generate(catalogue, persons=args.persons, seed=args.seed, date=args.date, out=Path(args.out),
+                        days=args.days, progress=not args.quiet)
+    print(f"已生成 {args.persons:,} 人的示范城市交付于 {args.out} ({time.perf_counter() - start:.1f} 秒); 真值清单: {manifest}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd_instance(argparse.Namespace(quiet=True))
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import defs
+    from pipelines.jobs import NIGHTLY_JOB
+
+    job = defs.resolve_job_def(NIGHTLY_JOB)
+    failed = 0
+    with DagsterInstance.get() as instance:
+        for i in range(args.days):
+            day = args.date - dt.timedelta(days=args.days - 1 - i)
+            start = time.perf_counter()
+            result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+            bad = [e.step_key for e in result.all_events if e.is_step_failure]
+            status = "成功" if result.success else f"失败步骤: {', '.join(bad)}"
+            print(f"归集 {day} · run {result.run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}")
+            failed += 0 if result.success else 1
+    if not args.no_summary:
+        print_summary(args.date)
+    return 1 if failed else 0
+
+
+def print_summary(day: dt.date) -> None:
+    from catalog.loader import current_catalogue
+    from pipelines.resources import landing_path
+    from pipelines.summary import summary_lines
+    from quality.freshness import city_zone, freshness_lines, summary_time
+    from warehouse.store import Warehouse
+
+    wh = Warehouse()
+    try:
+        catalogue = current_catalogue()
+        for line in summary_lines(wh, catalogue, day):
+            print(line)
+        for line in freshness_lines(wh, catalogue, summary_time(day, city_zone(catalogue))):
+            print(line)
+        from quality.report import report_lines
+
+        for line in report_lines(wh, catalogue, day):
+            print(line)
+    finally:
+        wh.dispose()
+    print(f"\n数仓: {wh.safe_url}\n交付目录: {landing_path().resolve()}\nDagster 实例: {dagster_home()}"
+          "\n界面: make ui → http://127.0.0.1:3000")
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    print_summary(args.date)
+    return 0
+
+
+def cmd_score_detection(args: argparse.Namespace) -> int:
+    """Compare the pipeline's findings with the generator's ground truth; exit 1 unless perfect."""
+    from catalog.loader import current_catalogue
+    from quality.detection import findings, format_score, load_manifest, score
+    from warehouse.store import Warehouse
+
+    _, truth = load_manifest(Path(args.manifest))
+    dates = sorted(set(truth.get_column("batch_date").drop_nulls().to_list()))
+    catalogue = current_catalogue()
+    wh = Warehouse()
+    try:
+        found = findings(wh, catalogue, dates, stale=stale_resources(wh, catalogue, max(dates)))
+    finally:
+        wh.dispose()
+    s = score(truth, found)
+    print(f"\n缺陷检出评估 · {args.manifest}")
+    for line in format_score(s):
+        print(line)
+    if args.verbose:
+        for name, frame in (("漏报", s.missed), ("误报", s.false_positives)):
+            for r in frame.head(20).iter_rows(named=True):
+                print(f"  {name}: {r}")
+    print("全部类别精确率与召回率均为 1.0" if s.perfect else "存在漏报或误报")
+    return 0 if s.perfect else 1
+
+
+def stale_resources(wh, catalogue, day: dt.date) -> list[str]:
+    """Resources stale at the end of ``day`` (the freshness rules of quality.freshness)."""
+    from quality.freshness import Status, city_zone, evaluate_catalogue, summary_time
+
+    now = summary_time(day, city_zone(catalogue))
+    return [f.resource_id for f in evaluate_catalogue(wh, catalogue, now) if f.status == Status.stale]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Score the batch date, bring the 校核 tickets up to it, write and mail every department's report."""
+    from catalog.loader import current_catalogue
+    from desensitize.pseudonym import KEY_ENV, PseudonymKey
+    from pipelines.mailer import Mailer
+    from quality.report import outcome_lines, produce_reports
+    from quality.scorecard import load_config, markdown_table, previous_totals, run_scorecard
+    from warehouse.store import Warehouse
+
+    catalogue = current_catalogue()
+    config = load_config(catalogue.root)
+    wh = Warehouse()
+    try:
+        previous = previous_totals(wh, args.date)
+        sync, card = run_scorecard(wh, catalogue, args.date, config, run_id=f"cli-{time.strftime('%Y%m%dT%H%M%S')}")
+        print(f"校核工单 · {args.date}: 新开 {len(sync.opened)} · 修复 {len(sync.fixed)} · 新超期 {len(sync.overdue)}")
+        print(markdown_table(card, catalogue, previous))
+        key = PseudonymKey.from_env() if os.environ.get(KEY_ENV) else None
+        run = produce_reports(wh, catalogue, args.date, config, mailer=Mailer.from_env(wh), key=key,
+                              send=not args.no_send, resend=args.resend)
+        for line in outcome_lines(run, catalogue):
+            print(line)
+    finally:
+        wh.dispose()
+    return 0
+
+
+def cmd_ticket(args: argparse.Namespace) -> int:
+    """校核 tickets: answer, import a reply workbook, extend with approval, close, list."""
+    from catalog.loader import current_catalogue
+    from quality import tickets as tk
+    from quality.freshness import city_zone
+    from quality.scorecard import load_config
+    from warehouse.store import Warehouse
+
+    catalogue = current_catalogue()
+    tz = city_zone(catalogue)
+    wh = Warehouse()
+    try:
+        if args.action == "answer":
+            t = tk.answer_ticket(wh, args.id, args.note, args.by, tz=tz)
+            late = "" if t["resolved_on_time"] in (None, True) else " (已超过校核期限)"
+            print(f"校核单 {t['ticket_id']} 已登记答复{late}; 状态: {tk.STATUS_LABEL[t['status']]}")
+        elif args.action == "import-reply":
+            out = tk.import_reply(wh, Path(args.file), tz=tz)
+            print(f"已登记答复 {len(out.answered)} 件, 未填写 {out.blank} 件, 未处理 {len(out.skipped)} 件")
+            for ticket_id, why in out.skipped:
+                print(f"  {ticket_id}: {why}")
+        elif args.action == "extend":
+            t = tk.extend_ticket(wh, args.id, args.days, args.approved_by, load_config(catalogue.root),
+                                 note=args.note, tz=tz)
+            print(f"校核单 {t['ticket_id']} 延期 {args.days} 个工作日 (合计 {t['extension_days']}), "
+                  f"新期限 {t['due_date']}, 批准人 {t['extended_by']}; 状态: {tk.STATUS_LABEL[t['status']]}")
+        elif args.action == "close":
+            t = tk.close_ticket(wh, args.id, args.by, args.note, tz=tz)
+            print(f"校核单 {t['ticket_id']} 已关闭 ({args.by})")
+        else:
+            import polars as pl
+
+            rows = tk.read_tickets(wh, department=args.department)
+            rows = rows.filter(pl.col("status").is_in(args.status or list(tk.ACTIVE)))
+            for r in rows.iter_rows(named=True):
+                print(f"{r['ticket_id']}  {tk.STATUS_LABEL[r['status']]:<4}  期限 {r['due_date']}  "
+                      f"{tk.KIND_LABEL[r['kind']]}  {r['resource_id']}  {r['item_labels']}")
+            print(f"共 {rows.height} 件")
+    except tk.TicketError as exc:
+        print(f"错误: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        wh.dispose()
+    return 0
+
+
+def cmd_serve_api(args: argparse.Namespace) -> int:
+    from pipelines.demo_api import make_server
+    from pipelines.resources import landing_path
+
+    server = make_server(Path(args.landing) if args.landing else landing_path(), args.host, args.port,
+                         os.environ.get(args.token_env) if args.token_env else None)
+    print(f"示范数据接口: http://{args.host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from catalog.loader import catalogue_path, load_catalogue
+    from catalog.schema import write_schemas
+
+    if args.action == "schema":
+        for path in write_schemas(Path(args.out)):
+            print(f"已写出 {path}")
+        return 0
+    cat = load_catalogue(args.folder or catalogue_path())
+    print(f"目录有效: {cat.city.city.name} · {len(cat.departments)} 个部门 · {len(cat.libraries)} 个基础库 · "
+          f"{len(cat.resources)} 个资源 · {sum(len(lib.elements) for lib in cat.libraries)} 个数据元")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gongshu", description="公数: 公共数据平台归集、质量、脱敏流水线")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="生成示范城市各部门的交付(含注入缺陷与真值清单)")
+    g.add_argument("--persons", type=int, default=100_000)
+    g.add_argument("--seed", type=int, default=20261121)
+    g.add_argument("--date", type=_date, default=None, help="批次日期 (默认: 昨天)")
+    g.add_argument("--days", type=int, default=1, help="连续生成的批次天数, 截止 --date")
+    g.add_argument("--out", default=None, help="交付根目录 (默认: GONGSHU_LANDING)")
+    g.add_argument("--catalog", default=None)
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("run", help="运行每晚归集作业")
+    r.add_argument("--date", type=_date, default=None, help="批次日期 (默认: 昨天)")
+    r.add_argument("--days", type=int, default=1, help="连续运行的批次天数, 截止 --date")
+    r.add_argument("--no-summary", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("summary", help="打印某批次日期的归集汇总")
+    s.add_argument("--date", type=_date, default=None)
+    s.set_defaults(func=cmd_summary)
+
+    d = sub.add_parser("score-detection", help="对照生成器真值清单评估缺陷检出 (精确率/召回率)")
+    d.add_argument("--manifest", required=True)
+    d.add_argument("--verbose", action="store_true")
+    d.set_defaults(func=cmd_score_detection)
+
+    a = sub.add_parser("serve-api", help="启动示范部门的分页 JSON 接口")
+    a.add_argument("--landing", default=None)
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8765)
+    a.add_argument("--token-env", default=None, help="要求 Bearer 令牌, 令牌取自该环境变量")
+    a.set_defaults(func=cmd_serve_api)
+
+    c = sub.add_parser("catalog", help="校验目录或导出 JSON Schema")
+    c.add_argument("action", choices=["check", "schema"])
+    c.add_argument("folder", nargs="?", default=None)
+    c.add_argument("--out", default="docs")
+    c.set_defaults(func=cmd_catalog)
+
+    q = sub.add_parser("report", help="质量评分、校核工单同步, 生成并发送部门质量报告")
+    q.add_argument("--date", type=_date, default=None, help="批次日期 (默认: 昨天)")
+    q.add_argument("--no-send", action="store_true", help="只写出报告文件, 不发送邮件")
+    q.add_argument("--resend", action="store_true", help="已发送过的报告也重新发送")
+    q.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("ticket", help="校核工单: 答复、导入回复表、延期、关闭、列出")
+    tsub = t.add_subparsers(dest="action", required=True)
+    ta = tsub.add_parser("answer", help="登记部门的校核答复")
+    ta.add_argument("id")
+    ta.add_argument("--note", required=True, help="回复说明")
+    ta.add_argument("--by", default=None, help="回复人")
+    ti = tsub.add_parser("import-reply", help="导入部门回传的报告 XLSX (「校核工单」表)")
+    ti.add_argument("file")
+    te = tsub.add_parser("extend", help="延长校核期限 (工作日, 须注明批准人)")
+    te.add_argument("id")
+    te.add_argument("--days", type=int, required=True)
+    te.add_argument("--approved-by", required=True)
+    te.add_argument("--note", default=None)
+    tc = tsub.add_parser("close", help="关闭工单 (如答复已认可)")
+    tc.add_argument("id")
+    tc.add_argument("--by", required=True)
+    tc.add_argument("--note", default=None)
+    tl = tsub.add_parser("list", help="列出工单 (默认: 待校核、超期、已答复)")
+    tl.add_argument("--department", default=None)
+    tl.add_argument("--status", action="append", choices=["open", "overdue", "answered", "fixed", "closed"])
+    t.set_defaults(func=cmd_ticket)
+
+    i = sub.add_parser("instance", help="写出 $DAGSTER_HOME/dagster.yaml")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=cmd_instance)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "date", "unset") is None:
+        args.date = _yesterday()
+    if getattr(args, "out", "unset") is None and args.command == "generate":
+        from pipelines.resources import landing_path
+
+        args.out = str(landing_path())
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the user gets one clear line, never a traceback
+        from assets.channels import DeliveryError
+        from catalog.loader import CatalogueError
+
+        if isinstance(exc, CatalogueError | DeliveryError | FileNotFoundError | ValueError | OSError):
+            print(f"错误: {exc}", file=sys.stderr)
+        else:
+            print(f"错误: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("GONGSHU_DEBUG"):
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

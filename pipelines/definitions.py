@@ -1,0 +1,40 @@
+"""The code location: everything Dagster loads, built from the configured catalogue.
+
+``workspace.yaml`` points here; ``dagster definitions validate -m pipelines.definitions`` checks it.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from assets.factory import build_assets, build_checks, daily_partitions
+from assets.share import build_share_assets, share_resources
+from catalog.loader import current_catalogue
+from pipelines.jobs import build_jobs_and_schedules
+from pipelines.mailer import MailerResource
+from pipelines.resources import LandingResource, WarehouseResource
+from pipelines.sensors import build_sensors
+from quality.freshness import build_freshness_checks
+from quality.report import build_department_reports_asset
+from quality.scorecard import build_scorecard_asset
+
+
+def build_definitions() -> Definitions:
+    catalogue = current_catalogue()
+    partitions = daily_partitions(catalogue)
+    assets = build_assets(catalogue, partitions) + build_share_assets(catalogue, partitions)
+    assets += [build_scorecard_asset(catalogue, partitions), build_department_reports_asset(catalogue, partitions)]
+    jobs, schedules = build_jobs_and_schedules(partitions)
+    warehouse = WarehouseResource()
+    return Definitions(
+        assets=assets,
+        asset_checks=[*build_checks(catalogue, partitions), build_freshness_checks(catalogue)],
+        jobs=jobs,
+        schedules=schedules,
+        sensors=build_sensors(catalogue, partitions),
+        resources={"warehouse": warehouse, "landing": LandingResource(), "mailer": MailerResource(warehouse=warehouse),
+                   **share_resources()},
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,355 @@
+"""Sensors: stale data, failed runs and blocking checks, and deliveries landing in file channels.
+
+* ``stale_data_sensor`` evaluates every resource's freshness (:mod:`quality.freshness`) on a short
+  interval, reports the ``freshness`` check of each ODS asset, writes ``quality.freshness`` and
+  mails the department and the data engineers once per resource that turns stale.
+* ``run_failure_alert`` mails the data engineers when a run fails; a failed blocking check (which
+  fails its run) is named as such, with the check's result.
+* ``file_arrival_<dept>_<resource>``: a delivery landing in a file channel's folder starts that
+  resource's 归集 (ODS, 标准层, its base library) for the folder's batch date.
+
+Every sensor keeps its progress in its Dagster cursor, so a restarted daemon neither repeats a
+mail nor re-launches a run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+from dagster import (
+    AssetSelection,
+    DagsterEventType,
+    DailyPartitionsDefinition,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+
+from assets.factory import base_key, ods_key, std_key
+from catalog.loader import Catalogue
+from catalog.models import FileChannel, Resource
+from pipelines.mailer import MailerResource, MailError, engineer_emails
+from pipelines.resources import LandingResource, WarehouseResource
+from quality import freshness as fr
+from warehouse.store import Warehouse
+
+FRESHNESS_INTERVAL_S = int(os.environ.get("GONGSHU_FRESHNESS_INTERVAL", "300"))
+ARRIVAL_INTERVAL_S = int(os.environ.get("GONGSHU_ARRIVAL_INTERVAL", "60"))
+REPORT_REFRESH = dt.timedelta(hours=1)  # re-report an unchanged check so its lag stays current
+
+
+# --- stale data --------------------------------------------------------------------------------
+
+
+def _load(cursor: str | None) -> dict:
+    try:
+        data = json.loads(cursor) if cursor else {}
+    except json.JSONDecodeError:
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
+    @sensor(
+        name="stale_data_sensor",
+        minimum_interval_seconds=FRESHNESS_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="时效监测: 按更新周期与法定工作日判断各资源是否超期; 记录 freshness 检查与 quality.freshness, "
+                    "资源新超期时通知数源部门与数据工程师(每次超期一次)。",
+    )
+    def stale_data_sensor(
+        context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource
+    ) -> SkipReason:
+        now = fr.clock()
+        wh = warehouse.get()
+        evaluations = fr.evaluate_catalogue(wh, catalogue, now)
+        fr.store_freshness(wh, evaluations)
+
+        state = _load(context.cursor)
+        current = {f.resource_id for f in evaluations}  # resources dropped from the catalogue are forgotten
+        reported: dict[str, list] = {k: v for k, v in state.get("reported", {}).items() if k in current}
+        notified: dict[str, str] = {k: v for k, v in state.get("notified", {}).items() if k in current}
+        n_reported, sent, failed = 0, [], []
+        for f in evaluations:
+            rid = f.resource_id
+            key = f"{f.status.value}|{f.last.batch_id if f.last else ''}"
+            previous = reported.get(rid)
+            if (previous is None or previous[0] != key
+                    or now - dt.datetime.fromisoformat(previous[1]) >= REPORT_REFRESH):
+                context.instance.report_runless_asset_event(fr.check_evaluation(f, ods_key(f.resource)))
+                reported[rid] = [key, now.isoformat()]
+                n_reported += 1
+            if f.status != fr.Status.stale:
+                notified.pop(rid, None)  # a later stale spell is news again
+                continue
+            if rid in notified:
+                continue
+            dept = catalogue.department(f.resource.department)
+            to = [*dept.emails, *engineer_emails()]
+            if not to:
+                context.log.warning(f"{rid} 超期, 但部门与 GONGSHU_ENGINEER_EMAILS 均无收件人")
+                notified[rid] = now.isoformat()
+                continue
+            subject, html = fr.stale_notice(f, catalogue)
+            try:
+                mailer.get().send(to, subject, html, category="freshness", reference=rid)
+            except MailError as exc:  # not marked as notified: the next tick tries again
+                context.log.error(str(exc))
+                failed.append(rid)
+                continue
+            notified[rid] = now.isoformat()
+            sent.append(rid)
+        context.update_cursor(json.dumps({"reported": reported, "notified": notified}, sort_keys=True))
+        stale = [f.resource_id for f in evaluations if f.status == fr.Status.stale]
+        return SkipReason(
+            f"{len(evaluations)} 个资源, 超期 {len(stale)} ({', '.join(stale) or '无'}); 记录检查 {n_reported}; "
+            f"新通知 {', '.join(sent) or '无'}" + (f"; 发送失败 {', '.join(failed)}" if failed else "")
+        )
+
+    return stale_data_sensor
+
+
+# --- failed runs and blocking checks -----------------------------------------------------------
+
+
+def failed_blocking_checks(context: RunFailureSensorContext) -> list[dict]:
+    """Blocking checks that failed with ERROR severity in the failed run."""
+    records = context.instance.get_records_for_run(
+        context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=10_000
+    ).records
+    out = []
+    for rec in records:
+        ev = rec.event_log_entry.dagster_event.event_specific_data
+        if ev.passed or not ev.blocking or ev.severity.value != "ERROR":
+            continue
+        out.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name, "partition": ev.partition,
+                    "description": ev.description or "",
+                    "metadata": {k: str(getattr(v, "value", v)) for k, v in ev.metadata.items()
+                                 if not k.startswith("dagster/") and len(str(getattr(v, "value", v))) < 300}})
+    return out
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _error_text(error, limit: int = 2000) -> str:
+    """An error and its causes, innermost (the department's or the code's own message) last."""
+    parts = []
+    while error is not None and len(parts) < 5:
+        parts.append(error.message.strip())
+        error = error.cause
+    return "\n↳ ".join(parts)[:limit]
+
+
+def run_failure_notice(context: RunFailureSensorContext) -> tuple[str, str, list[dict]]:
+    """Subject and HTML of the alert for a failed run, and its failed blocking checks."""
+    run = context.dagster_run
+    partition = run.tags.get("dagster/partition", "")
+    checks = failed_blocking_checks(context)
+    steps = context.get_step_failure_events()
+    what = "阻断性质量检查未通过" if checks else "运行失败"
+    subject = f"【公数告警】{what} · {run.job_name}{' · ' + partition if partition else ''} · run {run.run_id[:8]}"
+    parts = [f"<p>作业 <b>{_escape(run.job_name)}</b> (run {run.run_id}){' 分区 ' + partition if partition else ''} "
+             f"{what}。</p>", f"<p>{_escape(context.failure_event.message or '')}</p>"]
+    if checks:
+        rows = "".join(
+            f"<tr><td>{_escape(c['asset'])}</td><td>{_escape(c['check'])}</td><td>{_escape(c['partition'] or '')}</td>"
+            f"<td>{_escape(c['description'])}</td><td>"
+            + "<br>".join(f"{_escape(k)}: {_escape(v)}" for k, v in c["metadata"].items()) + "</td></tr>"
+            for c in checks)
+        parts.append('<h3>未通过的阻断性检查</h3><table border="1" cellspacing="0" cellpadding="4">'
+                     f"<tr><th>资产</th><th>检查</th><th>分区</th><th>说明</th><th>结果</th></tr>{rows}</table>"
+                     "<p>阻断性检查未通过时, 该批次不会并入基础库; 请核实交付后重新运行该分区。</p>")
+    if steps:
+        items = "".join(
+            f"<li><b>{_escape(e.step_key or '')}</b>: "
+            f"<pre>{_escape(_error_text(e.event_specific_data.error))}</pre></li>"
+            for e in steps if e.event_specific_data and e.event_specific_data.error)
+        parts.append(f"<h3>失败步骤</h3><ul>{items}</ul>")
+    return subject, "<html><body>" + "".join(parts) + "</body></html>", checks
+
+
+def build_run_failure_alert() -> SensorDefinition:
+    # CLI runs (execute_in_process) carry no code-location origin; this instance serves gongshu only.
+    @run_failure_sensor(
+        name="run_failure_alert",
+        monitor_all_code_locations=True,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="运行失败或阻断性质量检查未通过时, 邮件通知数据工程师 (GONGSHU_ENGINEER_EMAILS)。",
+    )
+    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource) -> None:
+        to = engineer_emails()
+        if not to:
+            context.log.warning("GONGSHU_ENGINEER_EMAILS 未设置, 无法发送运行失败告警")
+            return
+        subject, html, checks = run_failure_notice(context)
+        mailer.get().send(to, subject, html, category="blocking_check" if checks else "run_failure",
+                          reference=context.dagster_run.run_id)
+
+    return run_failure_alert
+
+
+# --- file arrivals -----------------------------------------------------------------------------
+
+_DATE_TOKENS = {"{date:%Y%m%d}": (r"(?P<date>\d{8})", "%Y%m%d", "[0-9]" * 8),
+                "{date}": (r"(?P<date>\d{4}-\d{2}-\d{2})", "%Y-%m-%d", "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")}
+
+
+def channel_glob(ch: FileChannel) -> tuple[str, re.Pattern[str], str]:
+    """(glob over every batch date, regex that reads the date back from a relative path, date format)."""
+    token = next((t for t in _DATE_TOKENS if t in ch.path), None)
+    if token is None:
+        raise ValueError(f"文件通道路径 {ch.path!r} 不含批次日期 ({' 或 '.join(_DATE_TOKENS)})")
+    date_re, fmt, date_glob = _DATE_TOKENS[token]
+    regex = []
+    for piece in re.split(r"(\{date(?::%Y%m%d)?\}|\*\*|\*|\?)", ch.path):
+        if piece in _DATE_TOKENS:
+            regex.append(date_re)
+        elif piece == "**":
+            regex.append(r".*")
+        elif piece == "*":
+            regex.append(r"[^/]*")
+        elif piece == "?":
+            regex.append(r"[^/]")
+        else:
+            regex.append(re.escape(piece))
+    return ch.path.replace(token, date_glob), re.compile("".join(regex) + r"\Z"), fmt
+
+
+def landed_files(ch: FileChannel, landing: Path) -> dict[dt.date, list[Path]]:
+    """Every delivered file of a channel, by the batch date in its path."""
+    pattern, regex, fmt = channel_glob(ch)
+    out: dict[dt.date, list[Path]] = {}
+    for name in glob.glob(str(landing / pattern)):
+        path = Path(name)
+        m = regex.match(path.relative_to(landing).as_posix())
+        if not m or not path.is_file():
+            continue
+        try:
+            day = dt.datetime.strptime(m.group("date"), fmt).date()
+        except ValueError:
+            continue
+        out.setdefault(day, []).append(path)
+    return {d: sorted(p) for d, p in out.items()}
+
+
+def fingerprint(files: list[Path]) -> str:
+    """Names, sizes and modification times: a new or rewritten file gives a new fingerprint."""
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _ingested(wh: Warehouse, resource: Resource, since: dt.date) -> dict[dt.date, tuple[set[str], dt.datetime]]:
+    """Newest batch per date already in ODS: its file names and when it was read (UTC)."""
+    if not wh.exists("ods", "batches"):
+        return {}
+    schema = {"batch_date": pl.Date(), "seq": pl.Int64(), "sources": pl.String(), "received_at": pl.Datetime("us")}
+    with wh.engine.connect() as conn:
+        frame = wh.read(conn, f"SELECT batch_date, seq, sources, received_at FROM {wh.qualified('ods', 'batches')} "
+                              "WHERE resource_id = :r AND batch_date >= :d", schema, {"r": resource.id, "d": since})
+    newest = frame.sort("seq").group_by("batch_date", maintain_order=True).last()
+    return {r["batch_date"]: (set((r["sources"] or "").split("; ")), r["received_at"].replace(tzinfo=dt.UTC))
+            for r in newest.iter_rows(named=True)}
+
+
+def arrival_requests(
+    resource: Resource,
+    partitions: DailyPartitionsDefinition,
+    landing: Path,
+    seen: dict[str, str],
+    now: dt.datetime,
+    wh: Warehouse | None = None,
+    settle_s: float = 30.0,
+    lookback_days: int = 31,
+) -> tuple[list[RunRequest], dict[str, str]]:
+    """Run requests for deliveries that landed since ``seen`` ({date: fingerprint}), and the new ``seen``.
+
+    A date is requested once its files have been still for ``settle_s`` (no half-copied files)
+    and its partition exists (the day is over in the city); older than ``lookback_days`` it is
+    left to backfills. A delivery that ODS already holds (same files, read after their last
+    change) is only remembered, not re-run: the nightly job got there first.
+    """
+    ch = resource.channel
+    assert isinstance(ch, FileChannel)
+    tz = ZoneInfo(partitions.timezone or "UTC")
+    today = now.astimezone(tz).date()
+    first = max(today - dt.timedelta(days=lookback_days), partitions.start.date())
+    ingested = _ingested(wh, resource, first) if wh is not None else {}
+    requests, new_seen = [], {d: v for d, v in seen.items() if dt.date.fromisoformat(d) >= first}
+    for day, files in sorted(landed_files(ch, landing).items()):
+        if not first <= day < today:  # today's partition does not exist until midnight
+            continue
+        mtimes = [dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC) for p in files]
+        if (now - max(mtimes)).total_seconds() < settle_s:
+            continue
+        fp = fingerprint(files)
+        if new_seen.get(day.isoformat()) == fp:
+            continue
+        new_seen[day.isoformat()] = fp
+        done = ingested.get(day)
+        if done and done[0] == {p.name for p in files} and done[1] >= max(mtimes):
+            continue
+        requests.append(RunRequest(
+            run_key=f"{resource.id}:{day.isoformat()}:{fp}",
+            partition_key=day.isoformat(),
+            tags={"department": resource.department, "gongshu/trigger": "file_arrival", "gongshu/resource": resource.id},
+        ))
+    return requests, new_seen
+
+
+def build_file_arrival_sensor(
+    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition
+) -> SensorDefinition:
+    lib = catalogue.library(resource.library)
+    dept = catalogue.department(resource.department)
+
+    @sensor(
+        name=f"file_arrival_{resource.id}",
+        minimum_interval_seconds=ARRIVAL_INTERVAL_S,
+        target=AssetSelection.assets(ods_key(resource), std_key(resource), base_key(lib)),
+        description=f"文件到达即归集: {dept.name}「{resource.name}」的交付落入 {resource.channel.path} 后, "
+                    f"立即为该批次日期运行贴源层、标准层与{lib.name}, 不等夜间作业。",
+    )
+    def _arrival(
+        context: SensorEvaluationContext, landing: LandingResource, warehouse: WarehouseResource
+    ) -> SensorResult:
+        seen = _load(context.cursor)
+        settle = float(os.environ.get("GONGSHU_ARRIVAL_SETTLE_SECONDS", "30"))
+        requests, seen = arrival_requests(resource, partitions, landing.root(), seen, fr.clock(), warehouse.get(),
+                                          settle_s=settle)
+        return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+
+    return _arrival
+
+
+def file_channel_resources(catalogue: Catalogue) -> Iterator[Resource]:
+    """Resources delivered as files into dated folders (a path without a date names no batch date)."""
+    return (r for r in catalogue.resources
+            if isinstance(r.channel, FileChannel) and any(t in r.channel.path for t in _DATE_TOKENS))
+
+
+def build_sensors(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[SensorDefinition]:
+    return [
+        build_stale_data_sensor(catalogue),
+        build_run_failure_alert(),
+        *(build_file_arrival_sensor(catalogue, r, partitions) for r in file_channel_resources(catalogue)),
+    ]

@@ -1,0 +1,55 @@
+"""The end-of-run summary: rows delivered / accepted / quarantined per resource, rows per library."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+from catalog.loader import Catalogue
+from warehouse.store import Warehouse
+
+
+def reconciliation_for(wh: Warehouse, day: dt.date) -> pl.DataFrame:
+    """Latest batch per resource up to ``day`` with its reconciliation counts."""
+    schema = {"resource_id": pl.String(), "batch_id": pl.String(), "batch_date": pl.Date(),
+              "rows_delivered": pl.Int64(), "rows_accepted": pl.Int64(), "rows_quarantined": pl.Int64()}
+    if not wh.exists("audit", "reconciliation"):
+        return pl.DataFrame(schema=schema)
+    with wh.engine.connect() as conn:
+        frame = wh.read(
+            conn,
+            f"SELECT resource_id, batch_id, batch_date, rows_delivered, rows_accepted, rows_quarantined "
+            f"FROM {wh.qualified('audit', 'reconciliation')} WHERE batch_date <= :d",
+            schema, {"d": day},
+        )
+    return frame.sort("batch_date", "batch_id").group_by("resource_id", maintain_order=True).last()
+
+
+def summary_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> list[str]:
+    rec = {r["resource_id"]: r for r in reconciliation_for(wh, day).iter_rows(named=True)}
+    lines = [f"\n归集汇总 · 批次日期 {day} · {catalogue.city.city.name}", ""]
+    lines.append(f"{'资源':<24}{'最近批次':>12}{'交付':>10}{'接收':>10}{'隔离':>8}  对账")
+    for r in sorted(catalogue.resources, key=lambda r: r.id):
+        label = f"{r.department}/{r.code} {r.name}"
+        row = rec.get(r.id)
+        if row is None:
+            lines.append(f"{label:<24}{'未收到':>12}")
+            continue
+        ok = row["rows_delivered"] == row["rows_accepted"] + row["rows_quarantined"]
+        stale = "" if row["batch_date"] == day else f"  (最近交付 {row['batch_date']})"
+        lines.append(
+            f"{label:<24}{row['batch_date']!s:>12}{row['rows_delivered']:>10,}{row['rows_accepted']:>10,}"
+            f"{row['rows_quarantined']:>8,}  {'✓' if ok else '✗'}{stale}"
+        )
+    lines += ["", f"{'基础库':<16}{'现行实体':>12}{'历史版本':>12}"]
+    with wh.engine.connect() as conn:
+        for lib in catalogue.libraries:
+            if not wh.exists("base", lib.code):
+                lines.append(f"{lib.name:<16}{'(未建)':>12}")
+                continue
+            t = wh.qualified("base", lib.code)
+            cur = wh.scalar(conn, f"SELECT COUNT(*) FROM {t} WHERE valid_to IS NULL")
+            total = wh.scalar(conn, f"SELECT COUNT(*) FROM {t}")
+            lines.append(f"{lib.name:<16}{cur:>12,}{total:>12,}")
+    return lines

@@ -1,0 +1,115 @@
+"""质量层 storage of rule results (per run and batch) and failing records (keys masked)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import sqlalchemy as sa
+
+from catalog.loader import Catalogue
+from catalog.models import Resource
+from desensitize.rules import preview_rule
+from warehouse.store import Column, Warehouse
+
+RULE_RESULTS = "rule_results"
+FAILURES = "failures"
+
+RULE_RESULT_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(), "batch_id": pl.String(), "resource_id": pl.String(), "department": pl.String(),
+    "batch_date": pl.Date(), "rule_id": pl.String(), "kind": pl.String(), "dimension": pl.String(),
+    "severity": pl.String(), "label": pl.String(), "evaluated": pl.Int64(), "failed": pl.Int64(),
+    "pass_rate": pl.Float64(), "gx_evaluated": pl.Int64(), "gx_failed": pl.Int64(),
+    "checked_at": pl.Datetime("us"),
+}
+FAILURE_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "batch_id": pl.String(), "resource_id": pl.String(), "department": pl.String(), "row_no": pl.Int64(),
+    "rule_id": pl.String(), "field": pl.String(), "entity_key_masked": pl.String(), "value_masked": pl.String(),
+    "expected": pl.String(),
+}
+
+
+def rule_results_table(wh: Warehouse) -> sa.Table:
+    return wh.table("quality", RULE_RESULTS, [Column(n, t) for n, t in RULE_RESULT_SCHEMA.items()],
+                    indexes=[["batch_id"], ["resource_id", "batch_date"]])
+
+
+def failures_table(wh: Warehouse) -> sa.Table:
+    return wh.table("quality", FAILURES, [Column(n, t) for n, t in FAILURE_TABLE_SCHEMA.items()],
+                    indexes=[["batch_id"], ["resource_id", "rule_id"]])
+
+
+def masked_failures(
+    catalogue: Catalogue, resource: Resource, failures: pl.DataFrame, accepted_keys: pl.DataFrame
+) -> pl.DataFrame:
+    """Failing records with the entity key and sensitive values masked (never a raw identifier).
+
+    ``accepted_keys`` maps ``_row_no`` to the parsed key columns of every parsed row.
+    """
+    lib = catalogue.library(resource.library)
+    key_exprs = []
+    for k in resource.key:
+        rule = preview_rule(lib.element(k))
+        key_exprs.append(rule(pl.col(k).cast(pl.String)) if rule else pl.col(k).cast(pl.String))
+    keyed = failures.join(accepted_keys, on="_row_no", how="left")
+    value_masked = pl.lit(None, pl.String)
+    for code in {r for r in failures.get_column("field").unique().to_list() if r}:
+        e = lib.element(code) if code in {x.code for x in lib.elements} else None
+        rule = preview_rule(e)
+        masked = rule(pl.col("value")) if rule else pl.col("value")
+        value_masked = pl.when(pl.col("field") == code).then(masked).otherwise(value_masked)
+    return keyed.select(
+        pl.col("_row_no").alias("row_no"), "rule_id", "field",
+        pl.concat_str(key_exprs, separator="|").alias("entity_key_masked"),
+        value_masked.alias("value_masked"),
+        "expected",
+    )
+
+
+def store_results(
+    wh: Warehouse,
+    conn: sa.Connection,
+    *,
+    run_id: str,
+    batch_id: str,
+    resource: Resource,
+    batch_date: dt.date,
+    counts: pl.DataFrame,
+    gx_counts: dict[str, tuple[int, int]] | None,
+    failures: pl.DataFrame,
+) -> None:
+    """Append this run's rule results; replace the batch's failing records (derived data)."""
+    rr, ft = rule_results_table(wh), failures_table(wh)
+    wh.create(conn, rr)
+    wh.create(conn, ft)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    gx_counts = gx_counts or {}
+    results = counts.with_columns(
+        pl.lit(run_id).alias("run_id"), pl.lit(batch_id).alias("batch_id"), pl.lit(resource.id).alias("resource_id"),
+        pl.lit(resource.department).alias("department"), pl.lit(batch_date).alias("batch_date"),
+        pl.when(pl.col("evaluated") > 0).then(1 - pl.col("failed") / pl.col("evaluated")).otherwise(1.0)
+        .alias("pass_rate"),
+        pl.col("rule_id").replace_strict({k: v[0] for k, v in gx_counts.items()}, default=None,
+                                         return_dtype=pl.Int64).alias("gx_evaluated"),
+        pl.col("rule_id").replace_strict({k: v[1] for k, v in gx_counts.items()}, default=None,
+                                         return_dtype=pl.Int64).alias("gx_failed"),
+        pl.lit(now).alias("checked_at"),
+    )
+    conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', RULE_RESULTS)} WHERE batch_id = :b AND run_id = :r"),
+                 {"b": batch_id, "r": run_id})
+    wh.insert(conn, rr, results.cast({k: v for k, v in RULE_RESULT_SCHEMA.items()}))
+    conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', FAILURES)} WHERE batch_id = :b"), {"b": batch_id})
+    wh.insert(conn, ft, failures.with_columns(
+        pl.lit(batch_id).alias("batch_id"), pl.lit(resource.id).alias("resource_id"),
+        pl.lit(resource.department).alias("department"),
+    ))
+
+
+def read_failures(wh: Warehouse, conn: sa.Connection, batch_id: str, limit: int) -> pl.DataFrame:
+    """Failing records of a batch (already masked), first ``limit`` per rule order."""
+    schema = {k: v for k, v in FAILURE_TABLE_SCHEMA.items()}
+    if not wh.exists("quality", FAILURES):
+        return pl.DataFrame(schema=schema)
+    cols = ", ".join(wh.quote(c) for c in schema)
+    return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('quality', FAILURES)} WHERE batch_id = :b "
+                   f"ORDER BY rule_id, row_no LIMIT {int(limit)}", schema, {"b": batch_id})

@@ -1,0 +1,59 @@
+"""Volume check (记录完整性): a delivery far smaller than its recent deliveries is suspicious.
+
+Compared with the median row count of the resource's last deliveries (other batch dates); below
+``ratio`` × median it warns. A truncated file is the usual cause.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import statistics
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from catalog.models import Resource
+from warehouse.store import Warehouse
+
+HISTORY = 7
+
+
+def volume_ratio() -> float:
+    """``GONGSHU_VOLUME_MIN_RATIO``: warn below this share of the recent median (default 0.5)."""
+    return float(os.environ.get("GONGSHU_VOLUME_MIN_RATIO", "0.5"))
+
+
+@dataclass(frozen=True)
+class Volume:
+    rows: int
+    previous: tuple[int, ...]
+    median: float | None
+    ratio: float
+
+    @property
+    def ok(self) -> bool:
+        return self.median is None or self.rows >= self.ratio * self.median
+
+    @property
+    def share(self) -> float | None:
+        return self.rows / self.median if self.median else None
+
+
+def assess(rows: int, previous: list[int], ratio: float | None = None) -> Volume:
+    """Pure: compare ``rows`` with the median of ``previous`` (none yet: nothing to compare)."""
+    prev = tuple(previous[-HISTORY:])
+    return Volume(rows, prev, statistics.median(prev) if prev else None, volume_ratio() if ratio is None else ratio)
+
+
+def previous_volumes(wh: Warehouse, conn, resource: Resource, batch_date: dt.date) -> list[int]:
+    """Rows of the newest batch of each earlier batch date, oldest first (last ``HISTORY``)."""
+    if not wh.exists("ods", "batches"):
+        return []
+    t = wh.qualified("ods", "batches")
+    result = conn.execute(sa.text(
+        f"SELECT b.batch_date, b.rows_delivered FROM {t} b JOIN (SELECT batch_date, MAX(seq) AS seq FROM {t} "
+        "WHERE resource_id = :r AND batch_date < :d GROUP BY batch_date) m "
+        "ON b.batch_date = m.batch_date AND b.seq = m.seq WHERE b.resource_id = :r "
+        f"ORDER BY b.batch_date DESC LIMIT {HISTORY}"), {"r": resource.id, "d": batch_date}).fetchall()
+    return [int(r[1]) for r in reversed(result)]

@@ -1,0 +1,149 @@
+"""Delivery channels: files (csv utf-8/gbk, xlsx, json), 前置库 and paged API, good and broken."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from assets.channels import DeliveryError, parse_csv, read_api, read_database, read_files
+from catalog.loader import load_catalogue
+from pipelines.demo_api import serve_in_thread
+from tests import citykit
+
+DAY = dt.date(2026, 10, 9)
+
+
+@pytest.fixture
+def cat(tmp_path: Path):
+    return load_catalogue(citykit.write_catalogue(tmp_path))
+
+
+def test_gbk_csv_with_a_custom_delimiter_reads_every_value_as_text() -> None:
+    data = "SFZ;XINGMING\n0011;张三\n0012;李四\n".encode("gbk")
+    frame, problems = parse_csv(data, "a.csv", ["SFZ", "XINGMING"], "gbk", ";")
+    assert problems == []
+    assert frame.select("_row_no", "SFZ", "XINGMING").rows() == [(1, "0011", "张三"), (2, "0012", "李四")]
+
+
+def test_broken_csv_lines_are_kept_with_their_line_number_and_reason() -> None:
+    data = b"A,B\n1,2\n3\n4,5,6\n\"7,x\",8\n"
+    frame, problems = parse_csv(data, "b.csv", ["A", "B"], "utf-8", ",")
+    assert frame.select("_row_no", "A", "_raw", "_error").rows() == [
+        (1, "1", None, None),
+        (2, None, "3", "列数不符: 期望 2 列, 实际 1 列"),
+        (3, None, "4,5,6", "列数不符: 期望 2 列, 实际 3 列"),
+        (4, "7,x", None, None),
+    ]
+    assert problems == ["b.csv: 2 行列数不符 (第 2, 3 行)"]
+
+
+def test_bytes_that_are_not_gbk_survive_as_replacement_characters_in_their_field() -> None:
+    data = "A,B\n".encode("gbk") + "甲,".encode("gbk") + b"\xff\xfe\n" + "乙,丙\n".encode("gbk")
+    frame, _ = parse_csv(data, "c.csv", ["A", "B"], "gbk", ",")
+    assert frame.get_column("A").to_list() == ["甲", "乙"]
+    assert "\ufffd" in frame.get_column("B")[0] and frame.get_column("B")[1] == "丙"
+
+
+def test_a_file_missing_a_declared_column_is_reported_and_every_row_flagged() -> None:
+    frame, problems = parse_csv(b"A,C\n1,2\n", "d.csv", ["A", "B"], "utf-8", ",")
+    assert problems == ["d.csv: 表头缺少列 B (期望: A, B)"]
+    assert frame.get_column("_error").to_list() == ["表头缺少列 B"]
+
+
+def test_xlsx_and_json_files_are_read_through_the_catalogue(cat, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    citykit.write_xlsx(landing / "gs" / "20261009" / "x.xlsx", ["许可证号", "企业代码", "企业名称"], [["B-1", "X", "甲公司"]])
+    citykit.write_json(landing / "zz" / "20261009" / "z.json", [{"no": "A-1", "owner": "1", "owner_name": "某"}])
+    xl = cat.resource("gongshang_xuke")
+    d = read_files(xl, xl.channel, DAY, landing)
+    assert d.frame.select("_row_no", "_source", "许可证号", "企业名称").rows() == [(1, "x.xlsx", "B-1", "甲公司")]
+    js = cat.resource("zhengzhao_zheng")
+    d = read_files(js, js.channel, DAY, landing)
+    assert d.frame.select("no", "owner_name").rows() == [("A-1", "某")]
+    assert d.content_hash and read_files(js, js.channel, DAY, landing).content_hash == d.content_hash
+
+
+def test_a_file_that_is_not_what_it_claims_is_a_problem_not_a_crash(cat, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    (landing / "gs" / "20261009").mkdir(parents=True)
+    (landing / "gs" / "20261009" / "x.xlsx").write_text("not a workbook")
+    xl = cat.resource("gongshang_xuke")
+    d = read_files(xl, xl.channel, DAY, landing)
+    assert d.rows == 0 and d.problems[0].startswith("x.xlsx: 无法读取 (xlsx)")
+
+
+def test_no_files_means_no_delivery(cat, tmp_path: Path) -> None:
+    hz = cat.resource("huzheng_renkou")
+    d = read_files(hz, hz.channel, DAY, tmp_path)
+    assert d.sources == [] and d.rows == 0
+
+
+def test_the_api_is_read_page_by_page(cat, tmp_path: Path, monkeypatch) -> None:
+    records = [{"code": f"C{i}", "title": f"T{i}", "capital": i} for i in range(5)]
+    citykit.write_api(tmp_path, DAY, records)
+    server, base = serve_in_thread(tmp_path, token="s3cret")
+    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
+    res = cat.resource("gongshang_qiye")
+    try:
+        with pytest.raises(DeliveryError, match="HTTP 401"):
+            read_api(res, res.channel, DAY)
+        monkeypatch.setenv("TEST_TOKEN", "s3cret")
+        ch = res.channel.model_copy(update={"auth_env": "TEST_TOKEN"})
+        d = read_api(res, ch, DAY)
+        assert d.frame.get_column("code").to_list() == [f"C{i}" for i in range(5)]  # page_size 2: three pages
+        assert d.frame.get_column("capital").to_list() == [str(i) for i in range(5)]
+        assert read_api(res, ch, DAY + dt.timedelta(days=1)).rows == 0  # 404: nothing that day
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_api_retries_server_errors_then_succeeds(cat, monkeypatch) -> None:
+    calls = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            calls.append(self.path)
+            if len(calls) == 1:
+                self.send_response(503)
+                self.end_headers()
+                return
+            body = json.dumps({"total_pages": 1, "items": [{"code": "C1", "title": "T", "capital": "1"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SHANHAI_QIYE_URL", f"http://127.0.0.1:{server.server_address[1]}/qiye")
+    res = cat.resource("gongshang_qiye")
+    try:
+        assert read_api(res, res.channel, DAY).rows == 1
+        assert len(calls) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unreachable_api_is_a_delivery_error_naming_the_url(cat, monkeypatch) -> None:
+    monkeypatch.setenv("SHANHAI_QIYE_URL", "http://127.0.0.1:9/qiye")
+    res = cat.resource("gongshang_qiye")
+    with pytest.raises(DeliveryError, match=r"接口 http://127.0.0.1:9/qiye 第 1 页在 2 次尝试后仍失败"):
+        read_api(res, res.channel, DAY)
+
+
+def test_an_unreachable_database_is_a_delivery_error_without_the_password(cat, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SHANHAI_SB_URL", "postgresql+psycopg://sb:topsecret@127.0.0.1:1/qzk")
+    res = cat.resource("shebao_canbao")
+    with pytest.raises(DeliveryError) as info:
+        read_database(res, DAY, tmp_path, None)
+    assert "topsecret" not in str(info.value) and "前置库" in str(info.value)

@@ -1,0 +1,86 @@
+"""一数一源 conflicts that persist as tickets, and referential checks, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+from quality.conflicts import check_library_consistency, read_conflicts
+from quality.references import check_references
+from tests import citykit
+from tests.citykit import ORGS, PEOPLE
+from tests.test_pipeline import DAY1, DAY2, city, run_day  # noqa: F401  (fixture)
+from warehouse.store import Warehouse
+
+
+def conflicts(wh: Warehouse) -> pl.DataFrame:
+    with wh.engine.connect() as conn:
+        return read_conflicts(wh, conn, "people").sort("entity_key")
+
+
+def test_a_copy_that_differs_from_the_authority_is_a_conflict_until_fixed(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    citykit.write_db(landing, [(PEOPLE[2][0], "赵钢", "13700000003", f"{DAY1} 09:00:00")])  # 户政 says 赵强
+    run_day(warehouse, cat, landing, DAY1)
+    run = check_library_consistency(warehouse, cat, "people", DAY1)
+    rate = run.rates.filter(pl.col("element") == "full_name").row(0, named=True)
+    assert (rate["department"], rate["compared"], rate["matched"]) == ("shebao", 3, 2)
+    c = conflicts(warehouse).row(0, named=True)
+    assert (c["element"], c["department"], c["authority"], c["value"], c["authority_value"]) == \
+        ("full_name", "shebao", "huzheng", "赵钢", "赵强")
+    assert (c["status"], c["times_seen"], c["first_seen_batch"]) == ("open", 1, "shebao_canbao.20261009.1")
+    assert run.changes.opened == 1
+
+    # the same partition again: the same ticket, not a new one, not seen twice
+    again = check_library_consistency(warehouse, cat, "people", DAY1)
+    assert again.changes.opened == 0 and conflicts(warehouse).height == 1
+    assert conflicts(warehouse).get_column("times_seen").to_list() == [1]
+
+    # day 2: the department re-delivers the entity with the authoritative name → closed by that batch
+    citykit.write_db(landing, [(PEOPLE[2][0], "赵强", "13700000003", f"{DAY2} 09:00:00")])
+    run_day(warehouse, cat, landing, DAY2)
+    fixed = check_library_consistency(warehouse, cat, "people", DAY2)
+    c = conflicts(warehouse).row(0, named=True)
+    assert fixed.changes.closed == 1
+    assert (c["status"], c["closed_batch"], c["closed_date"]) == ("closed", "shebao_canbao.20261010.1", DAY2)
+
+
+def test_a_conflict_seen_again_on_a_later_day_counts_up(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    citykit.write_db(landing, [(PEOPLE[2][0], "赵钢", "13700000003", f"{DAY1} 09:00:00")])
+    run_day(warehouse, cat, landing, DAY1)
+    check_library_consistency(warehouse, cat, "people", DAY1)
+    citykit.write_db(landing, [(PEOPLE[2][0], "赵钢", "13700000003", f"{DAY2} 09:00:00")])
+    run_day(warehouse, cat, landing, DAY2)
+    run = check_library_consistency(warehouse, cat, "people", DAY2)
+    c = conflicts(warehouse).row(0, named=True)
+    assert (c["times_seen"], c["first_seen_date"], c["last_seen_date"], c["status"]) == (2, DAY1, DAY2, "open")
+    assert run.changes.seen_again == 1 and run.changes.opened == 0
+
+
+def test_licence_holders_must_exist_with_the_same_name(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    stranger = citykit.id_number("370202", "19750505", 77)
+    citykit.write_json(landing / "zz" / f"{DAY1:%Y%m%d}" / "zheng.json", [
+        {"no": "A-0001", "owner": PEOPLE[0][0], "owner_name": PEOPLE[0][1]},
+        {"no": "A-0002", "owner": PEOPLE[1][0], "owner_name": "李莉"},  # name differs from 人口库
+        {"no": "A-0003", "owner": stranger, "owner_name": "陌生人"},  # not in 人口库
+    ])
+    citykit.write_xlsx(landing / "gs" / f"{DAY1:%Y%m%d}" / "xuke.xlsx", ["许可证号", "企业代码", "企业名称"],
+                       [["B-01", ORGS[0][0], ORGS[0][1]], ["B-02", citykit.uscc("91370202MA0000009"), "无名公司"]])
+    run_day(warehouse, cat, landing, DAY1)
+    run = check_references(warehouse, cat, "permits", DAY1)
+    got = {(r["kind"], r["target"], r["value"], r["name"], r["expected_name"]) for r in run.failures.iter_rows(named=True)}
+    assert got == {
+        ("name_mismatch", "people", PEOPLE[1][0], "李莉", "李丽"),
+        ("missing", "people", stranger, "陌生人", None),
+        ("missing", "org", citykit.uscc("91370202MA0000009"), "无名公司", None),
+    }
+    counts = {(r["target"], r["checked"], r["missing"], r["name_mismatch"]) for r in run.counts.iter_rows(named=True)}
+    assert counts == {("", 5, 0, 0), ("people", 3, 1, 1), ("org", 2, 1, 0)}  # "": codes of no known type
+    a3 = run.failures.filter(pl.col("value") == stranger).row(0, named=True)
+    assert (a3["source_batch"], a3["source_row"]) == ("zhengzhao_zheng.20261009.1", 3)

@@ -1,0 +1,236 @@
+"""ODS → std → base on a second city, on SQLite and PostgreSQL: authority merge, history,
+reconciliation, idempotent reruns and crash safety."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from assets.base import merge_library, read_current
+from assets.ods import ingest
+from assets.std import standardize_batch
+from catalog.loader import Catalogue, load_catalogue
+from pipelines.demo_api import serve_in_thread
+from tests import citykit
+from tests.citykit import ORGS, PEOPLE
+from warehouse.store import Warehouse
+
+DAY1 = dt.date(2026, 10, 9)
+DAY2 = dt.date(2026, 10, 10)
+
+
+@pytest.fixture
+def city(tmp_path: Path, monkeypatch) -> tuple[Catalogue, Path]:
+    cat = load_catalogue(citykit.write_catalogue(tmp_path))
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    server, base = serve_in_thread(landing)
+    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
+    yield cat, landing
+    server.shutdown()
+    server.server_close()
+
+
+def run_day(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> dict:
+    out = {}
+    for r in cat.resources:
+        ingest(wh, cat, r, day, landing)
+        out[r.id] = standardize_batch(wh, cat, r, day)
+    for lib in cat.libraries:
+        out[lib.code] = merge_library(wh, cat, lib.code, day)
+    return out
+
+
+def dump(wh: Warehouse) -> dict[str, list[tuple]]:
+    """Every row of every warehouse table, sorted: the state a rerun must not change."""
+    insp = sa.inspect(wh.engine)
+    schemas = ["ods", "std", "base", "quality", "audit"] if wh.is_postgres else [None]
+    out = {}
+    with wh.engine.connect() as conn:
+        for schema in schemas:
+            if wh.is_postgres and schema not in insp.get_schema_names():
+                continue
+            for t in insp.get_table_names(schema=schema):
+                if t.endswith("rule_results"):
+                    continue  # one row per rule and run: run history grows by design
+                name = f"{schema}.{t}" if schema else t
+                q = f'"{schema}"."{t}"' if schema else f'"{t}"'
+                rows = conn.execute(sa.text(f"SELECT * FROM {q}")).fetchall()
+                out[name] = sorted(tuple(str(v) for v in r) for r in rows)
+    return out
+
+
+def current(wh: Warehouse, cat: Catalogue, lib: str) -> pl.DataFrame:
+    with wh.engine.connect() as conn:
+        return read_current(wh, conn, cat.library(lib))
+
+
+def test_first_day_builds_every_library_from_its_authorities(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    out = run_day(warehouse, cat, landing, DAY1)
+
+    people = current(warehouse, cat, "people")
+    assert people.height == 3
+    p0 = people.filter(pl.col("pid") == PEOPLE[0][0]).row(0, named=True)
+    assert (p0["full_name"], p0["sex"], p0["dob"]) == ("王小明", "1", dt.date(1980, 1, 1))
+    assert p0["phone"] == "13800000001"  # authority: shebao, through the 前置库
+    assert p0["full_name__batch"] == "huzheng_renkou.20261009.1" and p0["full_name__row"] == 1
+    assert p0["phone__batch"] == "shebao_canbao.20261009.1"
+    assert people.filter(pl.col("pid") == PEOPLE[2][0]).get_column("phone").to_list() == [None]
+
+    org = current(warehouse, cat, "org").sort("code")
+    assert org.select("code", "title", "capital").rows() == sorted([(c, t, float(k)) for c, t, k in ORGS])
+
+    permits = current(warehouse, cat, "permits").sort("kind", "number")
+    assert permits.select("kind", "number", "holder_name").rows() == [
+        ("A", "A-0001", "王小明"), ("A", "A-0002", "李丽"), ("B", "B-01", ORGS[0][1])]
+    assert permits.filter(pl.col("kind") == "B").get_column("holder__batch").to_list() == ["gongshang_xuke.20261009.1"]
+    for r in cat.resources:
+        s = out[r.id]
+        assert s.delivered == s.accepted + s.quarantined and s.quarantined == 0
+
+
+def test_a_copy_from_a_non_authoritative_department_is_not_merged(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    # 社保 carries a different name for person 0: 姓名's authority is 户政, so the base keeps 户政's.
+    citykit.write_db(landing, [(PEOPLE[0][0], "王晓明", "13800000001", f"{DAY1} 09:00:00")])
+    run_day(warehouse, cat, landing, DAY1)
+    people = current(warehouse, cat, "people")
+    assert people.filter(pl.col("pid") == PEOPLE[0][0]).get_column("full_name").to_list() == ["王小明"]
+
+
+def test_a_changed_value_opens_a_new_version_and_keeps_the_old_one(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    rows = [[p, n, s, b] for p, n, s, b in PEOPLE]
+    rows[2][1] = "赵刚"  # renamed on day 2
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
+    out = run_day(warehouse, cat, landing, DAY2)
+    assert out["people"].plan.changed_entities == 1 and out["people"].plan.new_entities == 0
+
+    with warehouse.engine.connect() as conn:
+        hist = warehouse.read(
+            conn,
+            f"SELECT full_name, valid_from, valid_to, full_name__batch FROM {warehouse.qualified('base', 'people')} "
+            "WHERE pid = :p ORDER BY valid_from",
+            {"full_name": pl.String(), "valid_from": pl.Date(), "valid_to": pl.Date(), "full_name__batch": pl.String()},
+            {"p": PEOPLE[2][0]},
+        )
+    assert hist.rows() == [
+        ("赵强", DAY1, DAY2, "huzheng_renkou.20261009.1"),
+        ("赵刚", DAY2, None, "huzheng_renkou.20261010.1"),
+    ]
+    # the phone value delivered on day 1 is carried into the new version with its own lineage
+    assert out["people"].total_rows == 4 and out["people"].current_rows == 3
+
+
+def test_rerunning_a_partition_changes_nothing(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    before = dump(warehouse)
+    out = run_day(warehouse, cat, landing, DAY1)
+    assert dump(warehouse) == before
+    assert all(out[lib.code].plan.insert.height == 0 for lib in cat.libraries)
+
+
+def test_bad_rows_are_quarantined_with_file_row_field_and_reason(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    good = [[p, n, s, b] for p, n, s, b in PEOPLE]
+    bad_checksum = PEOPLE[0][0][:-1] + ("0" if PEOPLE[0][0][-1] != "0" else "1")
+    rows = [
+        good[0],
+        [PEOPLE[1][0], "李丽", "F"],  # row 2: a field missing
+        [PEOPLE[2][0], "赵强", "M", "2001-02-30"],  # row 3: no such date
+        [bad_checksum, "钱某", "M", "19800101"],  # row 4: check character wrong
+        [citykit.id_number("370202", "19700101", 44), "孙某", "M", "19700101"],  # row 5: duplicated below
+        [citykit.id_number("370202", "19700101", 44), "孙某某", "M", "19700101"],  # row 6
+        ["３７０２０２１９８００１０１０１１" + PEOPLE[0][0][-1], "全角", "M", "19800101"],  # row 7: full-width == row 1
+    ]
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows,
+                      raw_tail=citykit.id_number("370203", "19990101", 55).encode() + b";\xff\xfe;F;19990101\n")
+    out = run_day(warehouse, cat, landing, DAY1)
+    s = out["huzheng_renkou"]
+    q = s.result.quarantine
+    got = {(r["_row_no"], r["reason_code"], r["field"]) for r in q.iter_rows(named=True)}
+    assert (2, "unparseable", None) in got
+    assert (3, "bad_date", "dob") in got
+    assert (4, "pid.id_number", "pid") in got  # blocking rule: the key's check character
+    assert (5, "pid.unique", "pid") in got and (6, "pid.unique", "pid") in got
+    assert (1, "pid.unique", "pid") in got and (7, "pid.unique", "pid") in got  # full-width normalised
+    assert (8, "bad_encoding", "full_name") in got
+    assert s.accepted == 0 and s.quarantined == 8 and s.delivered == 8
+    with warehouse.engine.connect() as conn:
+        rec = conn.execute(sa.text(
+            f"SELECT rows_delivered, rows_accepted, rows_quarantined FROM {warehouse.qualified('audit', 'reconciliation')}"
+            " WHERE resource_id = 'huzheng_renkou'")).one()
+        raw = conn.execute(sa.text(
+            f"SELECT raw_value FROM {warehouse.qualified('quality', 'quarantine')} WHERE row_no = 3 AND reason_code = 'bad_date'"
+        )).scalar()
+    assert tuple(rec) == (8, 0, 8)
+    assert raw == "2001-02-30"
+
+
+def test_a_crash_mid_merge_leaves_every_table_as_it_was(warehouse: Warehouse, city, monkeypatch) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    rows = [[p, n + "改", s, b] for p, n, s, b in PEOPLE]
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
+    for r in cat.resources:
+        ingest(warehouse, cat, r, DAY2, landing)
+        standardize_batch(warehouse, cat, r, DAY2)
+    before = dump(warehouse)
+
+    real_insert = Warehouse.insert
+
+    def crash_on_base(self, conn, table, frame):
+        if table.name.endswith("people"):
+            raise RuntimeError("disk full")
+        return real_insert(self, conn, table, frame)
+
+    monkeypatch.setattr(Warehouse, "insert", crash_on_base)
+    with pytest.raises(RuntimeError, match="disk full"):
+        merge_library(warehouse, cat, "people", DAY2)  # valid_to already updated when it fails
+    monkeypatch.setattr(Warehouse, "insert", real_insert)
+    assert dump(warehouse) == before
+    merge_library(warehouse, cat, "people", DAY2)
+    assert set(current(warehouse, cat, "people").get_column("full_name")) == {n + "改" for _, n, _, _ in PEOPLE}
+
+
+def test_a_redelivery_for_the_same_day_is_a_new_batch_and_the_old_one_stays(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    citykit.write_json(landing / "zz" / f"{DAY1:%Y%m%d}" / "zheng.json",
+                       [{"no": "A-0001", "owner": PEOPLE[0][0], "owner_name": PEOPLE[0][1]}])
+    res = cat.resource("zhengzhao_zheng")
+    r = ingest(warehouse, cat, res, DAY1, landing)
+    assert r.status == "new" and r.batch.batch_id == "zhengzhao_zheng.20261009.2"
+    with warehouse.engine.connect() as conn:
+        n = conn.execute(sa.text(f"SELECT _batch_id, COUNT(*) FROM {warehouse.qualified('ods', 'zhengzhao_zheng')} "
+                                 "GROUP BY _batch_id ORDER BY _batch_id")).fetchall()
+    assert [tuple(x) for x in n] == [("zhengzhao_zheng.20261009.1", 2), ("zhengzhao_zheng.20261009.2", 1)]
+    assert standardize_batch(warehouse, cat, res, DAY1).accepted == 1
+
+
+def test_the_database_channel_reads_only_rows_after_the_remembered_watermark(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    res = cat.resource("shebao_canbao")
+    assert ingest(warehouse, cat, res, DAY1, landing).batch.rows_delivered == 2
+    citykit.write_db(landing, [(PEOPLE[2][0], PEOPLE[2][1], "13700000003", f"{DAY2} 10:00:00"),
+                               (PEOPLE[2][0], PEOPLE[2][1], "13700000009", f"{DAY2 + dt.timedelta(days=1)} 10:00:00")])
+    r2 = ingest(warehouse, cat, res, DAY2, landing)
+    assert r2.batch.rows_delivered == 1  # the row of the next day belongs to the next partition
+    assert r2.batch.watermark_low == f"{DAY1} 08:00:00" and r2.batch.watermark_high == f"{DAY2} 10:00:00"
+    assert ingest(warehouse, cat, res, DAY1, landing).status == "unchanged"
+    assert ingest(warehouse, cat, res, DAY2, landing).status == "unchanged"

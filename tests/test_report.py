@@ -1,0 +1,342 @@
+"""Department reports: the numbers in the HTML and the XLSX, no raw identifier anywhere, the 校核
+deadline over National Day, delivery by SMTP and to the outbox, escalation of overdue tickets, the
+Dagster assets and the commands."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email
+import io
+import re
+from email.policy import default as default_policy
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetKey, materialize
+from openpyxl import load_workbook
+
+from desensitize.pseudonym import PseudonymKey, token_of
+from pipelines.mailer import Mailer, read_deliveries
+from quality import report as rp
+from quality import scorecard as sc
+from quality import tickets as tk
+from tests import test_mailer, test_tickets
+from tests.citykit import PEOPLE
+from tests.test_tickets import DAY1, deliver_with_defects, run_day
+from warehouse.store import Warehouse
+
+KEY = PseudonymKey(b"test-only-pseudonym-key-0123456789")
+CONFIG = sc.ScorecardConfig()
+
+city = test_tickets.city  # fixture: the 山海市 catalogue and its landing folder
+smtp_server = test_mailer.smtp_server  # fixture: a local aiosmtpd server
+MOBILES = ["13800000001", "13900000002", "1370000003", "13700000003"]
+RAW = [p[0] for p in PEOPLE] + [p[1] for p in PEOPLE] + ["赵钢"] + MOBILES
+
+# Hand-computed scores of the defects in tests.test_tickets.deliver_with_defects (batch date 2026-09-30):
+# 户政 常住人口: 准确性 = (3·100 [unique] + 100 [date range] + 66.67 [1 of 3 birth dates ≠ ID] + 100 [gender]) / 6
+#   = 94.44; every other dimension 100 (一致性: no copies) → S = (1500 + 2000 + 20·94.44 + 1500 + 500) / 75
+#   = 98.52 = Q; R = 100 (nothing due) → total 0.8·98.52 + 20 = 98.81 (A).
+# 社保 参保人员: 规范性 = (3·100 [ID] + 66.67 [1 of 3 mobiles] + 100 [parse]) / 5 = 93.33; 一致性 = 2 of 3 names
+#   equal 户政's = 66.67 → S = (15·93.33 + 2000 + 2000 + 25·66.67 + 1500 + 500) / 100 = 90.67 → total 92.53 (B).
+HZ_TOTAL = 0.8 * (1500 + 2000 + 20 * (300 + 100 + 200 / 3 + 100) / 6 + 1500 + 500) / 75 + 20
+SB_TOTAL = 0.8 * (15 * (300 + 200 / 3 + 100) / 5 + 2000 + 2000 + 25 * 200 / 3 + 1500 + 500) / 100 + 20
+
+
+def masked_id(number: str) -> str:
+    return number[:6] + "*" * 8 + number[-4:]
+
+
+def night(wh: Warehouse, cat, landing: Path, tmp_path: Path, day: dt.date = DAY1, *, deliver: bool = True,
+          mailer: Mailer | None = None, **kw) -> rp.ReportRun:
+    """The end of a nightly run: 归集 of ``day`` (unless ``deliver`` is off), scorecard, reports."""
+    if deliver:
+        deliver_with_defects(landing, day)
+        run_day(wh, cat, landing, day)
+    sc.run_scorecard(wh, cat, day, CONFIG, run_id=f"run-{day}")
+    mailer = mailer or Mailer(wh, None, tmp_path / "outbox", "gongshu@bureau.example")
+    return rp.produce_reports(wh, cat, day, CONFIG, mailer=mailer, key=KEY, root=tmp_path / "reports", **kw)
+
+
+def html_of(run: rp.ReportRun, dept: str) -> str:
+    return next(o for o in run.outcomes if o.department == dept).html.read_text(encoding="utf-8")
+
+
+def sheet(run: rp.ReportRun, dept: str, name: str) -> list[tuple]:
+    path = next(o for o in run.outcomes if o.department == dept).xlsx
+    wb = load_workbook(path, read_only=True)
+    try:
+        return [r for r in wb[name].iter_rows(values_only=True)]
+    finally:
+        wb.close()
+
+
+def text_of(html: str) -> str:
+    """The HTML as a reader sees it: tags and embedded images removed, whitespace collapsed."""
+    html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_the_report_shows_the_departments_known_failures_in_html_and_xlsx(warehouse: Warehouse, city, tmp_path) -> None:
+    cat, landing = city
+    run = night(warehouse, cat, landing, tmp_path)
+    hz_ticket = tk.read_tickets(warehouse, department="huzheng").row(0, named=True)["ticket_id"]
+    person = PEOPLE[1][0]
+
+    text = text_of(html_of(run, "huzheng"))
+    assert "报告编号 ZL-SHANHAI-HUZHENG-20260930" in text
+    assert "校核期限 2026-10-13 前" in text  # 5 working days after 09-30: National Day skipped, Sat 10-10 counted
+    assert f"{HZ_TOTAL:.1f} A — 3/4 98.5 100.0" in text  # total, grade, change, rank, Q, R
+    assert "准确性 94.4 — — 20" in text and "规范性 100.0" in text and "一致性 — — — 25" in text
+    assert "常住人口 出生日期: 出生日期与身份号码一致 准确性 警告 3 1 66.67%" in text
+    assert "共检查 10 条规则, 1 条有失败记录, 其余 9 条全部通过" in text
+    assert f"{hz_ticket} 常住人口 {masked_id(person)} {token_of(person, KEY)} 出生日期" in text
+    assert "1992-**-** 与身份号码中的出生日期一致" in text
+    assert f"{hz_ticket} 失败记录 常住人口 {masked_id(person)} 出生日期: 出生日期与身份号码一致 2026-09-30 2026-10-13 待校核" in text
+    assert "常住人口 每日 2026-09-30 24:00 2026-10-08 24:00 0 分钟 正常" in text
+
+    sb = text_of(html_of(run, "shebao"))
+    assert f"{SB_TOTAL:.1f} B — 4/4 90.7 100.0" in sb
+    assert "参保人员 姓名: 与权威部门(户政中心)一致 一致性 警告 3 1 66.67%" in sb
+    assert "姓名 户政中心 赵*** 赵*** 1" in sb  # the conflict, both values masked, one record
+    assert "电话: 手机号码格式 137***0003" in sb
+
+    summary = dict((r[0], r[1]) for r in sheet(run, "huzheng", "概况") if r[0])
+    assert summary["综合得分"] == pytest.approx(round(HZ_TOTAL, 2)) and summary["等级"] == "A"
+    assert (summary["排名"], summary["失败记录数"], summary["待校核工单"], summary["校核期限"]) == ("3/4", 1, 1, "2026-10-13")
+    rules = {r[1]: r for r in sheet(run, "huzheng", "规则结果")[1:]}
+    assert rules["dob.id_birth_date"][5:8] == (3, 1, pytest.approx(2 / 3))
+    assert rules["delivery.timely"][2] == "按更新周期(每日)及时交付 (1 天 + 1 个工作日)"
+    [failure] = sheet(run, "huzheng", "失败记录")[1:]
+    assert failure[:6] == (hz_ticket, "常住人口", masked_id(person), token_of(person, KEY), "出生日期", "dob.id_birth_date")
+    assert failure[9:] == ("1992-**-**", "与身份号码中的出生日期一致", "huzheng_renkou.20260930.1", 2)
+    form = sheet(run, "huzheng", tk.REPLY_SHEET)
+    assert form[2][:9] == ("校核单号", "类型", "资源", "主体标识(脱敏)", "令牌", "问题", "发出日期", "校核期限", "状态")
+    assert form[3][:9] == (hz_ticket, "失败记录", "常住人口", masked_id(person), token_of(person, KEY),
+                           "出生日期: 出生日期与身份号码一致", "2026-09-30", "2026-10-13", "待校核")
+    [conflict] = sheet(run, "shebao", "一数一源冲突")[1:]
+    assert conflict[1:7] == ("姓名", "户政中心", masked_id(PEOPLE[2][0]), token_of(PEOPLE[2][0], KEY), "赵***", "赵***")
+
+
+def test_no_raw_identifier_reaches_the_html_the_workbook_or_the_mail(city, tmp_path: Path) -> None:
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    run = night(wh, cat, landing, tmp_path)
+    texts = []
+    for o in run.outcomes:
+        texts.append(o.html.read_text(encoding="utf-8"))
+        wb = load_workbook(o.xlsx, read_only=True)
+        texts += [str(v) for ws in wb for row in ws.iter_rows(values_only=True) for v in row if v is not None]
+        wb.close()
+    emls = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert len(emls) == 1  # only 户政 has an address; the others have none and no engineers are configured
+    msg = email.message_from_bytes(emls[0].read_bytes(), policy=default_policy)
+    for part in msg.walk():
+        if part.get_content_maintype() == "text":
+            texts.append(part.get_content())
+        elif part.get_filename():
+            wb = load_workbook(io.BytesIO(part.get_content()), read_only=True)
+            texts += [str(v) for ws in wb for row in ws.iter_rows(values_only=True) for v in row if v is not None]
+            wb.close()
+    everything = "\n".join(texts)
+    assert masked_id(PEOPLE[1][0]) in everything and masked_id(PEOPLE[2][0]) in everything  # the checks saw them
+    leaks = [v for v in RAW if v in everything]
+    assert leaks == []
+    assert "-**-**" in everything and "1992-03-16" not in everything  # birth dates: year only
+    wh.dispose()
+
+
+def test_reports_are_mailed_through_smtp_when_configured_with_the_workbook_attached(
+    city, smtp_server, tmp_path: Path, monkeypatch
+) -> None:
+    inbox, port = smtp_server
+    for k, v in {"GONGSHU_SMTP_HOST": "127.0.0.1", "GONGSHU_SMTP_PORT": str(port), "GONGSHU_SMTP_TLS": "none",
+                 "GONGSHU_SMTP_USER": "gongshu", "GONGSHU_SMTP_PASSWORD": "s3cret",
+                 "GONGSHU_SMTP_FROM": "gongshu@bureau.example", "GONGSHU_ENGINEER_EMAILS": "dev@bureau.example"}.items():
+        monkeypatch.setenv(k, v)
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    run = night(wh, cat, landing, tmp_path, mailer=Mailer.from_env(wh, tmp_path / "outbox"))
+
+    assert [o.delivery for o in run.outcomes] == ["sent (smtp)"] * 4
+    mails = [(tuple(e.rcpt_tos), email.message_from_bytes(e.original_content, policy=default_policy))
+             for e in inbox.envelopes]
+    [(to, hz)] = [(to, m) for to, m in mails if "户政中心" in str(m["Subject"])]
+    assert to == ("hz@shanhai.example",)
+    assert str(hz["Subject"]) == f"【数据质量报告】户政中心 2026-09-30 综合得分 {HZ_TOTAL:.1f} (A) · 待校核 1 件 " \
+                                 "(ZL-SHANHAI-HUZHENG-20260930)"
+    html = hz.get_body(("html",)).get_content()
+    assert html.replace("\r\n", "\n").strip() == html_of(run, "huzheng").strip()  # the same page as the file
+    [att] = list(hz.iter_attachments())
+    assert att.get_filename() == "户政中心_数据质量报告_20260930.xlsx"
+    wb = load_workbook(io.BytesIO(att.get_content()), read_only=True)
+    assert [r[0] for r in wb["失败记录"].iter_rows(values_only=True)][1:] == \
+        [tk.read_tickets(wh, department="huzheng").row(0, named=True)["ticket_id"]]
+    wb.close()
+    [(to, gs)] = [(to, m) for to, m in mails if "工商所" in str(m["Subject"])]
+    assert to == ("dev@bureau.example",)  # no address in the catalogue: the data engineers get it
+    assert list(gs.iter_attachments()) == []  # nothing to list: the short report, no workbook
+    audit = read_deliveries(wh, rp.REPORT_CATEGORY)
+    assert sorted(audit.get_column("reference").to_list()) == sorted(o.reference for o in run.outcomes)
+    assert set(audit.get_column("transport")) == {"smtp"} and set(audit.get_column("status")) == {"sent"}
+    wh.dispose()
+
+
+def test_without_smtp_each_report_is_an_eml_in_the_outbox_and_is_sent_once(city, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
+    monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", "dev@bureau.example")
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    run = night(wh, cat, landing, tmp_path, mailer=Mailer.from_env(wh, tmp_path / "outbox"))
+    emls = sorted((tmp_path / "outbox").glob("*quality_report*.eml"))
+    assert len(emls) == 4 and [o.delivery for o in run.outcomes] == ["sent (outbox)"] * 4
+    subjects = sorted(str(email.message_from_bytes(p.read_bytes(), policy=default_policy)["Subject"]) for p in emls)
+    assert any(s.startswith("【数据质量报告】社保中心 2026-09-30 综合得分 92.5 (B)") for s in subjects)
+    assert sorted(p.name for p in (tmp_path / "outbox").glob("*.files/*")) == \
+        ["户政中心_数据质量报告_20260930.xlsx", "社保中心_数据质量报告_20260930.xlsx"]
+    lines = "\n".join(rp.outcome_lines(run, cat))
+    assert "户政中心" in lines and "已发送(发件箱)" in lines and "huzheng.html, huzheng.xlsx" in lines
+
+    again = rp.produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
+                               root=tmp_path / "reports")
+    assert [o.delivery for o in again.outcomes] == ["already sent"] * 4
+    assert len(list((tmp_path / "outbox").glob("*quality_report*.eml"))) == 4
+    rp.produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
+                       root=tmp_path / "reports", resend=True)
+    assert len(list((tmp_path / "outbox").glob("*quality_report*.eml"))) == 8
+    assert read_deliveries(wh, rp.REPORT_CATEGORY).height == 8
+    summary = "\n".join(rp.report_lines(wh, cat, DAY1, tmp_path / "reports"))
+    assert "社保中心" in summary and "92.5 B" in summary and "已发送(发件箱)" in summary
+    wh.dispose()
+
+
+def test_a_department_with_nothing_wrong_gets_a_short_report_with_its_charts(city, tmp_path: Path) -> None:
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    run = night(wh, cat, landing, tmp_path)
+    html = html_of(run, "gongshang")
+    text = text_of(html)
+    assert "本期未发现失败记录、一数一源冲突或待校核工单" in text and "100.0 A — 1/4" in text
+    assert "五、" not in text and "六、" not in text and "七、" not in text
+    assert "共检查 12 条规则, 0 条有失败记录, 其余 12 条全部通过" in text
+    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(pngs) == 2 and all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    assert next(o for o in run.outcomes if o.department == "gongshang").delivery == "no recipients"
+    wh.dispose()
+
+
+def test_an_overdue_ticket_escalates_in_the_next_report_and_to_the_engineers(city, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", "dev@bureau.example")
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    night(wh, cat, landing, tmp_path)
+    due = dt.date(2026, 10, 13)
+    run = night(wh, cat, landing, tmp_path, due, deliver=False)  # nothing delivered since: overdue, and stale
+
+    text = text_of(html_of(run, "huzheng"))
+    # R = 100·0/1 − 5·1 → 0; 时效性 0 (a 每日 resource last delivered 09-30 is stale since 10-09):
+    # Q = (1500 + 2000 + 20·94.44 + 0 + 500) / 75 = 78.52; total = 0.8·78.52 = 62.81 (D), 36.0 below the last report
+    total = 0.8 * (1500 + 2000 + 20 * (300 + 100 + 200 / 3 + 100) / 6 + 500) / 75
+    assert re.search(rf"{total:.1f} D -36\.0 \d/4 78\.5 0\.0", text)
+    assert "本期: 到期 1, 按期 0, 超期 1" in text
+    assert "已超期 1 件" in text and "超期工单已上报数据工程师" in text
+    assert "2026-09-30 2026-10-13 已超期" in text
+    assert "时效性 0.0 100.0 -100.0 15" in text
+    assert run.escalated == 3 and run.escalation == "sent (outbox)"
+    [eml] = sorted((tmp_path / "outbox").glob("*ticket_escalation*.eml"))
+    msg = email.message_from_bytes(eml.read_bytes(), policy=default_policy)
+    assert msg["To"] == "dev@bureau.example" and str(msg["Subject"]).startswith("【校核超期】3 件校核工单超期未处理")
+    body = msg.get_body(("html",)).get_content()
+    assert all(t in body for t in tk.read_tickets(wh).get_column("ticket_id").to_list())
+    [form] = [r for r in sheet(run, "huzheng", tk.REPLY_SHEET)[3:]]
+    assert form[8] == "已超期"
+    wh.dispose()
+
+
+def test_a_department_answers_by_filling_in_the_workbook_it_received(city, tmp_path: Path) -> None:
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    run = night(wh, cat, landing, tmp_path)
+    path = next(o for o in run.outcomes if o.department == "shebao").xlsx
+    wb = load_workbook(path)
+    ws = wb[tk.REPLY_SHEET]
+    header = [c.value for c in ws[3]]
+    first = 4
+    ws.cell(first, header.index("回复说明") + 1, "姓名已按户籍更正")
+    ws.cell(first, header.index("回复人") + 1, "社保中心 钱七")
+    reply = tmp_path / "社保中心_回复.xlsx"
+    wb.save(reply)
+
+    out = tk.import_reply(wh, reply)
+    ticket_id = ws.cell(first, 1).value
+    assert out.answered == [ticket_id] and out.blank == 1 and out.skipped == []
+    t = tk.read_tickets(wh).filter(pl.col("ticket_id") == ticket_id).row(0, named=True)
+    assert (t["status"], t["answered_by"], t["answer_note"]) == ("answered", "社保中心 钱七", "姓名已按户籍更正")
+    wh.dispose()
+
+
+def test_the_scorecard_and_reports_are_dagster_assets_after_every_base_library(city, tmp_path: Path, monkeypatch) -> None:
+    from assets.factory import base_key, daily_partitions
+    from assets.share import PseudonymKeyResource
+    from pipelines.mailer import MailerResource
+    from pipelines.resources import WarehouseResource
+
+    cat, landing = city
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    wh = Warehouse(url)
+    deliver_with_defects(landing, DAY1)
+    run_day(wh, cat, landing, DAY1)
+    parts = daily_partitions(cat)
+    card, reports = sc.build_scorecard_asset(cat, parts), rp.build_department_reports_asset(cat, parts)
+    spec = card.specs_by_key[AssetKey(["quality", "scorecard"])]
+    assert spec.group_name == "quality" and {d.asset_key for d in spec.deps} == {base_key(lib) for lib in cat.libraries}
+    rspec = reports.specs_by_key[AssetKey(["quality", "department_reports"])]
+    assert [d.asset_key for d in rspec.deps] == [AssetKey(["quality", "scorecard"])] and rspec.group_name == "quality"
+
+    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
+    monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", "dagster-test-key-0123456789")
+    warehouse = WarehouseResource(url=url)
+    result = materialize([card, reports], partition_key=DAY1.isoformat(), resources={
+        "warehouse": warehouse, "mailer": MailerResource(warehouse=warehouse, outbox=str(tmp_path / "outbox")),
+        "pseudonym": PseudonymKeyResource()})
+    assert result.success
+    md = result.asset_materializations_for_node(card.node_def.name)[0].metadata["评分表"].value
+    assert "| 排名 | 部门 | 总分 | 等级 | 较上期 | 数据分Q | 响应分R | 规范性 |" in md
+    assert f"| 3 | 户政中心 | {HZ_TOTAL:.1f} | A | — | 98.5 | 100.0 | 100.0 | 100.0 | 94.4 | — | 100.0 | 100.0 | 0 |" in md
+    meta = result.asset_materializations_for_node(reports.node_def.name)[0].metadata
+    assert meta["报告数"].value == 4 and meta["已发送"].value == 1
+    assert (tmp_path / "home" / "reports" / "2026-09-30" / "shebao.xlsx").exists()
+    wh.dispose()
+
+
+def test_the_commands_answer_extend_and_report(city, tmp_path: Path, monkeypatch, capsys) -> None:
+    from pipelines.cli import main
+
+    cat, landing = city
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    wh = Warehouse(url)
+    night(wh, cat, landing, tmp_path)
+    monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", url)
+    monkeypatch.setenv("GONGSHU_CATALOG", str(cat.root))
+    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
+    hz, sb = (tk.read_tickets(wh, department=d).row(0, named=True)["ticket_id"] for d in ("huzheng", "shebao"))
+
+    assert main(["ticket", "answer", hz, "--note", "已按户籍档案更正", "--by", "张三"]) == 0
+    assert main(["ticket", "extend", sb, "--days", "3", "--approved-by", "李四"]) == 0
+    assert main(["ticket", "extend", sb, "--days", "13", "--approved-by", "李四"]) == 2
+    out = capsys.readouterr()
+    assert f"校核单 {hz} 已登记答复" in out.out and "新期限 2026-10-16, 批准人 李四" in out.out
+    assert "超过上限 15 个工作日" in out.err
+    rows = {r["ticket_id"]: r for r in tk.read_tickets(wh).iter_rows(named=True)}
+    assert (rows[hz]["status"], rows[hz]["answered_by"]) == ("answered", "张三")
+    assert (rows[sb]["due_date"], rows[sb]["extended_by"], rows[sb]["extension_days"]) == (dt.date(2026, 10, 16), "李四", 3)
+
+    assert main(["report", "--date", "2026-09-30", "--no-send"]) == 0
+    out = capsys.readouterr().out
+    assert "部门质量报告 · 批次日期 2026-09-30" in out and "huzheng.html, huzheng.xlsx  未发送" in out
+    assert (tmp_path / "home" / "reports" / "2026-09-30" / "huzheng.html").exists()
+    wh.dispose()

@@ -1,0 +1,112 @@
+"""Quality rules: one known bad row per rule gives exactly that failing row, and Great
+Expectations counts the same failures as the polars predicates."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from catalog.loader import DEMO_CATALOGUE, load_catalogue
+from quality.expectations import validate
+from quality.rules import Kind, Severity, evaluated, failing, resource_rules
+from tests.citykit import id_number, uscc
+
+DAY = dt.date(2026, 11, 21)
+CAT = load_catalogue(DEMO_CATALOGUE)
+
+GOOD_ID = id_number("339902", "19800101", 11)  # odd sequence: male
+GOOD_ID2 = id_number("339903", "19920315", 22)
+
+
+def sbcb_rows() -> pl.DataFrame:
+    """rsj_sbcb rows after the 标准层: row 1 clean, every later row breaks exactly one rule."""
+    rows = [
+        (1, GOOD_ID, "张三", "1", dt.date(1980, 1, 1), "13812345678", "1"),
+        (2, GOOD_ID2[:-1] + ("0" if GOOD_ID2[-1] != "0" else "1"), "李四", "2", dt.date(1992, 3, 15), "13912345678", "1"),
+        (3, id_number("339904", "19700101", 33), None, "1", dt.date(1970, 1, 1), "13712345678", "1"),
+        (4, id_number("339904", "19700202", 35), "王五", "2", dt.date(1970, 2, 2), "13712345678", "1"),
+        (5, id_number("339904", "19700303", 37), "赵六", "1", dt.date(1971, 3, 3), "13712345678", "1"),
+        (6, id_number("339904", "19700404", 39), "钱七", "1", dt.date(1970, 4, 4), "1371234567", "1"),
+        (7, id_number("339904", "19700505", 41), "孙八", "1", dt.date(1970, 5, 5), "13712345678", "7"),
+        (8, id_number("339904", "19700606", 43), "周九", "1", dt.date(2030, 1, 1), "13712345678", "1"),
+        (9, id_number("339904", "19700707", 45), "吴十", "1", dt.date(1970, 7, 7), "13712345678", "1"),
+        (10, id_number("339904", "19700707", 45), "吴十", "1", dt.date(1970, 7, 7), "13712345678", "1"),
+        (11, None, "郑某", "1", dt.date(1970, 8, 8), "13712345678", "1"),
+    ]
+    return pl.DataFrame(rows, schema={"_row_no": pl.Int64, "id_number": pl.String, "name": pl.String,
+                                      "gender": pl.String, "birth_date": pl.Date, "mobile": pl.String,
+                                      "insurance_status": pl.String}, orient="row")
+
+
+EXPECTED = {  # rule id → the rows that fail it
+    "id_number.not_null": [11],
+    "id_number.unique": [9, 10],
+    "id_number.id_number": [2],
+    "name.not_null": [3],
+    "gender.code_list": [],
+    "gender.id_gender": [4],  # sequence 35 is odd (male) but gender says 2
+    "birth_date.date_range": [8],
+    "birth_date.id_birth_date": [5, 8],
+    "mobile.mobile": [6],
+    "insurance_status.code_list": [7],
+}
+
+
+def test_every_rule_of_a_resource_is_derived_from_the_catalogue() -> None:
+    rules = {r.id: r for r in resource_rules(CAT, CAT.resource("rsj_sbcb"), DAY)}
+    assert set(rules) == set(EXPECTED)
+    assert rules["id_number.id_number"].severity == Severity.blocking  # the key
+    assert rules["mobile.mobile"].severity == Severity.warning
+    assert rules["gender.id_gender"].columns == ("gender", "id_number")
+    assert rules["insurance_status.code_list"].params["values"] == ("1", "2", "3")
+    assert rules["mobile.mobile"].dimension.value == "规范性"
+    assert rules["birth_date.id_birth_date"].dimension.value == "准确性"
+
+
+@pytest.mark.parametrize("rule_id", sorted(EXPECTED))
+def test_a_known_bad_row_gives_exactly_its_failing_key(rule_id: str) -> None:
+    frame = sbcb_rows()
+    rule = next(r for r in resource_rules(CAT, CAT.resource("rsj_sbcb"), DAY) if r.id == rule_id)
+    assert frame.filter(failing(rule)).get_column("_row_no").to_list() == EXPECTED[rule_id]
+
+
+def test_great_expectations_counts_the_same_failures_as_polars() -> None:
+    frame = sbcb_rows()
+    rules = resource_rules(CAT, CAT.resource("rsj_sbcb"), DAY)
+    results, raw = validate(frame, rules, "sbcb_test")
+    assert raw["statistics"]["evaluated_expectations"] == len(rules)
+    for g in results:
+        rule = next(r for r in rules if r.id == g.rule_id)
+        n, u = frame.select(evaluated(rule).sum().alias("n"), failing(rule).sum().alias("u")).row(0)
+        assert (g.evaluated, g.failed) == (n, u), rule.id
+        assert g.failed == len(EXPECTED[rule.id])
+
+
+def test_uscc_and_pattern_rules_agree_between_engines() -> None:
+    good = [uscc("91339902MA0000001"), uscc("91339903MA000000X"[:17])]
+    bad_check = good[0][:-1] + ("0" if good[0][-1] != "0" else "1")
+    frame = pl.DataFrame({
+        "_row_no": [1, 2, 3, 4, 5],
+        "uscc": [good[0], good[1], bad_check, "91339902MA00000I1", "12345"],
+        "org_name": ["甲", "乙", "丙", "丁", "戊"],
+        "legal_rep_id": [GOOD_ID, None, "123", GOOD_ID2, GOOD_ID2.lower()],
+        "business_status": ["1", "2", "9", None, "1"],
+    })
+    res = CAT.resource("scjg_qydj")
+    rules = [r for r in resource_rules(CAT, res, DAY) if set(r.columns) <= set(frame.columns)]
+    fails = {r.id: frame.filter(failing(r)).get_column("_row_no").to_list() for r in rules}
+    assert fails["uscc.uscc"] == [3, 4, 5]
+    assert fails["legal_rep_id.id_number"] == [3]  # lower-case x is normalised before, not here
+    assert fails["business_status.code_list"] == [3]
+    results, _ = validate(frame, rules, "qydj_test")
+    for g in results:
+        rule = next(r for r in rules if r.id == g.rule_id)
+        assert g.failed == len(fails[rule.id]), rule.id
+
+
+def test_rules_cover_the_kinds_the_catalogue_implies() -> None:
+    kinds = {r.kind for res in CAT.resources for r in resource_rules(CAT, res, DAY)}
+    assert kinds >= {Kind.not_null, Kind.unique, Kind.id_number, Kind.uscc, Kind.mobile, Kind.code_list,
+                     Kind.pattern, Kind.date_range, Kind.id_birth_date, Kind.id_gender}

@@ -1,0 +1,171 @@
+"""The department scorecard: the formulas of quality.md with hand-computed numbers, its
+configuration, and its history per run in quality.scorecard (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from quality import scorecard as sc
+from quality.rules import Dimension
+from warehouse.store import Warehouse
+
+CONFIG = sc.ScorecardConfig()
+
+
+def rules(*rows: tuple[str, str, str, Dimension, str, int, int]) -> pl.DataFrame:
+    """(department, resource, rule, dimension, severity, evaluated, failed) rows as rule inputs."""
+    return pl.DataFrame(
+        [{"department": d, "resource_id": r, "batch_id": f"{r}.20261009.1", "rule_id": rule, "label": rule,
+          "dimension": dim.value, "severity": sev, "evaluated": n, "failed": u} for d, r, rule, dim, sev, n, u in rows],
+        schema=sc.RULE_INPUT_SCHEMA,
+    )
+
+
+def responses(*rows: tuple[str, int, int, int]) -> pl.DataFrame:
+    return pl.DataFrame([dict(zip(("department", "due", "on_time", "overdue"), r, strict=True)) for r in rows],
+                        schema=sc.RESPONSE_SCHEMA)
+
+
+# Department a: a base-library resource (ω = 2) and a resource carrying copies only (ω = 1).
+# Department b: one base-library resource without failures. Department c: nothing delivered.
+EXAMPLE = rules(
+    ("a", "a_base", "r1", Dimension.conformity, "blocking", 200, 10),  # s = 95
+    ("a", "a_base", "r2", Dimension.conformity, "warning", 100, 20),  # s = 80
+    ("a", "a_base", "r3", Dimension.completeness, "blocking", 200, 0),  # s = 100
+    ("a", "a_base", "r4", Dimension.consistency, "warning", 50, 5),  # s = 90
+    ("a", "a_base", "r5", Dimension.timeliness, "blocking", 1, 0),  # s = 100
+    ("a", "a_base", "r6", Dimension.accuracy, "warning", 0, 0),  # nothing evaluated: no 准确性 score
+    ("a", "a_copy", "r7", Dimension.consistency, "warning", 40, 10),  # s = 75
+    ("a", "a_copy", "r8", Dimension.accessibility, "blocking", 40, 0),  # s = 100
+    ("b", "b_base", "r9", Dimension.conformity, "blocking", 10, 0),
+)
+WEIGHTS = {"a_base": 2.0, "a_copy": 1.0, "b_base": 2.0}
+
+
+def example() -> sc.Scorecard:
+    return sc.compute(dt.date(2026, 10, 9), EXAMPLE, ["a", "b", "c"], WEIGHTS, responses(("a", 4, 3, 1)), CONFIG)
+
+
+def test_a_rule_scores_its_pass_rate_and_a_rule_that_evaluated_nothing_is_left_out() -> None:
+    scored = sc.rule_scores(EXAMPLE, CONFIG)
+    s = dict(zip(scored.get_column("rule_id"), scored.get_column("score"), strict=True))
+    assert s["r1"] == pytest.approx(95.0) and s["r2"] == pytest.approx(80.0) and s["r7"] == pytest.approx(75.0)
+    assert "r6" not in s
+    assert dict(zip(scored.get_column("rule_id"), scored.get_column("weight"), strict=True))["r1"] == 3.0
+
+
+def test_a_dimension_weighs_blocking_rules_three_times_a_warning() -> None:
+    dims = sc.dimension_scores(sc.rule_scores(EXAMPLE, CONFIG))
+    got = {(r["resource_id"], r["dimension"]): r["score"] for r in dims.iter_rows(named=True)}
+    assert got[("a_base", "规范性")] == pytest.approx((3 * 95 + 1 * 80) / 4)  # 91.25
+    assert got[("a_base", "一致性")] == pytest.approx(90.0)
+    assert ("a_base", "准确性") not in got
+
+
+def test_a_resource_averages_only_the_dimensions_that_have_rules() -> None:
+    card = example()
+    s = dict(zip(card.resources.get_column("resource_id"), card.resources.get_column("score"), strict=True))
+    # 规范性 91.25 ×15, 完整性 100 ×20, 一致性 90 ×25, 时效性 100 ×15 (no 准确性, no 可访问性)
+    assert s["a_base"] == pytest.approx((15 * 91.25 + 20 * 100 + 25 * 90 + 15 * 100) / 75)  # 94.9167
+    assert s["a_copy"] == pytest.approx((25 * 75 + 5 * 100) / 30)  # 79.1667
+    assert s["b_base"] == pytest.approx(100.0)
+
+
+def test_the_department_counts_base_library_resources_twice_and_adds_the_response_score() -> None:
+    a = example().department("a")
+    q = (2 * 7118.75 / 75 + 1 * 2375 / 30) / 3
+    assert a["data_score"] == pytest.approx(q) and a["data_score"] == pytest.approx(89.6667, abs=1e-4)
+    assert a["response_score"] == pytest.approx(100 * 3 / 4 - 5 * 1)  # 70
+    assert a["total"] == pytest.approx(0.8 * q + 0.2 * 70) and round(a["total"], 2) == 85.73
+    assert a["grade"] == "C" and a["rank"] == 2 and a["resources"] == 2
+    # the department's dimensions: ω-weighted over the resources that have them
+    assert a["consistency"] == pytest.approx((2 * 90 + 1 * 75) / 3)  # 85.0
+    assert a["conformity"] == pytest.approx(91.25) and a["accessibility"] == pytest.approx(100.0)
+    assert a["accuracy"] is None
+    assert (a["tickets_due"], a["tickets_on_time"], a["tickets_overdue"]) == (4, 3, 1)
+
+
+def test_a_department_without_due_tickets_has_full_response_and_one_without_data_has_no_total() -> None:
+    card = example()
+    b, c = card.department("b"), card.department("c")
+    assert (b["data_score"], b["response_score"], b["total"], b["grade"], b["rank"]) == (100.0, 100.0, 100.0, "A", 1)
+    assert (c["data_score"], c["total"], c["grade"], c["rank"], c["resources"]) == (None, None, None, None, 0)
+
+
+def test_the_response_score_loses_five_points_per_overdue_ticket_and_never_goes_below_zero() -> None:
+    assert sc.response_score(4, 3, 1) == 70.0
+    assert sc.response_score(10, 10, 0) == 100.0
+    assert sc.response_score(2, 0, 2) == 0.0  # 0 − 10 → floored
+    assert sc.response_score(0, 0, 0) == 100.0
+
+
+def test_grades_follow_the_thresholds_and_ties_share_a_rank() -> None:
+    assert [sc.grade(t, CONFIG) for t in (100, 95, 94.99, 90, 80, 79.9, 60, 59.99)] == \
+        ["A", "A", "B", "B", "C", "D", "D", "E"]
+    assert sc.competition_ranks({"x": 90.0, "y": 95.0, "z": 90.0, "w": 80.0, "v": None}) == \
+        {"y": 1, "x": 2, "z": 2, "w": 4, "v": None}
+    # ranked at the precision the reports show: 99.96 reads 100.0 and ranks with 100
+    assert sc.competition_ranks({"a": 100.0, "b": 99.96, "c": 99.94}) == {"a": 1, "b": 1, "c": 3}
+
+
+def test_weights_and_thresholds_come_from_the_catalogue_folder_and_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "scorecard.yaml").write_text(
+        "dimension_weights: {一致性: 40}\nrule_weights: {blocking: 2}\n"
+        "grades: {优: 90, 良: 75, 中: 60}\nlowest_grade: 差\n", encoding="utf-8")
+    cfg = sc.load_config(tmp_path, env={"GONGSHU_SCORECARD_TICKET_WORKING_DAYS": "7"})
+    assert cfg.dimension_weights[Dimension.consistency] == 40 and cfg.dimension_weights[Dimension.conformity] == 15
+    assert cfg.rule_weights == {"blocking": 2.0, "warning": 1.0}
+    assert cfg.ticket_working_days == 7 and cfg.max_extension_working_days == 15
+    assert [sc.grade(t, cfg) for t in (91, 80, 61, 10)] == ["优", "良", "中", "差"]
+    # with 一致性 weighted 40 the copy-only resource of department a scores (40·75 + 5·100)/45
+    card = sc.compute(dt.date(2026, 10, 9), EXAMPLE, ["a"], WEIGHTS, responses(), cfg)
+    s = dict(zip(card.resources.get_column("resource_id"), card.resources.get_column("score"), strict=True))
+    assert s["a_copy"] == pytest.approx((40 * 75 + 5 * 100) / 45)
+
+    assert sc.load_config(None, env={}) == sc.ScorecardConfig()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grades: {A: 60, B: 90}\n", encoding="utf-8")
+    with pytest.raises(sc.ConfigError, match="grades"):
+        sc.load_config(tmp_path, env={"GONGSHU_SCORECARD_CONFIG": str(bad)})
+
+
+def test_every_run_is_stored_and_the_last_report_is_the_latest_earlier_period(warehouse: Warehouse) -> None:
+    d1, d2 = dt.date(2026, 10, 8), dt.date(2026, 10, 9)
+    first = sc.compute(d1, rules(("a", "a_base", "r1", Dimension.conformity, "blocking", 100, 20)), ["a", "b"],
+                       WEIGHTS, responses(), CONFIG)  # a: Q 80 → total 84
+    sc.store_scorecard(warehouse, first, "run-1", dt.datetime(2026, 10, 9, 2, 0))
+    second = example()
+    sc.store_scorecard(warehouse, second, "run-2", dt.datetime(2026, 10, 10, 2, 0))
+    sc.store_scorecard(warehouse, second, "run-2", dt.datetime(2026, 10, 10, 2, 5))  # the same run again: replaced
+
+    rows = sc.read_scorecard(warehouse)
+    assert rows.filter(pl.col("run_id") == "run-2").height == EXAMPLE.height + 3 + 3  # rules, resources, departments
+    latest = sc.latest_run(warehouse, d2)
+    a = latest.filter((pl.col("level") == "department") & (pl.col("department") == "a")).row(0, named=True)
+    assert a["score"] == pytest.approx(85.7333, abs=1e-4) and a["grade"] == "C" and a["rank"] == 2
+    assert a["consistency"] == pytest.approx(85.0) and a["tickets_overdue"] == 1
+    r7 = latest.filter(pl.col("rule_id") == "r7").row(0, named=True)
+    assert (r7["level"], r7["evaluated"], r7["failed"], r7["score"], r7["weight"]) == ("rule", 40, 10, 75.0, 1.0)
+    base = latest.filter((pl.col("level") == "resource") & (pl.col("resource_id") == "a_base")).row(0, named=True)
+    assert base["weight"] == 2.0 and base["conformity"] == pytest.approx(91.25) and base["accuracy"] is None
+
+    prev = sc.previous_totals(warehouse, d2)
+    assert prev.filter(pl.col("department") == "a").get_column("score").to_list() == [pytest.approx(84.0)]
+    assert sc.history(warehouse, d2).filter(pl.col("department") == "a").get_column("period").to_list() == [d1, d2]
+    table = sc.markdown_table(second, _Names(), prev)
+    assert "| 2 | 部门a | 85.7 | C | +1.7 | 89.7 | 70.0 |" in table
+
+
+class _Names:
+    """Just enough catalogue for the Markdown table."""
+
+    class _D:
+        def __init__(self, code: str):
+            self.name = f"部门{code}"
+
+    def department(self, code: str):
+        return self._D(code)

@@ -1,0 +1,269 @@
+"""共享/开放 layer on SQLite and PostgreSQL: the second test city (山海市) with its 户政 resource
+opened, run through ods → std → base, then masked into share tables and open-data files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterInstance, materialize
+
+from assets.share import (
+    OpenDataResource,
+    PseudonymKeyResource,
+    build_share_assets,
+    build_share_output,
+    leak_findings,
+)
+from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
+from desensitize.kanon import smallest_group
+from desensitize.policy import OutputPolicy, share_policies
+from desensitize.pseudonym import PseudonymKey, token_of
+from pipelines.demo_api import serve_in_thread
+from pipelines.resources import WarehouseResource
+from tests import citykit
+from tests.citykit import PEOPLE
+from tests.test_pipeline import run_day
+from warehouse.store import Warehouse
+
+DAY1 = dt.date(2026, 10, 9)
+DAY2 = dt.date(2026, 10, 10)
+KEY = PseudonymKey(b"shanhai-test-key-0123456789")
+
+# 山海市 residents beyond citykit's three: a crowd the open data can hide in, two small groups
+# that a 5-year band merges, and one woman nobody resembles.
+CROWD = (
+    [("370202", "19800501", 2 * i + 1, "M") for i in range(30)]
+    + [("370203", "19810101", 2 * i + 1, "M") for i in range(3)]
+    + [("370203", "19830101", 2 * i + 1, "M") for i in range(2)]
+    + [("370202", "19920315", 2 * i + 2, "F") for i in range(6)]
+    + [("370203", "19500101", 2, "F")]
+)
+HEADER = ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"]
+
+
+def crowd_rows(rename: dict[str, str] | None = None) -> list[list[str]]:
+    rows = [[p, n, s, b] for p, n, s, b in PEOPLE]
+    for i, (region, birth, seq, sex) in enumerate(CROWD):
+        rows.append([citykit.id_number(region, birth, 100 + seq), f"居民{i:02d}号", sex, birth])
+    for row in rows:
+        row[1] = (rename or {}).get(row[0], row[1])
+    return rows
+
+
+@pytest.fixture
+def city(tmp_path: Path, monkeypatch) -> tuple[Catalogue, Path, Path]:
+    folder = citykit.write_catalogue(tmp_path)
+    renkou = folder / "resources" / "huzheng_renkou.yaml"
+    renkou.write_text(renkou.read_text(encoding="utf-8").replace("open: 不予开放", "open: 有条件开放"), encoding="utf-8")
+    cat = load_catalogue(folder)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    server, base = serve_in_thread(landing)
+    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
+    citykit.deliver_day1(landing, DAY1)
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", HEADER, crowd_rows())
+    yield cat, landing, tmp_path / "open"
+    server.shutdown()
+    server.server_close()
+
+
+def policy(cat: Catalogue, name: str) -> OutputPolicy:
+    return next(p for p in share_policies(cat) if p.name == name)
+
+
+def build(wh: Warehouse, cat: Catalogue, name: str, day: dt.date, open_root: Path):
+    return build_share_output(wh, cat, policy(cat, name), day, key=KEY, open_root=open_root)
+
+
+def share_state(wh: Warehouse) -> dict[str, list[tuple]]:
+    """Every row of every share-layer table, sorted."""
+    insp = sa.inspect(wh.engine)
+    names = insp.get_table_names(schema="share") if wh.is_postgres else [
+        t for t in insp.get_table_names() if t.startswith("share__")]
+    out = {}
+    with wh.engine.connect() as conn:
+        for t in names:
+            q = f'"share"."{t}"' if wh.is_postgres else f'"{t}"'
+            out[t] = sorted(tuple(str(v) for v in r) for r in conn.execute(sa.text(f"SELECT * FROM {q}")))
+    return out
+
+
+def test_the_restricted_output_masks_every_column_and_its_tokens_join_across_datasets(warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    people = build(warehouse, cat, "people_restricted", DAY1, open_root)
+    assert people.action == "written" and people.inserted == len(PEOPLE) + len(CROWD)
+    with warehouse.engine.connect() as conn:
+        stored = warehouse.read(conn, f"SELECT * FROM {warehouse.qualified('share', 'people_restricted')}",
+                                {**policy(cat, "people_restricted").schema(), "_row_hash": pl.String()})
+    pid, name, _, _ = PEOPLE[0]
+    row = stored.filter(pl.col("pid__token") == token_of(pid, KEY)).row(0, named=True)
+    assert row["pid"] == pid[:6] + "********" + pid[-4:]
+    assert (row["full_name"], row["sex"], row["dob"], row["phone"]) == ("王***", "1", dt.date(1980, 1, 1), "138****0001")
+    assert row["_key_id"] == KEY.key_id and row["valid_from"] == DAY1
+    assert pid not in stored.get_column("pid").to_list()
+    # the 证照 holder token is the same pseudonym: restricted datasets still join without the raw ID
+    permits = build(warehouse, cat, "permits_restricted", DAY1, open_root).frame
+    joined = permits.join(stored, left_on="holder__token", right_on="pid__token")
+    assert joined.select("number", "full_name").sort("number").rows() == [("A-0001", "王***"), ("A-0002", "李***")]
+    with warehouse.engine.connect() as conn:
+        out = conn.execute(sa.text(f"SELECT output, as_of, rows, key_id FROM {warehouse.qualified('share', 'outputs')} "
+                                   "WHERE output = 'people_restricted'")).one()
+    assert (out[0], str(out[1])[:10], out[2], out[3]) == ("people_restricted", "2026-10-09", 45, KEY.key_id)
+    findings, _ = leak_findings(warehouse, cat, people, {})
+    assert findings == []
+
+
+def test_the_open_export_is_k_anonymous_and_says_how_many_rows_were_generalised_or_suppressed(
+        warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    b = build(warehouse, cat, "people_open", DAY1, open_root)
+    k = b.masked.kanon
+    # 山海市 grades 出生日期 一般: published whole unless its group is small. Men born 1980-01-01,
+    # 1981 and 1983 (1 + 3 + 2) are alone by date and by year; a 5-year band hides them together.
+    # The man born 2001 and the woman born 1950 stay alone even with 性别 and 出生日期 suppressed.
+    assert (k.rows_in, k.generalised, k.suppressed) == (45, 6, 2)
+    assert k.levels == {"sex": {0: 43}, "dob": {0: 37, 2: 6}}
+    csv = pl.read_csv(b.files.csv, infer_schema=False)
+    assert csv.columns == ["sex", "dob"] and csv.height == 43
+    assert smallest_group(csv, ["sex", "dob"]) >= 5
+    assert sorted(csv.group_by("sex", "dob").len().rows()) == [
+        ("1", "1980-05-01", 30), ("1", "1980-1984", 6), ("2", "1992-03-15", 7)]
+    # the JSON carries the same records, the dictionary every published field in Chinese
+    doc = json.loads(b.files.json.read_text(encoding="utf-8"))
+    assert doc["k"] == 5 and doc["quasi_identifiers"] == ["sex", "dob"] and len(doc["records"]) == csv.height
+    assert sorted((r["sex"], r["dob"]) for r in doc["records"]) == sorted(csv.rows())
+    dictionary = pl.read_csv(b.files.dictionary, infer_schema=False)
+    assert dictionary.select("字段", "中文名称", "处理规则", "准标识符", "代码表").rows() == [
+        ("sex", "性别", "保留原值", "是", "性别"), ("dob", "出生日期", "保留原值", "是", "")]
+    text = b.files.csv.read_text(encoding="utf-8")
+    assert all(p not in text and n not in text for p, n, _, _ in PEOPLE)
+    assert b.files.csv == open_root / "people_open" / "2026-10-09" / "people_open.csv"
+    findings, _ = leak_findings(warehouse, cat, b, {})
+    assert findings == []
+
+
+def test_a_rerun_writes_nothing_and_a_new_day_rewrites_only_the_rows_that_changed(warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    for name in ("people_restricted", "people_open", "org_open"):
+        build(warehouse, cat, name, DAY1, open_root)
+    before = share_state(warehouse)
+    files = {p: p.read_bytes() for p in open_root.rglob("*") if p.is_file()}
+    again = [build(warehouse, cat, n, DAY1, open_root) for n in ("people_restricted", "people_open", "org_open")]
+    assert [(b.action, b.inserted, b.deleted) for b in again] == [("unchanged", 0, 0)] * 3
+    assert share_state(warehouse) == before
+    assert {p: p.read_bytes() for p in open_root.rglob("*") if p.is_file()} == files
+
+    # day 2: one resident renamed → one version closed, one opened → one masked row replaced
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", HEADER,
+                      crowd_rows(rename={PEOPLE[2][0]: "钱强"}))
+    run_day(warehouse, cat, landing, DAY2)
+    day2 = build(warehouse, cat, "people_restricted", DAY2, open_root)
+    assert (day2.action, day2.inserted, day2.deleted) == ("written", 1, 1)
+    row = day2.frame.filter(pl.col("pid__token") == token_of(PEOPLE[2][0], KEY)).row(0, named=True)
+    assert (row["full_name"], row["valid_from"]) == ("钱***", DAY2)
+
+    # backfilling day 1 afterwards must not move the table back in time
+    back = build(warehouse, cat, "people_restricted", DAY1, open_root)
+    assert back.action == "older" and back.table_as_of == DAY2
+    with warehouse.engine.connect() as conn:
+        names = conn.execute(sa.text(f"SELECT full_name FROM {warehouse.qualified('share', 'people_restricted')}"
+                                     " WHERE full_name LIKE '钱%' OR full_name LIKE '赵%'")).scalars().all()
+        log = conn.execute(sa.text(f"SELECT action FROM {warehouse.qualified('audit', 'share_builds')} "
+                                   "WHERE output = 'people_restricted' ORDER BY built_at")).scalars().all()
+    assert names == ["钱***"]
+    assert log == ["written", "unchanged", "written", "older"]
+
+
+def test_a_new_key_rewrites_every_token_under_a_new_key_id(warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    first = build(warehouse, cat, "people_restricted", DAY1, open_root)
+    rotated = PseudonymKey(b"rotated-key-0123456789abc")
+    second = build_share_output(warehouse, cat, policy(cat, "people_restricted"), DAY1, key=rotated,
+                                open_root=open_root)
+    assert (second.action, second.inserted, second.deleted) == ("written", 45, 45)
+    assert second.frame.get_column("_key_id").unique().to_list() == [rotated.key_id] != [first.key_id]
+    assert not set(second.frame.get_column("pid__token")) & set(first.frame.get_column("pid__token"))
+
+
+def test_the_leak_scanner_finds_a_raw_id_planted_in_a_table_a_file_or_a_preview(warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    restricted = build(warehouse, cat, "people_restricted", DAY1, open_root)
+    opened = build(warehouse, cat, "people_open", DAY1, open_root)
+    assert leak_findings(warehouse, cat, restricted, {})[0] == []
+    pid, name, _, _ = PEOPLE[1]
+    with warehouse.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {warehouse.qualified('share', 'people_restricted')} SET full_name = :v "
+                             "WHERE full_name = '赵***'"), {"v": f"见{pid}"})
+    with opened.files.csv.open("a", encoding="utf-8") as fh:
+        fh.write(f"2,{name}\n")
+    preview = f"| pid | full_name |\n|---|---|\n| {pid} | {name} |\n"
+    found, needles = leak_findings(warehouse, cat, restricted, {"预览": (preview, set())})
+    assert needles.ids.len() == len(PEOPLE) + len(CROWD)
+    assert [(f.column, f.kind, f.count, f.sample) for f in found] == [
+        ("full_name", "id_number", 1, pid[:6] + "********" + pid[-4:]),
+        ("pid", "id_number", 1, pid[:6] + "********" + pid[-4:]),
+        ("full_name", "name", 1, "李***"),
+    ]
+    assert found[0].location == warehouse.qualified("share", "people_restricted")
+    assert found[1].location == "预览 表1"
+    in_file, _ = leak_findings(warehouse, cat, opened, {}, needles)
+    assert [(f.location, f.column, f.kind) for f in in_file] == [(str(opened.files.csv), "dob", "name")]
+    assert all(pid not in str(f) for f in found + in_file)  # findings never repeat the raw value
+
+
+def test_share_assets_materialise_through_dagster_with_metadata_and_passing_checks(tmp_path, city, monkeypatch):
+    cat, landing, open_root = city
+    url = f"sqlite:///{tmp_path / 'dagster_wh.db'}"
+    wh = Warehouse(url)
+    run_day(wh, cat, landing, DAY1)
+    monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", KEY.secret.decode())
+    assets = [a for a in build_share_assets(cat, _partitions(cat))
+              if a.key in (AssetKey(["share", "people_restricted"]), AssetKey(["share", "people_open"]))]
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(assets, partition_key=DAY1.isoformat(), instance=instance, resources={
+            "warehouse": WarehouseResource(url=url), "pseudonym": PseudonymKeyResource(),
+            "open_data": OpenDataResource(path=str(open_root))})
+        assert result.success
+        md = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("share__people_restricted")
+              + result.asset_materializations_for_node("share__people_open")}
+        checks = {(c.asset_key.path[-1], c.check_name): c for c in result.get_asset_check_evaluations()}
+    assert md["people_restricted"]["dagster/row_count"].value == 45
+    assert md["people_restricted"]["假名化密钥编号"].value == KEY.key_id
+    assert "保留前6位和后4位" in md["people_restricted"]["脱敏策略"].value
+    preview = md["people_restricted"]["预览(已脱敏)"].value
+    assert PEOPLE[0][0] not in preview and "********" in preview
+    assert md["people_open"]["k-匿名: 抑制行数"].value == 2
+    assert checks[("people_restricted", "no_raw_identifiers")].passed
+    assert checks[("people_open", "no_raw_identifiers")].passed
+    k = checks[("people_open", "k_anonymity")]
+    assert k.passed and k.metadata["最小组行数"].value >= 5 and k.metadata["抑制(未发布)行数"].value == 2
+    wh.dispose()
+
+
+def _partitions(cat: Catalogue):
+    from assets.factory import daily_partitions
+
+    return daily_partitions(cat)
+
+
+def test_the_demo_city_shows_one_share_asset_per_library_and_class_with_its_rules() -> None:
+    cat = load_catalogue(DEMO_CATALOGUE)
+    specs = {s.key: s for a in build_share_assets(cat, _partitions(cat)) for s in a.specs}
+    assert {k.to_user_string() for k in specs} == {f"share/{p.name}" for p in share_policies(cat)}
+    person = specs[AssetKey(["share", "person_restricted"])]
+    assert person.group_name == "share" and {d.asset_key for d in person.deps} == {AssetKey(["base", "person"])}
+    assert "| 公民身份号码 | id_number | 高度敏感 | 保留前6位和后4位" in person.description
+    assert "| 手机号码 | mobile | 敏感 | 手机号保留前3位和后4位" in person.description
+    opened = specs[AssetKey(["share", "person_open"])]
+    assert "k=5" in opened.description and "| 婚姻状况 | marital_status | 敏感 | 不纳入" in opened.description
+    assert opened.partitions_def == person.partitions_def == _partitions(cat)

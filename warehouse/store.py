@@ -1,0 +1,292 @@
+"""The warehouse: one SQLAlchemy URL, SQLite embedded by default, PostgreSQL in production.
+
+Layers (ods, std, base, quality, share, audit) are PostgreSQL schemas; SQLite has none, so there
+they become table-name prefixes (``ods__gaj_hjrk``). That mapping lives here and nowhere else:
+callers always say ``wh.table("ods", "gaj_hjrk")``.
+
+Bulk I/O never goes row by row through an ORM: PostgreSQL loads and unloads by COPY (psycopg),
+SQLite uses executemany inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+LAYERS = ("ods", "std", "base", "quality", "share", "audit")
+DEFAULT_DIR = Path(".gongshu")
+_COPY_CHUNK_ROWS = 200_000
+
+
+def default_url() -> str:
+    """``GONGSHU_WAREHOUSE_URL`` or a SQLite file under ``.gongshu/``."""
+    url = os.environ.get("GONGSHU_WAREHOUSE_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("GONGSHU_HOME", DEFAULT_DIR))
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(home / 'warehouse.db').resolve()}"
+
+
+def sql_type(dtype: pl.DataType) -> sa.types.TypeEngine:
+    """The column type a polars dtype is stored as, in both dialects."""
+    if dtype == pl.Date:
+        return sa.Date()
+    if isinstance(dtype, pl.Datetime):
+        return sa.DateTime()
+    if dtype in (pl.Int64, pl.Int32, pl.UInt32, pl.Int16, pl.Int8, pl.UInt8, pl.UInt16):
+        return sa.BigInteger()
+    if dtype in (pl.Float64, pl.Float32):
+        return sa.Double()
+    if dtype == pl.Boolean:
+        return sa.Boolean()
+    return sa.Text()
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    nullable: bool = True
+
+
+def columns_of(schema: pl.Schema | dict[str, pl.DataType], not_null: Sequence[str] = ()) -> list[Column]:
+    return [Column(n, t, n not in not_null) for n, t in schema.items()]
+
+
+class Warehouse:
+    """Storage of every layer behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str | None = None, *, echo: bool = False):
+        self.url = url or default_url()
+        kwargs: dict = {"echo": echo, "future": True}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 120}
+        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        if not self.is_postgres:
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            # pysqlite's own transaction handling defers BEGIN; take control so DDL and DML of one
+            # batch share one atomic transaction.
+            # Writers take the lock up front (BEGIN IMMEDIATE) so two writers queue on busy_timeout
+            # instead of deadlocking on a lock upgrade; readers stay deferred and never block.
+            sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(
+                "BEGIN IMMEDIATE" if conn.info.get("gongshu_write") else "BEGIN"))
+        self._metadata = sa.MetaData()
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.engine.url.render_as_string(hide_password=True)})"
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- naming ------------------------------------------------------------------------------
+    def table_ref(self, layer: str, name: str) -> tuple[str | None, str]:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}")
+        return (layer, name) if self.is_postgres else (None, f"{layer}__{name}")
+
+    def qualified(self, layer: str, name: str) -> str:
+        """The quoted SQL name of a layer table, for hand-written set-based statements."""
+        schema, table = self.table_ref(layer, name)
+        q = self.engine.dialect.identifier_preparer.quote
+        return f"{q(schema)}.{q(table)}" if schema else q(table)
+
+    def quote(self, ident: str) -> str:
+        return self.engine.dialect.identifier_preparer.quote(ident)
+
+    def table(
+        self,
+        layer: str,
+        name: str,
+        columns: Sequence[Column] | None = None,
+        *,
+        primary_key: Sequence[str] = (),
+        indexes: Sequence[Sequence[str]] = (),
+    ) -> sa.Table:
+        """The SQLAlchemy table of a layer; pass columns the first time to declare it."""
+        schema, table = self.table_ref(layer, name)
+        key = f"{schema}.{table}" if schema else table
+        if key in self._metadata.tables:
+            return self._metadata.tables[key]
+        if columns is None:
+            return sa.Table(table, self._metadata, schema=schema, autoload_with=self.engine)
+        cols = [
+            sa.Column(c.name, sql_type(c.dtype), nullable=c.nullable and c.name not in primary_key,
+                      primary_key=c.name in primary_key)
+            for c in columns
+        ]
+        t = sa.Table(table, self._metadata, *cols, schema=schema)
+        for i, idx in enumerate(indexes):
+            sa.Index(f"ix_{layer}_{name}_{i}", *[t.c[c] for c in idx])
+        return t
+
+    def create(self, conn: Connection, table: sa.Table) -> None:
+        """CREATE TABLE IF NOT EXISTS (and its schema) inside the caller's transaction."""
+        if table.schema:
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(table.schema)}"))
+        table.create(conn, checkfirst=True)
+
+    def temp_table(self, conn: Connection, name: str, frame: pl.DataFrame) -> str:
+        """Load a frame into a temporary table of this transaction; returns its quoted name."""
+        cols = [sa.Column(n, sql_type(t)) for n, t in frame.schema.items()]
+        kw = {"postgresql_on_commit": "DROP"} if self.is_postgres else {}
+        t = sa.Table(name, sa.MetaData(), *cols, prefixes=["TEMPORARY"], **kw)
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.quote(name)}"))
+        t.create(conn)
+        self.insert(conn, t, frame)
+        return self.quote(name)
+
+    def exists(self, layer: str, name: str) -> bool:
+        schema, table = self.table_ref(layer, name)
+        return sa.inspect(self.engine).has_table(table, schema=schema)
+
+    # --- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: everything a batch writes commits together or not at all."""
+        with self.engine.connect() as conn:
+            conn.info["gongshu_write"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop("gongshu_write", None)
+
+    # --- bulk write --------------------------------------------------------------------------
+    def insert(self, conn: Connection, table: sa.Table, frame: pl.DataFrame) -> int:
+        """Append a frame to a table: COPY on PostgreSQL, executemany on SQLite."""
+        if frame.height == 0:
+            return 0
+        names = [c.name for c in table.columns if c.name in frame.columns]
+        frame = frame.select(names)
+        if self.is_postgres:
+            self._copy_in(conn, table, frame)
+        else:
+            placeholders = ", ".join("?" for _ in names)
+            cols = ", ".join(self.quote(n) for n in names)
+            sql = f"INSERT INTO {self._name(table)} ({cols}) VALUES ({placeholders})"
+            frame = _sqlite_ready(frame)
+            conn.connection.driver_connection.executemany(sql, frame.iter_rows())
+        return frame.height
+
+    def _name(self, table: sa.Table) -> str:
+        return f"{self.quote(table.schema)}.{self.quote(table.name)}" if table.schema else self.quote(table.name)
+
+    def _copy_in(self, conn: Connection, table: sa.Table, frame: pl.DataFrame) -> None:
+        cols = ", ".join(self.quote(n) for n in frame.columns)
+        text_cols = [n for n, t in frame.schema.items() if t == pl.String]
+        if text_cols:  # PostgreSQL text cannot hold NUL; ODS keeps everything else as received
+            frame = frame.with_columns(pl.col(text_cols).str.replace_all("\x00", "", literal=True))
+        dbapi = conn.connection.driver_connection
+        with dbapi.cursor() as cur, cur.copy(
+            f"COPY {self._name(table)} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
+        ) as copy:
+            for chunk in frame.iter_slices(_COPY_CHUNK_ROWS):
+                copy.write(chunk.write_csv(include_header=False, null_value="\\N", datetime_format="%Y-%m-%d %H:%M:%S%.f"))
+
+    # --- bulk read ---------------------------------------------------------------------------
+    def read(
+        self,
+        conn: Connection,
+        query: str,
+        schema: dict[str, pl.DataType],
+        params: dict | None = None,
+    ) -> pl.DataFrame:
+        """Run a SELECT and return it as a typed frame (COPY TO on PostgreSQL)."""
+        params = params or {}
+        if self.is_postgres:
+            buf = io.BytesIO()
+            dbapi = conn.connection.driver_connection
+            stmt, args = _pyformat(query, params)
+            with dbapi.cursor() as cur, cur.copy(
+                f"COPY ({stmt}) TO STDOUT WITH (FORMAT csv, NULL '\\N')", args or None
+            ) as copy:
+                for block in copy:
+                    buf.write(block)
+            if buf.tell() == 0:
+                return pl.DataFrame(schema=schema)
+            buf.seek(0)
+            raw = pl.read_csv(
+                buf,
+                has_header=False,
+                new_columns=list(schema),
+                schema={n: pl.String for n in schema},
+                null_values="\\N",
+                empty_string_is_null=False,
+            )
+        else:
+            rows = conn.execute(sa.text(query), params).fetchall()
+            raw = pl.DataFrame(
+                [tuple(r) for r in rows], schema={n: pl.String for n in schema}, orient="row", strict=False
+            ) if rows else pl.DataFrame(schema={n: pl.String for n in schema})
+        return cast_frame(raw, schema)
+
+    def scalar(self, conn: Connection, query: str, params: dict | None = None):
+        return conn.execute(sa.text(query), params or {}).scalar()
+
+
+def cast_frame(raw: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Cast text read back from either dialect into the declared polars types."""
+    exprs = []
+    for name, dtype in schema.items():
+        col = pl.col(name)
+        if dtype == pl.String:
+            exprs.append(col)
+        elif dtype == pl.Date:
+            exprs.append(col.str.slice(0, 10).str.strptime(pl.Date, "%Y-%m-%d"))
+        elif isinstance(dtype, pl.Datetime):
+            exprs.append(col.str.replace("T", " ").str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us"))
+        elif dtype == pl.Boolean:
+            exprs.append(col.is_in(["t", "true", "1", "True"]).cast(pl.Boolean).alias(name))
+        else:
+            exprs.append(col.cast(dtype))
+    return raw.select(exprs)
+
+
+def _sqlite_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """sqlite3 stores what it is given: send dates and datetimes as ISO text."""
+    exprs = []
+    for name, dtype in frame.schema.items():
+        if dtype == pl.Date:
+            exprs.append(pl.col(name).dt.strftime("%Y-%m-%d"))
+        elif isinstance(dtype, pl.Datetime):
+            exprs.append(pl.col(name).dt.strftime("%Y-%m-%d %H:%M:%S%.f"))
+        else:
+            exprs.append(pl.col(name))
+    return frame.select(exprs)
+
+
+def _pyformat(query: str, params: dict) -> tuple[str, list]:
+    """Turn SQLAlchemy-style ``:name`` parameters into psycopg ``%s`` placeholders."""
+    import re
+
+    args: list = []
+
+    def sub(m: re.Match) -> str:
+        args.append(params[m.group(1)])
+        return "%s"
+
+    stmt = re.sub(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", sub, query.replace("%", "%%"))
+    return stmt, args
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see Warehouse.__init__)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=120000")
+    cur.close()
