@@ -19,8 +19,12 @@ DAYS     ?= 2
 API_PORT ?= 8765
 DATE     ?= $(shell $(PY) -c 'import datetime as d, zoneinfo as z; print(d.datetime.now(z.ZoneInfo("Asia/Shanghai")).date() - d.timedelta(days=1))')
 BENCH_PERSONS ?= 1000000
+# The demo's pseudonymisation key: GONGSHU_PSEUDONYM_KEY when set, else a random key made once per
+# checkout in .gongshu/ (git-ignored). Production sets the variable from its secret store.
+DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
+WITH_KEY  = GONGSHU_PSEUDONYM_KEY="$${GONGSHU_PSEUDONYM_KEY:-$$(cat "$(DEMO_KEY)")}"
 
-.PHONY: install demo test ui bench lint clean
+.PHONY: install demo test ui bench lint clean demo-key
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
@@ -31,22 +35,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+demo-key:
+	@mkdir -p "$(GONGSHU_HOME)"; test -s "$(DEMO_KEY)" || { umask 077; $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DEMO_KEY)"; }
+
+demo: install demo-key
 	rm -rf "$(GONGSHU_LANDING)" "$(GONGSHU_HOME)"/warehouse.db*
 	$(BIN)/gongshu generate --persons $(PERSONS) --seed $(SEED) --date $(DATE) --days $(DAYS) --out "$(GONGSHU_LANDING)"
 	@$(BIN)/gongshu serve-api --port $(API_PORT) --landing "$(GONGSHU_LANDING)" > "$(GONGSHU_HOME)/api.log" 2>&1 & pid=$$!; \
 	  trap "kill $$pid 2>/dev/null" EXIT; \
 	  for i in $$(seq 100); do $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(API_PORT)), 0.2)" 2>/dev/null && break; sleep 0.1; done; \
-	  GONGSHU_API_ZRZY_URL=http://127.0.0.1:$(API_PORT)/zrzy/bdcqz $(BIN)/gongshu run --date $(DATE) --days $(DAYS)
+	  $(WITH_KEY) GONGSHU_API_ZRZY_URL=http://127.0.0.1:$(API_PORT)/zrzy/bdcqz $(BIN)/gongshu run --date $(DATE) --days $(DAYS) \
+	    --manifest "$(GONGSHU_LANDING)/manifest.json"
+	$(BIN)/gongshu score-detection --manifest "$(GONGSHU_LANDING)/manifest.json"
 
 test: install
 	$(BIN)/python -m pytest
 
-ui: install
+ui: install demo-key
 	$(BIN)/gongshu instance
-	$(BIN)/dagster dev -w workspace.yaml
+	$(WITH_KEY) $(BIN)/dagster dev -w workspace.yaml
 
 bench: install
+	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)
+	$(BIN)/python benchmarks/bench_masking.py --rows $(BENCH_PERSONS)
 	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS)
 
 lint: install

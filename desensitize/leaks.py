@@ -137,6 +137,9 @@ def _mask(kind: str, value: str) -> str:
     return frame.select(expr).item()
 
 
+DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
+
+
 def _hits(values: pl.Series, needles: pl.Series) -> pl.Series:
     return values.filter(values.is_in(needles)) if needles.len() and values.len() else values.clear()
 
@@ -159,6 +162,9 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         s = s.cast(pl.String).drop_nulls().str.strip_chars()
         if s.len() == 0:
             continue
+        # Digests and tokens (a row hash, an HMAC pseudonym) are random letters and digits: a run
+        # of their digits can be shaped like a phone number by chance; compare them whole.
+        whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
         for kind, pattern, pool in (("id_number", ID_RUN, needles.ids), ("mobile", MOBILE_RUN, needles.mobiles)):
             if not pool.len():

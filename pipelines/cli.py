@@ -78,10 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.jobs import NIGHTLY_JOB
 
     job = defs.resolve_job_def(NIGHTLY_JOB)
+    days = run_dates(args)
     failed = 0
     with DagsterInstance.get() as instance:
-        for i in range(args.days):
-            day = args.date - dt.timedelta(days=args.days - 1 - i)
+        for day in days:
             start = time.perf_counter()
             result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
             bad = [e.step_key for e in result.all_events if e.is_step_failure]
@@ -89,8 +89,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"归集 {day} · run {result.run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}")
             failed += 0 if result.success else 1
     if not args.no_summary:
-        print_summary(args.date)
+        print_summary(days[-1])
     return 1 if failed else 0
+
+
+def run_dates(args: argparse.Namespace) -> list[dt.date]:
+    """The batch dates to run, oldest first: ``--days`` ending at ``--date``, plus with ``--manifest``
+    every date the generated city delivered on (a resource that last delivered weeks ago included)."""
+    from quality.detection import delivery_dates
+
+    end = args.date
+    days = {end - dt.timedelta(days=i) for i in range(args.days)}
+    if args.manifest:
+        delivered = delivery_dates(Path(args.manifest))
+        if args.date_given is None:
+            end = max(delivered)
+            days = {end - dt.timedelta(days=i) for i in range(args.days)}
+        days |= {d for d in delivered if d <= end}
+    return sorted(days)
 
 
 def print_summary(day: dt.date) -> None:
@@ -276,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="运行每晚归集作业")
     r.add_argument("--date", type=_date, default=None, help="批次日期 (默认: 昨天)")
     r.add_argument("--days", type=int, default=1, help="连续运行的批次天数, 截止 --date")
+    r.add_argument("--manifest", default=None,
+                   help="生成器的真值清单: 另外运行其中每个有交付的批次日期 (缺省 --date 取清单中最晚的日期)")
     r.add_argument("--no-summary", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -337,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.date_given = getattr(args, "date", None)
     if getattr(args, "date", "unset") is None:
         args.date = _yesterday()
     if getattr(args, "out", "unset") is None and args.command == "generate":

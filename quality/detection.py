@@ -51,6 +51,14 @@ def load_manifest(path: Path) -> tuple[dict, pl.DataFrame]:
     return doc if isinstance(doc, dict) else {}, frame.with_columns(pl.col("row").cast(pl.Int64))
 
 
+def delivery_dates(path: Path) -> list[dt.date]:
+    """Every batch date on which some resource of a generated city delivered, oldest first."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("resources"), dict):
+        raise ValueError(f"{path}: 不是生成器的真值清单 (缺少 resources)")
+    return sorted({dt.date.fromisoformat(d) for r in doc["resources"].values() for d in r.get("rows", {})})
+
+
 def _read(wh: Warehouse, conn, layer: str, table: str, sql: str, schema: dict) -> pl.DataFrame:
     if not wh.exists(layer, table):
         return pl.DataFrame(schema=schema)

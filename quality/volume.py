@@ -47,13 +47,19 @@ def assess(rows: int, previous: list[int], ratio: float | None = None) -> Volume
 
 
 def previous_volumes(wh: Warehouse, conn, resource: Resource, batch_date: dt.date) -> list[int]:
-    """Rows of the newest batch of each earlier batch date, oldest first (last ``HISTORY``)."""
+    """Rows of the newest batch of each earlier batch date, oldest first (last ``HISTORY``).
+
+    A 前置库 (database) channel delivers incrementally after its first, full read: its deliveries
+    are compared only with earlier incremental ones (those with a low watermark), never with the
+    initial full load.
+    """
     if not wh.exists("ods", "batches"):
         return []
     t = wh.qualified("ods", "batches")
+    incremental = " AND watermark_low IS NOT NULL" if resource.channel.kind == "database" else ""
     result = conn.execute(sa.text(
         f"SELECT b.batch_date, b.rows_delivered FROM {t} b JOIN (SELECT batch_date, MAX(seq) AS seq FROM {t} "
-        "WHERE resource_id = :r AND batch_date < :d GROUP BY batch_date) m "
+        f"WHERE resource_id = :r AND batch_date < :d{incremental} GROUP BY batch_date) m "
         "ON b.batch_date = m.batch_date AND b.seq = m.seq WHERE b.resource_id = :r "
         f"ORDER BY b.batch_date DESC LIMIT {HISTORY}"), {"r": resource.id, "d": batch_date}).fetchall()
     return [int(r[1]) for r in reversed(result)]

@@ -61,3 +61,21 @@ def warehouse(warehouse_url: str) -> Iterator[Warehouse]:
     wh = Warehouse(warehouse_url)
     yield wh
     wh.dispose()
+
+
+@pytest.fixture
+def city(tmp_path: Path, monkeypatch) -> Iterator[tuple]:
+    """The second city (山海市, tests/citykit.py): its catalogue and a landing folder, with its
+    API channel served from a local HTTP server for the duration of the test."""
+    from catalog.loader import load_catalogue
+    from pipelines.demo_api import serve_in_thread
+    from tests import citykit
+
+    cat = load_catalogue(citykit.write_catalogue(tmp_path))
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    server, base = serve_in_thread(landing)
+    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
+    yield cat, landing
+    server.shutdown()
+    server.server_close()

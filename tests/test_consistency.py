@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import polars as pl
 
 from quality.conflicts import check_library_consistency, read_conflicts
 from quality.references import check_references
 from tests import citykit
 from tests.citykit import ORGS, PEOPLE
-from tests.test_pipeline import DAY1, DAY2, city, run_day  # noqa: F401  (fixture)
+from tests.test_pipeline import DAY1, DAY2, run_day
 from warehouse.store import Warehouse
 
 

@@ -82,3 +82,12 @@ def test_numbers_and_dates_are_compared_whole_so_their_digits_raise_no_false_ala
     # equals one, and a phone number glued into text, are
     assert kinds(scan_frame(frame, NEEDLES, "t")) == [("n", "mobile", 1), ("text", "mobile", 1)]
     assert kinds(scan_frame(frame.select("text"), NEEDLES, "t", exact_columns={"text"})) == []
+
+
+def test_a_digest_whose_digits_happen_to_spell_a_phone_number_is_no_leak() -> None:
+    # a row hash is random hex: "…13812345678…" inside it is chance, not a leaked number
+    frame = pl.DataFrame({"_row_hash": ["ab13812345678cd0" * 4, "f" * 64], "token": ["q13812345678zzzz", "abcdefghij234567"],
+                          "phone": ["tel 13812345678", None]})
+    assert kinds(scan_frame(frame, NEEDLES, "t")) == [("phone", "mobile", 1)]
+    # the same digits as a whole value are still found
+    assert kinds(scan_frame(pl.DataFrame({"token": ["13812345678"]}), NEEDLES, "t")) == [("token", "mobile", 1)]

@@ -13,26 +13,13 @@ import sqlalchemy as sa
 from assets.base import merge_library, read_current
 from assets.ods import ingest
 from assets.std import standardize_batch
-from catalog.loader import Catalogue, load_catalogue
-from pipelines.demo_api import serve_in_thread
+from catalog.loader import Catalogue
 from tests import citykit
 from tests.citykit import ORGS, PEOPLE
 from warehouse.store import Warehouse
 
 DAY1 = dt.date(2026, 10, 9)
 DAY2 = dt.date(2026, 10, 10)
-
-
-@pytest.fixture
-def city(tmp_path: Path, monkeypatch) -> tuple[Catalogue, Path]:
-    cat = load_catalogue(citykit.write_catalogue(tmp_path))
-    landing = tmp_path / "landing"
-    landing.mkdir()
-    server, base = serve_in_thread(landing)
-    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
-    yield cat, landing
-    server.shutdown()
-    server.server_close()
 
 
 def run_day(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> dict:

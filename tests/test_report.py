@@ -22,7 +22,7 @@ from pipelines.mailer import Mailer, read_deliveries
 from quality import report as rp
 from quality import scorecard as sc
 from quality import tickets as tk
-from tests import test_mailer, test_tickets
+from tests import test_mailer
 from tests.citykit import PEOPLE
 from tests.test_tickets import DAY1, deliver_with_defects, run_day
 from warehouse.store import Warehouse
@@ -30,7 +30,6 @@ from warehouse.store import Warehouse
 KEY = PseudonymKey(b"test-only-pseudonym-key-0123456789")
 CONFIG = sc.ScorecardConfig()
 
-city = test_tickets.city  # fixture: the 山海市 catalogue and its landing folder
 smtp_server = test_mailer.smtp_server  # fixture: a local aiosmtpd server
 MOBILES = ["13800000001", "13900000002", "1370000003", "13700000003"]
 RAW = [p[0] for p in PEOPLE] + [p[1] for p in PEOPLE] + ["赵钢"] + MOBILES

@@ -20,7 +20,7 @@ from quality import tickets as tk
 from quality.conflicts import check_library_consistency
 from quality.references import check_references
 from quality.scorecard import ScorecardConfig
-from tests import citykit, test_pipeline
+from tests import citykit
 from tests.citykit import PEOPLE
 from warehouse.store import Warehouse
 
@@ -30,7 +30,6 @@ DAY2 = dt.date(2026, 10, 8)  # the first working day after it
 CONFIG = ScorecardConfig()
 HEADER = ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"]
 
-city = test_pipeline.city  # the 山海市 catalogue and its landing folder, with the demo API serving it
 
 
 def run_day(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> None:

@@ -7,7 +7,6 @@ import datetime as dt
 from assets.ods import ingest
 from quality.volume import assess, previous_volumes
 from tests import citykit
-from tests.test_pipeline import city  # noqa: F401  (fixture)
 from warehouse.store import Warehouse
 
 
