@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with DagsterInstance.get() as instance:
         for day in days:
             start = time.perf_counter()
-            result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+            result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
+                                            run_config=console_logging())
             bad = [e.step_key for e in result.all_events if e.is_step_failure]
             status = "成功" if result.success else f"失败步骤: {', '.join(bad)}"
             print(f"归集 {day} · run {result.run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}")
@@ -91,6 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_summary:
         print_summary(days[-1])
     return 1 if failed else 0
+
+
+def console_logging() -> dict:
+    """Dagster's console log level for ``gongshu run``: ``GONGSHU_LOG_LEVEL`` (default WARNING; the full
+    event log of every run stays in the Dagster instance and the UI)."""
+    level = os.environ.get("GONGSHU_LOG_LEVEL", "WARNING").upper()
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
 def run_dates(args: argparse.Namespace) -> list[dt.date]:

@@ -136,6 +136,8 @@ def referential(
             tlib = catalogue.library(t.library)
             if len(tlib.key) != 1:
                 continue
+            if targets[t.library].height == 0:
+                continue  # nothing delivered into the target library yet: there is nothing to check against
             sel = rows.filter(is_type[t.when_type]) if t.when_type in is_type else rows
             target = targets[t.library].select(
                 pl.col(tlib.key[0]).alias(ref.element),

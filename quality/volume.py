@@ -51,7 +51,7 @@ def previous_volumes(wh: Warehouse, conn, resource: Resource, batch_date: dt.dat
 
     A 前置库 (database) channel delivers incrementally after its first, full read: its deliveries
     are compared only with earlier incremental ones (those with a low watermark), never with the
-    initial full load.
+    initial full load. Empty deliveries (an API or 前置库 with nothing for that day) are no baseline.
     """
     if not wh.exists("ods", "batches"):
         return []
@@ -60,6 +60,6 @@ def previous_volumes(wh: Warehouse, conn, resource: Resource, batch_date: dt.dat
     result = conn.execute(sa.text(
         f"SELECT b.batch_date, b.rows_delivered FROM {t} b JOIN (SELECT batch_date, MAX(seq) AS seq FROM {t} "
         f"WHERE resource_id = :r AND batch_date < :d{incremental} GROUP BY batch_date) m "
-        "ON b.batch_date = m.batch_date AND b.seq = m.seq WHERE b.resource_id = :r "
+        "ON b.batch_date = m.batch_date AND b.seq = m.seq WHERE b.resource_id = :r AND b.rows_delivered > 0 "
         f"ORDER BY b.batch_date DESC LIMIT {HISTORY}"), {"r": resource.id, "d": batch_date}).fetchall()
     return [int(r[1]) for r in reversed(result)]

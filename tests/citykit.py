@@ -155,6 +155,51 @@ RESOURCES = {
         """,
 }
 
+# How the generator invents a 山海市 of any size and breaks it (gongshu generate reads synthetic.yaml
+# beside the catalogue): every defect class it can inject into this catalogue, a stale and a truncated
+# resource. Used by the score-detection test on the second catalogue.
+SYNTHETIC = """\
+libraries:
+  people:
+    size: 1.0
+    elements:
+      pid: {range: ["1940-01-01", "2020-12-31"], local_share: 1.0}
+  org:
+    size: 0.1
+    elements:
+      capital: {range: [1, 5000], decimals: 1}
+resources:
+  huzheng_renkou: {coverage: 1.0}
+  shebao_canbao: {coverage: 0.7}
+  gongshang_qiye: {coverage: 1.0}
+  zhengzhao_zheng:
+    size: 0.05
+    holders: {people: 1.0}
+    elements:
+      number: {template: "A{seq:08d}"}
+  gongshang_xuke:
+    size: 0.05
+    holders: {org: 1.0}
+    elements:
+      number: {template: "B-{seq:06d}"}
+stale: {resource: gongshang_xuke, days_before: 70}
+truncated: {resource: gongshang_qiye, keep: 0.3}
+defects:
+  invalid_id_checksum: {rate: 0.01, resources: [huzheng_renkou, shebao_canbao]}
+  invalid_uscc_checksum: {rate: 0.01, resources: [gongshang_qiye]}
+  malformed_mobile: {rate: 0.01, resources: [shebao_canbao]}
+  id_birth_mismatch: {rate: 0.01, resources: [huzheng_renkou]}
+  id_gender_mismatch: {rate: 0.01, resources: [huzheng_renkou]}
+  conflict: {rate: 0.01, resources: [shebao_canbao]}
+  duplicate_key: {rate: 0.01, resources: [huzheng_renkou, gongshang_qiye, zhengzhao_zheng]}
+  missing_required: {rate: 0.01, resources: [huzheng_renkou]}
+  holder_missing: {rate: 0.01, resources: [zhengzhao_zheng]}
+  holder_name_mismatch: {rate: 0.01, resources: [zhengzhao_zheng]}
+  unparseable_wrong_columns: {rate: 0.01, resources: [huzheng_renkou]}
+  unparseable_bad_date: {rate: 0.01, resources: [huzheng_renkou]}
+  unparseable_bad_encoding: {rate: 0.01, resources: [huzheng_renkou]}
+"""
+
 PEOPLE = [  # (pid, name, sex, dob)
     (id_number("370202", "19800101", 11), "王小明", "M", "19800101"),
     (id_number("370203", "19920315", 22), "李丽", "F", "19920315"),
@@ -173,6 +218,7 @@ def write_catalogue(root: Path) -> Path:
     (folder / "codes" / "kind.csv").write_text("code,name\nA,A类证照\nB,B类许可\n", encoding="utf-8")
     for name, text in RESOURCES.items():
         (folder / "resources" / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    (folder / "synthetic.yaml").write_text(SYNTHETIC, encoding="utf-8")
     return folder
 
 
