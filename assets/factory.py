@@ -208,7 +208,7 @@ def build_std_asset(catalogue: Catalogue, resource: Resource, partitions: DailyP
         )
         with wh.engine.connect() as conn:
             failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
-        checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts)
+        checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs)
         context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
         return MaterializeResult(
             metadata={

@@ -12,7 +12,7 @@ from assets.ods import Batch, latest_batch, read_ods
 from assets.standardize import QUARANTINE_SCHEMA, Standardized, standardize, std_schema
 from catalog.loader import Catalogue
 from catalog.models import Resource
-from quality.expectations import validate
+from quality.expectations import data_docs_root, validate
 from quality.results import masked_failures, store_results
 from quality.rules import resource_rules
 from warehouse.store import Column, Warehouse
@@ -61,6 +61,7 @@ class StdResult:
     result: Standardized | None
     delivered: int = 0
     gx_counts: dict[str, tuple[int, int]] | None = None
+    data_docs: str | None = None
 
     @property
     def accepted(self) -> int:
@@ -91,11 +92,13 @@ def standardize_batch(
         raise ReconciliationError(
             f"{batch.batch_id}: 交付 {batch.rows_delivered} 行, 读出 {delivered} 行, 接收 {accepted} + 隔离 {quarantined}"
         )
-    gx_counts = None
+    gx_counts, docs = None, None
     if with_gx and result.parsed is not None and result.parsed.height:
         rules = resource_rules(catalogue, resource, batch_date)
-        gx_results, _ = validate(result.parsed, rules, resource.id)
+        gx_results, raw = validate(result.parsed, rules, resource.id,
+                                   docs=data_docs_root() / resource.id / f"{batch.batch_id}.html")
         gx_counts = {g.rule_id: (g.evaluated, g.failed) for g in gx_results}
+        docs = raw.get("data_docs")
     failures = masked_failures(catalogue, resource, result.failures,
                                result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None
                                else pl.DataFrame(schema={"_row_no": pl.Int64}))
@@ -121,7 +124,7 @@ def standardize_batch(
         }], schema=RECONCILIATION_SCHEMA))
         store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
                       counts=result.rule_counts, gx_counts=gx_counts, failures=failures)
-    return StdResult(batch, result, delivered, gx_counts)
+    return StdResult(batch, result, delivered, gx_counts, docs)
 
 
 def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str) -> pl.DataFrame:

@@ -20,7 +20,6 @@ from quality.freshness import build_freshness_checks
 from quality.report import build_department_reports_asset
 from quality.scorecard import build_scorecard_asset
 
-
 # Partitioned asset checks are marked preview in Dagster 1.13; they are what a daily 归集 needs.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 

@@ -8,6 +8,7 @@ reach the base library either way: the 标准层 quarantines them.
 
 
 import os
+from pathlib import Path
 
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
@@ -53,9 +54,11 @@ def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKe
 
 
 def std_check_results(
-    resource: Resource, rule_counts: pl.DataFrame, failures: pl.DataFrame, gx_counts: dict | None
+    resource: Resource, rule_counts: pl.DataFrame, failures: pl.DataFrame, gx_counts: dict | None,
+    data_docs: str | None = None,
 ) -> list[AssetCheckResult]:
-    """One result per dimension: pass rates, failing counts, a masked sample and the GX agreement."""
+    """One result per dimension: pass rates, failing counts, a masked sample, the GX agreement and a
+    link to the Great Expectations Data Docs page of the batch's validation."""
     out = []
     threshold = min_pass_rate()
     counts = rule_counts.with_columns(
@@ -94,6 +97,7 @@ def std_check_results(
                 "规则结果": MetadataValue.md("\n".join(lines)),
                 "不通过样例(已脱敏)": MetadataValue.md(sample_md),
                 "GX 与 polars 计数一致": agree if gx_counts is not None else "未运行 GX",
+                **({"GX Data Docs": MetadataValue.url(Path(data_docs).as_uri())} if data_docs else {}),
             },
         ))
     return out

@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GE_USAGE_STATS", "false")
@@ -283,8 +284,41 @@ def _context():
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def validate(frame: pl.DataFrame, rules: list[Rule], name: str) -> tuple[list[GxResult], dict]:
-    """Run the suite of ``rules`` on ``frame`` with GX; returns per-rule counts and the raw result."""
+def data_docs_root() -> Path:
+    """``$GONGSHU_HOME/gx_docs``: one Data Docs page per validated batch (``.gongshu/gx_docs`` by default)."""
+    return Path(os.environ.get("GONGSHU_HOME") or ".gongshu") / "gx_docs"
+
+
+def _strip_values(result) -> None:
+    """Drop every list of failing values from a validation result: the page shows counts and rates,
+    never a raw identifier (failing keys are in the quality layer, masked)."""
+    for res in result.results:
+        rr = res.result or {}
+        for k in [k for k in rr if k.startswith(("partial_unexpected", "unexpected_list", "unexpected_index"))]:
+            rr.pop(k)
+
+
+def write_data_docs(result, path: Path) -> Path:
+    """Render one validation result as a Great Expectations Data Docs page (GX's own renderer)."""
+    from great_expectations.render.renderer.page_renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    _strip_values(result)
+    html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def validate(
+    frame: pl.DataFrame, rules: list[Rule], name: str, docs: Path | None = None
+) -> tuple[list[GxResult], dict]:
+    """Run the suite of ``rules`` on ``frame`` with GX; returns per-rule counts and the raw result.
+
+    With ``docs`` the validation is also rendered as a Data Docs page at that path (``raw["data_docs"]``).
+    """
     import great_expectations as gx
 
     if not rules:
@@ -314,7 +348,10 @@ def validate(frame: pl.DataFrame, rules: list[Rule], name: str) -> tuple[list[Gx
         evaluated = element if rule.counts_nulls else element - missing
         failed = unexpected
         out.append(GxResult(rule.id, evaluated, failed, bool(res.success)))
-    return out, result.to_json_dict()
+    raw = result.to_json_dict()
+    if docs is not None:
+        raw["data_docs"] = str(write_data_docs(result, docs).resolve())
+    return out, raw
 
 
 def warm_up() -> None:

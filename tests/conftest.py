@@ -22,6 +22,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch) -> None:
+    """Files the code writes under GONGSHU_HOME (Data Docs pages, reports, open data) go to the test's
+    own folder, never into the checkout's .gongshu/."""
+    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path / "gongshu-home"))
+
+
 def _pg_unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"PostgreSQL is required in CI but unreachable at {PG_ADMIN_URL}: {reason}")

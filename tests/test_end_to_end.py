@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from pipelines.demo_api import serve_in_thread
 from tests import citykit
@@ -66,6 +67,15 @@ def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(secon
         assert "王小明" not in preview and "王***" in preview
         base = instance.get_latest_materialization_event(AssetKey(["base", "people"])).asset_materialization
         assert base.metadata["新增实体"].value == 3
+        # each rule-group check links the Great Expectations Data Docs page of this batch's validation
+        key = AssetCheckKey(AssetKey(["std", "huzheng", "renkou"]), "completeness")
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        link = check.event.dagster_event.event_specific_data.metadata["GX Data Docs"].value
+        page = Path(link.removeprefix("file://"))
+        assert page.is_relative_to(Path(second_city["GONGSHU_HOME"]) / "gx_docs") and page.exists()
+        text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8")).split())
+        assert "Expectation Suite: huzheng_renkou" in text and "Evaluated Expectations" in text
+        assert all(p[0] not in text for p in PEOPLE)
 
     again = gongshu(["run", "--date", DAY.isoformat(), "--no-summary"], second_city)
     assert again.returncode == 0, again.stderr

@@ -4,6 +4,7 @@ Expectations counts the same failures as the polars predicates."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import polars as pl
 import pytest
@@ -110,3 +111,22 @@ def test_rules_cover_the_kinds_the_catalogue_implies() -> None:
     kinds = {r.kind for res in CAT.resources for r in resource_rules(CAT, res, DAY)}
     assert kinds >= {Kind.not_null, Kind.unique, Kind.id_number, Kind.uscc, Kind.mobile, Kind.code_list,
                      Kind.pattern, Kind.date_range, Kind.id_birth_date, Kind.id_gender}
+
+
+def test_each_validation_gets_a_data_docs_page_with_counts_and_no_failing_values(tmp_path) -> None:
+    frame = sbcb_rows()
+    rules = resource_rules(CAT, CAT.resource("rsj_sbcb"), DAY)
+    page = tmp_path / "docs" / "rsj_sbcb.20261121.1.html"
+    results, raw = validate(frame, rules, "sbcb_docs", docs=page)
+    assert raw["data_docs"] == str(page.resolve()) and page.exists()
+    html = page.read_text(encoding="utf-8")
+    # GX's own validation page: every expectation of the suite, with its unexpected count
+    text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
+    assert "Expectation Suite: sbcb_docs" in text and f"Evaluated Expectations {len(rules)}" in text
+    for phrase in ("values must never be null", "values must be unique", "expect_column_values_to_be_valid_id_number",
+                   "2 unexpected values found. 20% of 11 total rows"):
+        assert phrase in text
+    # the failing values themselves (an ID with a broken check digit, a short mobile) are not on it
+    bad_id = frame.filter(pl.col("_row_no") == 2).item(0, "id_number")
+    for value in (bad_id, "1371234567", GOOD_ID):
+        assert value not in html
