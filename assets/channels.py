@@ -226,23 +226,64 @@ def read_database(
     cols = ", ".join(q(c) for c in columns)
     sql = f"SELECT {cols} FROM ({src}) AS src WHERE {where} ORDER BY {q(wm)}, {cols}"
     params = {"high": high, **({"low": watermark_low} if watermark_low else {})}
+    shown = engine.url.render_as_string(hide_password=True)
     try:
-        with engine.connect() as conn:
-            result = conn.execute(sa.text(sql), params)
-            rows = result.fetchall()
+        frame = _fetch_arrow(engine, sql, params)
+        if frame is None:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text(sql), params).fetchall()
+            frame = pl.DataFrame([tuple(r) for r in rows], schema=columns, orient="row", infer_schema_length=None) \
+                if rows else pl.DataFrame(schema={c: pl.String for c in columns})
     except sa.exc.SQLAlchemyError as exc:
         raise DeliveryError(
-            f"前置库 {engine.url.render_as_string(hide_password=True)} 读取失败: {type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+            f"前置库 {shown} 读取失败: {type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
         ) from None
+    except Exception as exc:  # the ADBC drivers raise their own DB-API errors
+        if type(exc).__module__.startswith(("adbc_driver", "_adbc")):
+            raise DeliveryError(f"前置库 {shown} 读取失败: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise
     finally:
         engine.dispose()
-    source = f"{ch.table or 'query'}@{engine.url.render_as_string(hide_password=True).split('/')[-1]}"
-    frame = pl.DataFrame([tuple(r) for r in rows], schema={c: pl.String for c in columns}, orient="row", strict=False) \
-        if rows else pl.DataFrame(schema={c: pl.String for c in columns})
+    source = f"{ch.table or 'query'}@{shown.split('/')[-1]}"
+    # every value as text, whatever the source column's type (ODS keeps what was delivered)
+    frame = frame.select([pl.col(c).cast(pl.String) for c in columns])
     frame = _finish(frame.with_row_index("_row_no", offset=1), columns, source)
     digest = hashlib.sha256(frame.drop("_source").write_csv().encode()).hexdigest() if frame.height else ""
     high_seen = frame.get_column(wm).max() if frame.height else None
     return Delivery(frame, [source], digest, watermark_high=high_seen)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _fetch_arrow(engine: sa.Engine, sql: str, params: dict[str, str]) -> pl.DataFrame | None:
+    """The query's rows as Arrow straight from the driver (ADBC) for SQLite and PostgreSQL 前置库;
+    None for other databases (read through SQLAlchemy instead).
+
+    Parameters are rendered as quoted literals by SQLAlchemy's dialect, so the database infers
+    their types as it would for a bound parameter of unknown type (a watermark compared with a
+    timestamp column stays a timestamp comparison).
+    """
+    backend = engine.url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        return None
+    text = str(sa.text(sql).bindparams(**params).compile(dialect=engine.dialect,
+                                                           compile_kwargs={"literal_binds": True}))
+    if backend == "sqlite":
+        import adbc_driver_sqlite.dbapi as adbc
+
+        conn = adbc.connect(engine.url.database or ":memory:")
+    else:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        conn = adbc.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(text)
+            return pl.from_arrow(cur.fetch_arrow_table())
+    finally:
+        conn.close()
 
 
 # --- API -------------------------------------------------------------------------------------

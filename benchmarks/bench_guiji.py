@@ -3,9 +3,9 @@
     python benchmarks/bench_guiji.py --persons 1000000 [--pg-url postgresql+psycopg://...] [--days 1]
 
 Prints per-stage seconds, rows/s and peak RSS, then the reference measured in the same run: every
-delivered record COPY'd as raw text into PostgreSQL (csv files straight from disk in their own
-encoding; xlsx, json and 前置库 rows rendered to CSV beforehand, outside the timing) and the ratio
-pipeline / reference. Creates and drops its own databases.
+delivered record COPY'd as text columns into PostgreSQL (each channel's records rendered to UTF-8
+CSV beforehand, outside the timing: raw COPY cannot load the defective files themselves — GBK with
+broken bytes, rows with the wrong number of columns) and the ratio pipeline / reference. Creates and drops its own databases.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from assets.base import merge_library  # noqa: E402
 from assets.ods import ingest, read_batch  # noqa: E402
 from assets.std import standardize_batch  # noqa: E402
 from catalog.loader import Catalogue, catalogue_path, load_catalogue  # noqa: E402
-from catalog.models import FileChannel  # noqa: E402
 from pipelines.demo_api import serve_in_thread  # noqa: E402
 from quality.conflicts import check_library_consistency  # noqa: E402
 from quality.expectations import validate, warm_up  # noqa: E402
@@ -65,18 +64,12 @@ def raw_copy_reference(catalogue: Catalogue, landing: Path, day: dt.date, url: s
     wh = Warehouse(url)
     prepared: list[tuple[str, list[str], bytes, str]] = []  # table, columns, csv bytes, encoding
     for res in catalogue.resources:
-        ch = res.channel
-        if isinstance(ch, FileChannel) and ch.format == "csv":
-            from assets.channels import delivery_files
-
-            for i, path in enumerate(delivery_files(ch, day, landing)):
-                data = path.read_bytes()
-                header = data.split(b"\n", 1)[0].decode(ch.encoding).strip().split(ch.delimiter)
-                prepared.append((f"{res.id}_{i}", header, data, "GBK" if ch.encoding == "gbk" else "UTF8"))
-        else:
-            d = read_batch(res, day, landing, None)
-            cols = [c for c in d.frame.columns if not c.startswith("_")]
-            prepared.append((res.id, cols, d.frame.select(cols).write_csv().encode(), "UTF8"))
+        # every channel's records rendered to UTF-8 CSV beforehand, outside the timing: the delivered
+        # files carry defects raw COPY cannot load (GBK with broken bytes, rows with the wrong number
+        # of columns), so the reference loads the same records as read by the channel, as text
+        d = read_batch(res, day, landing, None)
+        cols = [c for c in d.frame.columns if not c.startswith("_")]
+        prepared.append((res.id, cols, d.frame.select(cols).write_csv().encode(), "UTF8"))
     rows = 0
     dbapi_engine = wh.engine
     start = time.perf_counter()

@@ -233,7 +233,7 @@ def _json_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> Non
 
 def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
               exact_columns: Iterable[str] = ()) -> list[Finding]:
-    """Findings in one export/report file (CSV, JSON, Markdown/text); other files are not read.
+    """Findings in one export/report file (CSV, JSON, Markdown/text/HTML, XLSX, .eml); others are not read.
 
     ``exact_columns``: CSV columns that hold numbers or dates (JSON numbers are known as such).
     """
@@ -253,7 +253,52 @@ def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
         return findings
     if suffix in TEXT_SUFFIXES:
         return scan_text(path.read_text(encoding="utf-8", errors="replace"), needles, loc, public_columns)
+    if suffix == ".xlsx":
+        return scan_workbook(path.read_bytes(), needles, loc, public_columns)
+    if suffix == ".eml":
+        return scan_mail(path.read_bytes(), needles, loc, public_columns)
     return []
+
+
+def scan_workbook(data: bytes, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
+    """Findings in every cell of every sheet of an XLSX workbook (a column per sheet column)."""
+    import io
+
+    from openpyxl import load_workbook
+
+    wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    findings: list[Finding] = []
+    try:
+        for ws in wb.worksheets:
+            rows = [["" if v is None else str(v) for v in row] for row in ws.iter_rows(values_only=True)]
+            width = max((len(r) for r in rows), default=0)
+            if not width:
+                continue
+            frame = pl.DataFrame({f"{ws.title}!{i + 1}": [r[i] if i < len(r) else "" for r in rows]
+                                  for i in range(width)})
+            findings += scan_frame(frame, needles, location, public_columns)
+    finally:
+        wb.close()
+    return findings
+
+
+def scan_mail(data: bytes, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
+    """Findings in a mail (.eml): its subject, its text parts decoded, and its XLSX/HTML attachments."""
+    import email
+    from email.policy import default as default_policy
+
+    msg = email.message_from_bytes(data, policy=default_policy)
+    findings = scan_text(str(msg.get("Subject", "")), needles, f"{location} 主题", public_columns)
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        name = (part.get_filename() or "").lower()
+        where = f"{location} {part.get_filename() or part.get_content_type()}"
+        if name.endswith(".xlsx"):
+            findings += scan_workbook(part.get_payload(decode=True) or b"", needles, where, public_columns)
+        elif part.get_content_maintype() == "text":
+            findings += scan_text(part.get_content(), needles, where, public_columns)
+    return findings
 
 
 def scan_tree(root: Path, needles: Needles, public_columns: Iterable[str] = ()) -> list[Finding]:

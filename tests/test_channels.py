@@ -147,3 +147,31 @@ def test_an_unreachable_database_is_a_delivery_error_without_the_password(cat, t
     with pytest.raises(DeliveryError) as info:
         read_database(res, DAY, tmp_path, None)
     assert "topsecret" not in str(info.value) and "前置库" in str(info.value)
+
+
+def test_a_typed_qianzhiku_is_read_as_text_and_incrementally_by_its_watermark(
+    cat, warehouse_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """The 前置库 holds typed columns (a number, a timestamp watermark) on SQLite or PostgreSQL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(warehouse_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text('CREATE TABLE "CB" ("ZJHM" varchar(18), "NAME" varchar(20), "TEL" bigint, '
+                             '"UPD" timestamp)'))
+        conn.execute(sa.text('INSERT INTO "CB" VALUES (:z, :n, :t, :u)'), [
+            {"z": citykit.PEOPLE[0][0], "n": "王小明", "t": 13812345678, "u": dt.datetime(2026, 10, 9, 8, 30)},
+            {"z": citykit.PEOPLE[1][0], "n": "李丽", "t": None, "u": dt.datetime(2026, 10, 9, 23, 59, 59)},
+            {"z": citykit.PEOPLE[2][0], "n": "赵强", "t": 13912345678, "u": dt.datetime(2026, 10, 10, 0, 0)},
+        ])
+    engine.dispose()
+    monkeypatch.setenv("SHANHAI_SB_URL", warehouse_url)
+    res = cat.resource("shebao_canbao")
+    first = read_database(res, DAY, tmp_path, None)
+    assert first.frame.get_column("ZJHM").to_list() == [citykit.PEOPLE[0][0], citykit.PEOPLE[1][0]]
+    assert first.frame.get_column("TEL").to_list() == ["13812345678", None]  # text, not a lost value
+    assert first.watermark_high.startswith("2026-10-09 23:59:59")
+    second = read_database(res, DAY + dt.timedelta(days=1), tmp_path, first.watermark_high)
+    assert second.frame.get_column("NAME").to_list() == ["赵强"]  # only what changed after the watermark
+    again = read_database(res, DAY, tmp_path, None)
+    assert again.content_hash == first.content_hash  # the same partition reads the same rows

@@ -14,7 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from catalog.loader import DEMO_CATALOGUE
+from catalog.loader import DEMO_CATALOGUE, load_catalogue
+from desensitize.kanon import smallest_group
+from desensitize.leaks import Needles, scan_tree
 from pipelines.demo_api import serve_in_thread
 from tests import citykit
 from warehouse.store import Warehouse
@@ -96,10 +98,28 @@ def test_every_injected_defect_is_found_and_nothing_else(generated_city) -> None
                               f"{wh.qualified('quality', 'rule_results')}",
                               {"batch_id": pl.String, "rule_id": pl.String, "evaluated": pl.Int64, "failed": pl.Int64,
                                "gx_evaluated": pl.Int64, "gx_failed": pl.Int64})
+        validated = results.filter(pl.col("evaluated") > 0)
+        assert validated.height >= 20 and validated.get_column("failed").sum() > 0, name
+        assert validated.filter(pl.col("gx_failed").is_null()).height == 0
+        disagree = validated.filter((pl.col("gx_evaluated") != pl.col("evaluated"))
+                                    | (pl.col("gx_failed") != pl.col("failed")))
+        assert disagree.height == 0, disagree
+
+        # the open exports are k-anonymous, and no raw identifier of the base libraries is in them,
+        # in the department reports (HTML, XLSX) or in the mails that carried them
+        home = Path(env["GONGSHU_HOME"])
+        exports = sorted((home / "open").rglob("*.json"))
+        assert exports, name
+        for path in exports:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            qis = doc["quasi_identifiers"]
+            if qis and doc["records"]:
+                frame = pl.DataFrame(doc["records"], infer_schema_length=None).select(qis)
+                assert smallest_group(frame, qis) >= doc["k"], path
+        needles = Needles.from_warehouse(wh, load_catalogue(Path(env["GONGSHU_CATALOG"])))
+        assert needles.ids.len() > 1000 and needles.names.len() > 100
+        written = sorted((home / "reports").rglob("*.xlsx")) + sorted((home / "outbox").rglob("*.eml"))
+        assert len(written) >= 8, written
+        assert scan_tree(home / "reports", needles) == [] and scan_tree(home / "outbox", needles) == []
     finally:
         wh.dispose()
-    validated = results.filter(pl.col("evaluated") > 0)
-    assert validated.height >= 20 and validated.get_column("failed").sum() > 0, name
-    assert validated.filter(pl.col("gx_failed").is_null()).height == 0
-    disagree = validated.filter((pl.col("gx_evaluated") != pl.col("evaluated")) | (pl.col("gx_failed") != pl.col("failed")))
-    assert disagree.height == 0, disagree

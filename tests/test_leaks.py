@@ -91,3 +91,29 @@ def test_a_digest_whose_digits_happen_to_spell_a_phone_number_is_no_leak() -> No
     assert kinds(scan_frame(frame, NEEDLES, "t")) == [("phone", "mobile", 1)]
     # the same digits as a whole value are still found
     assert kinds(scan_frame(pl.DataFrame({"token": ["13812345678"]}), NEEDLES, "t")) == [("token", "mobile", 1)]
+
+
+def test_workbooks_and_mails_are_scanned_cell_by_cell_and_part_by_part(tmp_path: Path) -> None:
+    from email.message import EmailMessage
+
+    import xlsxwriter
+
+    book = tmp_path / "report.xlsx"
+    wb = xlsxwriter.Workbook(book)
+    ws = wb.add_worksheet("不通过记录")
+    ws.write_row(0, 0, ["行", "证件号", "姓名"])
+    ws.write_row(1, 0, [3, "110105********002X", "欧***"])
+    ws.write_row(2, 0, [4, RAW_ID, "欧阳娜娜"])
+    wb.close()
+    assert kinds(scan_file(book, NEEDLES)) == [("不通过记录!2", "id_number", 1), ("不通过记录!3", "name", 1)]
+
+    msg = EmailMessage()
+    msg["Subject"] = "质量报告"
+    msg.set_content("<p>联系人 13812345678</p>", subtype="html")
+    msg.add_attachment(book.read_bytes(), maintype="application",
+                       subtype="vnd.openxmlformats-officedocument.spreadsheetml.sheet", filename="report.xlsx")
+    mail = tmp_path / "gaj.eml"
+    mail.write_bytes(bytes(msg))
+    found = scan_file(mail, NEEDLES)
+    assert [(f.kind, f.location.split()[-1]) for f in found] == [
+        ("mobile", "text/html"), ("id_number", "report.xlsx"), ("name", "report.xlsx")]
