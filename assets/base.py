@@ -110,12 +110,13 @@ def _counts(wh: Warehouse, conn: sa.Connection, base: str) -> tuple[int, int]:
     return int(current), int(total)
 
 
-def read_current(wh: Warehouse, conn: sa.Connection, lib: Library) -> pl.DataFrame:
-    """The current version of every entity of a base library."""
+def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | None = None) -> pl.DataFrame:
+    """The current version of every entity of a base library (the first ``limit`` by key)."""
     schema = base_schema(lib)
     cols = ", ".join(wh.quote(c) for c in schema)
     return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_TO} IS NULL "
-                   f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}", schema)
+                   f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}"
+                   + (f" LIMIT {int(limit)}" if limit is not None else ""), schema, bulk=limit is None)
 
 
 def read_current_for(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame) -> pl.DataFrame:

@@ -140,7 +140,7 @@ def build_ods_asset(catalogue: Catalogue, resource: Resource, partitions: DailyP
             )
         b = result.batch
         with wh.engine.connect() as conn:
-            sample = read_ods(wh, conn, resource, b.batch_id).head(PREVIEW_ROWS)
+            sample = read_ods(wh, conn, resource, b.batch_id, limit=PREVIEW_ROWS)
             vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date))
         if not vol.ok:
             context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
@@ -270,7 +270,7 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
         if has_copies:
             checks.append(consistency_check_result(check_library_consistency(wh, catalogue, lib.code, batch_date)))
         with wh.engine.connect() as conn:
-            sample = read_current(wh, conn, lib).head(PREVIEW_ROWS)
+            sample = read_current(wh, conn, lib, limit=PREVIEW_ROWS)
         shown = {c: elements.get(c) for c in sample.columns if not c.endswith(("__batch", "__row"))}
         shown_frame = sample.select([c for c in sample.columns if c in shown or c in ("valid_from",)])
         context.log.info(f"{lib.code} {batch_date}: 新增 {p.new_entities}, 变更 {p.changed_entities}, 未变 {p.unchanged}")

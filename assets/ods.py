@@ -164,12 +164,16 @@ def ingest(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: 
     return IngestResult("new", Batch.from_row(record), delivery.problems)
 
 
-def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str) -> pl.DataFrame:
+def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str,
+             limit: int | None = None) -> pl.DataFrame:
+    """The rows of one ODS batch in delivery order (the first ``limit`` of them)."""
     schema = ods_schema(resource)
     cols = ", ".join(wh.quote(c) for c in schema)
     return wh.read(
         conn,
-        f"SELECT {cols} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b ORDER BY _row_no",
+        f"SELECT {cols} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b ORDER BY _row_no"
+        + (f" LIMIT {int(limit)}" if limit is not None else ""),
         schema,
         {"b": batch_id},
+        bulk=limit is None,
     )

@@ -132,5 +132,5 @@ def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource:
     cols = ", ".join(wh.quote(c) for c in schema)
     return wh.read(
         conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b ORDER BY _row_no",
-        schema, {"b": batch_id},
+        schema, {"b": batch_id}, bulk=True,
     )

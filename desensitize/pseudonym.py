@@ -69,6 +69,14 @@ class PseudonymKey:
         """An independent key per purpose (tokens, FPE tables, key id) derived from the secret."""
         return hmac.digest(self.secret, b"gongshu/" + purpose.encode(), "sha256")
 
+    def token_key(self) -> str:
+        """The HMAC key of tokens: the token subkey as 64 hex digits (64 bytes of key material).
+
+        Text, so that the native HMAC over the Arrow buffer (polars-hash) and any consumer's own
+        ``hmac.new(token_key.encode(), value, "sha256")`` compute the same standard HMAC.
+        """
+        return self.subkey("token").hex()
+
     @property
     def key_id(self) -> str:
         """A public fingerprint of key and algorithm, e.g. ``k7f3a91c2``; changes when the key rotates."""
@@ -111,7 +119,6 @@ class _Hmac:
 
 
 _B32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", dtype=np.uint8)
-_B32_SHIFTS = np.arange(35, -1, -5, dtype=np.uint64)
 
 
 def base32(matrix: np.ndarray) -> pl.Series:
@@ -119,20 +126,50 @@ def base32(matrix: np.ndarray) -> pl.Series:
 
     The alphabet has no 0, 1, 8 or 9, so a token can never contain — or be mistaken for — a phone
     or ID number, and the leak scanner can search every column for those without false alarms.
-    Vectorised: every 5 bytes are one 40-bit integer giving 8 characters.
+    Vectorised on bytes: every 5-byte group gives 8 five-bit characters by shifts and masks.
     """
     n, k = matrix.shape
     width = -(-k * 8 // 5)
     groups = -(-k // 5)
-    words = np.zeros((n, groups, 8), dtype=np.uint8)  # each 5-byte group as a big-endian uint64
     padded = np.zeros((n, groups * 5), dtype=np.uint8)
     padded[:, :k] = matrix
-    words[:, :, 3:] = padded.reshape(n, groups, 5)
-    values = words.view(">u8").reshape(n, groups).astype(np.uint64)
-    fives = (values[:, :, None] >> _B32_SHIFTS) & np.uint64(31)
-    chars = _B32[fives.reshape(n, groups * 8)[:, :width].astype(np.intp)]
+    b0, b1, b2, b3, b4 = (padded[:, i::5] for i in range(5))  # each (n, groups)
+    chars = np.empty((n, groups, 8), dtype=np.uint8)
+    chars[:, :, 0] = b0 >> 3
+    chars[:, :, 1] = ((b0 & 7) << 2) | (b1 >> 6)
+    chars[:, :, 2] = (b1 >> 1) & 31
+    chars[:, :, 3] = ((b1 & 1) << 4) | (b2 >> 4)
+    chars[:, :, 4] = ((b2 & 15) << 1) | (b3 >> 7)
+    chars[:, :, 5] = (b3 >> 2) & 31
+    chars[:, :, 6] = ((b3 & 3) << 3) | (b4 >> 5)
+    chars[:, :, 7] = b4 & 31
+    text = _B32[chars.reshape(n, groups * 8)[:, :width]]
     offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * width).tobytes())
-    return pl.Series(pl.from_arrow(pa.StringArray.from_buffers(n, offsets, pa.py_buffer(chars.tobytes()))))
+    return pl.Series(pl.from_arrow(pa.StringArray.from_buffers(n, offsets, pa.py_buffer(np.ascontiguousarray(text).tobytes()))))
+
+
+def _digests(values: pl.Series, key: PseudonymKey) -> tuple[bytes, int, int]:
+    """HMAC of every (non-null) value: (concatenated digests, count, digest size).
+
+    SHA-256 runs natively over the Arrow buffer (polars-hash, ~3 M values/s per core); SM3, which
+    it lacks, through hashlib with precomputed pad midstates (~0.4 M values/s).
+    """
+    if key.algorithm == "sha256":
+        import polars_hash as plh
+
+        hexed = values.alias("v").to_frame().select(plh.col("v").chash.hmac_sha256(key=key.token_key())).to_series()
+        raw = hexed.str.decode("hex").to_arrow()
+        if isinstance(raw, pa.ChunkedArray):
+            raw = raw.combine_chunks()
+        _, offsets, data = raw.buffers()
+        width = np.int64 if pa.types.is_large_binary(raw.type) else np.int32
+        bounds = np.frombuffer(offsets, dtype=width)[raw.offset:raw.offset + len(raw) + 1]
+        start, end = int(bounds[0]), int(bounds[-1])
+        assert end - start == 32 * len(values), "one 32-byte digest per value"
+        return bytes(memoryview(data)[start:end]), len(values), 32
+    mac = _Hmac(key.token_key().encode("ascii"), key.algorithm)
+    messages = values.cast(pl.Binary).to_list()
+    return mac.digests(messages), len(messages), mac.digest_size
 
 
 def _tokens(digests: bytes, count: int, digest_size: int, nbytes: int) -> pl.Series:
@@ -154,12 +191,10 @@ def hmac_tokens(series: pl.Series, key: PseudonymKey, nbytes: int = TOKEN_BYTES)
     present = values.drop_nulls()
     if present.len() == 0:
         return pl.Series(series.name, [None] * series.len(), dtype=pl.String)
-    mac = _Hmac(key.subkey("token"), key.algorithm)
     distinct = present.n_unique()
     in_place = distinct >= IN_PLACE_SHARE * present.len()
     source = present if in_place else present.unique()
-    messages = source.cast(pl.Binary).to_list()
-    tokens = _tokens(mac.digests(messages), len(messages), mac.digest_size, nbytes)
+    tokens = _tokens(*_digests(source, key), nbytes)
     if in_place:
         if present.len() == values.len():
             return tokens.alias(series.name)
@@ -179,5 +214,5 @@ def pseudonymise(expr: pl.Expr, key: PseudonymKey, nbytes: int = TOKEN_BYTES) ->
 def token_of(value: str, key: PseudonymKey, nbytes: int = TOKEN_BYTES) -> str:
     """Scalar twin of :func:`hmac_tokens` (tests, look-ups by an authorised operator)."""
     msg = value.strip().upper().encode("utf-8")
-    digest = hmac.new(key.subkey("token"), msg, key.algorithm).digest()[:nbytes]
+    digest = hmac.new(key.token_key().encode("ascii"), msg, key.algorithm).digest()[:nbytes]
     return base64.b32encode(digest).decode("ascii").rstrip("=").lower()

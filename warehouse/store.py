@@ -90,6 +90,9 @@ class Warehouse:
         return self.engine.url.render_as_string(hide_password=True)
 
     def dispose(self) -> None:
+        adbc = self.__dict__.pop("_adbc", None)
+        if adbc is not None:
+            adbc.close()
         self.engine.dispose()
 
     # --- naming ------------------------------------------------------------------------------
@@ -209,9 +212,19 @@ class Warehouse:
         query: str,
         schema: dict[str, pl.DataType],
         params: dict | None = None,
+        *,
+        bulk: bool = False,
     ) -> pl.DataFrame:
-        """Run a SELECT and return it as a typed frame (COPY TO on PostgreSQL)."""
+        """Run a SELECT and return it as a typed frame (COPY TO on PostgreSQL).
+
+        ``bulk``: a large read of committed data (a whole batch, a base library). On PostgreSQL,
+        outside a write transaction, it goes through ADBC (libpq COPY in binary straight into
+        Arrow, no Python per row) on the warehouse's own autocommit connection — under READ
+        COMMITTED that sees exactly what ``conn`` would.
+        """
         params = params or {}
+        if bulk and self.is_postgres and not conn.info.get("gongshu_write"):
+            return self._read_adbc(query, schema, params)
         if self.is_postgres:
             buf = io.BytesIO()
             dbapi = conn.connection.driver_connection
@@ -239,26 +252,53 @@ class Warehouse:
             ) if rows else pl.DataFrame(schema={n: pl.String for n in schema})
         return cast_frame(raw, schema)
 
+    def _read_adbc(self, query: str, schema: dict[str, pl.DataType], params: dict) -> pl.DataFrame:
+        adbc = self.__dict__.get("_adbc")
+        if adbc is None:
+            import adbc_driver_postgresql.dbapi as driver
+
+            uri = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            adbc = self.__dict__["_adbc"] = driver.connect(uri, autocommit=True)
+        sql = str(sa.text(query).bindparams(**params).compile(dialect=self.engine.dialect,
+                                                                compile_kwargs={"literal_binds": True}))
+        with adbc.cursor() as cur:
+            cur.execute(sql)
+            raw = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(raw, pl.DataFrame)
+        raw = raw.rename(dict(zip(raw.columns, schema, strict=True)))
+        exprs = []
+        for name, dtype in schema.items():
+            have = raw.schema[name]
+            if have == dtype:
+                exprs.append(pl.col(name))
+            elif have == pl.String:
+                exprs.append(_from_text(pl.col(name), dtype).alias(name))
+            elif isinstance(have, pl.Datetime) and have.time_zone is not None:
+                exprs.append(pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(dtype))
+            else:
+                exprs.append(pl.col(name).cast(dtype))
+        return raw.select(exprs)
+
     def scalar(self, conn: Connection, query: str, params: dict | None = None):
         return conn.execute(sa.text(query), params or {}).scalar()
 
 
+def _from_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Text as either dialect returns it → the declared polars type."""
+    if dtype == pl.String:
+        return col
+    if dtype == pl.Date:
+        return col.str.slice(0, 10).str.strptime(pl.Date, "%Y-%m-%d")
+    if isinstance(dtype, pl.Datetime):
+        return col.str.replace("T", " ").str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us")
+    if dtype == pl.Boolean:
+        return col.is_in(["t", "true", "1", "True"]).cast(pl.Boolean)
+    return col.cast(dtype)
+
+
 def cast_frame(raw: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Cast text read back from either dialect into the declared polars types."""
-    exprs = []
-    for name, dtype in schema.items():
-        col = pl.col(name)
-        if dtype == pl.String:
-            exprs.append(col)
-        elif dtype == pl.Date:
-            exprs.append(col.str.slice(0, 10).str.strptime(pl.Date, "%Y-%m-%d"))
-        elif isinstance(dtype, pl.Datetime):
-            exprs.append(col.str.replace("T", " ").str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us"))
-        elif dtype == pl.Boolean:
-            exprs.append(col.is_in(["t", "true", "1", "True"]).cast(pl.Boolean).alias(name))
-        else:
-            exprs.append(col.cast(dtype))
-    return raw.select(exprs)
+    return raw.select([_from_text(pl.col(name), dtype).alias(name) for name, dtype in schema.items()])
 
 
 def _sqlite_ready(frame: pl.DataFrame) -> pl.DataFrame:
