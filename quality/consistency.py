@@ -114,8 +114,9 @@ def referential(
     for ref in lib.references:
         value = pl.col(ref.element)
         rows = current.filter(value.is_not_null())
-        if ref.local_only:
-            rows = rows.filter(value.str.slice(0, 6).is_in(local))
+        # local_only: a holder from another region may rightly be absent from the city's library,
+        # so only local ones count as missing; a holder who is there is name-checked wherever from
+        absent_counts = value.str.slice(0, 6).is_in(local) if ref.local_only else pl.lit(True)
         # A code is an ID number when its check character says so, else a USCC when its own does
         # (18 digits can be either).
         is_id = id_number_is_valid(value).fill_null(False)
@@ -145,12 +146,13 @@ def referential(
                 pl.lit(True).alias("__found"),
             )
             joined = sel.join(target, on=ref.element, how="left")
-            missing = joined.filter(pl.col("__found").is_null())
+            missing = joined.filter(pl.col("__found").is_null() & absent_counts)
             mismatch = joined.filter(pl.col("__found").is_not_null()) if ref.name_field and t.name_element else None
             if mismatch is not None:
                 mismatch = mismatch.filter(pl.col(ref.name_field) != pl.col("__expected"))
             counts.append({"library": lib.code, "element": ref.element, "target": t.library,
-                           "checked": sel.height, "missing": missing.height,
+                           "checked": joined.filter(pl.col("__found").is_not_null() | absent_counts).height,
+                           "missing": missing.height,
                            "name_mismatch": 0 if mismatch is None else mismatch.height})
             for kind, frame in (("missing", missing), ("name_mismatch", mismatch)):
                 if frame is None or frame.height == 0:

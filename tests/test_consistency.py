@@ -82,3 +82,30 @@ def test_licence_holders_must_exist_with_the_same_name(warehouse: Warehouse, cit
     assert counts == {("", 5, 0, 0), ("people", 3, 1, 1), ("org", 2, 1, 0)}  # "": codes of no known type
     a3 = run.failures.filter(pl.col("value") == stranger).row(0, named=True)
     assert (a3["source_batch"], a3["source_row"]) == ("zhengzhao_zheng.20261009.1", 3)
+
+
+def test_a_representative_from_elsewhere_may_be_absent_but_is_name_checked_when_present() -> None:
+    """法定代表人证件号 must exist in 人口库 only when local; a name is compared wherever the ID is from."""
+    from assets.merge import base_schema
+    from catalog.loader import DEMO_CATALOGUE, load_catalogue
+    from quality.consistency import referential
+
+    cat = load_catalogue(DEMO_CATALOGUE)
+    local, elsewhere = cat.city.city.region_codes[0], "440305"
+    ids = [citykit.id_number(local, "19800101", 11), citykit.id_number(local, "19810101", 13),
+           citykit.id_number(elsewhere, "19820101", 15), citykit.id_number(elsewhere, "19830101", 17)]
+    people = pl.DataFrame({"id_number": [ids[0], ids[2]], "name": ["张三", "李四"]})
+    lib = cat.library("legal_entity")
+    rows = [  # (uscc, rep id, rep name)
+        ("A", ids[0], "张三"),  # local, present, same name
+        ("B", ids[1], "王五"),  # local, absent: missing
+        ("C", ids[2], "赵六"),  # from elsewhere, present, another name: name mismatch
+        ("D", ids[3], "钱七"),  # from elsewhere, absent: may be
+    ]
+    schema = base_schema(lib)
+    current = pl.DataFrame({"uscc": [r[0] for r in rows], "legal_rep_id": [r[1] for r in rows],
+                            "legal_rep": [r[2] for r in rows]}).with_columns(
+        [pl.lit(None, t).alias(c) for c, t in schema.items() if c not in ("uscc", "legal_rep_id", "legal_rep")])
+    failures, counts = referential(cat, lib, current, {"person": people, "legal_entity": current})
+    assert sorted(zip(failures["kind"], failures["entity_key"], strict=True)) == [("missing", "B"), ("name_mismatch", "C")]
+    assert counts.select("checked", "missing", "name_mismatch").row(0) == (3, 1, 1)
