@@ -26,6 +26,7 @@ import requests
 import sqlalchemy as sa
 
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource
+from warehouse.store import adbc_connect, literal_sql
 
 META_COLUMNS = ("_row_no", "_source", "_raw", "_error")
 REPLACEMENT = "\ufffd"  # what undecodable bytes become; the 标准层 quarantines such values
@@ -259,28 +260,13 @@ def _first_line(exc: Exception) -> str:
 
 def _fetch_arrow(engine: sa.Engine, sql: str, params: dict[str, str]) -> pl.DataFrame | None:
     """The query's rows as Arrow straight from the driver (ADBC) for SQLite and PostgreSQL 前置库;
-    None for other databases (read through SQLAlchemy instead).
-
-    Parameters are rendered as quoted literals by SQLAlchemy's dialect, so the database infers
-    their types as it would for a bound parameter of unknown type (a watermark compared with a
-    timestamp column stays a timestamp comparison).
-    """
-    backend = engine.url.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
+    None for other databases (read through SQLAlchemy instead)."""
+    if engine.dialect.name not in ("sqlite", "postgresql"):
         return None
-    text = str(sa.text(sql).bindparams(**params).compile(dialect=engine.dialect,
-                                                           compile_kwargs={"literal_binds": True}))
-    if backend == "sqlite":
-        import adbc_driver_sqlite.dbapi as adbc
-
-        conn = adbc.connect(engine.url.database or ":memory:")
-    else:
-        import adbc_driver_postgresql.dbapi as adbc
-
-        conn = adbc.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
+    conn = adbc_connect(engine)
     try:
         with conn.cursor() as cur:
-            cur.execute(text)
+            cur.execute(literal_sql(engine, sql, params))
             return pl.from_arrow(cur.fetch_arrow_table())
     finally:
         conn.close()

@@ -147,14 +147,15 @@ def standardize(
     for fm in resource.fields:
         e = lib.element(fm.element)
         raw = pl.col(fm.column)
-        checks.append(("bad_encoding", e.code, fm.column, (parseable & raw.str.contains(REPLACEMENT, literal=True)).fill_null(False), raw))
-        present = (raw.str.strip_chars().str.len_chars() > 0).fill_null(False)
+        checks.append(("bad_encoding", e.code, fm.column, parseable & raw.str.contains(REPLACEMENT, literal=True), raw))
+        present = raw.str.strip_chars().str.len_chars() > 0
         if e.type in (ElementType.date, ElementType.datetime):
-            checks.append(("bad_date", e.code, fm.column, (parseable & present & v(e.code).is_null()).fill_null(False), raw))
+            checks.append(("bad_date", e.code, fm.column, parseable & present & v(e.code).is_null(), raw))
         elif e.type in (ElementType.integer, ElementType.decimal):
-            checks.append(("bad_number", e.code, fm.column, (parseable & present & v(e.code).is_null()).fill_null(False), raw))
+            checks.append(("bad_number", e.code, fm.column, parseable & present & v(e.code).is_null(), raw))
     codes = [f.element for f in resource.fields] + [c for c in resource.constants if c not in column_of]
-    flags = [cond.alias(f"__c{i}") for i, (_, _, _, cond, _) in enumerate(checks)]
+    # a NULL field makes a condition NULL, which is "not flagged" (not "unknown": that would drop the row)
+    flags = [cond.fill_null(False).alias(f"__c{i}") for i, (_, _, _, cond, _) in enumerate(checks)]
     raws = [r.cast(pl.String).alias(f"__r{i}") for i, (_, _, _, _, r) in enumerate(checks)]
     work = stage1.select(
         pl.col("_row_no"), *[v(c).alias(c) for c in codes], *flags, *raws, pl.col("__id15"),

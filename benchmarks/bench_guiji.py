@@ -5,7 +5,8 @@
 Prints per-stage seconds, rows/s and peak RSS, then the reference measured in the same run: every
 delivered record COPY'd as text columns into PostgreSQL (each channel's records rendered to UTF-8
 CSV beforehand, outside the timing: raw COPY cannot load the defective files themselves — GBK with
-broken bytes, rows with the wrong number of columns) and the ratio pipeline / reference. Creates and drops its own databases.
+broken bytes, rows with the wrong number of columns) and the ratio pipeline / reference. Creates and
+drops its own databases.
 """
 
 from __future__ import annotations
@@ -62,24 +63,24 @@ class TempDatabase:
 def raw_copy_reference(catalogue: Catalogue, landing: Path, day: dt.date, url: str) -> tuple[float, int]:
     """Seconds to COPY every delivered record as raw text into PostgreSQL, and the record count."""
     wh = Warehouse(url)
-    prepared: list[tuple[str, list[str], bytes, str]] = []  # table, columns, csv bytes, encoding
+    prepared: list[tuple[str, list[str], bytes]] = []  # table, columns, UTF-8 csv bytes
     for res in catalogue.resources:
         # every channel's records rendered to UTF-8 CSV beforehand, outside the timing: the delivered
         # files carry defects raw COPY cannot load (GBK with broken bytes, rows with the wrong number
         # of columns), so the reference loads the same records as read by the channel, as text
         d = read_batch(res, day, landing, None)
         cols = [c for c in d.frame.columns if not c.startswith("_")]
-        prepared.append((res.id, cols, d.frame.select(cols).write_csv().encode(), "UTF8"))
+        prepared.append((res.id, cols, d.frame.select(cols).write_csv().encode()))
     rows = 0
     dbapi_engine = wh.engine
     start = time.perf_counter()
     with dbapi_engine.begin() as conn:
         raw = conn.connection.driver_connection
         with raw.cursor() as cur:
-            for table, cols, data, enc in prepared:
+            for table, cols, data in prepared:
                 coldefs = ", ".join(f'"{c}" text' for c in cols)
                 cur.execute(f'CREATE TABLE "raw_{table}" ({coldefs})')
-                with cur.copy(f'COPY "raw_{table}" FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING \'{enc}\')') as cp:
+                with cur.copy(f'COPY "raw_{table}" FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING \'UTF8\')') as cp:
                     cp.write(data)
                 rows += cur.rowcount if cur.rowcount and cur.rowcount > 0 else 0
     seconds = time.perf_counter() - start

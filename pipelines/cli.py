@@ -106,15 +106,9 @@ def run_dates(args: argparse.Namespace) -> list[dt.date]:
     every date the generated city delivered on (a resource that last delivered weeks ago included)."""
     from quality.detection import delivery_dates
 
-    end = args.date
-    days = {end - dt.timedelta(days=i) for i in range(args.days)}
-    if args.manifest:
-        delivered = delivery_dates(Path(args.manifest))
-        if args.date_given is None:
-            end = max(delivered)
-            days = {end - dt.timedelta(days=i) for i in range(args.days)}
-        days |= {d for d in delivered if d <= end}
-    return sorted(days)
+    delivered = delivery_dates(Path(args.manifest)) if args.manifest else []
+    end = args.date or (max(delivered) if delivered else _yesterday())
+    return sorted({end - dt.timedelta(days=i) for i in range(args.days)} | {d for d in delivered if d <= end})
 
 
 def print_summary(day: dt.date) -> None:
@@ -363,8 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.date_given = getattr(args, "date", None)
-    if getattr(args, "date", "unset") is None:
+    if getattr(args, "date", "unset") is None and not getattr(args, "manifest", None):
         args.date = _yesterday()
     if getattr(args, "out", "unset") is None and args.command == "generate":
         from pipelines.resources import landing_path

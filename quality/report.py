@@ -264,14 +264,13 @@ def build_report(
     record_tickets = active.filter(pl.col("kind") == "record").select("resource_id", "entity_key", "ticket_id")
     records = records.join(record_tickets, on=["resource_id", "entity_key"], how="left")
     records = _masked_entities(records, catalogue, inputs, by_library=False)
-    elements = {(lib.code, e.code): e for lib in catalogue.libraries for e in lib.elements}
-    lib_of = {r.id: r.library for r in catalogue.resources}
-    records = records.with_columns(
+    element_names = pl.DataFrame(
+        [{"resource_id": r.id, "field": e.code, "field_name": e.name}
+         for r in catalogue.resources for e in catalogue.library(r.library).elements],
+        schema={"resource_id": pl.String, "field": pl.String, "field_name": pl.String})
+    records = records.join(element_names, on=["resource_id", "field"], how="left").with_columns(
         pl.col("resource_id").replace_strict(rname, default=pl.col("resource_id")).alias("resource"),
-        pl.struct("resource_id", "field").map_elements(
-            lambda s: elements[(lib_of[s["resource_id"]], s["field"])].name
-            if (lib_of.get(s["resource_id"]), s["field"]) in elements else (s["field"] or "整条记录"),
-            return_dtype=pl.String).alias("field_name"),
+        pl.col("field_name").fill_null(pl.col("field")).fill_null(pl.lit("整条记录")),
     ).sort("resource_id", "row_no", "rule_id")
 
     # 5. conflicts: masked values, grouped by element and value pair
@@ -360,7 +359,9 @@ def _ticket_rows(active: pl.DataFrame, catalogue: Catalogue, inputs: ReportInput
     out = pl.concat(parts)
     return out.with_columns(
         pl.col("resource_id").replace_strict(rname, default=pl.col("resource_id")).alias("resource"),
-        pl.col("due_date").map_elements(lambda d: working_days_late(d, day), return_dtype=pl.Int64).alias("days_late"),
+        pl.col("due_date").replace_strict(
+            {d: working_days_late(d, day) for d in out.get_column("due_date").unique().drop_nulls().to_list()},
+            default=None, return_dtype=pl.Int64).alias("days_late"),
     ).sort(pl.col("status") != "overdue", "due_date", "ticket_id")
 
 

@@ -123,3 +123,22 @@ def test_every_injected_defect_is_found_and_nothing_else(generated_city) -> None
         assert scan_tree(home / "reports", needles) == [] and scan_tree(home / "outbox", needles) == []
     finally:
         wh.dispose()
+
+
+def test_run_dates_add_every_delivery_date_of_the_manifest_up_to_the_batch_date(tmp_path: Path) -> None:
+    from pipelines.cli import build_parser, run_dates
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"resources": {
+        "a": {"rows": {"2026-11-19": 5, "2026-11-20": 3}},
+        "stale": {"rows": {"2026-11-08": 7}},
+    }}), encoding="utf-8")
+
+    def dates(*argv: str) -> list[str]:
+        return [d.isoformat() for d in run_dates(build_parser().parse_args(["run", *argv]))]
+
+    # without --date the batch date is the manifest's last delivery date
+    assert dates("--manifest", str(manifest), "--days", "2") == ["2026-11-08", "2026-11-19", "2026-11-20"]
+    # an explicit --date bounds it: later deliveries are not run
+    assert dates("--manifest", str(manifest), "--date", "2026-11-19") == ["2026-11-08", "2026-11-19"]
+    assert dates("--date", "2026-11-20", "--days", "3") == ["2026-11-18", "2026-11-19", "2026-11-20"]

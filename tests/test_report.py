@@ -251,6 +251,9 @@ def test_an_overdue_ticket_escalates_in_the_next_report_and_to_the_engineers(cit
     assert all(t in body for t in tk.read_tickets(wh).get_column("ticket_id").to_list())
     [form] = [r for r in sheet(run, "huzheng", tk.REPLY_SHEET)[3:]]
     assert form[8] == "已超期"
+    # two working days later (Wed 10-14, Thu 10-15) the report says by how much it is late
+    later = night(wh, cat, landing, tmp_path, dt.date(2026, 10, 15), deliver=False)
+    assert "2026-09-30 2026-10-13 已超期 2 个工作日" in text_of(html_of(later, "huzheng"))
     wh.dispose()
 
 

@@ -130,3 +130,24 @@ def test_each_validation_gets_a_data_docs_page_with_counts_and_no_failing_values
     bad_id = frame.filter(pl.col("_row_no") == 2).item(0, "id_number")
     for value in (bad_id, "1371234567", GOOD_ID):
         assert value not in html
+
+
+def test_a_null_field_is_neither_a_parse_failure_nor_a_lost_row() -> None:
+    """A NULL (not delivered) date or text field must not make the row vanish from the std stage:
+    every delivered row is accepted or quarantined, and only the unparseable date is quarantined."""
+    from assets.ods import ods_schema
+    from assets.standardize import standardize
+
+    res = CAT.resource("wjw_csyxzm")
+    rows = [  # CSYXZMBH, XSESFZH, XSEXM, XSEXB, CSRQ
+        ("Q1", GOOD_ID, "张三", "男", "1980-01-01"),
+        ("Q2", GOOD_ID2, None, "女", None),  # name and birth date not delivered
+        ("Q3", id_number("339904", "19700101", 33), "王五", None, "1970-13-45"),  # a date that cannot parse
+    ]
+    columns = ["CSYXZMBH", "XSESFZH", "XSEXM", "XSEXB", "CSRQ"]
+    ods = pl.DataFrame([dict(zip(columns, r, strict=True)) | {"_row_no": i + 1} for i, r in enumerate(rows)],
+                       schema={c: t for c, t in ods_schema(res).items() if c in [*columns, "_row_no"]}).with_columns(
+        pl.lit(None, pl.String).alias("_error"), pl.lit(None, pl.String).alias("_raw"))
+    out = standardize(ods, CAT, res, DAY)
+    assert out.accepted.get_column("_row_no").to_list() == [1, 2]
+    assert out.quarantine.select("_row_no", "reason_code").rows() == [(3, "bad_date")]

@@ -81,6 +81,7 @@ class Warehouse:
             sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(
                 "BEGIN IMMEDIATE" if conn.info.get("gongshu_write") else "BEGIN"))
         self._metadata = sa.MetaData()
+        self._adbc = None  # the ADBC connection of bulk reads, opened on first use
 
     def __repr__(self) -> str:
         return f"Warehouse({self.engine.url.render_as_string(hide_password=True)})"
@@ -90,9 +91,9 @@ class Warehouse:
         return self.engine.url.render_as_string(hide_password=True)
 
     def dispose(self) -> None:
-        adbc = self.__dict__.pop("_adbc", None)
-        if adbc is not None:
-            adbc.close()
+        if self._adbc is not None:
+            self._adbc.close()
+            self._adbc = None
         self.engine.dispose()
 
     # --- naming ------------------------------------------------------------------------------
@@ -253,16 +254,10 @@ class Warehouse:
         return cast_frame(raw, schema)
 
     def _read_adbc(self, query: str, schema: dict[str, pl.DataType], params: dict) -> pl.DataFrame:
-        adbc = self.__dict__.get("_adbc")
-        if adbc is None:
-            import adbc_driver_postgresql.dbapi as driver
-
-            uri = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            adbc = self.__dict__["_adbc"] = driver.connect(uri, autocommit=True)
-        sql = str(sa.text(query).bindparams(**params).compile(dialect=self.engine.dialect,
-                                                                compile_kwargs={"literal_binds": True}))
-        with adbc.cursor() as cur:
-            cur.execute(sql)
+        if self._adbc is None:
+            self._adbc = adbc_connect(self.engine, autocommit=True)
+        with self._adbc.cursor() as cur:
+            cur.execute(literal_sql(self.engine, query, params))
             raw = pl.from_arrow(cur.fetch_arrow_table())
         assert isinstance(raw, pl.DataFrame)
         raw = raw.rename(dict(zip(raw.columns, schema, strict=True)))
@@ -281,6 +276,28 @@ class Warehouse:
 
     def scalar(self, conn: Connection, query: str, params: dict | None = None):
         return conn.execute(sa.text(query), params or {}).scalar()
+
+
+def literal_sql(engine: Engine, query: str, params: dict) -> str:
+    """``query`` with its ``:name`` parameters rendered as quoted literals by the engine's dialect.
+
+    For drivers bound outside SQLAlchemy (ADBC): the database infers each literal's type as it
+    would for a bound parameter of unknown type (a text watermark against a timestamp column).
+    """
+    return str(sa.text(query).bindparams(**params).compile(dialect=engine.dialect,
+                                                            compile_kwargs={"literal_binds": True}))
+
+
+def adbc_connect(engine: Engine, *, autocommit: bool = False):
+    """An ADBC DB-API connection (Arrow results) to the engine's SQLite or PostgreSQL database."""
+    if engine.dialect.name == "sqlite":
+        import adbc_driver_sqlite.dbapi as driver
+
+        return driver.connect(engine.url.database or ":memory:", autocommit=autocommit)
+    import adbc_driver_postgresql.dbapi as driver
+
+    return driver.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                          autocommit=autocommit)
 
 
 def _from_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
