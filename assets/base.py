@@ -32,7 +32,7 @@ def base_table(wh: Warehouse, lib: Library) -> sa.Table:
     schema = base_schema(lib)
     return wh.table(
         "base", lib.code, [Column(n, t) for n, t in schema.items()],
-        primary_key=[*lib.key, VALID_FROM], indexes=[[*lib.key, VALID_TO]],
+        primary_key=[*lib.key, VALID_FROM],  # also finds an entity's current version (few per key)
     )
 
 
@@ -122,8 +122,9 @@ def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | 
 def read_current_for(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame) -> pl.DataFrame:
     """Current versions of the entities in ``keys`` (loaded into a temporary table and joined)."""
     schema = base_schema(lib)
-    if not wh.exists("base", lib.code):
-        return pl.DataFrame(schema=schema)
+    if keys.height == 0 or not wh.exists("base", lib.code) or \
+            wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} LIMIT 1") is None:
+        return pl.DataFrame(schema=schema)  # nothing to look up (a first load)
     tmp = wh.temp_table(conn, "gongshu_lookup_keys", keys.select(lib.key))
     cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
     frame = wh.read(

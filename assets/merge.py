@@ -78,19 +78,41 @@ def incoming_values(
     cols = [c for c in schema if c not in (VALID_FROM, VALID_TO)]
     if not parts:
         return pl.DataFrame(schema={c: schema[c] for c in cols})
-    combined = pl.concat(parts, how="diagonal_relaxed")
-    for c in cols:
-        if c not in combined.columns:
-            combined = combined.with_columns(pl.lit(None, schema[c]).alias(c))
-    combined = combined.select([pl.col(c).cast(schema[c]) for c in cols])
     if len(parts) == 1:
-        return combined  # keys are unique inside one accepted batch
-    aggs = []
+        return _complete(parts[0], schema, cols)  # keys are unique inside one accepted batch
+    # Several resources: every key once (first appearance), each resource's values joined on
+    # (keys are unique inside each accepted batch), and per element the first resource that
+    # delivers it non-null wins, its batch and row with it.
+    key_frame = pl.concat([p.select(lib.key) for p in parts], how="vertical_relaxed").unique(
+        maintain_order=True)
+    joined = key_frame
+    providers: dict[str, list[int]] = {code: [] for code in elements}
+    for i, part in enumerate(parts):
+        own = [c for c in part.columns if c not in lib.key]
+        for code in elements:
+            if code in own:
+                providers[code].append(i)
+        joined = joined.join(part.rename({c: f"{c}__{i}" for c in own}), on=lib.key, how="left",
+                             coalesce=True, nulls_equal=False)
+    exprs: list[pl.Expr] = [pl.col(k) for k in lib.key]
     for code in elements:
         b, r = lineage(code)
-        has = pl.col(code).is_not_null()
-        aggs += [pl.col(code).filter(has).first(), pl.col(b).filter(has).first(), pl.col(r).filter(has).first()]
-    return combined.group_by(lib.key, maintain_order=True).agg(aggs).select(cols)
+        idx = providers[code]
+        if not idx:
+            exprs += [pl.lit(None, schema[c]).alias(c) for c in (code, b, r)]
+            continue
+        exprs.append(pl.coalesce([pl.col(f"{code}__{i}") for i in idx]).alias(code))
+        for col in (b, r):
+            pick = pl.when(pl.col(f"{code}__{idx[0]}").is_not_null()).then(pl.col(f"{col}__{idx[0]}"))
+            for i in idx[1:]:
+                pick = pick.when(pl.col(f"{code}__{i}").is_not_null()).then(pl.col(f"{col}__{i}"))
+            exprs.append(pick.otherwise(None).alias(col))
+    return joined.select(exprs).select([pl.col(c).cast(schema[c]) for c in cols])
+
+
+def _complete(part: pl.DataFrame, schema: dict[str, pl.DataType], cols: list[str]) -> pl.DataFrame:
+    return part.select([pl.col(c).cast(schema[c]) if c in part.columns else pl.lit(None, schema[c]).alias(c)
+                        for c in cols])
 
 
 @dataclass

@@ -59,7 +59,7 @@ def ods_schema(resource: Resource) -> dict[str, pl.DataType]:
 def ods_table(wh: Warehouse, resource: Resource) -> sa.Table:
     return wh.table(
         "ods", resource.id, [Column(n, t) for n, t in ods_schema(resource).items()],
-        indexes=[["_batch_id", "_row_no"]],
+        batch_index="_batch_id",
     )
 
 

@@ -179,9 +179,9 @@ def standardize(
     # a key delivered twice) are quarantined, the others only reported.
     rules = resource_rules(catalogue, resource, batch_date)
     flagged = parsed_ok.with_columns([failing(r).alias(f"__f{i}") for i, r in enumerate(rules)])
-    counts = parsed_ok.select(
+    counts = flagged.select(
         [evaluated(r).sum().alias(f"n{i}") for i, r in enumerate(rules)]
-        + [failing(r).sum().alias(f"u{i}") for i, r in enumerate(rules)]
+        + [pl.col(f"__f{i}").sum().alias(f"u{i}") for i in range(len(rules))]
     ).row(0, named=True) if rules else {}
     rule_counts = pl.DataFrame(
         [{"rule_id": r.id, "kind": r.kind.value, "dimension": r.dimension.value, "severity": r.severity.value,

@@ -40,7 +40,7 @@ class ReconciliationError(AssertionError):
 
 def std_table(wh: Warehouse, catalogue: Catalogue, resource: Resource) -> sa.Table:
     schema = {"_batch_id": pl.String(), **std_schema(catalogue, resource)}
-    return wh.table("std", resource.id, [Column(n, t) for n, t in schema.items()], indexes=[["_batch_id"]])
+    return wh.table("std", resource.id, [Column(n, t) for n, t in schema.items()], batch_index="_batch_id")
 
 
 def quarantine_table(wh: Warehouse) -> sa.Table:

@@ -119,8 +119,15 @@ class Warehouse:
         *,
         primary_key: Sequence[str] = (),
         indexes: Sequence[Sequence[str]] = (),
+        batch_index: str | None = None,
     ) -> sa.Table:
-        """The SQLAlchemy table of a layer; pass columns the first time to declare it."""
+        """The SQLAlchemy table of a layer; pass columns the first time to declare it.
+
+        ``batch_index``: a column whose rows arrive in runs of one value, one load at a time (a
+        batch id in an append-mostly layer). PostgreSQL indexes it with BRIN — a few pages that
+        cost the bulk load next to nothing, where a B-tree over a million rows costs ~40% of the
+        COPY; SQLite, which has no BRIN, with a B-tree.
+        """
         schema, table = self.table_ref(layer, name)
         key = f"{schema}.{table}" if schema else table
         if key in self._metadata.tables:
@@ -135,6 +142,9 @@ class Warehouse:
         t = sa.Table(table, self._metadata, *cols, schema=schema)
         for i, idx in enumerate(indexes):
             sa.Index(f"ix_{layer}_{name}_{i}", *[t.c[c] for c in idx])
+        if batch_index:
+            kw = {"postgresql_using": "brin"} if self.is_postgres else {}
+            sa.Index(f"ix_{layer}_{name}_batch", t.c[batch_index], **kw)
         return t
 
     def create(self, conn: Connection, table: sa.Table) -> None:
@@ -204,7 +214,9 @@ class Warehouse:
             f"COPY {self._name(table)} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
         ) as copy:
             for chunk in frame.iter_slices(_COPY_CHUNK_ROWS):
-                copy.write(chunk.write_csv(include_header=False, null_value="\\N", datetime_format="%Y-%m-%d %H:%M:%S%.f"))
+                buf = io.BytesIO()  # bytes straight from polars: no str round trip for psycopg to encode
+                chunk.write_csv(buf, include_header=False, null_value="\\N", datetime_format="%Y-%m-%d %H:%M:%S%.f")
+                copy.write(buf.getbuffer())
 
     # --- bulk read ---------------------------------------------------------------------------
     def read(
