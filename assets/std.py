@@ -131,6 +131,6 @@ def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource:
     schema = std_schema(catalogue, resource)
     cols = ", ".join(wh.quote(c) for c in schema)
     return wh.read(
-        conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b ORDER BY _row_no",
+        conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b",
         schema, {"b": batch_id}, bulk=True,
-    )
+    ).sort("_row_no")

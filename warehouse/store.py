@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import sqlalchemy as sa
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection, Engine
 
 LAYERS = ("ods", "std", "base", "quality", "share", "audit")
@@ -210,8 +211,11 @@ class Warehouse:
         if text_cols:  # PostgreSQL text cannot hold NUL; ODS keeps everything else as received
             frame = frame.with_columns(pl.col(text_cols).str.replace_all("\x00", "", literal=True))
         dbapi = conn.connection.driver_connection
+        # A queued writer sends each block from a worker thread while polars formats the next one
+        # (polars releases the GIL), so the client's CSV formatting overlaps the server's parsing.
         with dbapi.cursor() as cur, cur.copy(
-            f"COPY {self._name(table)} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
+            f"COPY {self._name(table)} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
+            writer=QueuedLibpqWriter(cur),
         ) as copy:
             for chunk in frame.iter_slices(_COPY_CHUNK_ROWS):
                 buf = io.BytesIO()  # bytes straight from polars: no str round trip for psycopg to encode
