@@ -8,9 +8,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from assets.channels import DeliveryError, parse_csv, read_api, read_database, read_files
+from assets.channels import DeliveryError, frame_digest, parse_csv, read_api, read_database, read_files
 from catalog.loader import load_catalogue
 from pipelines.demo_api import serve_in_thread
 from tests import citykit
@@ -175,3 +176,34 @@ def test_a_typed_qianzhiku_is_read_as_text_and_incrementally_by_its_watermark(
     assert second.frame.get_column("NAME").to_list() == ["赵强"]  # only what changed after the watermark
     again = read_database(res, DAY, tmp_path, None)
     assert again.content_hash == first.content_hash  # the same partition reads the same rows
+
+
+def test_the_row_digest_tells_null_from_empty_field_boundaries_and_order_apart() -> None:
+    base = pl.DataFrame({"a": ["x", "ab", None], "b": ["1", "c", ""]})
+    assert frame_digest(base) == frame_digest(base.clone())
+    variants = [
+        base.with_columns(pl.Series("b", ["1", "c", None])),  # NULL is not the empty string
+        pl.DataFrame({"a": ["x", "a", None], "b": ["1", "bc", ""]}),  # "ab"|"c" is not "a"|"bc"
+        base.reverse(),  # order is content
+    ]
+    assert len({frame_digest(base), *(frame_digest(v) for v in variants)}) == 4
+
+
+def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat, tmp_path: Path, monkeypatch) -> None:
+    import sqlalchemy as sa
+
+    rows = [(p[0], p[1], f"13{i}00000000", f"2026-10-09 0{i}:00:00") for i, p in enumerate(citykit.PEOPLE)]
+    reads = []
+    for name, ordered in (("fwd.db", rows), ("rev.db", rows[::-1])):
+        engine = sa.create_engine(f"sqlite:///{tmp_path / name}")
+        with engine.begin() as conn:
+            conn.execute(sa.text('CREATE TABLE "CB" ("ZJHM" text, "NAME" text, "TEL" text, "UPD" text)'))
+            conn.execute(sa.text('INSERT INTO "CB" VALUES (:z, :n, :t, :u)'),
+                         [{"z": z, "n": n, "t": t, "u": u} for z, n, t, u in ordered])
+        engine.dispose()
+        monkeypatch.setenv("SHANHAI_SB_URL", f"sqlite:///{tmp_path / name}")
+        reads.append(read_database(cat.resource("shebao_canbao"), DAY, tmp_path, None))
+    fwd, rev = reads
+    assert fwd.frame.drop("_source").equals(rev.frame.drop("_source"))
+    assert fwd.content_hash == rev.content_hash
+    assert fwd.frame.get_column("ZJHM").to_list() == [p[0] for p in citykit.PEOPLE]  # watermark order

@@ -118,6 +118,22 @@ def test_a_changed_value_opens_a_new_version_and_keeps_the_old_one(warehouse: Wa
     assert out["people"].total_rows == 4 and out["people"].current_rows == 3
 
 
+def test_batch_lookups_use_brin_on_postgresql_and_base_libraries_only_their_key(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    insp = sa.inspect(warehouse.engine)
+    for layer in ("ods", "std"):
+        schema, table = warehouse.table_ref(layer, "huzheng_renkou")
+        (idx,) = insp.get_indexes(table, schema=schema)
+        assert idx["column_names"] == ["_batch_id"]
+        if warehouse.is_postgres:
+            assert idx["dialect_options"]["postgresql_using"] == "brin"
+    schema, table = warehouse.table_ref("base", "people")
+    assert insp.get_indexes(table, schema=schema) == []  # the primary key finds current versions
+    assert insp.get_pk_constraint(table, schema=schema)["constrained_columns"] == ["pid", "valid_from"]
+
+
 def test_rerunning_a_partition_changes_nothing(warehouse: Warehouse, city) -> None:
     cat, landing = city
     citykit.deliver_day1(landing, DAY1)
