@@ -251,7 +251,7 @@ def read_database(
     source = f"{ch.table or 'query'}@{shown.split('/')[-1]}"
     # every value as text, whatever the source column's type (ODS keeps what was delivered)
     frame = frame.select([pl.col(c).cast(pl.String) for c in columns])
-    frame = frame.sort([wm, *[c for c in columns if c != wm]], nulls_last=True, maintain_order=True)
+    frame = frame.sort([wm, *[c for c in columns if c != wm]], nulls_last=True)
     frame = _finish(frame.with_row_index("_row_no", offset=1), columns, source)
     digest = frame_digest(frame.select(columns)) if frame.height else ""
     high_seen = frame.get_column(wm).max() if frame.height else None
@@ -268,8 +268,8 @@ def frame_digest(frame: pl.DataFrame) -> str:
         [pl.when(pl.col(c).is_null()).then(pl.lit("\x00N")).otherwise(pl.lit("\x00V") + pl.col(c)) for c in frame.columns],
         separator="\x1f",
     )
-    hexes = frame.select(row.chash.sha2_256().alias("h")).get_column("h")
-    return hashlib.sha256("".join(hexes.to_list()).encode()).hexdigest()
+    hexes = frame.select(row.chash.sha2_256().str.join("")).item()  # joined natively, not per row in Python
+    return hashlib.sha256(hexes.encode()).hexdigest()
 
 
 def _first_line(exc: Exception) -> str:

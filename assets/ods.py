@@ -169,9 +169,8 @@ def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: s
     """The rows of one ODS batch in delivery order (the first ``limit`` of them)."""
     schema = ods_schema(resource)
     cols = ", ".join(wh.quote(c) for c in schema)
+    sql = f"SELECT {cols} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b"
     if limit is not None:
-        return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b "
-                       f"ORDER BY _row_no LIMIT {int(limit)}", schema, {"b": batch_id})
+        return wh.read(conn, f"{sql} ORDER BY _row_no LIMIT {int(limit)}", schema, {"b": batch_id})
     # a whole batch is put in delivery order here: polars sorts a million rows faster than the server
-    return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b",
-                   schema, {"b": batch_id}, bulk=True).sort("_row_no")
+    return wh.read(conn, sql, schema, {"b": batch_id}, bulk=True).sort("_row_no")
