@@ -17,20 +17,22 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSpec,
     DailyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
     TableColumn,
     TableSchema,
     asset,
+    multi_asset,
 )
 
 from assets.base import merge_library, read_current
 from assets.channels import DeliveryError
 from assets.merge import base_schema, lineage
-from assets.ods import ingest, ods_schema, read_ods
+from assets.ods import IngestResult, ingest, ods_schema, read_ods
 from assets.standardize import std_schema
-from assets.std import standardize_batch
+from assets.std import StdResult, collect, standardize_batch
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
 from desensitize.rules import mask_for_preview
@@ -92,7 +94,15 @@ def _resource_elements(catalogue: Catalogue, resource: Resource) -> dict[str, El
     return {code: lib.element(code) for code in resource.elements()}
 
 
-def build_ods_asset(catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+def build_resource_assets(
+    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition,
+) -> AssetsDefinition:
+    """``ods/<dept>/<resource>`` and ``std/<dept>/<resource>`` of one resource, computed in one step.
+
+    Materialised together, the delivery is read once: the ODS batch is written while the same rows
+    are standardised, with no read-back (:func:`assets.std.collect`). Either asset can still be
+    materialised alone (a re-standardisation reads the stored ODS batch).
+    """
     dept = catalogue.department(resource.department)
     lib = catalogue.library(resource.library)
     ch = resource.channel
@@ -100,21 +110,21 @@ def build_ods_asset(catalogue: Catalogue, resource: Resource, partitions: DailyP
     # ODS columns carry the department's own names; mask each by the element it maps to.
     column_elements: dict[str, Element | None] = {f.column: lib.element(f.element) for f in resource.fields}
     column_elements["_raw"] = None
-
+    elements = _resource_elements(catalogue, resource)
+    okey, skey = ods_key(resource), std_key(resource)
     volume_spec = AssetCheckSpec(
-        "volume", asset=ods_key(resource),
+        "volume", asset=okey,
         description=f"完整性(记录数): 交付行数不少于最近 {HISTORY} 次交付中位数的 {volume_ratio():.0%}",
     )
-
-    @asset(
-        key=ods_key(resource),
-        check_specs=[volume_spec],
+    std_specs = std_check_specs(catalogue, resource, skey)
+    ods_spec = AssetSpec(
+        key=okey,
         group_name=lib.code,
-        partitions_def=partitions,
         kinds={kind, "polars"},
         owners=[f"team:{resource.department}"],
         tags={"department": resource.department, "layer": "ods", "update_cycle": resource.update_cycle.name},
         freshness_policy=freshness_policy(resource),
+        skippable=True,
         description=(
             f"贴源层: {dept.name}「{resource.name}」, {CHANNEL_LABEL[ch.kind]}归集, 更新周期{resource.update_cycle.value}。"
             "原样保存每一批次(只追加, 不修改), 附批次号、来源与行号。"
@@ -122,112 +132,132 @@ def build_ods_asset(catalogue: Catalogue, resource: Resource, partitions: DailyP
         metadata={"部门": dept.name, "资源": resource.name, "基础库": lib.name, "共享属性": resource.share.value,
                   "开放属性": resource.open.value},
     )
-    def _ods(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource) -> MaterializeResult:
-        wh = warehouse.get()
-        batch_date = dt.date.fromisoformat(context.partition_key)
-        try:
-            result = ingest(wh, catalogue, resource, batch_date, landing.root())
-        except DeliveryError as exc:
-            context.log.error(f"{resource.id} {batch_date}: {exc}")
-            raise
-        for p in result.problems:
-            context.log.warning(p)
-        if result.batch is None:
-            context.log.warning(f"{dept.name}「{resource.name}」{batch_date} 未收到交付")
-            return MaterializeResult(
-                metadata={"状态": "未收到交付", "dagster/row_count": 0},
-                check_results=[AssetCheckResult(check_name="volume", passed=True, metadata={"状态": "本日未交付"})],
-            )
-        b = result.batch
-        with wh.engine.connect() as conn:
-            sample = read_ods(wh, conn, resource, b.batch_id, limit=PREVIEW_ROWS)
-            vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date))
-        if not vol.ok:
-            context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
-        return MaterializeResult(
-            check_results=[AssetCheckResult(
-                check_name="volume", passed=vol.ok, severity=AssetCheckSeverity.WARN,
-                metadata={"交付行数": vol.rows, "近期中位数": vol.median if vol.median is not None else "无历史",
-                          "占比": vol.share if vol.share is not None else "无历史",
-                          "近期交付行数": ", ".join(str(x) for x in vol.previous) or "无"},
-            )],
-            metadata={
-                "状态": {"new": "新批次", "unchanged": "与已有批次相同, 未重复入库"}[result.status],
-                "批次号": b.batch_id,
-                "来源": b.sources,
-                "交付行数": b.rows_delivered,
-                "无法解析行数": b.rows_unparseable,
-                "dagster/row_count": b.rows_delivered,
-                "问题": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "无"),
-                "dagster/column_schema": _column_schema(ods_schema(resource), {}),
-                "预览(已脱敏)": preview(sample.drop("_batch_id"), column_elements),
-            },
-            data_version=None,
-        )
-
-    return _ods
-
-
-def build_std_asset(catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
-    dept = catalogue.department(resource.department)
-    lib = catalogue.library(resource.library)
-    elements = _resource_elements(catalogue, resource)
-    check_specs = std_check_specs(catalogue, resource, std_key(resource))
-
-    @asset(
-        key=std_key(resource),
-        deps=[ods_key(resource)],
-        check_specs=check_specs,
+    std_spec = AssetSpec(
+        key=skey,
+        deps=[okey],
         group_name=lib.code,
-        partitions_def=partitions,
         kinds={"polars"},
         owners=[f"team:{resource.department}"],
         tags={"department": resource.department, "layer": "std"},
+        skippable=True,
         description=(
             f"标准层: {dept.name}「{resource.name}」按数据元解析、类型化与规范化(全角转半角、去空格、日期格式、代码映射);"
             "无法解析或主键无效的行进入隔离区并注明原因。交付行数 = 接收行数 + 隔离行数。"
         ),
     )
-    def _std(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+
+    @multi_asset(
+        name=f"guiji_{resource.id}",
+        specs=[ods_spec, std_spec],
+        check_specs=[volume_spec, *std_specs],
+        partitions_def=partitions,
+        can_subset=True,
+    )
+    def _collect(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource):
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
-        out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id)
-        if out.batch is None or out.result is None:
-            return MaterializeResult(
-                metadata={"状态": "无批次", "dagster/row_count": 0},
-                check_results=[AssetCheckResult(check_name=s.name, passed=True, metadata={"状态": "本日无批次"})
-                               for s in check_specs],
-            )
-        q = out.result.quarantine
-        by_reason = (
-            q.group_by("reason", "field").agg(pl.col("_row_no").n_unique().alias("rows")).sort("reason", "field")
-            if q.height else q
-        )
-        reasons_md = "\n".join(
-            f"| {r['reason']} | {r['field'] or ''} | {r['rows']} |" for r in by_reason.iter_rows(named=True)
-        )
-        with wh.engine.connect() as conn:
-            failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
-        checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs)
-        context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
-        return MaterializeResult(
-            metadata={
-                "批次号": out.batch.batch_id,
-                "交付行数": out.delivered,
-                "接收行数": out.accepted,
-                "隔离行数": out.quarantined,
-                "对账": f"{out.delivered} = {out.accepted} + {out.quarantined}",
-                "15位身份证号转换数": out.result.converted_id15,
-                "dagster/row_count": out.accepted,
-                "隔离原因": MetadataValue.md("| 原因 | 数据元 | 行数 |\n|---|---|---|\n" + reasons_md if reasons_md else "无"),
-                "dagster/column_schema": _column_schema(std_schema(catalogue, resource),
-                                                        {c: e.name for c, e in elements.items()}),
-                "预览(已脱敏)": preview(out.result.accepted, elements),
-            },
-            check_results=checks,
-        )
+        selected = context.selected_asset_keys
+        if okey in selected:
+            try:
+                if skey in selected:
+                    received, out = collect(wh, catalogue, resource, batch_date, landing.root(), run_id=context.run_id)
+                else:
+                    received, out = ingest(wh, catalogue, resource, batch_date, landing.root()), None
+            except DeliveryError as exc:
+                context.log.error(f"{resource.id} {batch_date}: {exc}")
+                raise
+            yield _ods_result(context, wh, resource, dept.name, okey, column_elements, received, batch_date)
+        else:
+            out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id)
+        if skey in selected:
+            assert out is not None
+            yield _std_result(context, wh, catalogue, resource, skey, std_specs, elements, out)
 
-    return _std
+    return _collect
+
+
+def _ods_result(
+    context: AssetExecutionContext, wh, resource: Resource, dept_name: str, key: AssetKey,
+    column_elements: dict[str, Element | None], result: IngestResult, batch_date: dt.date,
+) -> MaterializeResult:
+    for p in result.problems:
+        context.log.warning(p)
+    if result.batch is None:
+        context.log.warning(f"{dept_name}「{resource.name}」{batch_date} 未收到交付")
+        return MaterializeResult(
+            asset_key=key,
+            metadata={"状态": "未收到交付", "dagster/row_count": 0},
+            check_results=[AssetCheckResult(asset_key=key, check_name="volume", passed=True,
+                                            metadata={"状态": "本日未交付"})],
+        )
+    b = result.batch
+    with wh.engine.connect() as conn:
+        sample = read_ods(wh, conn, resource, b.batch_id, limit=PREVIEW_ROWS)
+        vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date))
+    if not vol.ok:
+        context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
+    return MaterializeResult(
+        asset_key=key,
+        check_results=[AssetCheckResult(
+            asset_key=key, check_name="volume", passed=vol.ok, severity=AssetCheckSeverity.WARN,
+            metadata={"交付行数": vol.rows, "近期中位数": vol.median if vol.median is not None else "无历史",
+                      "占比": vol.share if vol.share is not None else "无历史",
+                      "近期交付行数": ", ".join(str(x) for x in vol.previous) or "无"},
+        )],
+        metadata={
+            "状态": {"new": "新批次", "unchanged": "与已有批次相同, 未重复入库"}[result.status],
+            "批次号": b.batch_id,
+            "来源": b.sources,
+            "交付行数": b.rows_delivered,
+            "无法解析行数": b.rows_unparseable,
+            "dagster/row_count": b.rows_delivered,
+            "问题": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "无"),
+            "dagster/column_schema": _column_schema(ods_schema(resource), {}),
+            "预览(已脱敏)": preview(sample.drop("_batch_id"), column_elements),
+        },
+    )
+
+
+def _std_result(
+    context: AssetExecutionContext, wh, catalogue: Catalogue, resource: Resource, key: AssetKey, check_specs: list[AssetCheckSpec],
+    elements: dict[str, Element], out: StdResult,
+) -> MaterializeResult:
+    if out.batch is None or out.result is None:
+        return MaterializeResult(
+            asset_key=key,
+            metadata={"状态": "无批次", "dagster/row_count": 0},
+            check_results=[AssetCheckResult(asset_key=key, check_name=s.name, passed=True, metadata={"状态": "本日无批次"})
+                           for s in check_specs],
+        )
+    q = out.result.quarantine
+    by_reason = (
+        q.group_by("reason", "field").agg(pl.col("_row_no").n_unique().alias("rows")).sort("reason", "field")
+        if q.height else q
+    )
+    reasons_md = "\n".join(
+        f"| {r['reason']} | {r['field'] or ''} | {r['rows']} |" for r in by_reason.iter_rows(named=True)
+    )
+    with wh.engine.connect() as conn:
+        failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
+    checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key)
+    context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
+    return MaterializeResult(
+        asset_key=key,
+        metadata={
+            "批次号": out.batch.batch_id,
+            "交付行数": out.delivered,
+            "接收行数": out.accepted,
+            "隔离行数": out.quarantined,
+            "对账": f"{out.delivered} = {out.accepted} + {out.quarantined}",
+            "15位身份证号转换数": out.result.converted_id15,
+            "dagster/row_count": out.accepted,
+            "隔离原因": MetadataValue.md("| 原因 | 数据元 | 行数 |\n|---|---|---|\n" + reasons_md if reasons_md else "无"),
+            "dagster/column_schema": _column_schema(std_schema(catalogue, resource),
+                                                    {c: e.name for c, e in elements.items()}),
+            "预览(已脱敏)": preview(out.result.accepted, elements),
+        },
+        check_results=checks,
+    )
 
 
 def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
@@ -302,8 +332,7 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
 def build_assets(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[AssetsDefinition]:
     out: list[AssetsDefinition] = []
     for resource in catalogue.resources:
-        out.append(build_ods_asset(catalogue, resource, partitions))
-        out.append(build_std_asset(catalogue, resource, partitions))
+        out.append(build_resource_assets(catalogue, resource, partitions))
     for lib in catalogue.libraries:
         out.append(build_base_asset(catalogue, lib, partitions))
     return out

@@ -86,6 +86,8 @@ class IngestResult:
     status: str  # "new" | "unchanged" | "none"
     batch: Batch | None
     problems: list[str]
+    rows: pl.DataFrame | None = None  # a new batch's ODS rows as stored (ods_schema, delivery order)
+    record: dict | None = None  # a new batch's row of ods.batches
 
 
 def latest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
@@ -125,6 +127,18 @@ def read_batch(resource: Resource, batch_date: dt.date, landing: Path, watermark
 
 def ingest(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path) -> IngestResult:
     """Read the delivery of ``resource`` for ``batch_date`` and store it as an ODS batch."""
+    result = receive(wh, resource, batch_date, landing)
+    if result.status == "new":
+        store(wh, resource, result)
+    return result
+
+
+def receive(wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Path) -> IngestResult:
+    """Read a delivery and decide what it is: no delivery, the batch already stored, or a new batch.
+
+    A new batch comes back with its rows in the form the warehouse stores them, not yet written:
+    :func:`store` writes it, and the 标准层 may go on with the same rows meanwhile.
+    """
     with wh.engine.connect() as conn:
         low = previous_watermark(wh, conn, resource, batch_date)
         prev = latest_batch(wh, conn, resource, batch_date)
@@ -154,14 +168,22 @@ def ingest(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: 
         "watermark_high": delivery.watermark_high or low,
         "problems": "\n".join(delivery.problems) or None,
     }
+    schema = ods_schema(resource)
+    rows = wh.stored(delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
+        [pl.col(c).cast(t) for c, t in schema.items()]).sort("_row_no", maintain_order=True))
+    return IngestResult("new", Batch.from_row(record), delivery.problems, rows, record)
+
+
+def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
+    """Write a new batch (its ``ods.batches`` row and its ODS rows) in one transaction."""
+    assert result.status == "new" and result.rows is not None and result.record is not None
     batches = batches_table(wh)
     table = ods_table(wh, resource)
     with wh.begin() as conn:
         wh.create(conn, batches)
         wh.create(conn, table)
-        wh.insert(conn, batches, pl.DataFrame([record], schema=BATCH_SCHEMA))
-        wh.insert(conn, table, delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")))
-    return IngestResult("new", Batch.from_row(record), delivery.problems)
+        wh.insert(conn, batches, pl.DataFrame([result.record], schema=BATCH_SCHEMA))
+        wh.insert(conn, table, result.rows)
 
 
 def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import sqlalchemy as sa
 
-from assets.ods import Batch, latest_batch, read_ods
+from assets.ods import Batch, IngestResult, batches_table, latest_batch, ods_table, read_ods, receive, store
 from assets.standardize import QUARANTINE_SCHEMA, Standardized, standardize, std_schema
 from catalog.loader import Catalogue
 from catalog.models import Resource
@@ -86,6 +88,40 @@ def standardize_batch(
         if batch is None:
             return StdResult(None, None)
         ods = read_ods(wh, conn, resource, batch.batch_id)
+    out, failures = _standardize(catalogue, resource, batch_date, batch, ods, with_gx)
+    _write(wh, catalogue, resource, batch_date, out, failures, run_id)
+    return out
+
+
+def collect(
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path, *,
+    run_id: str = "manual", with_gx: bool = True,
+) -> tuple[IngestResult, StdResult]:
+    """贴源层 and 标准层 of one delivery in one pass: what :func:`ingest` then
+    :func:`standardize_batch` do, without reading the new batch back from the warehouse.
+
+    The ODS rows are written by a worker thread while the same rows, in their stored form, are
+    standardised here; the std rows are written once the ODS batch has committed. A delivery that
+    is not a new batch (none, or the same content again) rebuilds the std rows of the latest batch.
+    """
+    received = receive(wh, resource, batch_date, landing)
+    if received.status != "new":
+        return received, standardize_batch(wh, catalogue, resource, batch_date, run_id=run_id, with_gx=with_gx)
+    assert received.batch is not None and received.rows is not None
+    batches_table(wh), ods_table(wh, resource)  # declared here: table metadata is not shared across threads
+    with ThreadPoolExecutor(1, thread_name_prefix="gongshu-ods") as pool:
+        written = pool.submit(store, wh, resource, received)
+        try:
+            out, failures = _standardize(catalogue, resource, batch_date, received.batch, received.rows, with_gx)
+        finally:
+            written.result()  # the ODS batch is committed (or its error raised) before anything else is written
+    _write(wh, catalogue, resource, batch_date, out, failures, run_id)
+    return received, out
+
+
+def _standardize(
+    catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch: Batch, ods: pl.DataFrame, with_gx: bool,
+) -> tuple[StdResult, pl.DataFrame]:
     result = standardize(ods, catalogue, resource, batch_date)
     delivered, accepted, quarantined = ods.height, result.accepted.height, result.quarantined_rows
     if delivered != accepted + quarantined or delivered != batch.rows_delivered:
@@ -102,6 +138,16 @@ def standardize_batch(
     failures = masked_failures(catalogue, resource, result.failures,
                                result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None
                                else pl.DataFrame(schema={"_row_no": pl.Int64}))
+    return StdResult(batch, result, delivered, gx_counts, docs), failures
+
+
+def _write(
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, out: StdResult,
+    failures: pl.DataFrame, run_id: str,
+) -> None:
+    """Replace the std rows, quarantine, reconciliation and rule results of one batch, in one transaction."""
+    batch, result = out.batch, out.result
+    assert batch is not None and result is not None
     std, qt, rec = std_table(wh, catalogue, resource), quarantine_table(wh), reconciliation_table(wh)
     with wh.begin() as conn:
         for t in (std, qt, rec):
@@ -119,12 +165,11 @@ def standardize_batch(
         )
         wh.insert(conn, rec, pl.DataFrame([{
             "batch_id": batch.batch_id, "resource_id": resource.id, "batch_date": batch_date,
-            "rows_delivered": delivered, "rows_accepted": accepted, "rows_quarantined": quarantined,
+            "rows_delivered": out.delivered, "rows_accepted": out.accepted, "rows_quarantined": out.quarantined,
             "id15_converted": result.converted_id15,
         }], schema=RECONCILIATION_SCHEMA))
         store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
-                      counts=result.rule_counts, gx_counts=gx_counts, failures=failures)
-    return StdResult(batch, result, delivered, gx_counts, docs)
+                      counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)
 
 
 def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str) -> pl.DataFrame:

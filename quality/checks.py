@@ -55,7 +55,7 @@ def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKe
 
 def std_check_results(
     resource: Resource, rule_counts: pl.DataFrame, failures: pl.DataFrame, gx_counts: dict | None,
-    data_docs: str | None = None,
+    data_docs: str | None = None, asset_key: AssetKey | None = None,
 ) -> list[AssetCheckResult]:
     """One result per dimension: pass rates, failing counts, a masked sample, the GX agreement and a
     link to the Great Expectations Data Docs page of the batch's validation."""
@@ -87,6 +87,7 @@ def std_check_results(
         passed = failed == 0
         severity = AssetCheckSeverity.ERROR if blocked.height else AssetCheckSeverity.WARN
         out.append(AssetCheckResult(
+            asset_key=asset_key,
             check_name=CHECK_NAME[Dimension(dim)],
             passed=passed,
             severity=severity,

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from dagster import AssetCheckKey, AssetKey, AssetSelection, instance_for_test, materialize
 
-from assets.factory import build_ods_asset, daily_partitions
+from assets.factory import build_resource_assets, daily_partitions
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from pipelines.resources import LandingResource, WarehouseResource
 from quality import freshness as fr
@@ -96,7 +96,7 @@ def test_the_freshness_check_runs_in_a_partitioned_run_and_writes_the_state(tmp_
     day = dt.date(2026, 11, 20)
     citykit.deliver_day1(landing, day)
     renkou = cat.resource("huzheng_renkou")
-    ods = build_ods_asset(cat, renkou, daily_partitions(cat))
+    ods = build_resource_assets(cat, renkou, daily_partitions(cat))
     checks = fr.build_freshness_checks(cat)
     url = f"sqlite:///{tmp_path / 'w.db'}"
     key = AssetKey(["ods", "huzheng", "renkou"])

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from assets.base import merge_library, read_current
 from assets.ods import ingest
-from assets.std import standardize_batch
+from assets.std import collect, standardize_batch
 from catalog.loader import Catalogue
 from tests import citykit
 from tests.citykit import ORGS, PEOPLE
@@ -142,6 +142,64 @@ def test_rerunning_a_partition_changes_nothing(warehouse: Warehouse, city) -> No
     out = run_day(warehouse, cat, landing, DAY1)
     assert dump(warehouse) == before
     assert all(out[lib.code].plan.insert.height == 0 for lib in cat.libraries)
+
+
+def _clear(wh: Warehouse) -> None:
+    with wh.begin() as conn:
+        if wh.is_postgres:
+            for schema in ("ods", "std", "base", "quality", "audit"):
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        else:
+            for t in sa.inspect(conn).get_table_names():
+                conn.execute(sa.text(f'DROP TABLE "{t}"'))
+
+
+def test_one_pass_collect_writes_what_ingest_then_standardize_write(warehouse: Warehouse, city) -> None:
+    """The fused step (ODS written while the same rows are standardised, no read-back) leaves
+    every table exactly as the two separate steps do, a NUL byte in a delivered value included
+    (PostgreSQL text cannot store it: both paths must standardise the stored form)."""
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    people = [list(p) for p in PEOPLE]
+    people[1][1] = people[1][1] + "\x00"
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"],
+                      people)
+
+    def without_receipt_time(d: dict) -> dict:
+        return {t: rows if not t.endswith("batches") else [r[:7] + r[8:] for r in rows] for t, rows in d.items()}
+
+    run_day(warehouse, cat, landing, DAY1)
+    separate = without_receipt_time(dump(warehouse))
+    _clear(warehouse)
+    outs = {}
+    for r in cat.resources:
+        outs[r.id] = collect(warehouse, cat, r, DAY1, landing)
+    for lib in cat.libraries:
+        merge_library(warehouse, cat, lib.code, DAY1)
+    assert without_receipt_time(dump(warehouse)) == separate
+    received, std = outs["huzheng_renkou"]
+    assert received.status == "new" and std.delivered == received.batch.rows_delivered == len(PEOPLE)
+    stored_names = set(received.rows.get_column("XINGMING").to_list())
+    assert (people[1][1] in stored_names) != warehouse.is_postgres  # NUL kept by SQLite, dropped by PostgreSQL
+    # a second pass over the same delivery is not a new batch and changes nothing
+    assert collect(warehouse, cat, cat.resource("huzheng_renkou"), DAY1, landing)[0].status == "unchanged"
+    assert without_receipt_time(dump(warehouse)) == separate
+
+
+def test_a_failed_ods_write_in_the_one_pass_step_writes_no_std_rows(warehouse: Warehouse, city, monkeypatch) -> None:
+    import assets.std as std_mod
+
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    res = cat.resource("huzheng_renkou")
+
+    def broken_store(*args, **kwargs):
+        raise sa.exc.OperationalError("COPY", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(std_mod, "store", broken_store)
+    with pytest.raises(sa.exc.OperationalError):
+        collect(warehouse, cat, res, DAY1, landing)
+    assert not warehouse.exists("std", res.id) and not warehouse.exists("ods", res.id)
 
 
 def test_bad_rows_are_quarantined_with_file_row_field_and_reason(warehouse: Warehouse, city) -> None:

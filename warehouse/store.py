@@ -205,11 +205,21 @@ class Warehouse:
     def _name(self, table: sa.Table) -> str:
         return f"{self.quote(table.schema)}.{self.quote(table.name)}" if table.schema else self.quote(table.name)
 
+    def stored(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` as this warehouse stores it and reads it back.
+
+        PostgreSQL text cannot hold NUL, so it is dropped from text values there; everything else
+        is kept as given. A step that goes on with rows it has just written uses this form, so it
+        sees what a later read of the table would return.
+        """
+        text_cols = [n for n, t in frame.schema.items() if t == pl.String]
+        if not self.is_postgres or not text_cols:
+            return frame
+        return frame.with_columns(pl.col(text_cols).str.replace_all("\x00", "", literal=True))
+
     def _copy_in(self, conn: Connection, table: sa.Table, frame: pl.DataFrame) -> None:
         cols = ", ".join(self.quote(n) for n in frame.columns)
-        text_cols = [n for n, t in frame.schema.items() if t == pl.String]
-        if text_cols:  # PostgreSQL text cannot hold NUL; ODS keeps everything else as received
-            frame = frame.with_columns(pl.col(text_cols).str.replace_all("\x00", "", literal=True))
+        frame = self.stored(frame)
         dbapi = conn.connection.driver_connection
         # A queued writer sends each block from a worker thread while polars formats the next one
         # (polars releases the GIL), so the client's CSV formatting overlaps the server's parsing.
