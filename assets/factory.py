@@ -50,6 +50,7 @@ from quality.consistency import copies
 from quality.freshness import freshness_policy
 from quality.results import read_failures
 from quality.volume import HISTORY, assess, previous_volumes, volume_ratio
+from warehouse.store import Warehouse
 
 PREVIEW_ROWS = 5
 CHANNEL_LABEL = {"file": "文件上传", "database": "前置库", "api": "数据接口"}
@@ -177,7 +178,7 @@ def build_resource_assets(
 
 
 def _ods_result(
-    context: AssetExecutionContext, wh, resource: Resource, dept_name: str, key: AssetKey,
+    context: AssetExecutionContext, wh: Warehouse, resource: Resource, dept_name: str, key: AssetKey,
     column_elements: dict[str, Element | None], result: IngestResult, batch_date: dt.date,
 ) -> MaterializeResult:
     for p in result.problems:
@@ -192,7 +193,9 @@ def _ods_result(
         )
     b = result.batch
     with wh.engine.connect() as conn:
-        sample = read_ods(wh, conn, resource, b.batch_id, limit=PREVIEW_ROWS)
+        # a batch received in this step is still in memory, in delivery order; an older one is read
+        sample = result.rows.head(PREVIEW_ROWS) if result.rows is not None else \
+            read_ods(wh, conn, resource, b.batch_id, limit=PREVIEW_ROWS)
         vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date))
     if not vol.ok:
         context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
@@ -219,8 +222,8 @@ def _ods_result(
 
 
 def _std_result(
-    context: AssetExecutionContext, wh, catalogue: Catalogue, resource: Resource, key: AssetKey, check_specs: list[AssetCheckSpec],
-    elements: dict[str, Element], out: StdResult,
+    context: AssetExecutionContext, wh: Warehouse, catalogue: Catalogue, resource: Resource, key: AssetKey,
+    check_specs: list[AssetCheckSpec], elements: dict[str, Element], out: StdResult,
 ) -> MaterializeResult:
     if out.batch is None or out.result is None:
         return MaterializeResult(

@@ -108,7 +108,9 @@ def collect(
     if received.status != "new":
         return received, standardize_batch(wh, catalogue, resource, batch_date, run_id=run_id, with_gx=with_gx)
     assert received.batch is not None and received.rows is not None
-    batches_table(wh), ods_table(wh, resource)  # declared here: table metadata is not shared across threads
+    # declared before the worker starts, so the two threads never declare a table at the same time
+    batches_table(wh)
+    ods_table(wh, resource)
     with ThreadPoolExecutor(1, thread_name_prefix="gongshu-ods") as pool:
         written = pool.submit(store, wh, resource, received)
         try:

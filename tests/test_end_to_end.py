@@ -65,6 +65,13 @@ def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(secon
         preview = md["预览(已脱敏)"].value
         assert PEOPLE[0][0] not in preview and PEOPLE[0][0][:6] + "********" in preview
         assert "王小明" not in preview and "王***" in preview
+        # the ODS preview of a batch received in the run (from the rows in memory), masked the same way
+        ods_md = instance.get_latest_materialization_event(
+            AssetKey(["ods", "huzheng", "renkou"])).asset_materialization.metadata
+        assert ods_md["批次号"].value == f"huzheng_renkou.{DAY:%Y%m%d}.1"
+        ods_preview = ods_md["预览(已脱敏)"].value
+        assert PEOPLE[0][0] not in ods_preview and PEOPLE[0][0][:6] + "********" in ods_preview
+        assert "王小明" not in ods_preview and "王***" in ods_preview and "_batch_id" not in ods_preview
         base = instance.get_latest_materialization_event(AssetKey(["base", "people"])).asset_materialization
         assert base.metadata["新增实体"].value == 3
         # each rule-group check links the Great Expectations Data Docs page of this batch's validation
