@@ -8,8 +8,17 @@ from dataclasses import dataclass
 import polars as pl
 import sqlalchemy as sa
 
-from assets.merge import VALID_FROM, VALID_TO, MergePlan, base_schema, incoming_values, plan_merge
-from assets.ods import latest_batch
+from assets.merge import (
+    VALID_FROM,
+    VALID_TO,
+    MergePlan,
+    base_schema,
+    incoming_values,
+    lineage,
+    plan_merge,
+    value_elements,
+)
+from assets.ods import BATCHES, batch_numbers, latest_batch, prepare_batches
 from assets.std import read_std
 from catalog.loader import Catalogue
 from catalog.models import Library
@@ -60,13 +69,16 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
     lib = catalogue.library(library)
     table, log = base_table(wh, lib), merge_log_table(wh)
     base = wh.qualified("base", lib.code)
-    batches = []
+    upgrade_warehouse(wh)
+    batches, batch_ids = [], []
     with wh.engine.connect() as conn:
         for resource in catalogue.resources_of(library):
             batch = latest_batch(wh, conn, resource, batch_date)
             if batch is not None and wh.exists("std", resource.id):
-                batches.append((resource, batch.batch_id, read_std(wh, conn, catalogue, resource, batch.batch_id)))
-        batch_ids = sorted(b for _, b, _ in batches)
+                assert batch.batch_no is not None
+                batches.append((resource, batch.batch_no, read_std(wh, conn, catalogue, resource, batch.batch_id)))
+                batch_ids.append(batch.batch_id)
+        batch_ids.sort()
     incoming = incoming_values(catalogue, lib, batches)
     with wh.begin() as conn:
         wh.create(conn, table)
@@ -111,12 +123,55 @@ def _counts(wh: Warehouse, conn: sa.Connection, base: str) -> tuple[int, int]:
 
 
 def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | None = None) -> pl.DataFrame:
-    """The current version of every entity of a base library (the first ``limit`` by key)."""
+    """The current version of every entity of a base library (the first ``limit`` by key), each
+    value's lineage batch as its batch id."""
     schema = base_schema(lib)
     cols = ", ".join(wh.quote(c) for c in schema)
-    return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_TO} IS NULL "
-                   f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}"
-                   + (f" LIMIT {int(limit)}" if limit is not None else ""), schema, bulk=limit is None)
+    frame = wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_TO} IS NULL "
+                    f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}"
+                    + (f" LIMIT {int(limit)}" if limit is not None else ""), schema, bulk=limit is None)
+    return with_batch_ids(frame, lib, batch_numbers(wh, conn))
+
+
+def with_batch_ids(frame: pl.DataFrame, lib: Library, numbers: pl.DataFrame) -> pl.DataFrame:
+    """Lineage batch numbers replaced by the batch ids they stand for (``numbers``: batch_no → batch_id)."""
+    nos, ids = numbers.get_column("batch_no"), numbers.get_column("batch_id")
+    return frame.with_columns(
+        pl.col(b).replace_strict(nos, ids, default=None, return_dtype=pl.String)
+        for b in (lineage(e)[0] for e in value_elements(lib)) if b in frame.columns
+    )
+
+
+def upgrade_warehouse(wh: Warehouse) -> None:
+    """Bring a warehouse written by an earlier version to the current layout, in one transaction.
+
+    Earlier versions stored each base-library value's lineage batch as the batch id text; it is now
+    the batch's number (``ods.batches.batch_no``), which those versions did not have either.
+    Idempotent, and a few catalogue queries when there is nothing to do.
+    """
+    if not wh.exists("ods", BATCHES):
+        return
+    with wh.begin() as conn:
+        prepare_batches(wh, conn)
+        for name in wh.layer_tables("base"):
+            _number_lineage(wh, conn, name)
+
+
+def _number_lineage(wh: Warehouse, conn: sa.Connection, name: str) -> None:
+    schema, table = wh.table_ref("base", name)
+    text = [c["name"] for c in sa.inspect(conn).get_columns(table, schema=schema)
+            if c["name"].endswith("__batch") and not isinstance(c["type"], sa.Integer)]
+    if not text:
+        return
+    base, batches = wh.qualified("base", name), wh.qualified("ods", BATCHES)
+    for c in text:
+        conn.execute(sa.text(f"ALTER TABLE {base} ADD COLUMN {wh.quote(c + '_no')} BIGINT"))
+    conn.execute(sa.text(f"UPDATE {base} SET " + ", ".join(
+        f"{wh.quote(c + '_no')} = (SELECT batch_no FROM {batches} WHERE batch_id = {base}.{wh.quote(c)})"
+        for c in text)))
+    for c in text:
+        conn.execute(sa.text(f"ALTER TABLE {base} DROP COLUMN {wh.quote(c)}"))
+        conn.execute(sa.text(f"ALTER TABLE {base} RENAME COLUMN {wh.quote(c + '_no')} TO {wh.quote(c)}"))
 
 
 def read_current_for(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame) -> pl.DataFrame:

@@ -22,7 +22,11 @@ VALID_FROM, VALID_TO = "valid_from", "valid_to"
 
 
 def lineage(element: str) -> tuple[str, str]:
-    """Columns recording where a value came from: its batch (department, resource) and source row."""
+    """Columns recording where a value came from: its batch and its row in that batch.
+
+    The batch is stored as its number (``ods.batches.batch_no``, which names the department,
+    resource and date); readers get the batch id back through :func:`assets.base.read_current`.
+    """
     return f"{element}__batch", f"{element}__row"
 
 
@@ -36,7 +40,7 @@ def base_schema(lib: Library) -> dict[str, pl.DataType]:
     for code in value_elements(lib):
         b, r = lineage(code)
         schema[code] = element_dtype(lib.element(code))
-        schema[b] = pl.String()
+        schema[b] = pl.Int64()
         schema[r] = pl.Int64()
     schema[VALID_FROM] = pl.Date()
     schema[VALID_TO] = pl.Date()
@@ -44,17 +48,17 @@ def base_schema(lib: Library) -> dict[str, pl.DataType]:
 
 
 def incoming_values(
-    catalogue: Catalogue, lib: Library, batches: list[tuple[Resource, str, pl.DataFrame]]
+    catalogue: Catalogue, lib: Library, batches: list[tuple[Resource, int, pl.DataFrame]]
 ) -> pl.DataFrame:
     """The authoritative values delivered on one batch date, one row per entity.
 
-    ``batches`` holds (resource, batch id, accepted std rows). A value is taken only from the
+    ``batches`` holds (resource, batch number, accepted std rows). A value is taken only from the
     department that is its authority (for discriminated libraries, only for the discriminator
     values that department is the authority of). Values that are null mean "not delivered".
     """
     elements = value_elements(lib)
     parts = []
-    for resource, batch_id, frame in batches:
+    for resource, batch_no, frame in batches:
         auth = catalogue.authoritative_elements(resource)
         if not auth or frame.height == 0:
             continue
@@ -70,7 +74,7 @@ def incoming_values(
             b, r = lineage(code)
             exprs += [
                 v.alias(code),
-                pl.when(v.is_not_null()).then(pl.lit(batch_id)).alias(b),
+                pl.when(v.is_not_null()).then(pl.lit(batch_no, pl.Int64)).alias(b),
                 pl.when(v.is_not_null()).then(pl.col("_row_no")).alias(r),
             ]
         parts.append(frame.select(exprs))

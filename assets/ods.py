@@ -20,8 +20,11 @@ from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource
 from warehouse.store import Column, Warehouse
 
 BATCHES = "batches"
+BATCH_NO_SEQ = "ods.batch_no_seq"  # PostgreSQL only
+SCHEMA_LOCK = 0x676F6E67  # advisory lock of warehouse layout changes on PostgreSQL ("gong")
 BATCH_SCHEMA: dict[str, pl.DataType] = {
     "batch_id": pl.String(),
+    "batch_no": pl.Int64(),  # the batch's number, what base-library lineage stores (see number_batch)
     "resource_id": pl.String(),
     "department": pl.String(),
     "resource": pl.String(),
@@ -75,6 +78,7 @@ class Batch:
     problems: str
     watermark_low: str | None = None
     watermark_high: str | None = None
+    batch_no: int | None = None  # given when the batch is stored
 
     @classmethod
     def from_row(cls, row: dict) -> Batch:
@@ -152,6 +156,7 @@ def receive(wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Pat
     unparseable = int(delivery.frame.get_column("_error").is_not_null().sum())
     record = {
         "batch_id": batch_id,
+        "batch_no": None,
         "resource_id": resource.id,
         "department": resource.department,
         "resource": resource.code,
@@ -180,10 +185,61 @@ def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
     batches = batches_table(wh)
     table = ods_table(wh, resource)
     with wh.begin() as conn:
-        wh.create(conn, batches)
+        prepare_batches(wh, conn)
+    with wh.begin() as conn:
         wh.create(conn, table)
+        result.record["batch_no"] = result.batch.batch_no = number_batch(wh, conn)
         wh.insert(conn, batches, pl.DataFrame([result.record], schema=BATCH_SCHEMA))
         wh.insert(conn, table, result.rows)
+
+
+def number_batch(wh: Warehouse, conn: sa.Connection) -> int:
+    """The next batch number, inside the transaction that stores the batch.
+
+    Base-library lineage records each value's batch by this number (8 bytes per value where the
+    batch id text took ~20; ``ods.batches`` maps it back). PostgreSQL draws it from a sequence, so
+    concurrent stores never wait on each other; SQLite writers hold the database lock, so the next
+    number after the highest is free. Numbers of rolled-back stores are not reused on PostgreSQL.
+    """
+    if wh.is_postgres:
+        return int(wh.scalar(conn, f"SELECT nextval('{BATCH_NO_SEQ}')"))
+    return int(wh.scalar(conn, f"SELECT COALESCE(MAX(batch_no), 0) + 1 FROM {wh.qualified('ods', BATCHES)}"))
+
+
+def prepare_batches(wh: Warehouse, conn: sa.Connection) -> None:
+    """``ods.batches`` with its batch numbers — the column, its unique index and, on PostgreSQL,
+    the sequence — in the caller's short transaction. Cheap when they are there.
+
+    A warehouse written before batches were numbered gets the column and the numbers 1…n for its
+    batches in the order they were received; the sequence then continues after the highest.
+    Concurrent callers (steps in parallel processes) take turns: SQLite writers hold the database
+    lock, PostgreSQL ones a transaction-level advisory lock, so two never create the same thing.
+    """
+    if wh.is_postgres:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+    wh.create(conn, batches_table(wh))
+    batches = wh.qualified("ods", BATCHES)
+    schema, name = wh.table_ref("ods", BATCHES)
+    if wh.is_postgres:
+        conn.execute(sa.text(f"CREATE SEQUENCE IF NOT EXISTS {BATCH_NO_SEQ}"))
+    if "batch_no" not in {c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)}:
+        conn.execute(sa.text(f"ALTER TABLE {batches} ADD COLUMN batch_no BIGINT"))
+        conn.execute(sa.text(
+            f"UPDATE {batches} SET batch_no = (SELECT n FROM (SELECT batch_id, ROW_NUMBER() OVER "
+            f"(ORDER BY received_at, batch_id) AS n FROM {batches}) numbered WHERE numbered.batch_id = {batches}.batch_id)"))
+        top = wh.scalar(conn, f"SELECT MAX(batch_no) FROM {batches}")
+        if wh.is_postgres and top:
+            conn.execute(sa.text(f"SELECT setval('{BATCH_NO_SEQ}', :n)"), {"n": int(top)})
+    index = "ux_batches_no" if wh.is_postgres else "ux_ods__batches_no"
+    conn.execute(sa.text(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {batches} (batch_no)"))
+
+
+def batch_numbers(wh: Warehouse, conn: sa.Connection) -> pl.DataFrame:
+    """Every numbered batch: ``batch_no`` → ``batch_id`` (a few rows per resource and day)."""
+    if not wh.exists("ods", BATCHES):
+        return pl.DataFrame(schema={"batch_no": pl.Int64, "batch_id": pl.String})
+    return wh.read(conn, f"SELECT batch_no, batch_id FROM {wh.qualified('ods', BATCHES)} WHERE batch_no IS NOT NULL",
+                   {"batch_no": pl.Int64(), "batch_id": pl.String()})
 
 
 def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str,

@@ -5,7 +5,10 @@
 Prints per-stage seconds, rows/s and peak RSS, then the reference measured in the same run: every
 delivered record COPY'd as text columns into PostgreSQL (each channel's records rendered to UTF-8
 CSV beforehand, outside the timing: raw COPY cannot load the defective files themselves — GBK with
-broken bytes, rows with the wrong number of columns) and the ratio pipeline / reference. Creates and
+broken bytes, rows with the wrong number of columns) and the ratio pipeline / reference. Then the
+write floor: what the 归集 stored in ods, std and the base libraries, COPY'd back as it is stored
+into empty tables with the same keys and indexes — what writing these layers as they are stored
+costs with no client work at all — and the ratios floor / reference and pipeline / floor. Creates and
 drops its own databases.
 """
 
@@ -89,6 +92,54 @@ def raw_copy_reference(catalogue: Catalogue, landing: Path, day: dt.date, url: s
 
 
 REFERENCE_RUNS = 3
+FLOOR_LAYERS = ("ods", "std", "base")
+
+
+def write_floor(url: str) -> tuple[float, int, int]:
+    """Seconds to COPY what the 归集 stored, as it is stored, into empty copies of its tables.
+
+    Run after the pipeline, in its database: every ODS, std and base-library table is unloaded
+    (outside the timing) and COPY'd back into a fresh ``LIKE … INCLUDING ALL`` table (same
+    columns, primary key, BRIN/B-tree indexes), in one transaction, with no client-side work: what
+    storing these layers in this form costs the server over one connection (text COPY). The gap
+    between it and the pipeline is the pipeline's own work (reading, standardising, merging).
+    Returns seconds, rows written and bytes of COPY text.
+    """
+    wh = Warehouse(url)
+    with wh.engine.connect() as conn:
+        tables = [(s, t) for s, t in conn.execute(sa.text(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema = ANY(:s) AND table_type = 'BASE TABLE' ORDER BY 1, 2"),
+            {"s": list(FLOOR_LAYERS)}).all()]
+    dumps: list[tuple[str, str, bytes]] = []
+    raw = wh.engine.raw_connection()
+    try:
+        dbapi = raw.driver_connection
+        with dbapi.cursor() as cur:
+            for schema, table in tables:
+                buf = bytearray()
+                with cur.copy(f'COPY "{schema}"."{table}" TO STDOUT WITH (FORMAT csv, NULL \'\\N\')') as cp:
+                    for block in cp:
+                        buf += block
+                dumps.append((schema, table, bytes(buf)))
+            cur.execute("CREATE SCHEMA floor")
+            dbapi.commit()
+            rows = 0
+            start = time.perf_counter()
+            for schema, table, data in dumps:
+                name = f'floor."{schema}__{table}"'
+                cur.execute(f'CREATE TABLE {name} (LIKE "{schema}"."{table}" INCLUDING ALL)')
+                with cur.copy(f"COPY {name} FROM STDIN WITH (FORMAT csv, NULL '\\N')") as cp:
+                    cp.write(data)
+                rows += max(cur.rowcount, 0)
+            dbapi.commit()
+            seconds = time.perf_counter() - start
+            cur.execute("DROP SCHEMA floor CASCADE")
+            dbapi.commit()
+    finally:
+        raw.close()
+        wh.dispose()
+    return seconds, rows, sum(len(d) for _, _, d in dumps)
 GUIJI = ("ods+std (读取, 入库, 标准化+隔离)", "base (一数一源合并)")
 
 
@@ -167,6 +218,8 @@ def main() -> int:
             t = time.perf_counter()
             stages, delivered, accepted, quality = run_pipeline(catalogue, landing, day, url)
             total = time.perf_counter() - t - sum(v for k, v in quality.items() if k != "rows")
+            floors = [write_floor(url) for _ in range(REFERENCE_RUNS)]
+        floor_s, floor_rows, floor_bytes = sorted(floors)[len(floors) // 2]
     finally:
         server.shutdown()
     print(f"\n归集基准 · PostgreSQL · {args.persons:,} 人 · 交付 {delivered:,} 行 (参照 COPY {ref_rows:,} 行)")
@@ -176,6 +229,10 @@ def main() -> int:
     print(f"  {'参照: 原样 COPY':<20} {ref_s:8.2f} s  {ref_rows / ref_s:>12,.0f} 行/s  "
           f"({REFERENCE_RUNS} 次的中位数; 各次 {', '.join(f'{r[0]:.2f}' for r in refs)} s)")
     print(f"  比值 归集/参照 = {total / ref_s:.2f}×  (目标 ≤ 4×)")
+    print(f"  {'写入下限: ods+std+base':<20} {floor_s:8.2f} s  {floor_rows / floor_s:>12,.0f} 行/s  "
+          f"({floor_rows:,} 行, {floor_bytes / 1e6:,.0f} MB COPY 文本, 同表同索引, 无客户端计算; "
+          f"{REFERENCE_RUNS} 次的中位数; 各次 {', '.join(f'{f[0]:.2f}' for f in floors)} s)")
+    print(f"  比值 写入下限/参照 = {floor_s / ref_s:.2f}×, 归集/写入下限 = {total / floor_s:.2f}×")
     per_m = 1_000_000 / max(quality["rows"], 1)
     gx, ref = quality["GX 校验"], quality["polars 单遍(同规则)"]
     print(f"\n质量阶段 · {quality['rows']:,} 行 (各资源已解析行)")

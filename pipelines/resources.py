@@ -26,7 +26,10 @@ class WarehouseResource(ConfigurableResource):
 
     def get(self) -> Warehouse:
         if self._wh is None:
+            from assets.base import upgrade_warehouse
+
             self._wh = Warehouse(self.url or default_url())
+            upgrade_warehouse(self._wh)  # a warehouse of an earlier version is brought up to date once, here
         return self._wh
 
     def teardown_after_execution(self, context) -> None:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from assets.base import merge_library, read_current
-from assets.ods import ingest
+from assets.ods import BATCH_SCHEMA, ingest
 from assets.std import collect, standardize_batch
 from catalog.loader import Catalogue
 from tests import citykit
@@ -105,9 +105,11 @@ def test_a_changed_value_opens_a_new_version_and_keeps_the_old_one(warehouse: Wa
     with warehouse.engine.connect() as conn:
         hist = warehouse.read(
             conn,
-            f"SELECT full_name, valid_from, valid_to, full_name__batch FROM {warehouse.qualified('base', 'people')} "
-            "WHERE pid = :p ORDER BY valid_from",
-            {"full_name": pl.String(), "valid_from": pl.Date(), "valid_to": pl.Date(), "full_name__batch": pl.String()},
+            # lineage stores the batch number; ods.batches names the batch
+            f"SELECT p.full_name, p.valid_from, p.valid_to, b.batch_id FROM {warehouse.qualified('base', 'people')} p "
+            f"JOIN {warehouse.qualified('ods', 'batches')} b ON b.batch_no = p.full_name__batch "
+            "WHERE p.pid = :p ORDER BY p.valid_from",
+            {"full_name": pl.String(), "valid_from": pl.Date(), "valid_to": pl.Date(), "batch_id": pl.String()},
             {"p": PEOPLE[2][0]},
         )
     assert hist.rows() == [
@@ -145,8 +147,11 @@ def test_rerunning_a_partition_changes_nothing(warehouse: Warehouse, city) -> No
 
 
 def _without_receipt_time(tables: dict) -> dict:
-    """A dump without ods.batches.received_at (the one column two runs write differently)."""
-    return {t: rows if not t.endswith("batches") else [r[:7] + r[8:] for r in rows] for t, rows in tables.items()}
+    """A dump without the columns of ods.batches two runs write differently: when each batch was
+    received and, so, its number (batches are numbered in the order they are stored)."""
+    drop = {list(BATCH_SCHEMA).index(c) for c in ("received_at", "batch_no")}
+    return {t: rows if not t.endswith("batches") else [tuple(v for i, v in enumerate(r) if i not in drop) for r in rows]
+            for t, rows in tables.items()}
 
 
 def _clear(wh: Warehouse) -> None:
@@ -328,3 +333,67 @@ def test_the_database_channel_reads_only_rows_after_the_remembered_watermark(war
     assert r2.batch.watermark_low == f"{DAY1} 08:00:00" and r2.batch.watermark_high == f"{DAY2} 10:00:00"
     assert ingest(warehouse, cat, res, DAY1, landing).status == "unchanged"
     assert ingest(warehouse, cat, res, DAY2, landing).status == "unchanged"
+
+
+def _to_batch_id_lineage(wh: Warehouse) -> None:
+    """Turn a warehouse back into the layout of earlier versions: lineage as batch id text and
+    ``ods.batches`` without batch numbers."""
+    batches = wh.qualified("ods", "batches")
+    with wh.begin() as conn:
+        for name in wh.layer_tables("base"):
+            base = wh.qualified("base", name)
+            schema, table = wh.table_ref("base", name)
+            for c in [c["name"] for c in sa.inspect(conn).get_columns(table, schema=schema)
+                      if c["name"].endswith("__batch")]:
+                conn.execute(sa.text(f'ALTER TABLE {base} ADD COLUMN "{c}_id" TEXT'))
+                conn.execute(sa.text(f'UPDATE {base} SET "{c}_id" = (SELECT batch_id FROM {batches} '
+                                     f'WHERE batch_no = {base}."{c}")'))
+                conn.execute(sa.text(f'ALTER TABLE {base} DROP COLUMN "{c}"'))
+                conn.execute(sa.text(f'ALTER TABLE {base} RENAME COLUMN "{c}_id" TO "{c}"'))
+        conn.execute(sa.text("DROP INDEX ods.ux_batches_no" if wh.is_postgres else "DROP INDEX ux_ods__batches_no"))
+        conn.execute(sa.text(f"ALTER TABLE {batches} DROP COLUMN batch_no"))
+        if wh.is_postgres:
+            conn.execute(sa.text("DROP SEQUENCE ods.batch_no_seq"))
+    wh.dispose()
+
+
+def test_a_warehouse_of_an_earlier_version_is_upgraded_in_place(warehouse: Warehouse, city) -> None:
+    """Earlier versions kept each value's lineage batch as the batch id text and had no batch
+    numbers. The warehouse resource numbers the batches in the order they were received, turns the
+    lineage into numbers with the same meaning, and the next day's batches carry on from there."""
+    from pipelines.resources import WarehouseResource
+
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    before = {lib.code: current(warehouse, cat, lib.code) for lib in cat.libraries}
+    _to_batch_id_lineage(warehouse)
+    schema, table = warehouse.table_ref("base", "people")
+    types = {c["name"]: c["type"] for c in sa.inspect(warehouse.engine).get_columns(table, schema=schema)}
+    assert not isinstance(types["full_name__batch"], sa.Integer)
+
+    upgraded = WarehouseResource(url=warehouse.url).get()
+    types = {c["name"]: c["type"] for c in sa.inspect(upgraded.engine).get_columns(table, schema=schema)}
+    assert isinstance(types["full_name__batch"], sa.Integer) and isinstance(types["phone__batch"], sa.Integer)
+    for lib in cat.libraries:
+        assert current(upgraded, cat, lib.code).equals(before[lib.code]), lib.code
+    with upgraded.engine.connect() as conn:
+        numbered = conn.execute(sa.text(
+            f"SELECT batch_no FROM {upgraded.qualified('ods', 'batches')} ORDER BY received_at, batch_id")).scalars().all()
+    assert numbered == list(range(1, len(cat.resources) + 1))
+    upgrade_again = dump(upgraded)
+    WarehouseResource(url=warehouse.url).get()  # a second upgrade finds nothing to do
+    assert dump(upgraded) == upgrade_again
+
+    rows = [[p, n, s, b] for p, n, s, b in PEOPLE]
+    rows[2][1] = "赵刚"  # renamed on day 2
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
+    out = run_day(upgraded, cat, landing, DAY2)
+    assert out["people"].plan.changed_entities == 1
+    renamed = current(upgraded, cat, "people").filter(pl.col("pid") == PEOPLE[2][0]).row(0, named=True)
+    assert renamed["full_name"] == "赵刚" and renamed["full_name__batch"] == "huzheng_renkou.20261010.1"
+    with upgraded.engine.connect() as conn:
+        day2 = conn.execute(sa.text(f"SELECT batch_no FROM {upgraded.qualified('ods', 'batches')} "
+                                    "WHERE batch_date = :d ORDER BY batch_no"), {"d": DAY2}).scalars().all()
+    assert day2 and day2 == list(range(len(cat.resources) + 1, len(cat.resources) + 1 + len(day2)))
+    upgraded.dispose()

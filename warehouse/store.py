@@ -164,6 +164,13 @@ class Warehouse:
         self.insert(conn, t, frame)
         return self.quote(name)
 
+    def layer_tables(self, layer: str) -> list[str]:
+        """Names of the tables a layer holds (as ``table`` and ``qualified`` take them)."""
+        if self.is_postgres:
+            return sorted(sa.inspect(self.engine).get_table_names(schema=layer)) if layer in LAYERS else []
+        prefix = self.table_ref(layer, "")[1]
+        return sorted(n[len(prefix):] for n in sa.inspect(self.engine).get_table_names() if n.startswith(prefix))
+
     def exists(self, layer: str, name: str) -> bool:
         schema, table = self.table_ref(layer, name)
         return sa.inspect(self.engine).has_table(table, schema=schema)
