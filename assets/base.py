@@ -76,8 +76,12 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
             batch = latest_batch(wh, conn, resource, batch_date)
             if batch is not None and wh.exists("std", resource.id):
                 assert batch.batch_no is not None
-                batches.append((resource, batch.batch_no, read_std(wh, conn, catalogue, resource, batch.batch_id)))
                 batch_ids.append(batch.batch_id)
+                auth = catalogue.authoritative_elements(resource)
+                if auth:  # read only what the merge takes: keys, discriminator, authoritative values
+                    used = [*lib.key, *([lib.discriminator.element] if lib.discriminator else []), *auth]
+                    batches.append((resource, batch.batch_no,
+                                    read_std(wh, conn, catalogue, resource, batch.batch_id, used)))
         batch_ids.sort()
     incoming = incoming_values(catalogue, lib, batches)
     with wh.begin() as conn:

@@ -174,8 +174,12 @@ def _write(
                       counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)
 
 
-def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str) -> pl.DataFrame:
+def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str,
+             columns: list[str] | None = None) -> pl.DataFrame:
+    """The accepted rows of one std batch in delivery order (only ``columns``, when given)."""
     schema = std_schema(catalogue, resource)
+    if columns is not None:
+        schema = {c: t for c, t in schema.items() if c in columns or c == "_row_no"}
     cols = ", ".join(wh.quote(c) for c in schema)
     return wh.read(
         conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b",
