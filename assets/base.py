@@ -69,7 +69,6 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
     lib = catalogue.library(library)
     table, log = base_table(wh, lib), merge_log_table(wh)
     base = wh.qualified("base", lib.code)
-    upgrade_warehouse(wh)
     batches, batch_ids = [], []
     with wh.engine.connect() as conn:
         for resource in catalogue.resources_of(library):
@@ -151,7 +150,8 @@ def upgrade_warehouse(wh: Warehouse) -> None:
 
     Earlier versions stored each base-library value's lineage batch as the batch id text; it is now
     the batch's number (``ods.batches.batch_no``), which those versions did not have either.
-    Idempotent, and a few catalogue queries when there is nothing to do.
+    Idempotent, and a few catalogue queries when there is nothing to do. Run where a warehouse is
+    opened (:func:`pipelines.resources.open_warehouse`), once per process.
     """
     if not wh.exists("ods", BATCHES):
         return

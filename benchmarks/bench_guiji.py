@@ -129,8 +129,8 @@ def write_floor(url: str) -> tuple[float, int, int]:
     (outside the timing) and COPY'd back into a fresh ``LIKE … INCLUDING ALL`` table (same
     columns, primary key, BRIN/B-tree indexes), in one transaction, with no client-side work: what
     storing these layers in this form costs the server over one connection (binary COPY, as the
-    pipeline sends it). The gap
-    between it and the pipeline is the pipeline's own work (reading, standardising, merging).
+    pipeline sends it). The gap between it and the pipeline is the pipeline's own work (reading,
+    standardising, merging).
     Returns seconds, rows written and bytes of COPY data.
     """
     wh = Warehouse(url)
@@ -169,6 +169,8 @@ def write_floor(url: str) -> tuple[float, int, int]:
         raw.close()
         wh.dispose()
     return seconds, rows, sum(len(d) for _, _, d in dumps)
+
+
 GUIJI = ("ods+std (读取, 入库, 标准化+隔离)", "base (一数一源合并)")
 
 

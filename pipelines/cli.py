@@ -113,12 +113,11 @@ def run_dates(args: argparse.Namespace) -> list[dt.date]:
 
 def print_summary(day: dt.date) -> None:
     from catalog.loader import current_catalogue
-    from pipelines.resources import landing_path
+    from pipelines.resources import landing_path, open_warehouse
     from pipelines.summary import summary_lines
     from quality.freshness import city_zone, freshness_lines, summary_time
-    from warehouse.store import Warehouse
 
-    wh = Warehouse()
+    wh = open_warehouse()
     try:
         catalogue = current_catalogue()
         for line in summary_lines(wh, catalogue, day):
@@ -143,13 +142,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_score_detection(args: argparse.Namespace) -> int:
     """Compare the pipeline's findings with the generator's ground truth; exit 1 unless perfect."""
     from catalog.loader import current_catalogue
+    from pipelines.resources import open_warehouse
     from quality.detection import findings, format_score, load_manifest, score
-    from warehouse.store import Warehouse
 
     _, truth = load_manifest(Path(args.manifest))
     dates = sorted(set(truth.get_column("batch_date").drop_nulls().to_list()))
     catalogue = current_catalogue()
-    wh = Warehouse()
+    wh = open_warehouse()
     try:
         found = findings(wh, catalogue, dates, stale=stale_resources(wh, catalogue, max(dates)))
     finally:
@@ -179,13 +178,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from catalog.loader import current_catalogue
     from desensitize.pseudonym import KEY_ENV, PseudonymKey
     from pipelines.mailer import Mailer
+    from pipelines.resources import open_warehouse
     from quality.report import outcome_lines, produce_reports
     from quality.scorecard import load_config, markdown_table, previous_totals, run_scorecard
-    from warehouse.store import Warehouse
 
     catalogue = current_catalogue()
     config = load_config(catalogue.root)
-    wh = Warehouse()
+    wh = open_warehouse()
     try:
         previous = previous_totals(wh, args.date)
         sync, card = run_scorecard(wh, catalogue, args.date, config, run_id=f"cli-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -204,14 +203,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ticket(args: argparse.Namespace) -> int:
     """校核 tickets: answer, import a reply workbook, extend with approval, close, list."""
     from catalog.loader import current_catalogue
+    from pipelines.resources import open_warehouse
     from quality import tickets as tk
     from quality.freshness import city_zone
     from quality.scorecard import load_config
-    from warehouse.store import Warehouse
 
     catalogue = current_catalogue()
     tz = city_zone(catalogue)
-    wh = Warehouse()
+    wh = open_warehouse()
     try:
         if args.action == "answer":
             t = tk.answer_ticket(wh, args.id, args.note, args.by, tz=tz)

@@ -13,6 +13,17 @@ from warehouse.store import Warehouse, default_url
 DEFAULT_LANDING = Path(".gongshu/landing")
 
 
+def open_warehouse(url: str | None = None) -> Warehouse:
+    """The warehouse at ``url`` (default: ``GONGSHU_WAREHOUSE_URL`` or the SQLite default), a
+    warehouse written by an earlier version brought up to date first. Every entry point (the
+    Dagster resource, the ``gongshu`` commands) opens the warehouse through here."""
+    from assets.base import upgrade_warehouse
+
+    wh = Warehouse(url or default_url())
+    upgrade_warehouse(wh)
+    return wh
+
+
 def landing_path() -> Path:
     """``GONGSHU_LANDING``: root of the file deliveries (and the demo's 前置库 files)."""
     return Path(os.environ.get("GONGSHU_LANDING") or DEFAULT_LANDING)
@@ -26,10 +37,7 @@ class WarehouseResource(ConfigurableResource):
 
     def get(self) -> Warehouse:
         if self._wh is None:
-            from assets.base import upgrade_warehouse
-
-            self._wh = Warehouse(self.url or default_url())
-            upgrade_warehouse(self._wh)  # a warehouse of an earlier version is brought up to date once, here
+            self._wh = open_warehouse(self.url)
         return self._wh
 
     def teardown_after_execution(self, context) -> None:

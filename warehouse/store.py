@@ -167,10 +167,9 @@ class Warehouse:
 
     def layer_tables(self, layer: str) -> list[str]:
         """Names of the tables a layer holds (as ``table`` and ``qualified`` take them)."""
-        if self.is_postgres:
-            return sorted(sa.inspect(self.engine).get_table_names(schema=layer)) if layer in LAYERS else []
-        prefix = self.table_ref(layer, "")[1]
-        return sorted(n[len(prefix):] for n in sa.inspect(self.engine).get_table_names() if n.startswith(prefix))
+        schema, prefix = self.table_ref(layer, "")
+        names = sa.inspect(self.engine).get_table_names(schema=schema)
+        return sorted(n[len(prefix):] for n in names if n.startswith(prefix))
 
     def exists(self, layer: str, name: str) -> bool:
         schema, table = self.table_ref(layer, name)
@@ -311,10 +310,8 @@ class Warehouse:
                 exprs.append(pl.col(name))
             elif have == pl.String:
                 exprs.append(_from_text(pl.col(name), dtype).alias(name))
-            elif isinstance(have, pl.Datetime) and have.time_zone is not None:
-                exprs.append(pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(dtype))
-            else:
-                exprs.append(pl.col(name).cast(dtype))
+            else:  # zoned timestamps (timestamptz) as UTC, then the declared type
+                exprs.append(_to_wire(pl.col(name), have, dtype).alias(name))
         return raw.select(exprs)
 
     def scalar(self, conn: Connection, query: str, params: dict | None = None):
