@@ -21,7 +21,6 @@ from warehouse.store import Column, Warehouse
 
 BATCHES = "batches"
 BATCH_NO_SEQ = "ods.batch_no_seq"  # PostgreSQL only
-SCHEMA_LOCK = 0x676F6E67  # advisory lock of warehouse layout changes on PostgreSQL ("gong")
 BATCH_SCHEMA: dict[str, pl.DataType] = {
     "batch_id": pl.String(),
     "batch_no": pl.Int64(),  # the batch's number, what base-library lineage stores (see number_batch)
@@ -215,8 +214,7 @@ def prepare_batches(wh: Warehouse, conn: sa.Connection) -> None:
     Concurrent callers (steps in parallel processes) take turns: SQLite writers hold the database
     lock, PostgreSQL ones a transaction-level advisory lock, so two never create the same thing.
     """
-    if wh.is_postgres:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+    wh.lock_layout(conn)
     wh.create(conn, batches_table(wh))
     batches = wh.qualified("ods", BATCHES)
     schema, name = wh.table_ref("ods", BATCHES)

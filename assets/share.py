@@ -14,7 +14,6 @@ Every asset carries a blocking check that scans what it published for raw identi
 
 import datetime as dt
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,18 +234,11 @@ def build_share_output(
 
 
 def _ensure(wh: Warehouse, tables: list[sa.Table]) -> None:
-    """Create the layer's shared tables once. Share assets run in parallel, and two PostgreSQL
-    sessions racing on CREATE TABLE IF NOT EXISTS can both miss it; the loser retries."""
-    for attempt in range(3):
-        try:
-            with wh.begin() as conn:
-                for t in tables:
-                    wh.create(conn, t)
-            return
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
-            if attempt == 2:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    """Create the layer's shared tables once, in a short transaction of their own (share assets run
+    in parallel; :meth:`Warehouse.create` makes concurrent creators take turns)."""
+    with wh.begin() as conn:
+        for t in tables:
+            wh.create(conn, t)
 
 
 def _as_date(v) -> dt.date:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import polars as pl
 import pytest
@@ -86,3 +87,86 @@ def test_binary_copy_maps_the_declared_types_and_refuses_others() -> None:
         wire_type(sa.LargeBinary())
     with pytest.raises(TypeError):
         wire_type(sa.DateTime(timezone=True))
+
+
+def test_two_transactions_creating_the_same_table_at_once_both_succeed(warehouse_url: str) -> None:
+    """Steps run in parallel: on a new warehouse two transactions may create the same schema and
+    table at once. The second waits for the first to commit and then finds the table; on
+    PostgreSQL, CREATE … IF NOT EXISTS alone fails it on the system catalogue's unique index."""
+    first, second = Warehouse(warehouse_url), Warehouse(warehouse_url)
+    cols = [Column("k", pl.Int64()), Column("v", pl.String())]
+    created, go_on = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def create_and_hold() -> None:
+        try:
+            with first.begin() as conn:
+                first.create(conn, first.table("quality", "shared", cols, primary_key=["k"]))
+                first.insert(conn, first.table("quality", "shared"), pl.DataFrame({"k": [1], "v": ["a"]}))
+                created.set()
+                go_on.wait(10)  # the second transaction's CREATE starts while this one is open
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+            created.set()
+
+    holder = threading.Thread(target=create_and_hold)
+    holder.start()
+    assert created.wait(10)
+
+    def create_too() -> None:
+        try:
+            with second.begin() as conn:
+                second.create(conn, second.table("quality", "shared", cols, primary_key=["k"]))
+                second.insert(conn, second.table("quality", "shared"), pl.DataFrame({"k": [2], "v": ["b"]}))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    creator = threading.Thread(target=create_too)
+    creator.start()
+    creator.join(0.5)
+    assert creator.is_alive()  # waits for the first transaction, which still holds the layout
+    go_on.set()
+    holder.join(10)
+    creator.join(10)
+    try:
+        assert not errors, errors
+        with first.engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT k, v FROM {first.qualified('quality', 'shared')} ORDER BY k")).all()
+        assert [tuple(r) for r in rows] == [(1, "a"), (2, "b")]
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_a_sqlite_connection_opened_during_another_steps_first_write_waits_for_it(tmp_path) -> None:
+    """A new SQLite warehouse is switched to WAL by the first connection that can; one opened while
+    a parallel step's first transaction holds the file waits for it ("database is locked" at once
+    was what SQLite answered)."""
+    import sqlite3
+
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    wh = Warehouse(f"sqlite:///{path}")
+    outcome: list = []
+
+    def connect() -> None:
+        try:
+            with wh.engine.connect() as conn:
+                outcome.append(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(exc)
+
+    opener = threading.Thread(target=connect)
+    opener.start()
+    opener.join(0.3)
+    try:
+        assert opener.is_alive() and not outcome  # waiting, not failed
+        holder.execute("COMMIT")
+        opener.join(10)
+        assert outcome == ["wal"]
+    finally:
+        holder.close()
+        wh.dispose()

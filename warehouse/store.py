@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 LAYERS = ("ods", "std", "base", "quality", "share", "audit")
 DEFAULT_DIR = Path(".gongshu")
 _COPY_CHUNK_ROWS = 200_000
+LAYOUT_LOCK = 0x676F6E67  # the advisory lock of layout changes on PostgreSQL ("gong")
 
 
 def default_url() -> str:
@@ -150,10 +153,30 @@ class Warehouse:
         return t
 
     def create(self, conn: Connection, table: sa.Table) -> None:
-        """CREATE TABLE IF NOT EXISTS (and its schema) inside the caller's transaction."""
-        if table.schema:
-            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(table.schema)}"))
+        """CREATE TABLE IF NOT EXISTS (and its schema) inside the caller's transaction.
+
+        Steps run in parallel (the nightly job runs two at a time), and on a new PostgreSQL
+        warehouse two of them may create the same schema or table at once: ``IF NOT EXISTS`` does
+        not see the other's uncommitted CREATE, and the second then fails on the system catalogue's
+        unique index. So a transaction with something to create first takes the layout lock
+        (:meth:`lock_layout`) and looks again; one that finds its table there takes no lock.
+        SQLite writers hold the database lock already.
+        """
+        schema, name = table.schema, table.name
+        if self.is_postgres:
+            if sa.inspect(conn).has_table(name, schema=schema):
+                return
+            self.lock_layout(conn)
+        if schema:
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(schema)}"))
         table.create(conn, checkfirst=True)
+
+    def lock_layout(self, conn: Connection) -> None:
+        """Take the layout lock for the rest of ``conn``'s transaction (PostgreSQL; a no-op on SQLite,
+        whose writers hold the database lock): concurrent transactions that change the warehouse's
+        layout take turns, each seeing what the previous one committed."""
+        if self.is_postgres:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LAYOUT_LOCK})
 
     def temp_table(self, conn: Connection, name: str, frame: pl.DataFrame) -> str:
         """Load a frame into a temporary table of this transaction; returns its quoted name."""
@@ -422,7 +445,18 @@ def _pyformat(query: str, params: dict) -> tuple[str, list]:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see Warehouse.__init__)
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=120000")
+    # Switching a new database to WAL needs it to itself for a moment; while a parallel step's
+    # first transaction holds it, SQLite answers "database is locked" at once instead of waiting
+    # out busy_timeout, so the switch is retried until that transaction ends.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
