@@ -170,3 +170,32 @@ def test_a_sqlite_connection_opened_during_another_steps_first_write_waits_for_i
     finally:
         holder.close()
         wh.dispose()
+
+
+@pytest.mark.postgres
+def test_transactions_creating_different_tables_do_not_wait_on_each_other(pg_url: str) -> None:
+    """Only creators of the same object take turns: a step creating its own table goes on while
+    another step's transaction, which created a different one, is still open (on SQLite every
+    writer waits for the database lock instead)."""
+    first, second = Warehouse(pg_url), Warehouse(pg_url)
+    cols = [Column("k", pl.Int64())]
+    try:
+        with first.begin() as conn:
+            first.create(conn, first.table("quality", "one", cols))  # the schema, committed
+        with first.begin() as holding:
+            first.create(holding, first.table("quality", "two", cols))
+            done = threading.Event()
+
+            def create_other() -> None:
+                with second.begin() as conn:
+                    second.create(conn, second.table("quality", "three", cols))
+                done.set()
+
+            other = threading.Thread(target=create_other)
+            other.start()
+            assert done.wait(10)  # finished while "two" is still uncommitted
+            other.join(10)
+        assert second.exists("quality", "two") and second.exists("quality", "three")
+    finally:
+        first.dispose()
+        second.dispose()

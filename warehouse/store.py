@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 LAYERS = ("ods", "std", "base", "quality", "share", "audit")
 DEFAULT_DIR = Path(".gongshu")
 _COPY_CHUNK_ROWS = 200_000
-LAYOUT_LOCK = 0x676F6E67  # the advisory lock of layout changes on PostgreSQL ("gong")
+LAYOUT_LOCK = 0x676F6E67  # first key of the advisory locks of layout changes on PostgreSQL ("gong")
 
 
 def default_url() -> str:
@@ -158,25 +158,30 @@ class Warehouse:
         Steps run in parallel (the nightly job runs two at a time), and on a new PostgreSQL
         warehouse two of them may create the same schema or table at once: ``IF NOT EXISTS`` does
         not see the other's uncommitted CREATE, and the second then fails on the system catalogue's
-        unique index. So a transaction with something to create first takes the layout lock
-        (:meth:`lock_layout`) and looks again; one that finds its table there takes no lock.
+        unique index. So a transaction creates a schema or table only under that object's layout
+        lock (:meth:`lock_layout`) and looks again once it has it: the second creator waits for the
+        first to commit and finds the object there. Creators of different objects never wait on
+        each other, and a transaction that finds its objects there takes no lock.
         SQLite writers hold the database lock already.
         """
         schema, name = table.schema, table.name
-        if self.is_postgres:
-            if sa.inspect(conn).has_table(name, schema=schema):
-                return
-            self.lock_layout(conn)
-        if schema:
+        if not self.is_postgres:
+            table.create(conn, checkfirst=True)
+            return
+        if schema and not sa.inspect(conn).has_schema(schema):
+            self.lock_layout(conn, f"schema {schema}")
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(schema)}"))
-        table.create(conn, checkfirst=True)
+        if not sa.inspect(conn).has_table(name, schema=schema):
+            self.lock_layout(conn, f"table {schema}.{name}")
+            table.create(conn, checkfirst=True)
 
-    def lock_layout(self, conn: Connection) -> None:
-        """Take the layout lock for the rest of ``conn``'s transaction (PostgreSQL; a no-op on SQLite,
-        whose writers hold the database lock): concurrent transactions that change the warehouse's
-        layout take turns, each seeing what the previous one committed."""
+    def lock_layout(self, conn: Connection, what: str = "layout") -> None:
+        """Take the layout lock of ``what`` (an object, or the whole layout) for the rest of
+        ``conn``'s transaction, on PostgreSQL (a transaction-level advisory lock; a no-op on SQLite,
+        whose writers hold the database lock): concurrent transactions that change the same part
+        of the warehouse's layout take turns, each seeing what the previous one committed."""
         if self.is_postgres:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LAYOUT_LOCK})
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:w))"), {"k": LAYOUT_LOCK, "w": what})
 
     def temp_table(self, conn: Connection, name: str, frame: pl.DataFrame) -> str:
         """Load a frame into a temporary table of this transaction; returns its quoted name."""
