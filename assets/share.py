@@ -234,8 +234,9 @@ def build_share_output(
 
 
 def _ensure(wh: Warehouse, tables: list[sa.Table]) -> None:
-    """Create the layer's shared tables once, in a short transaction of their own (share assets run
-    in parallel; :meth:`Warehouse.create` makes concurrent creators take turns)."""
+    """Create the layer's shared tables once, in a short transaction of their own: share assets run
+    in parallel, and a second creator waits for the first one's commit (:meth:`Warehouse.create`),
+    which here comes at once instead of after the first output's whole build."""
     with wh.begin() as conn:
         for t in tables:
             wh.create(conn, t)

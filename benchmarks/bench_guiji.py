@@ -108,9 +108,9 @@ def reference_data(catalogue: Catalogue, landing: Path, day: dt.date) -> Prepare
 def raw_copy_reference(prepared: Prepared, url: str, streams: int = 1) -> tuple[float, int]:
     """Seconds to COPY every delivered record as raw text into PostgreSQL, and the record count.
 
-    ``streams``: connections COPYing at once, the largest files first (1: one connection, one
-    transaction, file after file — ``\\copy`` in psql). The pipeline is measured at the nightly
-    job's concurrency; the reference is measured both ways so either ratio can be read.
+    ``streams``: connections COPYing at once, the largest files first; each file is one COPY in
+    its own transaction, as ``\\copy`` in psql does (1: file after file). The pipeline is measured
+    at the nightly job's concurrency; the reference is measured both ways so either ratio can be read.
     """
     wh = Warehouse(url)
     checkpoint(url)
@@ -132,11 +132,8 @@ def raw_copy_reference(prepared: Prepared, url: str, streams: int = 1) -> tuple[
             raw.close()
 
     start = time.perf_counter()
-    if streams == 1:
-        rows = sum(load(item) for item in prepared)
-    else:
-        with ThreadPoolExecutor(streams) as pool:
-            rows = sum(pool.map(load, sorted(prepared, key=lambda item: -len(item[2]))))
+    with ThreadPoolExecutor(streams) as pool:
+        rows = sum(pool.map(load, sorted(prepared, key=lambda item: -len(item[2]))))
     seconds = time.perf_counter() - start
     wh.dispose()
     return seconds, rows
@@ -216,7 +213,6 @@ def cpu_self() -> float:
 class Step:
     kind: str  # "ods+std" or "base"
     name: str  # resource id or library code
-    start: float
     seconds: float
 
 
@@ -245,47 +241,42 @@ def run_guiji(catalogue: Catalogue, landing: Path, day: dt.date, url: str, worke
     parsed: list[tuple] = []
     steps: list[Step] = []
 
-    def ods_std(res):
+    def step(kind: str, name: str, work):
         wh = Warehouse(url)
         t = time.perf_counter()
         try:
-            r, s = collect(wh, catalogue, res, day, landing, with_gx=False)
+            out = work(wh)
         finally:
             wh.dispose()
-        return Step("ods+std", res.id, t - origin, time.perf_counter() - t), r, s
+        return Step(kind, name, time.perf_counter() - t), out
+
+    def ods_std(res):
+        return step("ods+std", res.id, lambda wh: collect(wh, catalogue, res, day, landing, with_gx=False))
 
     def merge(lib):
-        wh = Warehouse(url)
-        t = time.perf_counter()
-        try:
-            merge_library(wh, catalogue, lib.code, day)
-        finally:
-            wh.dispose()
-        return Step("base", lib.code, t - origin, time.perf_counter() - t), None, None
+        return step("base", lib.code, lambda wh: merge_library(wh, catalogue, lib.code, day))
 
     waiting = {lib.code: {r.id for r in catalogue.resources_of(lib.code)} for lib in catalogue.libraries}
     busy0, self0 = cpu_busy(), cpu_self()
     with ThreadPoolExecutor(workers, thread_name_prefix="gongshu-step") as pool:
         pending: set[Future] = {pool.submit(ods_std, res) for res in catalogue.resources}
-        for lib in catalogue.libraries:
-            if not waiting[lib.code]:
-                pending.add(pool.submit(merge, lib))
+        pending |= {pool.submit(merge, lib) for lib in catalogue.libraries if not waiting[lib.code]}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
-                step, r, s = f.result()
-                steps.append(step)
-                if step.kind != "ods+std":
+                st, out = f.result()
+                steps.append(st)
+                if st.kind == "base":
                     continue
+                r, s = out
                 if r.batch and s.result is not None and s.result.parsed is not None:
                     delivered += s.delivered
                     accepted += s.accepted
-                    parsed.append((catalogue.resource(step.name), s.result.parsed))
-                for lib in catalogue.libraries:
-                    if step.name in waiting[lib.code]:
-                        waiting[lib.code].discard(step.name)
-                        if not waiting[lib.code]:
-                            pending.add(pool.submit(merge, lib))
+                    parsed.append((catalogue.resource(st.name), s.result.parsed))
+                lib = catalogue.library(catalogue.resource(st.name).library)
+                waiting[lib.code].discard(st.name)
+                if not waiting[lib.code]:
+                    pending.add(pool.submit(merge, lib))
     seconds = time.perf_counter() - origin
     busy1, self1 = cpu_busy(), cpu_self()
     by_name = {(st.kind, st.name): st for st in steps}

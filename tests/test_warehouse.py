@@ -124,7 +124,7 @@ def test_two_transactions_creating_the_same_table_at_once_both_succeed(warehouse
     creator = threading.Thread(target=create_too)
     creator.start()
     creator.join(0.5)
-    assert creator.is_alive()  # waits for the first transaction, which still holds the layout
+    assert creator.is_alive()  # waits for the first transaction, which created the table and is still open
     go_on.set()
     holder.join(10)
     creator.join(10)

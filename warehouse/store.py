@@ -168,10 +168,11 @@ class Warehouse:
         if not self.is_postgres:
             table.create(conn, checkfirst=True)
             return
-        if schema and not sa.inspect(conn).has_schema(schema):
+        insp = sa.inspect(conn)
+        if schema and not insp.has_schema(schema):
             self.lock_layout(conn, f"schema {schema}")
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(schema)}"))
-        if not sa.inspect(conn).has_table(name, schema=schema):
+        if not insp.has_table(name, schema=schema):
             self.lock_layout(conn, f"table {schema}.{name}")
             table.create(conn, checkfirst=True)
 
