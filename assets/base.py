@@ -1,4 +1,4 @@
-"""基础库 storage: apply a :class:`~assets.merge.MergePlan` in one transaction per batch date."""
+"""基础库 storage: merge a batch date by authority, in one transaction, whatever order dates come in."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import sqlalchemy as sa
 from assets.merge import (
     VALID_FROM,
     VALID_TO,
-    MergePlan,
     base_schema,
+    fold_history,
     incoming_values,
     lineage,
     plan_merge,
     value_elements,
 )
-from assets.ods import BATCHES, batch_numbers, latest_batch, prepare_batches
-from assets.std import read_std
+from assets.ods import BATCHES, batch_numbers, prepare_batches
+from assets.std import RECONCILIATION, mergeable_batch, read_std
 from catalog.loader import Catalogue
 from catalog.models import Library
 from warehouse.store import Column, Warehouse
@@ -33,7 +33,7 @@ MERGE_LOG_SCHEMA: dict[str, pl.DataType] = {
     "new_entities": pl.Int64(),
     "changed_entities": pl.Int64(),
     "unchanged": pl.Int64(),
-    "skipped_older": pl.Int64(),
+    "rebuilt_entities": pl.Int64(),  # entities whose history from the batch date on was folded again
 }
 
 
@@ -55,39 +55,107 @@ class MergeResult:
     library: str
     batch_ids: list[str]
     incoming: int
-    plan: MergePlan
+    new_entities: int
+    changed_entities: int
+    unchanged: int
+    rebuilt_entities: int
     current_rows: int
     total_rows: int
+    merged_before: bool = False  # the same batches were merged for this date already: nothing to do
 
 
 def _key_match(wh: Warehouse, alias: str, tmp: str, key: list[str]) -> str:
     return " AND ".join(f"{alias}.{wh.quote(k)} = {tmp}.{wh.quote(k)}" for k in key)
 
 
+def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
+    """What the merge takes from a std batch: keys, discriminator, the resource's authoritative values."""
+    auth = catalogue.authoritative_elements(resource)
+    return [*lib.key, *([lib.discriminator.element] if lib.discriminator else []), *auth]
+
+
+def merged_batches(wh: Warehouse, conn: sa.Connection, library: str) -> dict[dt.date, list[str]]:
+    """Batch ids merged into ``library`` per batch date, as the merge log recorded them."""
+    if not wh.exists("audit", MERGE_LOG):
+        return {}
+    rows = conn.execute(sa.text(f"SELECT batch_date, batch_ids FROM {wh.qualified('audit', MERGE_LOG)} "
+                                "WHERE library = :l"), {"l": library}).fetchall()
+    return {_as_date(d): [b for b in (ids or "").split(",") if b] for d, ids in rows}
+
+
+def _as_date(v) -> dt.date:
+    return v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10])
+
+
+def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
+           keys: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The authoritative values the batches ``batch_ids`` (of one date) delivered, one row per entity
+    (only the entities in ``keys``, when given)."""
+    if not batch_ids:
+        return incoming_values(catalogue, lib, [])
+    info = wh.read(conn, f"SELECT batch_id, batch_no, resource_id FROM {wh.qualified('ods', BATCHES)} "
+                   f"WHERE batch_id IN ({', '.join(f':b{i}' for i in range(len(batch_ids)))})",
+                   {"batch_id": pl.String(), "batch_no": pl.Int64(), "resource_id": pl.String()},
+                   {f"b{i}": b for i, b in enumerate(batch_ids)})
+    by_id = {r.id: r for r in catalogue.resources_of(lib.code)}
+    batches = []
+    for row in info.sort("batch_id").iter_rows(named=True):
+        resource = by_id.get(row["resource_id"])
+        if resource is None or not catalogue.authoritative_elements(resource):
+            continue
+        frame = read_std(wh, conn, catalogue, resource, row["batch_id"], _used_columns(catalogue, lib, resource),
+                         latest=True)
+        if keys is not None:
+            frame = frame.join(keys, on=lib.key, how="semi")
+        batches.append((resource, row["batch_no"], frame))
+    return incoming_values(catalogue, lib, batches)
+
+
 def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date: dt.date) -> MergeResult:
-    """Merge every resource's latest batch of ``batch_date`` into base library ``library``."""
+    """Merge every resource's mergeable batch of ``batch_date`` into base library ``library``.
+
+    The library's state depends only on what was delivered, never on the order batch dates are
+    merged in: a date after every version of an entity extends its history (:func:`plan_merge`,
+    the usual night); a date inside its history — a backfill, or a re-delivery that replaces a
+    batch merged before — folds that entity's history again from the date on, from the facts of
+    every date merged since (:func:`fold_history`). All in one transaction; merging the same
+    batches for a date again changes nothing.
+    """
     lib = catalogue.library(library)
     table, log = base_table(wh, lib), merge_log_table(wh)
     base = wh.qualified("base", lib.code)
-    batches, batch_ids = [], []
     with wh.engine.connect() as conn:
-        for resource in catalogue.resources_of(library):
-            batch = latest_batch(wh, conn, resource, batch_date)
-            if batch is not None and wh.exists("std", resource.id):
-                assert batch.batch_no is not None
-                batch_ids.append(batch.batch_id)
-                auth = catalogue.authoritative_elements(resource)
-                if auth:  # read only what the merge takes: keys, discriminator, authoritative values
-                    used = [*lib.key, *([lib.discriminator.element] if lib.discriminator else []), *auth]
-                    batches.append((resource, batch.batch_no,
-                                    read_std(wh, conn, catalogue, resource, batch.batch_id, used)))
-        batch_ids.sort()
-    incoming = incoming_values(catalogue, lib, batches)
+        chosen = [b for b in (mergeable_batch(wh, conn, r, batch_date) for r in catalogue.resources_of(library)) if b]
+        batch_ids = sorted(b.batch_id for b in chosen)
+        before = merged_batches(wh, conn, library)
+        if before.get(batch_date) == batch_ids and wh.exists("base", lib.code):
+            return MergeResult(lib.code, batch_ids, 0, 0, 0, 0, 0, *_counts(wh, conn, base), merged_before=True)
+        incoming = _facts(wh, conn, catalogue, lib, batch_ids)
+    replaced = [b for b in before.get(batch_date, []) if b not in batch_ids]
     with wh.begin() as conn:
         wh.create(conn, table)
         wh.create(conn, log)
-        current = read_current_for(wh, conn, lib, incoming)
-        plan = plan_merge(lib, incoming, current, batch_date)
+        keys = incoming.select(lib.key)
+        if replaced:  # entities a replaced batch of this date had set are folded again as well
+            keys = pl.concat([keys, _keys_from_batches(wh, conn, lib, replaced)]).unique()
+        versions = _versions_from(wh, conn, lib, keys, batch_date)
+        if any(d > batch_date for d in before):
+            # a backfill: later dates were merged already, and what they delivered (changed or not)
+            # follows this date's values in every entity's history
+            fold_keys = keys.unique()
+            tail = keys.clear()
+        else:
+            # the usual night: the entity is new, or its one open version started before this date
+            tail = versions.group_by(lib.key).agg(
+                pl.len().alias("__n"), pl.col(VALID_FROM).max().alias("__from"),
+                pl.col(VALID_TO).is_null().all().alias("__open"),
+            ).filter((pl.col("__n") == 1) & (pl.col("__from") < batch_date) & pl.col("__open")).select(lib.key)
+            fold_keys = versions.select(lib.key).unique().join(tail, on=lib.key, how="anti")
+            if replaced:
+                fold_keys = pl.concat([fold_keys, _keys_from_batches(wh, conn, lib, replaced)]).unique()
+        plan = plan_merge(lib, incoming.join(fold_keys, on=lib.key, how="anti"),
+                          versions.join(tail, on=lib.key, how="semi"), batch_date)
+        rebuilt = _fold(wh, conn, catalogue, lib, batch_date, incoming, fold_keys, versions, before)
         key_list = ", ".join(wh.quote(k) for k in lib.key)
         if plan.close.height:
             ctmp = wh.temp_table(conn, "gongshu_close_keys", plan.close)
@@ -95,28 +163,74 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
                 f"UPDATE {base} SET {VALID_TO} = :d WHERE {VALID_TO} IS NULL AND ({key_list}) IN "
                 f"(SELECT {key_list} FROM {ctmp})"), {"d": batch_date})
             conn.execute(sa.text(f"DROP TABLE {ctmp}"))
-        if plan.replace.height:
-            rtmp = wh.temp_table(conn, "gongshu_replace_keys", plan.replace)
+        if rebuilt is not None:
+            old = versions.join(fold_keys, on=lib.key, how="semi").select(*lib.key, VALID_FROM)
+            rtmp = wh.temp_table(conn, "gongshu_refold_versions", old)
             conn.execute(sa.text(
-                f"DELETE FROM {base} WHERE {VALID_FROM} = :d AND ({key_list}) IN (SELECT {key_list} FROM {rtmp})"),
-                {"d": batch_date})
+                f"DELETE FROM {base} WHERE ({key_list}, {VALID_FROM}) IN (SELECT {key_list}, {VALID_FROM} FROM {rtmp})"))
             conn.execute(sa.text(f"DROP TABLE {rtmp}"))
+            wh.insert(conn, table, rebuilt)
         wh.insert(conn, table, plan.insert)
-        logged = conn.execute(sa.text(
-            f"DELETE FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date = :d AND batch_ids <> :b"
-        ), {"l": lib.code, "d": batch_date, "b": ",".join(batch_ids)}).rowcount == 0 and wh.scalar(
-            conn, f"SELECT COUNT(*) FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date = :d",
-            {"l": lib.code, "d": batch_date})
-        # The log keeps what the first merge of these batches did; a no-op rerun leaves it alone.
-        if not logged:
-            wh.insert(conn, log, pl.DataFrame([{
-                "library": lib.code, "batch_date": batch_date, "batch_ids": ",".join(batch_ids),
-                "incoming": incoming.height, "new_entities": plan.new_entities,
-                "changed_entities": plan.changed_entities, "unchanged": plan.unchanged,
-                "skipped_older": plan.skipped_older,
-            }], schema=MERGE_LOG_SCHEMA))
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date = :d"),
+                     {"l": lib.code, "d": batch_date})
+        wh.insert(conn, log, pl.DataFrame([{
+            "library": lib.code, "batch_date": batch_date, "batch_ids": ",".join(batch_ids),
+            "incoming": incoming.height, "new_entities": plan.new_entities,
+            "changed_entities": plan.changed_entities, "unchanged": plan.unchanged,
+            "rebuilt_entities": fold_keys.height,
+        }], schema=MERGE_LOG_SCHEMA))
         counts = _counts(wh, conn, base)
-    return MergeResult(lib.code, batch_ids, incoming.height, plan, *counts)
+    return MergeResult(lib.code, batch_ids, incoming.height, plan.new_entities, plan.changed_entities,
+                       plan.unchanged, fold_keys.height, *counts)
+
+
+def _fold(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_date: dt.date,
+          incoming: pl.DataFrame, keys: pl.DataFrame, versions: pl.DataFrame,
+          before: dict[dt.date, list[str]]) -> pl.DataFrame | None:
+    """The refolded versions of ``keys`` from the version before ``batch_date`` on (None: no keys)."""
+    if keys.height == 0:
+        return None
+    mine = versions.join(keys, on=lib.key, how="semi")
+    seed = mine.filter(pl.col(VALID_FROM) < batch_date)
+    facts = [(batch_date, incoming.join(keys, on=lib.key, how="semi"))]
+    facts += [(d, _facts(wh, conn, catalogue, lib, ids, keys)) for d, ids in sorted(before.items()) if d > batch_date]
+    return fold_history(lib, seed, facts)
+
+
+def _versions_from(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame,
+                   batch_date: dt.date) -> pl.DataFrame:
+    """Every version of the entities in ``keys`` that is valid on or after the day before
+    ``batch_date``: the version a new fact would follow, and any that start on or after it."""
+    schema = base_schema(lib)
+    if keys.height == 0 or not wh.exists("base", lib.code) or \
+            wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} LIMIT 1") is None:
+        return pl.DataFrame(schema=schema)  # nothing to look up (a first load)
+    tmp = wh.temp_table(conn, "gongshu_lookup_keys", keys.select(lib.key))
+    cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
+    frame = wh.read(
+        conn,
+        f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {_key_match(wh, 'b', 't', lib.key)} "
+        f"WHERE b.{VALID_TO} IS NULL OR b.{VALID_TO} >= :d",
+        schema, {"d": batch_date},
+    )
+    conn.execute(sa.text(f"DROP TABLE {tmp}"))
+    return frame
+
+
+def _keys_from_batches(wh: Warehouse, conn: sa.Connection, lib: Library, batch_ids: list[str]) -> pl.DataFrame:
+    """Keys of the entities any of whose values came from one of ``batch_ids``."""
+    schema = {k: base_schema(lib)[k] for k in lib.key}
+    if not wh.exists("base", lib.code) or not value_elements(lib):
+        return pl.DataFrame(schema=schema)
+    nos = wh.read(conn, f"SELECT batch_no FROM {wh.qualified('ods', BATCHES)} WHERE batch_id IN "
+                  f"({', '.join(f':b{i}' for i in range(len(batch_ids)))})", {"batch_no": pl.Int64()},
+                  {f"b{i}": b for i, b in enumerate(batch_ids)}).get_column("batch_no").to_list()
+    if not nos:
+        return pl.DataFrame(schema=schema)
+    listed = ", ".join(str(int(n)) for n in nos)
+    where = " OR ".join(f"{wh.quote(lineage(e)[0])} IN ({listed})" for e in value_elements(lib))
+    keys = ", ".join(wh.quote(k) for k in lib.key)
+    return wh.read(conn, f"SELECT DISTINCT {keys} FROM {wh.qualified('base', lib.code)} WHERE {where}", schema)
 
 
 def _counts(wh: Warehouse, conn: sa.Connection, base: str) -> tuple[int, int]:
@@ -159,6 +273,22 @@ def upgrade_warehouse(wh: Warehouse) -> None:
         prepare_batches(wh, conn)
         for name in wh.layer_tables("base"):
             _number_lineage(wh, conn, name)
+        # withheld batches (a failed blocking rule) and refolded histories are recorded since 2026-12
+        _add_column(wh, conn, "audit", RECONCILIATION, "withheld", "TEXT")
+        if _add_column(wh, conn, "audit", MERGE_LOG, "rebuilt_entities", "BIGINT"):
+            conn.execute(sa.text(f"UPDATE {wh.qualified('audit', MERGE_LOG)} SET rebuilt_entities = 0"))
+            conn.execute(sa.text(f"ALTER TABLE {wh.qualified('audit', MERGE_LOG)} DROP COLUMN skipped_older"))
+
+
+def _add_column(wh: Warehouse, conn: sa.Connection, layer: str, name: str, column: str, sql_type: str) -> bool:
+    """Add ``column`` to an existing table that lacks it; True when it was added."""
+    if not wh.exists(layer, name):
+        return False
+    schema, table = wh.table_ref(layer, name)
+    if column in {c["name"] for c in sa.inspect(conn).get_columns(table, schema=schema)}:
+        return False
+    conn.execute(sa.text(f"ALTER TABLE {wh.qualified(layer, name)} ADD COLUMN {wh.quote(column)} {sql_type}"))
+    return True
 
 
 def _number_lineage(wh: Warehouse, conn: sa.Connection, name: str) -> None:
@@ -178,19 +308,20 @@ def _number_lineage(wh: Warehouse, conn: sa.Connection, name: str) -> None:
         conn.execute(sa.text(f"ALTER TABLE {base} RENAME COLUMN {wh.quote(c + '_no')} TO {wh.quote(c)}"))
 
 
-def read_current_for(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame) -> pl.DataFrame:
-    """Current versions of the entities in ``keys`` (loaded into a temporary table and joined)."""
+def read_as_of(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """The versions of the entities in ``keys`` valid on ``day`` (loaded into a temporary table and
+    joined): what the base library held for them that day, whatever was merged since."""
     schema = base_schema(lib)
     if keys.height == 0 or not wh.exists("base", lib.code) or \
             wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} LIMIT 1") is None:
-        return pl.DataFrame(schema=schema)  # nothing to look up (a first load)
-    tmp = wh.temp_table(conn, "gongshu_lookup_keys", keys.select(lib.key))
+        return pl.DataFrame(schema=schema)
+    tmp = wh.temp_table(conn, "gongshu_lookup_keys", keys.select(lib.key).unique())
     cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
     frame = wh.read(
         conn,
         f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {_key_match(wh, 'b', 't', lib.key)} "
-        f"WHERE b.{VALID_TO} IS NULL",
-        schema,
+        f"WHERE b.{VALID_FROM} <= :d AND (b.{VALID_TO} IS NULL OR b.{VALID_TO} > :d)",
+        schema, {"d": day},
     )
     conn.execute(sa.text(f"DROP TABLE {tmp}"))
     return frame

@@ -211,9 +211,10 @@ def database_url(ch: DatabaseChannel, landing: Path) -> str:
 def read_database(
     resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None
 ) -> Delivery:
-    """Rows whose watermark lies after ``watermark_low`` and before the end of the batch day.
+    """Rows whose watermark lies in [``watermark_low``, the next day 00:00) (no lower bound when None).
 
-    The upper bound makes a partition deterministic, so re-running it reads the same rows.
+    Both bounds come from the batch date alone (:func:`assets.ods.read_window`), so a partition reads
+    the same rows whenever and in whatever order it runs.
     """
     ch = resource.channel
     assert isinstance(ch, DatabaseChannel)
@@ -224,7 +225,7 @@ def read_database(
     q = engine.dialect.identifier_preparer.quote
     src = ch.query if ch.query else f"SELECT * FROM {q(ch.table)}"
     high = (batch_date + dt.timedelta(days=1)).strftime("%Y-%m-%d 00:00:00")
-    where = f"{q(wm)} < :high" + (f" AND {q(wm)} > :low" if watermark_low else "")
+    where = f"{q(wm)} < :high" + (f" AND {q(wm)} >= :low" if watermark_low else "")
     cols = ", ".join(q(c) for c in columns)
     # No ORDER BY in the 前置库: the rows are put in a deterministic order (watermark, then every
     # column) here, where sorting a million rows takes a fraction of a second.

@@ -30,9 +30,9 @@ from dagster import (
 from assets.base import merge_library, read_current
 from assets.channels import DeliveryError
 from assets.merge import base_schema, lineage
-from assets.ods import IngestResult, ingest, ods_schema, read_ods
+from assets.ods import IngestResult, ingest, ods_schema, read_ods, record_delivery
 from assets.standardize import std_schema
-from assets.std import StdResult, collect, standardize_batch
+from assets.std import StdResult, collect, night_problems, standardize_batch
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
 from desensitize.rules import mask_for_preview
@@ -117,6 +117,11 @@ def build_resource_assets(
         "volume", asset=okey,
         description=f"完整性(记录数): 交付行数不少于最近 {HISTORY} 次交付中位数的 {volume_ratio():.0%}",
     )
+    delivery_spec = AssetCheckSpec(
+        "delivery", asset=okey,
+        description=f"可访问性: {CHANNEL_LABEL[ch.kind]}可以读取。读取失败时本资源本日不入库, 其余资源照常归集; "
+        "重新运行该分区即补入。",
+    )
     std_specs = std_check_specs(catalogue, resource, skey)
     ods_spec = AssetSpec(
         key=okey,
@@ -150,7 +155,7 @@ def build_resource_assets(
     @multi_asset(
         name=f"guiji_{resource.id}",
         specs=[ods_spec, std_spec],
-        check_specs=[volume_spec, *std_specs],
+        check_specs=[delivery_spec, volume_spec, *std_specs],
         partitions_def=partitions,
         can_subset=True,
     )
@@ -165,8 +170,14 @@ def build_resource_assets(
                 else:
                     received, out = ingest(wh, catalogue, resource, batch_date, landing.root()), None
             except DeliveryError as exc:
-                context.log.error(f"{resource.id} {batch_date}: {exc}")
-                raise
+                # One department's channel down must not darken the night: this resource is recorded
+                # as failed (summary, reports, the delivery check), everything downstream runs on what
+                # the others delivered, and re-running the partition takes the delivery in.
+                context.log.error(f"{dept.name}「{resource.name}」{batch_date} 交付读取失败: {exc}")
+                record_delivery(wh, resource, batch_date, context.run_id, str(exc))
+                yield from _failed_results(okey, skey, selected, str(exc))
+                return
+            record_delivery(wh, resource, batch_date, context.run_id, None)
             yield _ods_result(context, wh, resource, dept.name, okey, column_elements, received, batch_date)
         else:
             out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id)
@@ -175,6 +186,19 @@ def build_resource_assets(
             yield _std_result(context, wh, catalogue, resource, skey, std_specs, elements, out)
 
     return _collect
+
+
+def _failed_results(okey: AssetKey, skey: AssetKey, selected, error: str):
+    """What a resource's step reports when its channel could not be read: no new batch, the delivery
+    check failed; the 标准层 keeps its earlier batches (its rule checks were not run)."""
+    yield MaterializeResult(
+        asset_key=okey,
+        metadata={"状态": "交付失败", "错误": error, "dagster/row_count": 0},
+        check_results=[AssetCheckResult(asset_key=okey, check_name="delivery", passed=False,
+                                        severity=AssetCheckSeverity.ERROR, metadata={"错误": error})],
+    )
+    if skey in selected:
+        yield MaterializeResult(asset_key=skey, metadata={"状态": "交付失败, 本日无新批次", "dagster/row_count": 0})
 
 
 def _ods_result(
@@ -188,7 +212,9 @@ def _ods_result(
         return MaterializeResult(
             asset_key=key,
             metadata={"状态": "未收到交付", "dagster/row_count": 0},
-            check_results=[AssetCheckResult(asset_key=key, check_name="volume", passed=True,
+            check_results=[AssetCheckResult(asset_key=key, check_name="delivery", passed=True,
+                                            metadata={"状态": "本日未交付(时效性另行检查)"}),
+                           AssetCheckResult(asset_key=key, check_name="volume", passed=True,
                                             metadata={"状态": "本日未交付"})],
         )
     b = result.batch
@@ -201,7 +227,8 @@ def _ods_result(
         context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
     return MaterializeResult(
         asset_key=key,
-        check_results=[AssetCheckResult(
+        check_results=[AssetCheckResult(asset_key=key, check_name="delivery", passed=True,
+                                        metadata={"来源": b.sources}), AssetCheckResult(
             asset_key=key, check_name="volume", passed=vol.ok, severity=AssetCheckSeverity.WARN,
             metadata={"交付行数": vol.rows, "近期中位数": vol.median if vol.median is not None else "无历史",
                       "占比": vol.share if vol.share is not None else "无历史",
@@ -244,6 +271,8 @@ def _std_result(
         failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
     checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key)
     context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
+    if out.withheld:
+        context.log.warning(f"{out.batch.batch_id}: 暂缓入库 (不合并入基础库): {out.withheld}")
     return MaterializeResult(
         asset_key=key,
         metadata={
@@ -252,6 +281,7 @@ def _std_result(
             "接收行数": out.accepted,
             "隔离行数": out.quarantined,
             "对账": f"{out.delivered} = {out.accepted} + {out.quarantined}",
+            "合并入基础库": f"否, 暂缓入库: {out.withheld}" if out.withheld else "是",
             "15位身份证号转换数": out.result.converted_id15,
             "dagster/row_count": out.accepted,
             "隔离原因": MetadataValue.md("| 原因 | 数据元 | 行数 |\n|---|---|---|\n" + reasons_md if reasons_md else "无"),
@@ -298,7 +328,8 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
         r = merge_library(wh, catalogue, lib.code, batch_date)
-        p = r.plan
+        left_out = night_problems(wh, batch_date).filter(
+            pl.col("resource_id").is_in([x.id for x in resources]))
         checks = []
         if has_copies:
             checks.append(consistency_check_result(check_library_consistency(wh, catalogue, lib.code, batch_date)))
@@ -306,15 +337,22 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
             sample = read_current(wh, conn, lib, limit=PREVIEW_ROWS)
         shown = {c: elements.get(c) for c in sample.columns if not c.endswith(("__batch", "__row"))}
         shown_frame = sample.select([c for c in sample.columns if c in shown or c in ("valid_from",)])
-        context.log.info(f"{lib.code} {batch_date}: 新增 {p.new_entities}, 变更 {p.changed_entities}, 未变 {p.unchanged}")
+        for row in left_out.iter_rows(named=True):
+            context.log.warning(f"{lib.code} {batch_date}: {row['resource_id']} {row['state']}: {row['reason']}")
+        context.log.info(f"{lib.code} {batch_date}: 新增 {r.new_entities}, 变更 {r.changed_entities}, "
+                         f"未变 {r.unchanged}, 历史重建 {r.rebuilt_entities}")
         return MaterializeResult(
             metadata={
                 "合并批次": ", ".join(r.batch_ids) or "无",
+                "未合并资源": MetadataValue.md("\n".join(
+                    f"- {x['resource_id']}: {x['state']} ({x['reason']})" for x in left_out.iter_rows(named=True))
+                    or "无"),
                 "本次权威值记录数": r.incoming,
-                "新增实体": p.new_entities,
-                "变更实体(新版本)": p.changed_entities,
-                "未变实体": p.unchanged,
-                "早于现行版本而未应用": p.skipped_older,
+                "新增实体": r.new_entities,
+                "变更实体(新版本)": r.changed_entities,
+                "未变实体": r.unchanged,
+                "历史重建实体(补跑或重交付)": r.rebuilt_entities,
+                "状态": "与已合并的批次相同, 未改动" if r.merged_before else "已合并",
                 "现行实体数": r.current_rows,
                 "历史版本总数": r.total_rows,
                 "dagster/row_count": r.current_rows,

@@ -121,19 +121,21 @@ def _complete(part: pl.DataFrame, schema: dict[str, pl.DataType], cols: list[str
 
 @dataclass
 class MergePlan:
-    """What one batch date does to a base library."""
+    """What one batch date does to the entities whose history ends before it (the usual night)."""
 
     insert: pl.DataFrame  # new versions, valid_from = batch date
     close: pl.DataFrame  # keys whose current version ends at the batch date
-    replace: pl.DataFrame  # keys whose current version starts at the batch date and is rewritten
     new_entities: int
     changed_entities: int
     unchanged: int
-    skipped_older: int  # current version is newer than the batch date: not rewritten
 
 
 def plan_merge(lib: Library, incoming: pl.DataFrame, current: pl.DataFrame, batch_date: dt.date) -> MergePlan:
-    """Compare incoming authoritative values with the current versions of the same entities."""
+    """Compare incoming authoritative values with the current versions of the same entities.
+
+    ``current`` holds only versions that started before ``batch_date`` and are still open: the
+    batch date extends each history at its end. Everything else is :func:`fold_history`'s.
+    """
     key = lib.key
     elements = value_elements(lib)
     schema = base_schema(lib)
@@ -153,28 +155,58 @@ def plan_merge(lib: Library, incoming: pl.DataFrame, current: pl.DataFrame, batc
             pl.when(changed).then(pl.col(r)).otherwise(pl.col(f"{r}__cur")).alias(r),
         ]
     any_changed = pl.any_horizontal(changed_cols) if changed_cols else pl.lit(False)
-    j = j.with_columns(
-        (~exists).alias("__new"),
-        (exists & (pl.col(f"{VALID_FROM}__cur") > batch_date)).alias("__older"),
-        (exists & any_changed).alias("__changed"),
-        (pl.col(f"{VALID_FROM}__cur") == batch_date).fill_null(False).alias("__same_day"),
-    )
-    apply = pl.col("__new") | (pl.col("__changed") & ~pl.col("__older"))
-    insert = j.filter(apply).select(
+    j = j.with_columns((~exists).alias("__new"), (exists & any_changed).alias("__changed"))
+    insert = j.filter(pl.col("__new") | pl.col("__changed")).select(
         out + [pl.lit(batch_date).alias(VALID_FROM), pl.lit(None, pl.Date).alias(VALID_TO)]
     ).select([pl.col(c).cast(t) for c, t in schema.items()])
-    touched = j.filter(pl.col("__changed") & ~pl.col("__older"))
-    counts = j.select(
-        pl.col("__new").sum().alias("new"),
-        (pl.col("__changed") & ~pl.col("__older")).sum().alias("changed"),
-        (pl.col("__changed") & pl.col("__older")).sum().alias("older"),
-    ).row(0, named=True)
+    counts = j.select(pl.col("__new").sum().alias("new"), pl.col("__changed").sum().alias("changed")).row(0, named=True)
     return MergePlan(
         insert=insert,
-        close=touched.filter(~pl.col("__same_day")).select(key),
-        replace=touched.filter(pl.col("__same_day")).select(key),
+        close=j.filter(pl.col("__changed")).select(key),
         new_entities=int(counts["new"]),
         changed_entities=int(counts["changed"]),
-        unchanged=incoming.height - int(counts["new"]) - int(counts["changed"]) - int(counts["older"]),
-        skipped_older=int(counts["older"]),
+        unchanged=incoming.height - int(counts["new"]) - int(counts["changed"]),
     )
+
+
+def fold_history(lib: Library, seed: pl.DataFrame, facts: list[tuple[dt.date, pl.DataFrame]]) -> pl.DataFrame:
+    """The versions of some entities, folded from what was delivered, in batch-date order.
+
+    ``seed``: each entity's version just before the earliest fact date (base-library rows; empty
+    for entities that are new there) — it stands for everything delivered before. ``facts``: per
+    batch date, the authoritative values delivered that day (:func:`incoming_values`, one row per
+    entity). A value holds from the date it was delivered until another value is delivered; a null
+    is "not delivered"; a value delivered again unchanged keeps the lineage of its first delivery;
+    an entity has a version from its first delivery on, and a new one on every date a value changes.
+
+    The result depends only on the facts, never on the order the dates were merged in: the merge
+    uses it whenever a batch date lands inside an entity's history (a backfill, a re-delivery).
+    """
+    key = lib.key
+    schema = base_schema(lib)
+    cols = [c for c in schema if c not in (VALID_FROM, VALID_TO)]
+    parts = [seed.select(cols).with_columns(seed.get_column(VALID_FROM).alias("__date"))] if seed.height else []
+    parts += [f.select(cols).with_columns(pl.lit(d, pl.Date).alias("__date")) for d, f in facts if f.height]
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    rows = pl.concat([p.cast({**{c: schema[c] for c in cols}, "__date": pl.Date()}) for p in parts]).sort([*key, "__date"])
+    elements = value_elements(lib)
+    # a value starts where it is delivered and differs from the value held until then
+    rows = rows.with_columns(
+        (pl.col(c).is_not_null() & (pl.col(c).forward_fill().shift(1).over(key).is_null()
+                                    | (pl.col(c) != pl.col(c).forward_fill().shift(1).over(key)))).alias(f"__start_{c}")
+        for c in elements
+    )
+    held: list[pl.Expr] = []
+    for c in elements:
+        b, r = lineage(c)
+        start = pl.col(f"__start_{c}")
+        held += [pl.col(c).forward_fill().over(key).alias(c),
+                 pl.when(start).then(pl.col(b)).forward_fill().over(key).alias(b),
+                 pl.when(start).then(pl.col(r)).forward_fill().over(key).alias(r)]
+    first = pl.int_range(pl.len()).over(key) == 0
+    boundary = first | pl.any_horizontal([pl.col(f"__start_{c}") for c in elements]) if elements else first
+    versions = rows.with_columns(*held, boundary.alias("__boundary")).filter(pl.col("__boundary"))
+    return versions.with_columns(
+        pl.col("__date").alias(VALID_FROM), pl.col("__date").shift(-1).over(key).alias(VALID_TO),
+    ).select([pl.col(c).cast(t) for c, t in schema.items()])

@@ -107,15 +107,19 @@ def latest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_d
     return Batch.from_row(frame.row(0, named=True)) if frame.height else None
 
 
-def previous_watermark(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> str | None:
-    """The highest watermark read for any earlier batch date: where this partition starts."""
-    if not wh.exists("ods", BATCHES):
+def read_window(resource: Resource, batch_date: dt.date) -> str | None:
+    """Where the 前置库 read of a partition starts (inclusive); it ends at the next day, 00:00.
+
+    Partition D reads the rows whose watermark falls on day D, so the rows a partition reads never
+    depend on which other partitions ran before it (backfills and reruns in any order read the same
+    batches). The channel's ``initial_load`` partition starts at the beginning instead: it takes the
+    history a 前置库 held before deliveries began. ``None``: no lower bound.
+    """
+    ch = resource.channel
+    assert isinstance(ch, DatabaseChannel)
+    if ch.initial_load is not None and batch_date == ch.initial_load:
         return None
-    return wh.scalar(
-        conn,
-        f"SELECT MAX(watermark_high) FROM {wh.qualified('ods', BATCHES)} WHERE resource_id = :r AND batch_date < :d",
-        {"r": resource.id, "d": batch_date},
-    )
+    return f"{batch_date:%Y-%m-%d} 00:00:00"
 
 
 def read_batch(resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None) -> Delivery:
@@ -142,8 +146,8 @@ def receive(wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Pat
     A new batch comes back with its rows in the form the warehouse stores them, not yet written:
     :func:`store` writes it, and the 标准层 may go on with the same rows meanwhile.
     """
+    low = read_window(resource, batch_date) if isinstance(resource.channel, DatabaseChannel) else None
     with wh.engine.connect() as conn:
-        low = previous_watermark(wh, conn, resource, batch_date)
         prev = latest_batch(wh, conn, resource, batch_date)
     delivery = read_batch(resource, batch_date, landing, low)
     if isinstance(resource.channel, FileChannel) and not delivery.sources:
@@ -250,3 +254,43 @@ def read_ods(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: s
         return wh.read(conn, f"{sql} ORDER BY _row_no LIMIT {int(limit)}", schema, {"b": batch_id})
     # a whole batch is put in delivery order here: polars sorts a million rows faster than the server
     return wh.read(conn, sql, schema, {"b": batch_id}, bulk=True).sort("_row_no")
+
+
+DELIVERY_FAILURES = "delivery_failures"
+DELIVERY_FAILURE_SCHEMA: dict[str, pl.DataType] = {
+    "resource_id": pl.String(), "department": pl.String(), "batch_date": pl.Date(), "run_id": pl.String(),
+    "failed_at": pl.Datetime("us"), "error": pl.String(), "resolved_at": pl.Datetime("us"),
+}
+
+
+def delivery_failures_table(wh: Warehouse) -> sa.Table:
+    return wh.table("quality", DELIVERY_FAILURES, [Column(n, t) for n, t in DELIVERY_FAILURE_SCHEMA.items()],
+                    indexes=[["resource_id", "batch_date"]])
+
+
+def record_delivery(wh: Warehouse, resource: Resource, batch_date: dt.date, run_id: str,
+                    error: str | None) -> None:
+    """Record one attempt at a resource's delivery for a batch date: a failure (``error``, which must
+    hold no credentials or raw values) is kept until an attempt for the same date succeeds."""
+    table = delivery_failures_table(wh)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with wh.begin() as conn:
+        wh.create(conn, table)
+        conn.execute(sa.text(f"UPDATE {wh.qualified('quality', DELIVERY_FAILURES)} SET resolved_at = :t "
+                             "WHERE resource_id = :r AND batch_date = :d AND resolved_at IS NULL"),
+                     {"t": now, "r": resource.id, "d": batch_date})
+        if error is not None:
+            wh.insert(conn, table, pl.DataFrame([{
+                "resource_id": resource.id, "department": resource.department, "batch_date": batch_date,
+                "run_id": run_id, "failed_at": now, "error": error, "resolved_at": None,
+            }], schema=DELIVERY_FAILURE_SCHEMA))
+
+
+def open_delivery_failures(wh: Warehouse, conn: sa.Connection, batch_date: dt.date) -> pl.DataFrame:
+    """The resources whose latest attempt at ``batch_date``'s delivery failed, with the error."""
+    schema = {"resource_id": pl.String(), "error": pl.String()}
+    if not wh.exists("quality", DELIVERY_FAILURES):
+        return pl.DataFrame(schema=schema)
+    return wh.read(conn, f"SELECT resource_id, error FROM {wh.qualified('quality', DELIVERY_FAILURES)} "
+                   "WHERE batch_date = :d AND resolved_at IS NULL ORDER BY resource_id, failed_at", schema,
+                   {"d": batch_date}).unique("resource_id", keep="last", maintain_order=True)

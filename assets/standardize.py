@@ -25,7 +25,7 @@ from quality.identifiers import (
     normalize_mobile,
     normalize_uscc,
 )
-from quality.rules import Kind, Rule, Severity, evaluated, failing, resource_rules
+from quality.rules import VERSION, Kind, Rule, Severity, evaluated, failing, resource_rules
 
 REASONS: dict[str, str] = {
     "unparseable": "无法解析的记录",
@@ -89,6 +89,7 @@ class Standardized:
     rule_counts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=RULE_COUNT_SCHEMA))
     failures: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FAILURE_SCHEMA))
     parsed: pl.DataFrame | None = None  # every row that parsed (accepted or not): what the rules saw
+    # (with the rows' watermark as ``_version`` for a versioned resource: its unique rule reads it)
 
     @property
     def quarantined_rows(self) -> int:
@@ -157,8 +158,9 @@ def standardize(
     # a NULL field makes a condition NULL, which is "not flagged" (not "unknown": that would drop the row)
     flags = [cond.fill_null(False).alias(f"__c{i}") for i, (_, _, _, cond, _) in enumerate(checks)]
     raws = [r.cast(pl.String).alias(f"__r{i}") for i, (_, _, _, _, r) in enumerate(checks)]
+    version = [pl.col(resource.version_column).alias(VERSION)] if resource.version_column else []
     work = stage1.select(
-        pl.col("_row_no"), *[v(c).alias(c) for c in codes], *flags, *raws, pl.col("__id15"),
+        pl.col("_row_no"), *[v(c).alias(c) for c in codes], *version, *flags, *raws, pl.col("__id15"),
         *[pl.col(fm.column).alias(f"__raw_{fm.element}") for fm in resource.fields],
     )
     parts = [
@@ -194,7 +196,8 @@ def standardize(
             pl.col("_row_no"),
             pl.lit(r.id).alias("rule_id"),
             pl.lit(r.column).alias("field"),
-            pl.concat_str([pl.col(c).cast(pl.String) for c in r.columns if c == r.column or r.kind == Kind.unique],
+            pl.concat_str([pl.col(c).cast(pl.String) for c in r.columns
+                           if c == r.column or (r.kind == Kind.unique and c != VERSION)],
                           separator="|").alias("value"),
             expected_expr(r).alias("expected"),
         ) for i, r in enumerate(rules)],
@@ -217,5 +220,6 @@ def standardize(
     schema = std_schema(catalogue, resource)
     keep = flagged.filter(~pl.any_horizontal(blocked)) if blocked else flagged
     accepted = keep.select([pl.col(c).cast(t) for c, t in schema.items()])
-    parsed = parsed_ok.select([pl.col(c).cast(t) for c, t in schema.items()])
+    parsed = parsed_ok.select([pl.col(c).cast(t) for c, t in schema.items()]
+                              + ([pl.col(VERSION)] if resource.version_column else []))
     return Standardized(accepted, quarantine, int(work.get_column("__id15").sum()), rule_counts, failures, parsed)

@@ -13,6 +13,7 @@ from these models; nothing in the code names a department, resource or field of 
 
 from __future__ import annotations
 
+from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -266,6 +267,12 @@ class DatabaseChannel(_Model):
     table: str | None = None
     query: str | None = None
     watermark: str = Field(description="column that grows with every change (更新时间)")
+    initial_load: date | None = Field(
+        default=None,
+        description="batch date of the initial load: its partition also reads every row before that day "
+        "(a 前置库 delivered with history); every other partition reads the rows whose watermark falls on its "
+        "own day",
+    )
 
 
 class ApiChannel(_Model):
@@ -318,6 +325,16 @@ class Resource(_Model):
     def id(self) -> str:
         """Unique name across the catalogue: ``<department>_<resource>``."""
         return f"{self.department}_{self.code}"
+
+    @property
+    def version_column(self) -> str | None:
+        """The column that orders the versions of one key inside a batch: a 前置库's watermark.
+
+        Rows of a 前置库 batch with the same key and different watermarks are the entity's history
+        (changed twice in a day, or history rows of an initial load), not duplicates; the last one
+        is the batch's value. Files and APIs deliver one row per key: a repeated key is a defect.
+        """
+        return self.channel.watermark if isinstance(self.channel, DatabaseChannel) else None
 
     def elements(self) -> list[str]:
         """Element codes this resource carries, fields first then constants."""

@@ -114,6 +114,7 @@ def build_delivery(world: World, resource: Resource, day: dt.date) -> Delivery:
     frame = frame.with_columns(pl.col(EID).cast(pl.Float64).alias(ORDER), pl.lit(-1, pl.Int64).alias(REC)).drop(EID)
 
     defect_rows: list[DefectRow] = []
+    twins: dict[int, int] = {}
     if slots and raw is not None:
         injector = Injector(world, resource, world.rng("defects", resource.id, day.isoformat()))
         by_eid = {d[EID]: d for d in raw.to_dicts()}
@@ -122,7 +123,10 @@ def build_delivery(world: World, resource: Resource, day: dt.date) -> Delivery:
         rows = [{c: canon.get(c) for c in raw.columns} for canon in canons]
         texts = render(world, resource, pl.DataFrame(rows, schema=raw.schema)).to_dicts()
         for s, canon, text in zip(slots, canons, texts, strict=True):
-            defect_rows += injector.apply(s, text, canon)
+            rows_of_slot = injector.apply(s, text, canon)
+            # the copies of a delivered-twice key: later copies point at the first one
+            twins.update({len(defect_rows) + i: len(defect_rows) for i in range(1, len(rows_of_slot))})
+            defect_rows += rows_of_slot
     columns = [f.column for f in resource.fields]
     if defect_rows:
         extra = pl.DataFrame(
@@ -136,6 +140,13 @@ def build_delivery(world: World, resource: Resource, day: dt.date) -> Delivery:
         rng = world.rng("watermark", resource.id, day.isoformat())
         # inside the batch day (Asia/Shanghai local time), away from midnight on either side
         frame = frame.with_columns(pl.Series("__s", rng.integers(1800, 84600, frame.height), dtype=pl.Int64))
+        if twins:
+            # A key delivered twice is a duplicate only at the same watermark: rows of one key at
+            # different watermarks are its history (assets.standardize), so the copies share one.
+            first = pl.DataFrame({REC: list(twins), "__first": list(twins.values())}, schema={REC: pl.Int64, "__first": pl.Int64})
+            at = frame.filter(pl.col(REC).is_in(list(twins.values()))).select(pl.col(REC).alias("__first"), pl.col("__s").alias("__s1"))
+            frame = frame.join(first, on=REC, how="left").join(at, on="__first", how="left").with_columns(
+                pl.coalesce("__s1", "__s").alias("__s")).drop("__first", "__s1")
         order = reading_order(frame, "__s", columns)
         start = dt.datetime.combine(day, dt.time())
         frame = frame.select(pl.all().gather(pl.Series(order))).with_columns(

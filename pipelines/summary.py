@@ -6,6 +6,7 @@ import datetime as dt
 
 import polars as pl
 
+from assets.std import night_problems
 from catalog.loader import Catalogue
 from warehouse.store import Warehouse
 
@@ -28,19 +29,23 @@ def reconciliation_for(wh: Warehouse, day: dt.date) -> pl.DataFrame:
 
 def summary_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> list[str]:
     rec = {r["resource_id"]: r for r in reconciliation_for(wh, day).iter_rows(named=True)}
+    problems = {r["resource_id"]: r for r in night_problems(wh, day).iter_rows(named=True)}
     lines = [f"\n归集汇总 · 批次日期 {day} · {catalogue.city.city.name}", ""]
     lines.append(f"{'资源':<24}{'最近批次':>12}{'交付':>10}{'接收':>10}{'隔离':>8}  对账")
     for r in sorted(catalogue.resources, key=lambda r: r.id):
         label = f"{r.department}/{r.code} {r.name}"
         row = rec.get(r.id)
+        problem = problems.get(r.id)
+        # a failed delivery or a withheld batch is the night's news, ahead of any earlier batch's counts
+        note = f"  ✗ {problem['state']}: {problem['reason']}" if problem else ""
         if row is None:
-            lines.append(f"{label:<24}{'未收到':>12}")
+            lines.append(f"{label:<24}{'未收到':>12}{note}")
             continue
         ok = row["rows_delivered"] == row["rows_accepted"] + row["rows_quarantined"]
         stale = "" if row["batch_date"] == day else f"  (最近交付 {row['batch_date']})"
         lines.append(
             f"{label:<24}{row['batch_date']!s:>12}{row['rows_delivered']:>10,}{row['rows_accepted']:>10,}"
-            f"{row['rows_quarantined']:>8,}  {'✓' if ok else '✗'}{stale}"
+            f"{row['rows_quarantined']:>8,}  {'✓' if ok else '✗'}{stale}{note}"
         )
     lines += ["", f"{'基础库':<16}{'现行实体':>12}{'历史版本':>12}"]
     with wh.engine.connect() as conn:

@@ -1,13 +1,13 @@
 """Dagster asset checks built from the rules: one check per GB/T 36344 dimension per std asset.
 
-A check fails with ERROR (and, being ``blocking``, stops the base-library merge of that run) when
-a blocking rule's pass rate falls below the configured minimum — a batch that bad is not a few bad
-rows but a broken delivery. Otherwise any failure is a WARN. Rows that fail blocking rules never
+A check fails with ERROR when a blocking rule's pass rate falls below the configured minimum — a
+batch that bad is not a few bad rows but a broken delivery, and the 标准层 withholds it from the
+base-library merge (the other resources of the night are merged as usual). Otherwise any failure
+is a WARN. Rows that fail blocking rules never
 reach the base library either way: the 标准层 quarantines them.
 """
 
 
-import os
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +16,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetK
 from catalog.loader import Catalogue
 from catalog.models import Resource
 from quality.consistency import copies
+from quality.results import min_pass_rate
 from quality.rules import Dimension, Rule, Severity, resource_rules
 
 CHECK_NAME = {
@@ -29,11 +30,6 @@ CHECK_NAME = {
 SAMPLE_ROWS = 10
 
 
-def min_pass_rate() -> float:
-    """``GONGSHU_BLOCKING_MIN_PASS_RATE``: below this a blocking rule stops the merge (default 0.9)."""
-    return float(os.environ.get("GONGSHU_BLOCKING_MIN_PASS_RATE", "0.9"))
-
-
 def rules_by_dimension(rules: list[Rule]) -> dict[Dimension, list[Rule]]:
     out: dict[Dimension, list[Rule]] = {}
     for r in rules:
@@ -44,11 +40,14 @@ def rules_by_dimension(rules: list[Rule]) -> dict[Dimension, list[Rule]]:
 def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKey) -> list[AssetCheckSpec]:
     specs = []
     for dim, rules in rules_by_dimension(resource_rules(catalogue, resource)).items():
+        # Not a Dagster-blocking check: a failed blocking rule withholds this resource's batch from
+        # the merge (audit.reconciliation.withheld), while the rest of the night goes on.
         blocking = any(r.severity == Severity.blocking for r in rules)
         specs.append(AssetCheckSpec(
-            CHECK_NAME[dim], asset=asset_key, blocking=blocking,
+            CHECK_NAME[dim], asset=asset_key,
             description=f"{dim.value}: " + "; ".join(r.label + ("(阻断)" if r.severity == Severity.blocking else "")
-                                                    for r in rules),
+                                                    for r in rules)
+            + ("。阻断规则通过率低于阈值时, 该批次不合并入基础库, 其余资源照常归集。" if blocking else ""),
         ))
     return specs
 

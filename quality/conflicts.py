@@ -121,9 +121,8 @@ class ConsistencyRun:
 def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date) -> ConsistencyRun:
     """Compare every non-authoritative copy delivered on ``batch_date`` with the base library and
     persist the conflicts, all in one transaction."""
-    from assets.base import read_current_for
-    from assets.ods import latest_batch
-    from assets.std import read_std
+    from assets.base import read_as_of
+    from assets.std import mergeable_batch, read_std
     from quality.consistency import compare_copies, copies, entity_key
 
     lib = catalogue.library(library)
@@ -132,12 +131,14 @@ def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date
         for resource in catalogue.resources_of(library):
             if not copies(catalogue, resource):
                 continue
-            batch = latest_batch(wh, conn, resource, batch_date)
+            batch = mergeable_batch(wh, conn, resource, batch_date)
             if batch is not None and wh.exists("std", resource.id):
-                batches.append((resource, batch.batch_id, read_std(wh, conn, catalogue, resource, batch.batch_id)))
+                batches.append((resource, batch.batch_id,
+                                read_std(wh, conn, catalogue, resource, batch.batch_id, latest=True)))
     keys = pl.concat([f.select(lib.key) for _, _, f in batches]).unique() if batches else None
     with wh.begin() as conn:
-        current = read_current_for(wh, conn, lib, keys) if keys is not None else None
+        # compared with what the authority's values were on that day, whatever order dates ran in
+        current = read_as_of(wh, conn, lib, keys, batch_date) if keys is not None else None
         result = compare_copies(catalogue, lib, batches, current) if current is not None else None
         if result is None:
             return ConsistencyRun(pl.DataFrame(), pl.DataFrame(schema=CONFLICT_SCHEMA), ConflictChanges(0, 0, 0, 0))

@@ -157,13 +157,16 @@ def referential(
             for kind, frame in (("missing", missing), ("name_mismatch", mismatch)):
                 if frame is None or frame.height == 0:
                     continue
+                # the finding is about the value that is wrong: the holder code when it is missing,
+                # the name when it differs — each may come from a different delivery
+                about = ref.name_field if kind == "name_mismatch" and ref.name_field else ref.element
                 out.append(frame.select(
                     pl.lit(lib.code).alias("library"), pl.lit(ref.element).alias("element"), pl.lit(kind).alias("kind"),
                     pl.lit(t.library).alias("target"), entity_key(lib).alias("entity_key"),
                     value.alias("value"),
                     (pl.col(ref.name_field) if ref.name_field else pl.lit(None, pl.String)).alias("name"),
                     pl.col("__expected").cast(pl.String).alias("expected_name"),
-                    _lineage(frame, ref.element, 0), _lineage(frame, ref.element, 1),
+                    _lineage(frame, about, 0), _lineage(frame, about, 1),
                 ))
     failures = pl.concat([f.cast(REF_SCHEMA) for f in out]) if out else pl.DataFrame(schema=REF_SCHEMA)
     return failures, pl.DataFrame(counts, schema={"library": pl.String, "element": pl.String, "target": pl.String,

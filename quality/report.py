@@ -30,6 +30,7 @@ from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 from jinja2 import Environment, FileSystemLoader
 
 from assets.share import PseudonymKeyResource
+from assets.std import night_problems
 from catalog.loader import Catalogue
 from catalog.models import Department
 from desensitize.pseudonym import PseudonymKey, hmac_tokens
@@ -99,6 +100,7 @@ class ReportInputs:
     conflicts: pl.DataFrame  # conflicts open at the end of the period
     records: dict[str, pl.DataFrame]  # failing records of each resource's latest batch
     key: PseudonymKey | None
+    problems: dict[str, dict] = field(default_factory=dict)  # resource id → its failed delivery / withheld batch
 
 
 def load_inputs(wh: Warehouse, catalogue: Catalogue, day: dt.date, key: PseudonymKey | None) -> ReportInputs:
@@ -113,6 +115,8 @@ def load_inputs(wh: Warehouse, catalogue: Catalogue, day: dt.date, key: Pseudony
         period=day, run=sc.latest_run(wh, day), previous=sc.previous_totals(wh, day), history=sc.history(wh, day),
         batches=batches, freshness=evaluate_catalogue(wh, catalogue, end_of_day(day, city_zone(catalogue))),
         tickets=read_tickets(wh), conflicts=open_conflicts, records=records, key=key,
+        problems={r["resource_id"]: {"state": r["state"], "reason": r["reason"]}
+                  for r in night_problems(wh, day).iter_rows(named=True)},
     )
 
 
@@ -313,7 +317,8 @@ def build_report(
     context = {
         "city_name": catalogue.city.city.name, "department_name": dept.name, "reference": reference,
         "period": str(day), "issued": _local(issued if issued.tzinfo else issued.replace(tzinfo=dt.UTC), tz),
-        "resources": [{"name": r.name, "id": r.id, "batch_id": latest.get(r.id, {}).get("batch_id")} for r in resources],
+        "resources": [{"name": r.name, "id": r.id, "batch_id": latest.get(r.id, {}).get("batch_id"),
+                       **inputs.problems.get(r.id, {})} for r in resources],
         "deadline": str(deadline), "working_days": config.ticket_working_days,
         "max_extension": config.max_extension_working_days, "all_clear": all_clear, "score": score_ctx,
         "formula": {"data_weight": f"{config.data_weight:g}", "response_weight": f"{config.response_weight:g}",

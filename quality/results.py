@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import polars as pl
 import sqlalchemy as sa
@@ -27,6 +28,29 @@ FAILURE_TABLE_SCHEMA: dict[str, pl.DataType] = {
     "rule_id": pl.String(), "field": pl.String(), "entity_key_masked": pl.String(), "value_masked": pl.String(),
     "expected": pl.String(),
 }
+
+
+def min_pass_rate() -> float:
+    """``GONGSHU_BLOCKING_MIN_PASS_RATE``: below this a blocking rule keeps a batch out of the base
+    library (default 0.9)."""
+    return float(os.environ.get("GONGSHU_BLOCKING_MIN_PASS_RATE", "0.9"))
+
+
+def withheld_reason(rule_counts: pl.DataFrame, threshold: float) -> str | None:
+    """Why a batch must not reach the base library, or None when it may.
+
+    A blocking rule that fails on more than a few rows means a broken delivery, not a few bad rows
+    (those are quarantined either way): the whole batch is withheld from the merge, and the rest of
+    the night (other resources, their merges, reports) goes on without it.
+    """
+    bad = rule_counts.filter(
+        (pl.col("severity") == "blocking") & (pl.col("evaluated") > 0)
+        & (1 - pl.col("failed") / pl.col("evaluated") < threshold)
+    )
+    if bad.height == 0:
+        return None
+    return "; ".join(f"{r['label']} 通过率 {1 - r['failed'] / r['evaluated']:.1%} 低于 {threshold:.0%}"
+                     for r in bad.iter_rows(named=True))
 
 
 def rule_results_table(wh: Warehouse) -> sa.Table:

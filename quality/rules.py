@@ -72,6 +72,9 @@ KIND_LABEL = {
 }
 
 MIN_DATE = dt.date(1900, 1, 1)
+VERSION = "_version"
+"""The column a versioned resource's rows carry their watermark in while rules run (see
+:attr:`catalog.models.Resource.version_column`); it is not stored in the 标准层."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,12 @@ def resource_rules(catalogue: Catalogue, resource: Resource, batch_date: dt.date
         if k in carried:
             add(Kind.not_null, Dimension.completeness, Severity.blocking, (k,), f"{lib.element(k).name}: 主键不为空")
     if all(k in carried or k in resource.constants for k in key):
-        rules.append(Rule(f"{'+'.join(key)}.unique", Kind.unique, Dimension.accuracy, Severity.blocking, key,
-                          f"{'+'.join(lib.element(k).name for k in key)}: {KIND_LABEL[Kind.unique]}"))
+        # versions of one key (a 前置库's rows at different watermarks) are history, not duplicates
+        versioned = resource.version_column is not None
+        rules.append(Rule(f"{'+'.join(key)}.unique", Kind.unique, Dimension.accuracy, Severity.blocking,
+                          (*key, VERSION) if versioned else key,
+                          f"{'+'.join(lib.element(k).name for k in key)}: {KIND_LABEL[Kind.unique]}"
+                          + (f"(同一{resource.version_column})" if versioned else "")))
     id_key = next((k for k in resource.key if lib.element(k).type == ElementType.id_number and k in carried), None)
     for code in carried:
         e = lib.element(code)

@@ -407,7 +407,7 @@ def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.Dat
                 cur = base(lib.code)
                 if cur is None:
                     continue
-                frame = read_std(wh, conn, catalogue, resource, batch_id)
+                frame = read_std(wh, conn, catalogue, resource, batch_id, latest=True)
                 result = compare_copies(catalogue, lib, [(resource, batch_id, frame)], cur)
                 auth_names = {}
                 for r in result.rates.iter_rows(named=True):

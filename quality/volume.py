@@ -49,14 +49,16 @@ def assess(rows: int, previous: list[int], ratio: float | None = None) -> Volume
 def previous_volumes(wh: Warehouse, conn, resource: Resource, batch_date: dt.date) -> list[int]:
     """Rows of the newest batch of each earlier batch date, oldest first (last ``HISTORY``).
 
-    A 前置库 (database) channel delivers incrementally after its first, full read: its deliveries
-    are compared only with earlier incremental ones (those with a low watermark), never with the
-    initial full load. Empty deliveries (an API or 前置库 with nothing for that day) are no baseline.
+    A 前置库 (database) channel delivers incrementally after its first, full load: its deliveries
+    are compared only with earlier incremental ones, never with the initial load (a configured
+    ``initial_load`` batch, read without a low watermark, or else the resource's first non-empty batch).
+    Empty deliveries (an API or 前置库 with nothing for that day) are no baseline.
     """
     if not wh.exists("ods", "batches"):
         return []
     t = wh.qualified("ods", "batches")
-    incremental = " AND watermark_low IS NOT NULL" if resource.channel.kind == "database" else ""
+    incremental = (f" AND watermark_low IS NOT NULL AND batch_date > (SELECT MIN(batch_date) FROM {t} "
+                   "WHERE resource_id = :r AND rows_delivered > 0)") if resource.channel.kind == "database" else ""
     result = conn.execute(sa.text(
         f"SELECT b.batch_date, b.rows_delivered FROM {t} b JOIN (SELECT batch_date, MAX(seq) AS seq FROM {t} "
         f"WHERE resource_id = :r AND batch_date < :d{incremental} GROUP BY batch_date) m "

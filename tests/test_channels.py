@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from assets.channels import DeliveryError, frame_digest, parse_csv, read_api, read_database, read_files
+from assets.ods import read_window
 from catalog.loader import load_catalogue
 from pipelines.demo_api import serve_in_thread
 from tests import citykit
@@ -150,7 +151,7 @@ def test_an_unreachable_database_is_a_delivery_error_without_the_password(cat, t
     assert "topsecret" not in str(info.value) and "前置库" in str(info.value)
 
 
-def test_a_typed_qianzhiku_is_read_as_text_and_incrementally_by_its_watermark(
+def test_a_typed_qianzhiku_is_read_as_text_and_by_the_day_of_its_watermark(
     cat, warehouse_url: str, tmp_path: Path, monkeypatch
 ) -> None:
     """The 前置库 holds typed columns (a number, a timestamp watermark) on SQLite or PostgreSQL."""
@@ -172,8 +173,8 @@ def test_a_typed_qianzhiku_is_read_as_text_and_incrementally_by_its_watermark(
     assert first.frame.get_column("ZJHM").to_list() == [citykit.PEOPLE[0][0], citykit.PEOPLE[1][0]]
     assert first.frame.get_column("TEL").to_list() == ["13812345678", None]  # text, not a lost value
     assert first.watermark_high.startswith("2026-10-09 23:59:59")
-    second = read_database(res, DAY + dt.timedelta(days=1), tmp_path, first.watermark_high)
-    assert second.frame.get_column("NAME").to_list() == ["赵强"]  # only what changed after the watermark
+    second = read_database(res, DAY + dt.timedelta(days=1), tmp_path, read_window(res, DAY + dt.timedelta(days=1)))
+    assert second.frame.get_column("NAME").to_list() == ["赵强"]  # only the rows of its own day
     again = read_database(res, DAY, tmp_path, None)
     assert again.content_hash == first.content_hash  # the same partition reads the same rows
 

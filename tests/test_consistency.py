@@ -109,3 +109,43 @@ def test_a_representative_from_elsewhere_may_be_absent_but_is_name_checked_when_
     failures, counts = referential(cat, lib, current, {"person": people, "legal_entity": current})
     assert sorted(zip(failures["kind"], failures["entity_key"], strict=True)) == [("missing", "B"), ("name_mismatch", "C")]
     assert counts.select("checked", "missing", "name_mismatch").row(0) == (3, 1, 1)
+
+
+def test_a_wrong_name_redelivered_later_is_blamed_on_the_delivery_that_carried_it(warehouse: Warehouse, city) -> None:
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    run_day(warehouse, cat, landing, DAY1)
+    assert check_references(warehouse, cat, "permits", DAY1).failures.height == 0
+    # day 2: the same licence again, the holder unchanged, the holder's name now wrong (row 2 of the file)
+    citykit.write_json(landing / "zz" / f"{DAY2:%Y%m%d}" / "zheng.json", [
+        {"no": "A-0009", "owner": PEOPLE[2][0], "owner_name": PEOPLE[2][1]},
+        {"no": "A-0002", "owner": PEOPLE[1][0], "owner_name": "李莉"},
+    ])
+    run_day(warehouse, cat, landing, DAY2)
+    run = check_references(warehouse, cat, "permits", DAY2)
+    (bad,) = run.failures.filter(pl.col("kind") == "name_mismatch").iter_rows(named=True)
+    assert (bad["name"], bad["expected_name"]) == ("李莉", "李丽")
+    # the value is the name: its delivery is day 2's row 2, not day 1's row that delivered the holder code
+    assert (bad["source_batch"], bad["source_row"]) == ("zhengzhao_zheng.20261010.1", 2)
+
+
+def test_a_representative_name_mismatch_carries_the_lineage_of_the_name() -> None:
+    """法定代表人: the name came from another delivery than the ID; the finding points at the name's."""
+    from assets.merge import base_schema
+    from catalog.loader import DEMO_CATALOGUE, load_catalogue
+    from quality.consistency import referential
+
+    cat = load_catalogue(DEMO_CATALOGUE)
+    rep = citykit.id_number(cat.city.city.region_codes[0], "19800101", 11)
+    lib = cat.library("legal_entity")
+    schema = base_schema(lib)
+    current = pl.DataFrame({"uscc": ["A"], "legal_rep_id": [rep], "legal_rep": ["王五"],
+                            "legal_rep_id__batch": ["scjg_qydj.20261009.1"], "legal_rep_id__row": [7],
+                            "legal_rep__batch": ["scjg_qydj.20261010.1"], "legal_rep__row": [3]}).with_columns(
+        [pl.lit(None, t).alias(c) for c, t in schema.items()
+         if c not in ("uscc", "legal_rep_id", "legal_rep") and not c.startswith("legal_rep")])
+    people = pl.DataFrame({"id_number": [rep], "name": ["张三"]})
+    failures, _ = referential(cat, lib, current, {"person": people, "legal_entity": current})
+    (bad,) = failures.iter_rows(named=True)
+    assert bad["kind"] == "name_mismatch"
+    assert (bad["source_batch"], bad["source_row"]) == ("scjg_qydj.20261010.1", 3)

@@ -101,7 +101,7 @@ def test_a_changed_value_opens_a_new_version_and_keeps_the_old_one(warehouse: Wa
     rows[2][1] = "赵刚"  # renamed on day 2
     citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
     out = run_day(warehouse, cat, landing, DAY2)
-    assert out["people"].plan.changed_entities == 1 and out["people"].plan.new_entities == 0
+    assert out["people"].changed_entities == 1 and out["people"].new_entities == 0
 
     with warehouse.engine.connect() as conn:
         hist = warehouse.read(
@@ -144,7 +144,7 @@ def test_rerunning_a_partition_changes_nothing(warehouse: Warehouse, city) -> No
     before = dump(warehouse)
     out = run_day(warehouse, cat, landing, DAY1)
     assert dump(warehouse) == before
-    assert all(out[lib.code].plan.insert.height == 0 for lib in cat.libraries)
+    assert all(out[lib.code].merged_before for lib in cat.libraries)
 
 
 def _without_receipt_time(tables: dict) -> dict:
@@ -322,18 +322,32 @@ def test_a_redelivery_for_the_same_day_is_a_new_batch_and_the_old_one_stays(ware
     assert standardize_batch(warehouse, cat, res, DAY1).accepted == 1
 
 
-def test_the_database_channel_reads_only_rows_after_the_remembered_watermark(warehouse: Warehouse, city) -> None:
+def test_the_database_channel_reads_the_rows_of_its_own_day_in_any_order(warehouse: Warehouse, city) -> None:
     cat, landing = city
     citykit.deliver_day1(landing, DAY1)
     res = cat.resource("shebao_canbao")
-    assert ingest(warehouse, cat, res, DAY1, landing).batch.rows_delivered == 2
     citykit.write_db(landing, [(PEOPLE[2][0], PEOPLE[2][1], "13700000003", f"{DAY2} 10:00:00"),
                                (PEOPLE[2][0], PEOPLE[2][1], "13700000009", f"{DAY2 + dt.timedelta(days=1)} 10:00:00")])
+    # the later day first: it reads its own day only, not everything before it
     r2 = ingest(warehouse, cat, res, DAY2, landing)
     assert r2.batch.rows_delivered == 1  # the row of the next day belongs to the next partition
-    assert r2.batch.watermark_low == f"{DAY1} 08:00:00" and r2.batch.watermark_high == f"{DAY2} 10:00:00"
+    assert r2.batch.watermark_low == f"{DAY2} 00:00:00" and r2.batch.watermark_high == f"{DAY2} 10:00:00"
+    assert ingest(warehouse, cat, res, DAY1, landing).batch.rows_delivered == 2
     assert ingest(warehouse, cat, res, DAY1, landing).status == "unchanged"
     assert ingest(warehouse, cat, res, DAY2, landing).status == "unchanged"
+
+
+def test_the_initial_load_partition_of_a_database_channel_reads_its_history(warehouse: Warehouse, city,
+                                                                            tmp_path: Path) -> None:
+    cat, landing = city
+    citykit.write_db(landing, [(PEOPLE[0][0], PEOPLE[0][1], "13800000001", "2026-03-01 08:00:00"),
+                               (PEOPLE[0][0], PEOPLE[0][1], "13800000002", "2026-09-01 08:00:00"),
+                               (PEOPLE[1][0], PEOPLE[1][1], "13900000002", f"{DAY1} 08:00:00")])
+    res = cat.resource("shebao_canbao")
+    assert ingest(warehouse, cat, res, DAY1, landing).batch.rows_delivered == 1
+    initial = res.model_copy(update={"channel": res.channel.model_copy(update={"initial_load": DAY1})})
+    again = ingest(warehouse, cat, initial, DAY1, landing)
+    assert again.batch.rows_delivered == 3 and again.batch.watermark_low is None
 
 
 def _to_batch_id_lineage(wh: Warehouse) -> None:
@@ -390,7 +404,7 @@ def test_a_warehouse_of_an_earlier_version_is_upgraded_in_place(warehouse: Wareh
     rows[2][1] = "赵刚"  # renamed on day 2
     citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
     out = run_day(upgraded, cat, landing, DAY2)
-    assert out["people"].plan.changed_entities == 1
+    assert out["people"].changed_entities == 1
     renamed = current(upgraded, cat, "people").filter(pl.col("pid") == PEOPLE[2][0]).row(0, named=True)
     assert renamed["full_name"] == "赵刚" and renamed["full_name__batch"] == "huzheng_renkou.20261010.1"
     with upgraded.engine.connect() as conn:
