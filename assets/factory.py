@@ -35,6 +35,7 @@ from assets.standardize import std_schema
 from assets.std import StdResult, collect, night_problems, standardize_batch
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
+from desensitize.display import md_cell
 from desensitize.rules import mask_for_preview
 from pipelines.resources import LandingResource, WarehouseResource
 from quality.checks import (
@@ -79,14 +80,15 @@ def _column_schema(schema: dict[str, pl.DataType], labels: dict[str, str]) -> Ta
 
 
 def preview(frame: pl.DataFrame, elements: dict[str, Element | None]) -> MetadataValue:
-    """A Markdown preview of the first rows with every sensitive value masked."""
+    """A Markdown preview of the first rows with every sensitive value masked (an ID number jointly
+    with the rest of its row) and every value in a code span, so a mask's asterisks stay asterisks."""
     head = mask_for_preview(frame.head(PREVIEW_ROWS), elements)
     if head.height == 0:
         return MetadataValue.md("(无数据)")
     cols = head.columns
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in head.iter_rows():
-        lines.append("| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(md_cell(v) for v in row) + " |")
     return MetadataValue.md("\n".join(lines))
 
 

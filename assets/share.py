@@ -29,6 +29,7 @@ from dagster import (
     AutomationCondition,
     ConfigurableResource,
     DailyPartitionsDefinition,
+    Failure,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -43,7 +44,7 @@ from catalog.models import OutputKind, Sensitivity
 from desensitize.export import ExportFiles, read_open_csv, write_open_export
 from desensitize.kanon import KAnonymity, smallest_group
 from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
-from desensitize.masking import MaskedOutput, mask_snapshot, with_row_hash
+from desensitize.masking import MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
 from desensitize.policy import KIND_LABEL, ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
 from pipelines.resources import WarehouseResource
@@ -179,7 +180,13 @@ def build_share_output(
     key: PseudonymKey | None,
     open_root: Path | None = None,
 ) -> ShareBuild:
-    """Mask the base rows valid on ``as_of`` and bring ``share.<output>`` (and open files) up to date."""
+    """Mask the base rows valid on ``as_of`` and bring ``share.<output>`` (and open files) up to date.
+
+    An output with keyed columns (tokens, format-preserving IDs) is not built without ``key``
+    (:class:`MissingKeyError`): nothing is written, so the tokens already published stay as they are.
+    """
+    if policy.keyed and key is None:
+        raise MissingKeyError(policy)
     real_ids = None
     if any(c.rule.spec.startswith("fpe_id") for c in policy.columns):
         real_ids = Needles.from_warehouse(wh, catalogue).ids
@@ -336,7 +343,7 @@ def leak_check(findings: list[Finding], needles: Needles, scanned: list[str]) ->
         severity=AssetCheckSeverity.ERROR,
         description="未发现原始标识符" if not findings else f"发现 {sum(f.count for f in findings)} 处原始标识符",
         metadata={
-            "发现": MetadataValue.md("\n".join(f"- {f}" for f in findings) or "无"),
+            "发现": MetadataValue.md("\n".join(f"- {f.markdown()}" for f in findings) or "无"),
             "比对的原始值": f"身份号码 {needles.ids.len():,}, 手机号 {needles.mobiles.len():,}, "
                            f"姓名 {needles.names.len():,}, 地址 {needles.addresses.len():,}",
             "扫描范围": MetadataValue.md("\n".join(f"- {s}" for s in scanned)),
@@ -405,7 +412,10 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         as_of = dt.date.fromisoformat(context.partition_key)
         secret = pseudonym.key_or_none() if policy.keyed else None
         if policy.keyed and secret is None:
-            context.log.warning(f"未设置 {pseudonym.env_var}: {policy.name} 的假名令牌列与格式保留列发布为空值")
+            # Published empty, every token of yesterday's release would be wiped: fail instead.
+            error = MissingKeyError(policy, pseudonym.env_var)
+            context.log.error(str(error))
+            raise Failure(description=str(error), allow_retries=False)
         build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root())
         m = build.masked
         preview_md = preview(build.frame, {}).value  # already masked: shown as stored
@@ -431,7 +441,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
             "写入行数": build.inserted,
             "删除行数": build.deleted,
             "dagster/row_count": m.rows_out,
-            "假名化密钥编号": build.key_id or ("未配置密钥: 令牌列为空" if policy.keyed else "无(未使用假名化)"),
+            "假名化密钥编号": build.key_id or "无(未使用假名化)",
             "脱敏策略": MetadataValue.md(policy.describe_md()),
             "dagster/column_schema": TableSchema(columns=[TableColumn(n, str(t), description=labels.get(n))
                                                           for n, t in policy.schema().items()]),

@@ -7,7 +7,9 @@ Layout under the open-data root (``$GONGSHU_HOME/open``)::
     <output>/<YYYY-MM-DD>/<output>.json             {dataset, title, as_of, k, quasi_identifiers, fields, records}
 
 Files are written to a temporary name and renamed, and their content depends only on the data and
-the policy (no timestamps), so re-exporting the same date rewrites identical bytes.
+the policy (no timestamps), so re-exporting the same date rewrites identical bytes. In the CSV
+files a text cell that a spreadsheet would read as a formula (``=…``, ``+…``, ``-…``, ``@…``) gets a
+leading ``'`` (:func:`desensitize.display.spreadsheet_safe`); the JSON keeps values as they are.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from catalog.loader import Catalogue
+from desensitize.display import spreadsheet_safe
 from desensitize.policy import KEY_ID_COLUMN, OutputPolicy
 
 DICTIONARY_COLUMNS = ["字段", "中文名称", "数据类型", "处理规则", "准标识符", "代码表"]
@@ -83,8 +86,9 @@ def write_open_export(
     """Write the three files of one open release; returns their paths."""
     paths = export_paths(root, policy, as_of)
     dictionary = data_dictionary(policy, catalogue, frame.columns)
-    _write(paths.csv, frame.write_csv(date_format="%Y-%m-%d").encode("utf-8"))
-    _write(paths.dictionary, dictionary.write_csv().encode("utf-8"))
+    # CSV is opened in spreadsheets: text cells that would start a formula get a leading quote
+    _write(paths.csv, spreadsheet_safe(frame).write_csv(date_format="%Y-%m-%d").encode("utf-8"))
+    _write(paths.dictionary, spreadsheet_safe(dictionary).write_csv().encode("utf-8"))
     head = {
         "dataset": policy.name,
         "title": policy.label,

@@ -16,12 +16,18 @@ How values are matched, vectorised with polars:
 
 Columns published verbatim because the catalogue grades them 公开 (a 法定代表人 on a 营业执照, a
 公开 标准地址) are exempt from the name/address match only — never from the ID/mobile match.
+
+Row by row (``desensitize/reidentify.py``): a masked ID number that the columns beside it complete
+(prefix + birth date + suffix, under the check character) into a real ID number of the base
+libraries, and a full name + birth date + region that match exactly one person of the base
+libraries, are findings too. Markdown code spans (how metadata shows values) are read as their text.
 Findings never carry the raw value: they show it masked.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +36,22 @@ import polars as pl
 import sqlalchemy as sa
 
 from catalog.loader import Catalogue
-from catalog.models import ElementType, Semantic, Sensitivity
+from catalog.models import ElementType, Library, Semantic, Sensitivity
 from desensitize import rules
+from desensitize.display import md_code
+from desensitize.reidentify import linked_people, people_table, rebuilt_ids
 from warehouse.store import Warehouse
 
 ID_RUN = r"\d{17}[\dXx]"
 MOBILE_RUN = r"1[3-9]\d{9}"
 TEXT_SUFFIXES = {".md", ".txt", ".html", ".htm", ".log"}
-_SEPARATORS = r"[\s,，;；:：<>\"'()（）\[\]{}、|=]+"
+_SEPARATORS = r"[\s,，;；:：<>\"'()（）\[\]{}、|=`]+"
 _NOT_TEXT = (sa.Integer, sa.Numeric, sa.Float, sa.Date, sa.DateTime, sa.Boolean)
 KINDS_ZH = {"id_number": "公民身份号码", "mobile": "手机号码", "name": "姓名", "address": "地址"}
+REBUILT_ZH = {
+    "id_rebuilt": "行的掩码身份号码可由同一行的其他列(出生日期、性别)补全为基础库中的真实号码",
+    "person_linked": "行的姓名+出生日期+地区唯一对应基础库中的一人",
+}
 
 
 @dataclass(frozen=True)
@@ -50,16 +62,23 @@ class Needles:
     mobiles: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
     names: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
     addresses: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
+    # persons (id, name, district) of libraries keyed by an ID number: for name + birth date + region
+    people: pl.DataFrame = field(default_factory=lambda: people_table(pl.Series([], dtype=pl.String),
+                                                                      pl.Series([], dtype=pl.String)))
 
     @classmethod
     def of(cls, ids: Iterable[str] = (), mobiles: Iterable[str] = (), names: Iterable[str] = (),
-           addresses: Iterable[str] = ()) -> Needles:
+           addresses: Iterable[str] = (), people: Iterable[tuple[str, str, str | None]] = ()) -> Needles:
+        """Needles from values; ``people`` as (id number, name, address or None)."""
         def s(values: Iterable[str] | pl.Series) -> pl.Series:
             return pl.Series("v", values, pl.String) if not isinstance(values, pl.Series) else values.cast(pl.String)
-        return cls._clean(s(ids), s(mobiles), s(names), s(addresses))
+        rows = list(people)
+        persons = people_table(s([r[0] for r in rows]), s([r[1] for r in rows]), s([r[2] for r in rows]))
+        return cls._clean(s(ids), s(mobiles), s(names), s(addresses), persons)
 
     @classmethod
-    def _clean(cls, ids: pl.Series, mobiles: pl.Series, names: pl.Series, addresses: pl.Series) -> Needles:
+    def _clean(cls, ids: pl.Series, mobiles: pl.Series, names: pl.Series, addresses: pl.Series,
+               people: pl.DataFrame | None = None) -> Needles:
         ids = ids.str.strip_chars().str.to_uppercase()
         ids = ids.filter(ids.str.contains(r"^\d{17}[\dX]$")).unique()
         mobiles = mobiles.str.strip_chars()
@@ -70,13 +89,16 @@ class Needles:
         # An "address" that is only a district is what the open data publishes on purpose.
         district = addresses.to_frame("v").select(rules.to_level(pl.col("v"), "district")).to_series()
         addresses = addresses.filter(district.is_null() | (district != addresses)).unique()
+        if people is None:
+            people = cls().people
         return cls(ids.drop_nulls().alias("v"), mobiles.drop_nulls().alias("v"), names.drop_nulls().alias("v"),
-                   addresses.alias("v"))
+                   addresses.alias("v"), people)
 
     @classmethod
     def from_warehouse(cls, wh: Warehouse, catalogue: Catalogue) -> Needles:
         """Every raw identifier of every version of every base library."""
         parts: dict[str, list[pl.Series]] = {"ids": [], "mobiles": [], "names": [], "addresses": []}
+        persons: list[pl.DataFrame] = []
         with wh.engine.connect() as conn:
             for lib in catalogue.libraries:
                 if not wh.exists("base", lib.code):
@@ -101,14 +123,32 @@ class Needles:
                                      {"v": pl.String()}).get_column("v")
                     for k in kinds:
                         parts[k].append(values)
+                persons.extend(_persons(wh, conn, lib, table))
 
         def cat(k: str) -> pl.Series:
             return pl.concat(parts[k]) if parts[k] else pl.Series("v", [], pl.String)
 
-        return cls._clean(cat("ids"), cat("mobiles"), cat("names"), cat("addresses"))
+        people = pl.concat(persons).unique() if persons else None
+        return cls._clean(cat("ids"), cat("mobiles"), cat("names"), cat("addresses"), people)
 
     def __len__(self) -> int:
         return self.ids.len() + self.mobiles.len() + self.names.len() + self.addresses.len()
+
+
+def _persons(wh: Warehouse, conn: sa.Connection, lib: Library, table: str) -> list[pl.DataFrame]:
+    """(id, name, district) of every version of a library keyed by an ID number with a person's name."""
+    key = [lib.element(k) for k in lib.key]
+    names = [e for e in lib.elements if e.semantic == Semantic.person_name and e.sensitivity != Sensitivity.public]
+    if len(key) != 1 or key[0].type != ElementType.id_number or not names:
+        return []
+    address = next((e for e in lib.elements if e.semantic == Semantic.address
+                    and e.sensitivity != Sensitivity.public), None)
+    cols = {"id": key[0].code, "name": names[0].code, **({"address": address.code} if address else {})}
+    select = ", ".join(f"{wh.quote(c)} AS {a}" for a, c in cols.items())
+    rows = wh.read(conn, f"SELECT DISTINCT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
+                   {a: pl.String() for a in cols})
+    return [people_table(rows.get_column("id"), rows.get_column("name"),
+                         rows.get_column("address") if address else None)]
 
 
 @dataclass(frozen=True)
@@ -122,8 +162,17 @@ class Finding:
     sample: str
 
     def __str__(self) -> str:
+        return self._text(self.sample)
+
+    def markdown(self) -> str:
+        """The finding as Markdown: the masked sample in a code span (its asterisks are no emphasis)."""
+        return self._text(md_code(self.sample))
+
+    def _text(self, sample: str) -> str:
         where = self.location + (f" 列 {self.column}" if self.column else "")
-        return f"{where}: {self.count} 处{KINDS_ZH.get(self.kind, self.kind)}原值 (如 {self.sample})"
+        if self.kind in REBUILT_ZH:
+            return f"{where}: {self.count} {REBUILT_ZH[self.kind]} (如 {sample})"
+        return f"{where}: {self.count} 处{KINDS_ZH.get(self.kind, self.kind)}原值 (如 {sample})"
 
 
 def _mask(kind: str, value: str) -> str:
@@ -133,6 +182,8 @@ def _mask(kind: str, value: str) -> str:
         "mobile": rules.keep_first_last(pl.col("v"), 3, 4),
         "name": rules.keep_first(pl.col("v")),
         "address": rules.keep_address(pl.col("v")),
+        "id_rebuilt": rules.keep_first_last(pl.col("v"), 1, 2),  # its birth date stood beside it
+        "person_linked": rules.keep_first(pl.col("v")),
     }[kind]
     return frame.select(expr).item()
 
@@ -179,7 +230,29 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
             found = _hits(s, pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
+    return findings + scan_rows(frame, needles, location, public)
+
+
+def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
+    """Findings that need several columns of one row: a masked ID number completed by the columns
+    beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py)."""
+    findings = [Finding(location, " + ".join([col, *helpers]), "id_rebuilt", count, _mask("id_rebuilt", sample))
+                for col, helpers, count, sample in rebuilt_ids(frame, needles.ids)]
+    findings += [Finding(location, " + ".join(cols), "person_linked", count, _mask("person_linked", name))
+                 for cols, count, name in linked_people(frame, needles.people, set(public_columns))]
     return findings
+
+
+_CODE_SPAN = re.compile(r"^(`+)(.*?)\1$", re.S)
+
+
+def _unwrap_code(cell: str) -> str:
+    """The text of a cell that is one code span (as :func:`desensitize.display.md_cell` writes it)."""
+    m = _CODE_SPAN.match(cell)
+    if not m:
+        return cell
+    inner = m.group(2)
+    return inner[1:-1] if len(inner) > 1 and inner.startswith(" ") and inner.endswith(" ") and inner.strip() else inner
 
 
 def markdown_tables(text: str) -> list[pl.DataFrame]:
@@ -200,7 +273,7 @@ def markdown_tables(text: str) -> list[pl.DataFrame]:
         stripped = line.strip()
         if stripped.startswith("|") and stripped.endswith("|") and len(stripped) > 1:
             cells = [c.strip().replace("\\|", "|") for c in stripped[1:-1].replace("\\|", "\x00").split("|")]
-            block.append([c.replace("\x00", "|") for c in cells])
+            block.append([_unwrap_code(c.replace("\x00", "|")) for c in cells])
         else:
             flush()
     flush()
@@ -243,13 +316,18 @@ def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
         frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
         return scan_frame(frame, needles, loc, public_columns, exact_columns)
     if suffix == ".json":
+        doc = json.loads(path.read_text(encoding="utf-8"))
         leaves: dict[tuple[str, bool], list[str]] = {}
-        _json_leaves(json.loads(path.read_text(encoding="utf-8")), "", leaves)
+        _json_leaves(doc, "", leaves)
         findings: list[Finding] = []
         for (key, number), values in leaves.items():
             name = key or "_"
             findings += scan_frame(pl.DataFrame({name: values}), needles, loc, public_columns,
                                    exact_columns=[name] if number else ())
+        records = doc.get("records") if isinstance(doc, dict) else doc
+        if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
+            rows = pl.DataFrame(records, infer_schema_length=None, strict=False)
+            findings += scan_rows(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns)
         return findings
     if suffix in TEXT_SUFFIXES:
         return scan_text(path.read_text(encoding="utf-8", errors="replace"), needles, loc, public_columns)

@@ -26,7 +26,19 @@ from desensitize.policy import (
     rule,
     shape,
 )
-from desensitize.pseudonym import PseudonymKey, base32, pseudonymise
+from desensitize.pseudonym import KEY_ENV, PseudonymKey, PseudonymKeyError, base32, pseudonymise
+
+
+class MissingKeyError(PseudonymKeyError):
+    """A share output with keyed columns was to be built without the pseudonymisation key."""
+
+    def __init__(self, policy: OutputPolicy, env_var: str = KEY_ENV):
+        columns = [c.token_column or c.column for c in policy.columns if c.token or c.rule.keyed]
+        super().__init__(
+            f"share/{policy.name}: 未设置假名化密钥 (环境变量 {env_var}), 而本输出含密钥化列 "
+            f"{', '.join(columns)}: 本次不生成, 共享表保留上次发布的内容与令牌; 归集(贴源层、标准层、基础库)不受影响。"
+            f"请在运行环境中设置 {env_var} (与以往相同的密钥, 令牌才可与已发布的数据关联) 后重新物化本资产。"
+        )
 
 
 @dataclass
@@ -81,11 +93,13 @@ def mask_snapshot(
     ``real_ids``: every ID number in the base libraries; format-preserving tokens equal to one of
     them are nulled (counted), so a token never shows anybody's real number.
 
-    Without a key, keyed columns (tokens, format-preserving IDs, the key id) are published empty:
-    suppression is the safe side of pseudonymisation, and the schema stays the same.
+    A policy with keyed columns (tokens, format-preserving IDs, the key id) needs ``key``
+    (:class:`MissingKeyError` otherwise): published empty, the tokens would silently replace the
+    ones consumers have joined on.
     """
+    if policy.keyed and key is None:
+        raise MissingKeyError(policy)
     ctx = Context(as_of=as_of, key=key)
-    nothing = pl.lit(None, pl.String)
     rows = _selected(policy, snapshot)
     schema = policy.schema()
     qis = policy.quasi_identifiers if policy.kind == OutputKind.open else []
@@ -94,15 +108,15 @@ def mask_snapshot(
     for c in policy.columns:
         src = pl.col(c.column)
         if c.rule.outputs and c.column not in qis:
-            exprs.append((nothing if c.rule.keyed and key is None else c.rule.build(src, ctx)).alias(c.column))
+            exprs.append(c.rule.build(src, ctx).alias(c.column))
         elif c.column in qis:
             exprs.append(src)  # raw; generalised by k_anonymise below
         if c.token:
-            exprs.append((nothing if key is None else pseudonymise(src, key)).alias(c.token_column))
+            exprs.append(pseudonymise(src, key).alias(c.token_column))
     if VALID_FROM in schema:
         exprs.append(pl.col(VALID_FROM))
     if KEY_ID_COLUMN in schema:
-        exprs.append((nothing if key is None else pl.lit(key.key_id)).alias(KEY_ID_COLUMN))
+        exprs.append(pl.lit(key.key_id).alias(KEY_ID_COLUMN))
     out = rows.select(exprs) if exprs else pl.DataFrame()
 
     dropped: dict[str, int] = {}

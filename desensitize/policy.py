@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -43,6 +43,15 @@ from catalog.models import (
 )
 from desensitize import rules
 from desensitize.fpe import fpe_id
+from desensitize.linkage import (
+    ID_MASK,
+    NOTHING,
+    Exposure,
+    exposure,
+    is_id_element,
+    joint_id_rule,
+    rebuildable,
+)
 from desensitize.pseudonym import PseudonymKey, pseudonymise
 
 KIND_LABEL = {
@@ -229,7 +238,7 @@ def shape(e: Element) -> str:
 
 
 _MASK_BY_SHAPE = {
-    "id_number": "keep_first_last(6, 4)",
+    "id_number": ID_MASK,  # Hutool ID_CARD (1, 2) where a birth date is shown in full: linkage.py
     "phone": "mask_phone",
     "person_name": "keep_first(1)",
     "email": "mask_email",
@@ -277,6 +286,7 @@ class ColumnPolicy:
     token: bool
     source: str  # where the rule came from, in Chinese (shown in descriptions)
     quasi_identifier: bool = False
+    override: bool = False  # the catalogue names this rule (masking.<kind>) rather than the grade table
 
     @property
     def column(self) -> str:
@@ -317,7 +327,13 @@ class OutputPolicy:
 
     @property
     def keyed(self) -> bool:
+        """The output has keyed columns (tokens, format-preserving IDs): it joins every other keyed
+        output under the same key."""
         return any(c.token or c.rule.keyed for c in self.columns)
+
+    def exposure(self) -> Exposure:
+        """What a row of this output shows of an ID number through ID-derived elements (linkage.py)."""
+        return exposure((c.element, c.rule.spec) for c in self.columns if c.rule.outputs)
 
     @property
     def quasi_identifiers(self) -> list[str]:
@@ -453,6 +469,7 @@ def build_policy(catalogue: Catalogue, lib: Library, kind: OutputKind, classes: 
                 own.append(f"{where}: {exc}")
                 continue
             source = f"目录指定: {r.spec}{' + token' if token else ''}"
+            overridden = True
         else:
             action = grades.get(e.sensitivity)
             found = concrete_rule(action, e) if action else None
@@ -465,6 +482,7 @@ def build_policy(catalogue: Catalogue, lib: Library, kind: OutputKind, classes: 
                 continue
             r, token = found
             source = f"默认: {e.sensitivity.value} → {ACTION_LABEL[action]}"
+            overridden = False
         if r.spec.startswith("fpe_id") and e.type != ElementType.id_number:
             own.append(f"{where}: fpe_id 只适用于公民身份号码类型的数据元 ({e.code} 是 {e.type.value})")
             continue
@@ -479,15 +497,63 @@ def build_policy(catalogue: Catalogue, lib: Library, kind: OutputKind, classes: 
         if kind == OutputKind.open:
             qi = e.quasi_identifier if e.quasi_identifier is not None else _default_qi(e, r)
             qi = qi and r.outputs
-        columns.append(ColumnPolicy(e, r, token, source, qi))
+        columns.append(ColumnPolicy(e, r, token, source, qi, overridden))
     if problems is None and own:
         raise PolicyError(own)
     return OutputPolicy(str(catalogue.root), lib, kind, tuple(columns), tuple(excluded), disc_values,
                         catalogue.city.masking.k, classes)
 
 
+def token_exposure(policies: list[OutputPolicy]) -> Exposure:
+    """What the keyed outputs show together: a recipient joins them on their tokens, so a birth date
+    published in full in one of them stands beside every ID number of the others."""
+    out = NOTHING
+    for p in policies:
+        if p.keyed:
+            out = out | p.exposure()
+    return out
+
+
+def _element_path(catalogue: Catalogue, lib: Library, e: Element, kind: OutputKind) -> str:
+    li = next(i for i, x in enumerate(catalogue.libraries) if x.code == lib.code)
+    ei = next(i for i, x in enumerate(lib.elements) if x.code == e.code)
+    return f"{catalogue.root / 'catalogue.yaml'}: libraries.{li}({lib.code}).elements.{ei}({e.code}).masking.{kind.value}"
+
+
+def choose_jointly(catalogue: Catalogue, policies: list[OutputPolicy], problems: list[str]) -> list[OutputPolicy]:
+    """Every ID-number mask chosen together with what its row shows and what tokens join to it.
+
+    A default mask that would give the number back (``keep_first_last(6, 4)`` beside a birth date
+    in full) becomes Hutool ID_CARD ``keep_first_last(1, 2)``; a rule the catalogue names that would
+    is a problem, naming the element and what it stands beside.
+    """
+    linked = token_exposure(policies)
+    out = []
+    for p in policies:
+        seen = p.exposure() | (linked if p.keyed else NOTHING)
+        columns = []
+        for c in p.columns:
+            if is_id_element(c.element) and c.rule.outputs and not c.rule.keyed and c.rule.spec != "keep":
+                if c.override and rebuildable(c.rule.spec, seen):
+                    problems.append(
+                        f"{_element_path(catalogue, p.library, c.element, p.kind)}: {c.rule.spec} 与同一行"
+                        f"{'或经令牌可关联的输出' if p.keyed else ''}发布的{seen.describe()}合起来即完整的"
+                        f"{c.element.name}; 请改用 keep_first_last(1, 2) (Hutool ID_CARD) 或 token, "
+                        "或将出生日期泛化 (birth_year)")
+                elif not c.override:
+                    spec = joint_id_rule(c.rule.spec, seen)
+                    if spec != c.rule.spec:
+                        c = replace(c, rule=rule(spec), source=(
+                            f"{c.source}; 同一行{'或经令牌可关联的输出' if p.keyed else ''}发布{seen.describe()}, "
+                            "按 Hutool ID_CARD 仅保留首1位和末2位"))
+            columns.append(c)
+        out.append(replace(p, columns=tuple(columns)))
+    return out
+
+
 def share_policies(catalogue: Catalogue) -> list[OutputPolicy]:
-    """Every share/open output of the catalogue; :class:`PolicyError` listing every column without a rule."""
+    """Every share/open output of the catalogue, ID-number masks chosen jointly (:func:`choose_jointly`);
+    :class:`PolicyError` listing every column without a rule or with one that leaks in its row."""
     problems: list[str] = []
     out = []
     for lib in catalogue.libraries:
@@ -495,4 +561,12 @@ def share_policies(catalogue: Catalogue) -> list[OutputPolicy]:
             out.append(build_policy(catalogue, lib, kind, classes, problems))
     if problems:
         raise PolicyError(problems)
+    out = choose_jointly(catalogue, out, problems)
+    if problems:
+        raise PolicyError(problems)
     return out
+
+
+def catalogue_token_exposure(catalogue: Catalogue) -> Exposure:
+    """:func:`token_exposure` of the catalogue's outputs: what a keyed token in a report joins to."""
+    return token_exposure(share_policies(catalogue))

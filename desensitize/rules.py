@@ -4,8 +4,10 @@ Each rule takes the expression of a column and returns the masked expression; no
 storage, keys or the catalogue's policy (``policy.py`` decides which rule a column gets). Keyed
 rules live beside these: ``pseudonym.py`` (HMAC tokens) and ``fpe.py`` (format-preserving ID tokens).
 
-:func:`preview_rule` picks the rule used wherever a value is shown to a person (asset metadata
-previews, logs, reports) so that no raw identifier is ever displayed.
+:func:`preview_spec` and :func:`display_spec` pick the rule used wherever a value is shown to a
+person (asset metadata previews, check samples, reports) so that no raw identifier is ever
+displayed; :func:`joint_specs` chooses an ID number's mask together with the rest of the row
+(``linkage.py``), so that a row never shows enough to rebuild the number.
 
 Examples (the default table of docs/masking.md)::
 
@@ -23,11 +25,14 @@ Examples (the default table of docs/masking.md)::
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import polars as pl
 
 from catalog.models import Element, ElementType, Semantic, Sensitivity
+from desensitize.linkage import ID_MASK, NOTHING, Exposure, exposure, is_id_element, joint_id_rule
 
 MASK = "*"
 _STARS = MASK * 256  # longest run a mask ever needs; longer middles keep 256 stars (length hidden)
@@ -200,41 +205,108 @@ def grid(expr: pl.Expr, cell: float = 0.1) -> pl.Expr:
     return ((expr.cast(pl.Float64) / cell).floor() * cell + cell / 2).round(digits)
 
 
-# --- previews -------------------------------------------------------------------------------------
+# --- previews and other displays ----------------------------------------------------------------
+
+# The masking of values shown to people is named with the rule texts of the share policy
+# (``keep_first_last(6, 4)``, ``mask_phone`` …, see desensitize/policy.py) plus ``year_only``
+# (1992-**-**), so that desensitize/linkage.py can reason about every display the same way.
 
 
-def preview_rule(e: Element | None):
-    """The masking shown to people for an element; ``None`` element (unknown column) is masked too."""
+def preview_spec(e: Element | None) -> str | None:
+    """The rule of an element in a preview (None: shown as it is); an unknown column is masked too.
+
+    An ID number's mask here is the default; :func:`joint_specs` changes it when the row shows too
+    much beside it."""
     if e is None:
-        return lambda x: keep_first_last(x, 1, 1)
+        return "keep_first_last(1, 1)"
     if e.type == ElementType.id_number:
-        return lambda x: keep_first_last(x, 6, 4)
+        return ID_MASK
     if e.type == ElementType.mobile or e.semantic == Semantic.phone:
-        return mask_phone
+        return "mask_phone"
     if e.semantic == Semantic.email:
-        return None if e.sensitivity == Sensitivity.public else mask_email
+        return None if e.sensitivity == Sensitivity.public else "mask_email"
     if e.semantic == Semantic.bank_card:
-        return lambda x: keep_first_last(x, 6, 4)
+        return "keep_first_last(6, 4)"
     if e.semantic == Semantic.vehicle_plate:
-        return None if e.sensitivity == Sensitivity.public else (lambda x: keep_first_last(x, 2, 1))
+        return None if e.sensitivity == Sensitivity.public else "keep_first_last(2, 1)"
     if e.sensitivity in (Sensitivity.public, Sensitivity.general) and e.type != ElementType.string:
         return None
     if e.semantic == Semantic.person_name:
-        return None if e.sensitivity == Sensitivity.public else (lambda x: keep_first(x))
+        return None if e.sensitivity == Sensitivity.public else "keep_first(1)"
     if e.semantic == Semantic.address:
-        return None if e.sensitivity == Sensitivity.public else address_to_district
+        return None if e.sensitivity == Sensitivity.public else "keep_address(district)"
     if e.sensitivity in (Sensitivity.sensitive, Sensitivity.highly_sensitive):
-        return (lambda x: keep_first_last(x, 4, 4)) if e.type == ElementType.string else None
+        return "keep_first_last(4, 4)" if e.type == ElementType.string else None
     return None
 
 
+def display_spec(e: Element | None) -> str | None:
+    """The rule of a single value shown beside a masked key (check samples, 校核 tickets, reports):
+    the preview rule, and ID-derived or sensitive dates as the year only (1992-**-**), so the key
+    keeps its region and sequence digits."""
+    if e is not None and e.type in (ElementType.date, ElementType.datetime) and (
+        e.derived_from_id == "birth_date"
+        or e.sensitivity in (Sensitivity.sensitive, Sensitivity.highly_sensitive)
+    ):
+        return "year_only"
+    return preview_spec(e)
+
+
+def year_only(expr: pl.Expr) -> pl.Expr:
+    """A date shown by its year: 1992-03-15 → 1992-**-**."""
+    return pl.when(expr.is_null()).then(None).otherwise(
+        pl.concat_str([expr.cast(pl.String).str.slice(0, 4), pl.lit("-**-**")]))
+
+
+_DISPLAY = re.compile(r"^([a-z_]+)(?:\((.*)\))?$")
+
+
+def display_rule(spec: str | None) -> Callable[[pl.Expr], pl.Expr] | None:
+    """The expression builder of a display rule text (None: shown as it is)."""
+    if spec is None or spec == "keep":
+        return None
+    m = _DISPLAY.match(spec.replace(" ", ""))
+    name, args = (m.group(1), [a for a in (m.group(2) or "").split(",") if a]) if m else (spec, [])
+    if name == "keep_first_last":
+        first, last = int(args[0]), int(args[1])
+        return lambda x: keep_first_last(x, first, last)
+    if name == "keep_first":
+        n = int(args[0]) if args else 1
+        return lambda x: keep_first(x, n)
+    if name == "keep_address":
+        level = args[0] if args else "district"
+        return lambda x: keep_address(x, level)  # type: ignore[arg-type]
+    simple = {"mask_phone": mask_phone, "mask_email": mask_email, "redact": redact, "year_only": year_only}
+    if name in simple:
+        return simple[name]
+    raise ValueError(f"未知的展示脱敏规则 {spec!r}")
+
+
+def display_exposure(elements: Iterable[Element]) -> Exposure:
+    """What a display row shows of an ID number when its value column may hold any of ``elements``."""
+    return exposure((e, display_spec(e)) for e in elements)
+
+
+def joint_specs(columns: Mapping[str, tuple[Element | None, str | None]],
+                linked: Exposure = NOTHING) -> dict[str, str | None]:
+    """The rules of one displayed row: each column's own, with every ID number's mask chosen jointly
+    with what the row (and anything joined to it, ``linked``) shows (desensitize/linkage.py)."""
+    seen = exposure(columns.values()) | linked
+    return {name: joint_id_rule(spec, seen) if is_id_element(e) else spec for name, (e, spec) in columns.items()}
+
+
+def preview_specs(elements: Mapping[str, Element | None], linked: Exposure = NOTHING) -> dict[str, str | None]:
+    """The rules of a preview whose columns are ``elements``."""
+    return joint_specs({n: (e, preview_spec(e)) for n, e in elements.items()}, linked)
+
+
 def mask_for_preview(frame: pl.DataFrame, elements: dict[str, Element | None]) -> pl.DataFrame:
-    """Mask every column named in ``elements`` by its preview rule (others pass unchanged)."""
+    """Mask every column named in ``elements`` by its preview rule, chosen jointly for the row
+    (others pass unchanged): beside a birth date shown in full an ID number keeps only its first
+    digit and last two."""
+    specs = preview_specs({n: e for n, e in elements.items() if n in frame.columns})
     exprs = []
     for name in frame.columns:
-        if name not in elements:
-            exprs.append(pl.col(name))
-            continue
-        rule = preview_rule(elements[name])
+        rule = display_rule(specs[name]) if name in specs else None
         exprs.append(rule(pl.col(name)).alias(name) if rule else pl.col(name))
     return frame.select(exprs)

@@ -15,6 +15,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetK
 
 from catalog.loader import Catalogue
 from catalog.models import Resource
+from desensitize.display import md_cell
 from quality.consistency import copies
 from quality.results import min_pass_rate
 from quality.rules import Dimension, Rule, Severity, resource_rules
@@ -80,9 +81,10 @@ def std_check_results(
             )
         sample = failures.filter(pl.col("rule_id").is_in(rows.get_column("rule_id").to_list())).head(SAMPLE_ROWS)
         sample_md = "\n".join(
-            f"- 第 {s['row_no']} 行 · {s['rule_id']} · 主键 {s['entity_key_masked']} · 值 {s['value_masked']}"
-            for s in sample.iter_rows(named=True)
-        ) or "无"
+            ["| 行号 | 规则 | 主键(已脱敏) | 值(已脱敏) |", "|---|---|---|---|"]
+            + [f"| {s['row_no']} | {md_cell(s['rule_id'])} | {md_cell(s['entity_key_masked'])} | "
+               f"{md_cell(s['value_masked'])} |" for s in sample.iter_rows(named=True)]
+        ) if sample.height else "无"
         passed = failed == 0
         severity = AssetCheckSeverity.ERROR if blocked.height else AssetCheckSeverity.WARN
         out.append(AssetCheckResult(

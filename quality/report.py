@@ -13,7 +13,10 @@ with nothing wrong gets the short version (1, 2, 3, 4 and a line saying so).
 
 No raw identifier reaches a report: entity keys and values are masked (:func:`quality.tickets.mask_key`,
 :func:`quality.tickets.value_rule`) and each entity carries a keyed token
-(:func:`desensitize.pseudonym.hmac_tokens`), stable across reports for the same key.
+(:func:`desensitize.pseudonym.hmac_tokens`), stable across reports for the same key and equal to the
+share layer's: an ID number is masked jointly with what those outputs publish (desensitize/linkage.py).
+Text cells of the workbook are written as strings, neutralised against formula injection
+(:func:`desensitize.display.spreadsheet_text`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from assets.share import PseudonymKeyResource
 from assets.std import night_problems
 from catalog.loader import Catalogue
 from catalog.models import Department
+from desensitize.display import spreadsheet_text
+from desensitize.linkage import NOTHING, Exposure
+from desensitize.policy import catalogue_token_exposure
 from desensitize.pseudonym import PseudonymKey, hmac_tokens
 from pipelines.mailer import Attachment, Mailer, MailerResource, MailError, engineer_emails, read_deliveries
 from pipelines.resources import WarehouseResource
@@ -100,6 +106,7 @@ class ReportInputs:
     conflicts: pl.DataFrame  # conflicts open at the end of the period
     records: dict[str, pl.DataFrame]  # failing records of each resource's latest batch
     key: PseudonymKey | None
+    linked: Exposure = NOTHING  # what the share outputs joined by the reports' tokens show (linkage.py)
     problems: dict[str, dict] = field(default_factory=dict)  # resource id → its failed delivery / withheld batch
 
 
@@ -115,6 +122,8 @@ def load_inputs(wh: Warehouse, catalogue: Catalogue, day: dt.date, key: Pseudony
         period=day, run=sc.latest_run(wh, day), previous=sc.previous_totals(wh, day), history=sc.history(wh, day),
         batches=batches, freshness=evaluate_catalogue(wh, catalogue, end_of_day(day, city_zone(catalogue))),
         tickets=read_tickets(wh), conflicts=open_conflicts, records=records, key=key,
+        # a token joins a report row to the share outputs under the same key: their birth dates count
+        linked=catalogue_token_exposure(catalogue) if key is not None else NOTHING,
         problems={r["resource_id"]: {"state": r["state"], "reason": r["reason"]}
                   for r in night_problems(wh, day).iter_rows(named=True)},
     )
@@ -187,7 +196,7 @@ def _masked_entities(frame: pl.DataFrame, catalogue: Catalogue, inputs: ReportIn
         else:
             resource = catalogue.resource(value)
             lib, key = catalogue.library(resource.library), resource.key
-        parts.append(part.with_columns(mask_key(pl.col("entity_key"), lib, key).alias("entity")))
+        parts.append(part.with_columns(mask_key(pl.col("entity_key"), lib, key, inputs.linked).alias("entity")))
     out = pl.concat(parts)
     return out.with_columns(tokens(out.get_column("entity_key"), inputs.key).alias("token"))
 
@@ -471,7 +480,7 @@ def render_xlsx(report: DepartmentReport) -> bytes:
               formats: dict[int, object] | None = None):
         ws = wb.add_worksheet(name)
         for c, h in enumerate(header):
-            ws.write_string(start, c, h, bold)
+            ws.write_string(start, c, spreadsheet_text(h), bold)
         for r, row in enumerate(rows, start=start + 1):
             for c, v in enumerate(row):
                 fmt = (formats or {}).get(c)
@@ -481,8 +490,8 @@ def render_xlsx(report: DepartmentReport) -> bytes:
                     ws.write_boolean(r, c, v, fmt)
                 elif isinstance(v, int | float):
                     ws.write_number(r, c, v, fmt)
-                else:
-                    ws.write_string(r, c, str(v), fmt)
+                else:  # text is always a string cell, never a formula (strings_to_formulas off)
+                    ws.write_string(r, c, spreadsheet_text(str(v)), fmt)
         for c, w in enumerate(widths or []):
             ws.set_column(c, c, w)
         ws.freeze_panes(start + 1, 0)
@@ -492,22 +501,22 @@ def render_xlsx(report: DepartmentReport) -> bytes:
     ws.set_column(0, 0, 22)
     ws.set_column(1, 1, 60)
     for r, (k, v) in enumerate(report.summary):
-        ws.write_string(r, 0, k, bold)
+        ws.write_string(r, 0, spreadsheet_text(k), bold)
         if isinstance(v, int | float) and not isinstance(v, bool):
             ws.write_number(r, 1, v)
         else:
-            ws.write_string(r, 1, "—" if v is None else str(v))
+            ws.write_string(r, 1, "—" if v is None else spreadsheet_text(str(v)))
     row = len(report.summary) + 1
     for c, h in enumerate(["维度", "得分", "上期", "变化", "权重"]):
         ws.write_string(row, c, h, bold)
     for i, d in enumerate(report.dimensions, start=row + 1):
-        ws.write_string(i, 0, d["name"])
+        ws.write_string(i, 0, spreadsheet_text(d["name"]))
         if d["value"] is not None:
             ws.write_number(i, 1, round(d["value"], 2), num)
         else:
             ws.write_string(i, 1, "无规则")
-        ws.write_string(i, 2, d["previous"])
-        ws.write_string(i, 3, d["delta"])
+        ws.write_string(i, 2, spreadsheet_text(d["previous"]))
+        ws.write_string(i, 3, spreadsheet_text(d["delta"]))
         ws.write_number(i, 4, float(d["weight"]))
 
     sheet("规则结果", ["资源", "规则编号", "规则", "维度", "严重程度", "检查数", "失败数", "通过率", "得分"],
@@ -538,8 +547,8 @@ def render_xlsx(report: DepartmentReport) -> bytes:
                  r["days_late"] if r["status"] == "overdue" else 0, r["extension_days"] or 0, r["extended_by"],
                  None, None] for r in report.tickets.iter_rows(named=True)],
                [24, 12, 16, 22, 28, 36, 11, 11, 8, 10, 12, 12, 40, 12], start=2, formats={12: reply, 13: reply})
-    ws.write_string(0, 0, f"{report.department.name} · 报告编号 {report.reference} · 请在「回复说明」「回复人」两列填写"
-                          "校核结果后回传本文件 (gongshu ticket import-reply)。", note)
+    ws.write_string(0, 0, spreadsheet_text(f"{report.department.name} · 报告编号 {report.reference} · 请在「回复说明」"
+                                           "「回复人」两列填写校核结果后回传本文件 (gongshu ticket import-reply)。"), note)
     wb.close()
     return buf.getvalue()
 

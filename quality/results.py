@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from catalog.loader import Catalogue
 from catalog.models import Resource
-from desensitize.rules import preview_rule
+from desensitize.rules import display_exposure, display_rule, display_spec, joint_specs
 from warehouse.store import Column, Warehouse
 
 RULE_RESULTS = "rule_results"
@@ -68,18 +68,25 @@ def masked_failures(
 ) -> pl.DataFrame:
     """Failing records with the entity key and sensitive values masked (never a raw identifier).
 
+    A sample row shows the masked key beside one value, which may be of any element of the
+    library: values are shown by their display rule (an ID-derived birth date by its year) and the
+    key's ID number is masked jointly with that (desensitize/rules.py :func:`joint_specs`), so no
+    sample row gives an ID number back.
+
     ``accepted_keys`` maps ``_row_no`` to the parsed key columns of every parsed row.
     """
     lib = catalogue.library(resource.library)
+    key_specs = joint_specs({k: (lib.element(k), display_spec(lib.element(k))) for k in resource.key},
+                            display_exposure(lib.elements))
     key_exprs = []
     for k in resource.key:
-        rule = preview_rule(lib.element(k))
+        rule = display_rule(key_specs[k])
         key_exprs.append(rule(pl.col(k).cast(pl.String)) if rule else pl.col(k).cast(pl.String))
     keyed = failures.join(accepted_keys, on="_row_no", how="left")
     value_masked = pl.lit(None, pl.String)
     for code in {r for r in failures.get_column("field").unique().to_list() if r}:
         e = lib.element(code) if code in {x.code for x in lib.elements} else None
-        rule = preview_rule(e)
+        rule = display_rule(display_spec(e))
         masked = rule(pl.col("value")) if rule else pl.col("value")
         value_masked = pl.when(pl.col("field") == code).then(masked).otherwise(value_masked)
     return keyed.select(

@@ -38,8 +38,16 @@ import sqlalchemy as sa
 
 from assets.standardize import parse_expr
 from catalog.loader import Catalogue
-from catalog.models import Element, ElementType, Library, Resource, Sensitivity
-from desensitize.rules import REDACTED, preview_rule
+from catalog.models import Element, Library, Resource
+from desensitize.linkage import NOTHING, Exposure
+from desensitize.rules import (
+    REDACTED,
+    display_exposure,
+    display_rule,
+    display_spec,
+    joint_specs,
+    preview_spec,
+)
 from quality.freshness import add_working_days, end_of_day, is_working_day, working_days_between
 from quality.rules import Dimension, Severity
 from quality.scorecard import ScorecardConfig
@@ -102,18 +110,9 @@ def working_days_late(due: dt.date, day: dt.date) -> int:
 
 
 def value_rule(element: Element | None):
-    """The masking of a value in reports: the preview rule, and sensitive dates as the year only.
-
-    A birth date beside a masked ID number (110105********002X) would restore exactly the hidden
-    digits, so reports never show it whole.
-    """
-    if element is not None and element.type in (ElementType.date, ElementType.datetime) and (
-        element.derived_from_id == "birth_date"
-        or element.sensitivity in (Sensitivity.sensitive, Sensitivity.highly_sensitive)
-    ):
-        return lambda x: pl.when(x.is_null()).then(None).otherwise(
-            pl.concat_str([x.cast(pl.String).str.slice(0, 4), pl.lit("-**-**")]))
-    return preview_rule(element)
+    """The masking of a value in reports: its display rule (desensitize/rules.py :func:`display_spec`):
+    the preview rule, and birth dates (and other sensitive dates) as the year only."""
+    return display_rule(display_spec(element))
 
 
 def mask_value(expr: pl.Expr, element: Element | None) -> pl.Expr:
@@ -121,14 +120,27 @@ def mask_value(expr: pl.Expr, element: Element | None) -> pl.Expr:
     return rule(expr) if rule else expr.cast(pl.String)
 
 
-def mask_key(expr: pl.Expr, lib: Library, key: Sequence[str]) -> pl.Expr:
-    """An ``a|b`` entity key with each part masked by its element; a row without key says so."""
+def mask_key(expr: pl.Expr, lib: Library, key: Sequence[str], linked: Exposure = NOTHING) -> pl.Expr:
+    """An ``a|b`` entity key with each part masked by its element; a row without key says so.
+
+    The key stands in a row beside values of any element of the library (shown by
+    :func:`value_rule`) and beside a keyed token, which joins it to whatever ``linked`` describes
+    (the share outputs under the same key): its ID number is masked jointly with both
+    (desensitize/linkage.py), e.g. Hutool ID_CARD where a share output publishes birth dates in full.
+    """
+    specs = joint_specs({k: (lib.element(k), display_spec(lib.element(k))) for k in key},
+                        display_exposure(lib.elements) | linked)
     parts = expr.str.split("|")
-    masked = pl.concat_str([mask_value(parts.list.get(i, null_on_oob=True), lib.element(k))
-                            for i, k in enumerate(key)], separator="|")
+    masked = pl.concat_str([_shown(parts.list.get(i, null_on_oob=True), specs[k]) for i, k in enumerate(key)],
+                           separator="|")
     row = expr.str.extract(r"#(\d+)$", 1)
     return pl.when(expr.str.starts_with("#")).then(pl.concat_str([pl.lit("(主键缺失) 第"), row, pl.lit("行")])) \
         .otherwise(masked)
+
+
+def _shown(expr: pl.Expr, spec: str | None) -> pl.Expr:
+    rule = display_rule(spec)
+    return rule(expr) if rule else expr.cast(pl.String)
 
 
 # --- failing records of a batch ----------------------------------------------------------------------
@@ -200,12 +212,13 @@ def failing_records(wh: Warehouse, catalogue: Catalogue, resource: Resource, bat
             meta = _rule_meta(wh, batch_id)
             fails = fails.join(meta, on="rule_id", how="left").with_columns(
                 pl.col("label").fill_null(pl.col("rule_id")))
-            # the found value was masked by the preview rule; birth dates are cut to the year here, and
-            # the date the ID number implies is never shown (it would complete the masked number)
+            # the found value was masked by its display rule when stored (a birth date by its year);
+            # rows stored before that showed a whole date: cut here too. The date the ID number
+            # implies is never shown (it would complete the masked number)
             value = pl.col("value_masked")
             for code, e in elements.items():
                 rule = value_rule(e)
-                if rule is not None and preview_rule(e) is None:
+                if rule is not None and preview_spec(e) is None:
                     value = pl.when(pl.col("field") == code).then(rule(pl.col("value_masked"))).otherwise(value)
             frames.append(fails.with_columns(
                 value.alias("value_masked"),

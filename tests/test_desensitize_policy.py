@@ -11,7 +11,7 @@ import pytest
 
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from desensitize.kanon import k_anonymise, smallest_group
-from desensitize.masking import ladder, mask_snapshot
+from desensitize.masking import MissingKeyError, ladder, mask_snapshot
 from desensitize.policy import Context, PolicyError, share_policies
 from desensitize.pseudonym import PseudonymKey
 from quality.identifiers import id_number_valid
@@ -38,7 +38,7 @@ def test_the_demo_city_gets_one_output_per_library_and_declared_class() -> None:
     assert list(person.schema()) == [
         "id_number", "id_number__token", "name", "gender", "birth_date", "ethnicity", "household_address",
         "marital_status", "mobile", "insurance_status", "birth_cert_no", "valid_from", "_key_id"]
-    assert person.column("id_number").rule.spec == "keep_first_last(6, 4)"
+    assert person.column("id_number").rule.spec == "keep_first_last(1, 2)"  # 出生日期 is published beside it
     assert person.column("mobile").rule.spec == "mask_phone"
 
 
@@ -141,14 +141,65 @@ def test_fpe_tokens_equal_to_a_real_id_are_withheld(tmp_path: Path) -> None:
     assert again.frame.get_column("_key_id").unique().to_list() == [KEY.key_id]
 
 
-def test_without_a_key_keyed_columns_are_published_empty_and_nothing_else_changes(tmp_path: Path) -> None:
+def test_without_a_key_an_output_with_keyed_columns_is_refused_and_one_without_is_built(tmp_path: Path) -> None:
     cat = load_catalogue(shanhai(tmp_path))
-    policy = next(p for p in share_policies(cat) if p.name == "people_restricted")
+    policies = {p.name: p for p in share_policies(cat)}
     pid = citykit.id_number("370202", "19800101", 11)
     snapshot = pl.DataFrame({"pid": [pid], "full_name": ["王小明"], "sex": ["1"], "dob": [dt.date(1980, 1, 1)],
                              "phone": ["13800000001"], "valid_from": [dt.date(2026, 10, 9)]})
-    keyed = mask_snapshot(policy, snapshot, as_of=dt.date(2026, 10, 9), key=KEY).frame
-    bare = mask_snapshot(policy, snapshot, as_of=dt.date(2026, 10, 9), key=None).frame
-    assert bare.columns == keyed.columns == list(policy.schema())
-    assert bare.row(0, named=True) == {**keyed.row(0, named=True), "pid__token": None, "_key_id": None}
-    assert bare.get_column("pid").item() == pid[:6] + "********" + pid[-4:]
+    with pytest.raises(MissingKeyError, match="share/people_restricted: 未设置假名化密钥 \\(环境变量 "
+                                              "GONGSHU_PSEUDONYM_KEY\\), 而本输出含密钥化列 pid__token"):
+        mask_snapshot(policies["people_restricted"], snapshot, as_of=dt.date(2026, 10, 9), key=None)
+    orgs = pl.DataFrame({"code": [citykit.ORGS[0][0]], "title": [citykit.ORGS[0][1]], "capital": [120.5],
+                         "valid_from": [dt.date(2026, 10, 9)]})
+    shared = mask_snapshot(policies["org_shared"], orgs, as_of=dt.date(2026, 10, 9), key=None)
+    assert not policies["org_shared"].keyed and shared.frame.get_column("title").to_list() == [citykit.ORGS[0][1]]
+
+
+def test_an_id_number_is_masked_jointly_with_the_birth_dates_its_row_and_its_tokens_publish(tmp_path: Path) -> None:
+    demo = {p.name: p for p in share_policies(load_catalogue(DEMO_CATALOGUE))}
+    # 110105********7285 beside 1935-03-15 would be the whole number: Hutool ID_CARD instead
+    assert demo["person_restricted"].column("id_number").rule.spec == "keep_first_last(1, 2)"
+    assert "按 Hutool ID_CARD 仅保留首1位和末2位" in demo["person_restricted"].describe_md()
+    # 法定代表人证件号 has no birth date in its own row, but its token joins person_restricted's
+    for name in ("legal_entity_shared", "legal_entity_restricted"):
+        assert demo[name].column("legal_rep_id").rule.spec == "keep_first_last(1, 2)"
+    # the second city names its elements otherwise: 出生日期 is ``dob``, kept whole → the same protection
+    second = {p.name: p for p in share_policies(load_catalogue(shanhai(tmp_path / "a")))}
+    assert second["people_restricted"].column("pid").rule.spec == "keep_first_last(1, 2)"
+    # a city that shares only the birth year keeps region and sequence digits: 6 + 4
+    folder = shanhai(tmp_path / "b", lambda t: t.replace(
+        "derived_from_id: birth_date}", "derived_from_id: birth_date, masking: {restricted: birth_year}}"))
+    people = next(p for p in share_policies(load_catalogue(folder)) if p.name == "people_restricted")
+    assert (people.column("pid").rule.spec, people.column("dob").rule.spec) == ("keep_first_last(6, 4)", "birth_year")
+
+
+def test_a_6_4_mask_the_catalogue_names_beside_a_full_birth_date_is_refused_with_its_path(tmp_path: Path) -> None:
+    folder = shanhai(tmp_path, lambda t: t.replace(
+        "{code: pid, name: 身份号码, type: id_number, required: true, sensitivity: 高度敏感}",
+        "{code: pid, name: 身份号码, type: id_number, required: true, sensitivity: 高度敏感, "
+        "masking: {restricted: \"keep_first_last(6, 4) + token\"}}"))
+    with pytest.raises(PolicyError) as err:
+        share_policies(load_catalogue(folder))
+    assert (f"{folder / 'catalogue.yaml'}: libraries.0(people).elements.0(pid).masking.restricted: "
+            "keep_first_last(6, 4) 与同一行或经令牌可关联的输出发布的出生日期(完整)、性别合起来即完整的身份号码; "
+            "请改用 keep_first_last(1, 2) (Hutool ID_CARD) 或 token, 或将出生日期泛化 (birth_year)") in str(err.value)
+
+
+def test_rows_masked_by_the_joint_policy_give_no_id_number_back_where_the_old_mask_did(tmp_path: Path) -> None:
+    from desensitize.leaks import Needles, scan_frame
+    from desensitize.rules import keep_first_last
+
+    cat = load_catalogue(shanhai(tmp_path))
+    policy = next(p for p in share_policies(cat) if p.name == "people_restricted")
+    births = [dt.date(1935, 3, 15) + dt.timedelta(days=97 * i) for i in range(200)]
+    pids = [citykit.id_number("370202", f"{b:%Y%m%d}", 100 + i) for i, b in enumerate(births)]
+    snapshot = pl.DataFrame({"pid": pids, "full_name": ["王小明"] * 200, "sex": [None] * 200, "dob": births,
+                             "phone": [None] * 200, "valid_from": [dt.date(2026, 10, 9)] * 200},
+                            schema={"pid": pl.String, "full_name": pl.String, "sex": pl.String, "dob": pl.Date,
+                                    "phone": pl.String, "valid_from": pl.Date})
+    masked = mask_snapshot(policy, snapshot, as_of=dt.date(2026, 10, 9), key=KEY).frame
+    needles = Needles.of(ids=pids)
+    assert scan_frame(masked, needles, "share.people_restricted") == []
+    old = masked.with_columns(snapshot.select(keep_first_last(pl.col("pid"), 6, 4)).to_series().alias("pid"))
+    assert [(f.column, f.kind, f.count) for f in scan_frame(old, needles, "t")] == [("pid + dob", "id_rebuilt", 200)]

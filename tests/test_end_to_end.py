@@ -41,6 +41,7 @@ def second_city(tmp_path: Path, warehouse_url: str):
         "GONGSHU_HOME": str(tmp_path / "home"),
         "DAGSTER_HOME": str(tmp_path / "dagster"),
         "SHANHAI_QIYE_URL": f"{base}/qiye",
+        "GONGSHU_PSEUDONYM_KEY": "end-to-end-test-key-0123456789",
     }
     yield env
     server.shutdown()
@@ -63,14 +64,15 @@ def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(secon
         assert md["对账"].value == "3 = 3 + 0"
         assert ev.asset_materialization.partition == DAY.isoformat()
         preview = md["预览(已脱敏)"].value
-        assert PEOPLE[0][0] not in preview and PEOPLE[0][0][:6] + "********" in preview
+        hutool = f"`{PEOPLE[0][0][0]}{'*' * 15}{PEOPLE[0][0][-2:]}`"  # 出生日期 is in the same row
+        assert PEOPLE[0][0] not in preview and hutool in preview
         assert "王小明" not in preview and "王***" in preview
         # the ODS preview of a batch received in the run (from the rows in memory), masked the same way
         ods_md = instance.get_latest_materialization_event(
             AssetKey(["ods", "huzheng", "renkou"])).asset_materialization.metadata
         assert ods_md["批次号"].value == f"huzheng_renkou.{DAY:%Y%m%d}.1"
         ods_preview = ods_md["预览(已脱敏)"].value
-        assert PEOPLE[0][0] not in ods_preview and PEOPLE[0][0][:6] + "********" in ods_preview
+        assert PEOPLE[0][0] not in ods_preview and hutool in ods_preview
         assert "王小明" not in ods_preview and "王***" in ods_preview and "_batch_id" not in ods_preview
         base = instance.get_latest_materialization_event(AssetKey(["base", "people"])).asset_materialization
         assert base.metadata["新增实体"].value == 3

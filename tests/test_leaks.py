@@ -117,3 +117,102 @@ def test_workbooks_and_mails_are_scanned_cell_by_cell_and_part_by_part(tmp_path:
     found = scan_file(mail, NEEDLES)
     assert [(f.kind, f.location.split()[-1]) for f in found] == [
         ("mobile", "text/html"), ("id_number", "report.xlsx"), ("name", "report.xlsx")]
+
+
+# --- row-level reconstruction (desensitize/reidentify.py) -----------------------------------------
+
+def _id(region: str, birth: str, seq: int) -> str:
+    from tests.citykit import id_number
+
+    return id_number(region, birth, seq)
+
+
+PERSONS = [(_id("110105", "19350315", 728), "欧阳娜娜", "1935-03-15", "2", "浙江省温州市鹿城区五马街道解放路12号"),
+           (_id("330302", "19800101", 11), "李丽", "1980-01-01", "1", "浙江省温州市瓯海区娄桥街道古岸头村8号")]
+PEOPLE_NEEDLES = Needles.of(ids=[p[0] for p in PERSONS], names=[p[1] for p in PERSONS],
+                            people=[(p[0], p[1], p[4]) for p in PERSONS])
+
+
+def mask(ids: list[str], first: int, last: int) -> list[str]:
+    frame = pl.DataFrame({"v": ids})
+    from desensitize.rules import keep_first_last
+
+    return frame.select(keep_first_last(pl.col("v"), first, last)).to_series().to_list()
+
+
+def test_a_6_4_masked_id_beside_the_birth_date_it_hides_is_rebuilt_and_reported() -> None:
+    ids = [p[0] for p in PERSONS]
+    assert ids[0] == "110105193503157285"  # the example: 110105********7285 beside 1935-03-15
+    old = pl.DataFrame({"id_number": mask(ids, 6, 4), "birth_date": [p[2] for p in PERSONS],
+                        "gender": [p[3] for p in PERSONS]})
+    found = scan_frame(old, PEOPLE_NEEDLES, "share.person_restricted")
+    assert [(f.column, f.kind, f.count) for f in found] == [("id_number + birth_date", "id_rebuilt", 2)]
+    assert found[0].sample == "1***************85" and ids[0] not in str(found[0])
+    assert "行的掩码身份号码可由同一行的其他列(出生日期、性别)补全为基础库中的真实号码" in str(found[0])
+    # Hutool ID_CARD beside the same birth date leaves 10⁷ numbers: nothing to report
+    assert scan_frame(old.with_columns(pl.Series("id_number", mask(ids, 1, 2))), PEOPLE_NEEDLES, "t") == []
+    # the birth year alone, or a date that is not the person's own, completes nothing
+    assert scan_frame(old.with_columns(pl.Series("birth_date", ["1935-**-**", "1980"])), PEOPLE_NEEDLES, "t") == []
+    assert scan_frame(old.with_columns(pl.Series("birth_date", ["2026-10-09"] * 2)), PEOPLE_NEEDLES, "t") == []
+    # other spellings of the same date are dates too; the columns are found by their values, not their names
+    compact = pl.DataFrame({"SFZ": mask(ids, 6, 4), "SHENGRI": ["19350315", "1980/1/1"], "XB": ["F", "M"]})
+    assert [(f.column, f.count) for f in scan_frame(compact, PEOPLE_NEEDLES, "t")] == [("SFZ + SHENGRI", 2)]
+
+
+def test_the_hidden_digits_are_enumerated_under_the_check_character_for_every_row_at_once() -> None:
+    from desensitize.reidentify import birth_digits, rebuild_ids
+
+    ids = [_id("370202", f"19{y:02d}0{m}1{m}", s) for y in range(40, 99, 7) for m in range(1, 9) for s in (11, 12)]
+
+    def fragments(positions: list[int]) -> pl.Series:
+        return pl.Series(["".join("*" if i in positions else c for i, c in enumerate(v)) for v in ids])
+
+    # one hidden digit: the check character gives it back, whichever it is
+    for p in (0, 5, 9, 16):
+        assert rebuild_ids(fragments([p])).to_list() == ids
+    # two hidden digits leave 9 or 10 numbers each: never one
+    assert rebuild_ids(fragments([3, 4])).null_count() == len(ids)
+    # the check character hidden too: only a sex digit of known parity beside four candidates… still five
+    sex = pl.Series([int(v[16]) % 2 for v in ids], dtype=pl.Int8)
+    assert rebuild_ids(fragments([16, 17]), sex=sex).null_count() == len(ids)
+    assert rebuild_ids(fragments([17])).to_list() == ids  # only the check character hidden: computed
+    # the 8 digits a 6,4 mask hides, given by the birth date beside it
+    births = birth_digits(pl.Series([f"{v[6:10]}-{v[10:12]}-{v[12:14]}" for v in ids]))
+    assert rebuild_ids(fragments(list(range(6, 14))), births).to_list() == ids
+    assert birth_digits(pl.Series(["1935-03-15", "19350315", "1935/3/5", "1935-**-**", "1935", "abc", "1935-13-01"])
+                        ).to_list() == ["19350315", "19350315", "19350305", "1935****", "1935****", None, None]
+
+
+def test_a_name_birth_date_and_region_that_match_one_person_of_the_base_library_are_reported() -> None:
+    frame = pl.DataFrame({"name": ["欧阳娜娜", "李丽"], "birth": ["1935-03-15", "1999-09-09"],
+                          "district": ["浙江省温州市鹿城区", "浙江省温州市瓯海区"]})
+    found = [f for f in scan_frame(frame, PEOPLE_NEEDLES, "t") if f.kind == "person_linked"]
+    assert [(f.column, f.count, f.sample) for f in found] == [("name + birth + district", 1, "欧***")]
+    # a region code works as well (the 6 leading digits of the number), a 公开 name column is exempt
+    coded = frame.with_columns(pl.Series("district", ["110105", "330302"]))
+    assert [f.count for f in scan_frame(coded, PEOPLE_NEEDLES, "t") if f.kind == "person_linked"] == [1]
+    assert [f for f in scan_frame(coded, PEOPLE_NEEDLES, "t", public_columns={"name"})
+            if f.kind == "person_linked"] == []
+
+
+def test_values_in_markdown_code_spans_are_read_as_their_text() -> None:
+    ids = [p[0] for p in PERSONS]
+    text = ("| id | birth | name |\n|---|---|---|\n"
+            + "".join(f"| `{m}` | `{p[2]}` | `{p[1] if i else '欧***'}` |\n"
+                      for i, (m, p) in enumerate(zip(mask(ids, 6, 4), PERSONS, strict=True)))
+            + "\n联系人 `李丽`")
+    assert markdown_tables(text)[0].row(0) == (mask(ids, 6, 4)[0], "1935-03-15", "欧***")
+    assert [(f.location, f.column, f.kind) for f in scan_text(text, PEOPLE_NEEDLES, "预览")] == [
+        ("预览 表1", "name", "name"), ("预览 表1", "id + birth", "id_rebuilt"),
+        ("预览 表1", "name + birth + id", "person_linked"),  # 李丽, born 1980-01-01, 330302: one person
+        ("预览", "text", "name")]
+
+
+def test_csv_and_json_records_are_read_row_by_row_too(tmp_path: Path) -> None:
+    ids = [p[0] for p in PERSONS]
+    rows = pl.DataFrame({"id": mask(ids, 6, 4), "birth": [p[2] for p in PERSONS]})
+    rows.write_csv(tmp_path / "old.csv")
+    (tmp_path / "old.json").write_text(json.dumps({"dataset": "x", "records": rows.to_dicts()}), encoding="utf-8")
+    for name in ("old.csv", "old.json"):
+        assert [(f.column, f.kind, f.count) for f in scan_file(tmp_path / name, PEOPLE_NEEDLES)] == [
+            ("id + birth", "id_rebuilt", 2)]

@@ -45,7 +45,8 @@ SB_TOTAL = 0.8 * (15 * (300 + 200 / 3 + 100) / 5 + 2000 + 2000 + 25 * 200 / 3 + 
 
 
 def masked_id(number: str) -> str:
-    return number[:6] + "*" * 8 + number[-4:]
+    """Hutool ID_CARD: the share layer publishes 出生日期 in full beside the same token."""
+    return number[0] + "*" * 15 + number[-2:]
 
 
 def night(wh: Warehouse, cat, landing: Path, tmp_path: Path, day: dt.date = DAY1, *, deliver: bool = True,
@@ -341,4 +342,48 @@ def test_the_commands_answer_extend_and_report(city, tmp_path: Path, monkeypatch
     out = capsys.readouterr().out
     assert "部门质量报告 · 批次日期 2026-09-30" in out and "huzheng.html, huzheng.xlsx  未发送" in out
     assert (tmp_path / "home" / "reports" / "2026-09-30" / "huzheng.html").exists()
+    wh.dispose()
+
+
+def test_a_report_row_joined_to_the_share_layer_on_its_token_gives_no_id_number_back(city, tmp_path: Path) -> None:
+    from assets.share import build_share_output
+    from desensitize.leaks import Needles, scan_file, scan_rows
+    from desensitize.policy import share_policies
+
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    run = night(wh, cat, landing, tmp_path)
+    people = next(p for p in share_policies(cat) if p.name == "people_restricted")
+    share = build_share_output(wh, cat, people, DAY1, key=KEY).frame  # publishes 出生日期 in full
+    needles = Needles.from_warehouse(wh, cat)
+    failures = sheet(run, "huzheng", "失败记录")[1:]
+    report = pl.DataFrame({"entity": [r[2] for r in failures], "token": [r[3] for r in failures]})
+    joined = report.join(share, left_on="token", right_on="pid__token").select("entity", "dob")
+    assert joined.height == 1 and joined.item(0, "entity") == masked_id(PEOPLE[1][0])
+    # a 6,4 mask here would be completed by the birth date the share layer publishes beside the same token
+    assert scan_rows(joined, needles, "报告 ⋈ share.people_restricted") == []
+    assert all(scan_file(o.xlsx, needles) == [] for o in run.outcomes)
+    wh.dispose()
+
+
+def test_workbook_text_cells_never_start_a_formula_and_numbers_stay_numbers(city, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    cat, landing = city
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    night(wh, cat, landing, tmp_path)
+    report = rp.build_report(cat, "huzheng", rp.load_inputs(wh, cat, DAY1, KEY), CONFIG)
+    evil = '=HYPERLINK("http://evil","x")'
+    planted = replace(report, failures=report.failures.with_columns(
+        pl.lit(evil).alias("value_masked"), pl.lit("-2+3+cmd|' /C calc'!A0").alias("expected"),
+        pl.lit("@SUM(A1)").alias("label")))
+    wb = load_workbook(io.BytesIO(rp.render_xlsx(planted)))  # not read-only: cell types are checked
+    [row] = list(wb["失败记录"].iter_rows(min_row=2))
+    cells = {wb["失败记录"].cell(1, c.column).value: c for c in row}
+    assert (cells["发现值(脱敏)"].value, cells["期望"].value, cells["规则"].value) == (
+        "'" + evil, "'-2+3+cmd|' /C calc'!A0", "'@SUM(A1)")
+    assert {cells[h].data_type for h in ("发现值(脱敏)", "期望", "规则")} == {"s"}  # strings, never formulas
+    assert cells["行号"].value == 2 and cells["行号"].data_type == "n"
+    rules = list(wb["规则结果"].iter_rows(min_row=2, values_only=True))
+    assert all(isinstance(r[5], int) and isinstance(r[6], int) for r in rules)
     wh.dispose()

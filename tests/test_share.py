@@ -21,6 +21,8 @@ from assets.share import (
 )
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from desensitize.kanon import smallest_group
+from desensitize.leaks import Needles
+from desensitize.masking import MissingKeyError
 from desensitize.policy import OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey, token_of
 from pipelines.demo_api import serve_in_thread
@@ -103,7 +105,7 @@ def test_the_restricted_output_masks_every_column_and_its_tokens_join_across_dat
                                 {**policy(cat, "people_restricted").schema(), "_row_hash": pl.String()})
     pid, name, _, _ = PEOPLE[0]
     row = stored.filter(pl.col("pid__token") == token_of(pid, KEY)).row(0, named=True)
-    assert row["pid"] == pid[:6] + "********" + pid[-4:]
+    assert row["pid"] == pid[0] + "*" * 15 + pid[-2:]  # Hutool ID_CARD: 出生日期 is published beside it
     assert (row["full_name"], row["sex"], row["dob"], row["phone"]) == ("王***", "1", dt.date(1980, 1, 1), "138****0001")
     assert row["_key_id"] == KEY.key_id and row["valid_from"] == DAY1
     assert pid not in stored.get_column("pid").to_list()
@@ -239,9 +241,9 @@ def test_share_assets_materialise_through_dagster_with_metadata_and_passing_chec
         checks = {(c.asset_key.path[-1], c.check_name): c for c in result.get_asset_check_evaluations()}
     assert md["people_restricted"]["dagster/row_count"].value == 45
     assert md["people_restricted"]["假名化密钥编号"].value == KEY.key_id
-    assert "保留前6位和后4位" in md["people_restricted"]["脱敏策略"].value
+    assert "保留前1位和后2位" in md["people_restricted"]["脱敏策略"].value
     preview = md["people_restricted"]["预览(已脱敏)"].value
-    assert PEOPLE[0][0] not in preview and "********" in preview
+    assert PEOPLE[0][0] not in preview and f"`{PEOPLE[0][0][0]}{'*' * 15}{PEOPLE[0][0][-2:]}`" in preview
     assert md["people_open"]["k-匿名: 抑制行数"].value == 2
     assert checks[("people_restricted", "no_raw_identifiers")].passed
     assert checks[("people_open", "no_raw_identifiers")].passed
@@ -262,8 +264,124 @@ def test_the_demo_city_shows_one_share_asset_per_library_and_class_with_its_rule
     assert {k.to_user_string() for k in specs} == {f"share/{p.name}" for p in share_policies(cat)}
     person = specs[AssetKey(["share", "person_restricted"])]
     assert person.group_name == "share" and {d.asset_key for d in person.deps} == {AssetKey(["base", "person"])}
-    assert "| 公民身份号码 | id_number | 高度敏感 | 保留前6位和后4位" in person.description
+    assert "| 公民身份号码 | id_number | 高度敏感 | 保留前1位和后2位" in person.description
     assert "| 手机号码 | mobile | 敏感 | 手机号保留前3位和后4位" in person.description
     opened = specs[AssetKey(["share", "person_open"])]
     assert "k=5" in opened.description and "| 婚姻状况 | marital_status | 敏感 | 不纳入" in opened.description
     assert opened.partitions_def == person.partitions_def == _partitions(cat)
+
+
+def test_without_the_key_an_output_with_tokens_is_refused_and_keeps_the_tokens_it_published(warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    build(warehouse, cat, "people_restricted", DAY1, open_root)
+    published = share_state(warehouse)
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", HEADER,
+                      crowd_rows(rename={PEOPLE[2][0]: "钱强"}))
+    run_day(warehouse, cat, landing, DAY2)  # the 归集 goes on without the key
+    with pytest.raises(MissingKeyError) as err:
+        build_share_output(warehouse, cat, policy(cat, "people_restricted"), DAY2, key=None, open_root=open_root)
+    assert str(err.value).startswith("share/people_restricted: 未设置假名化密钥 (环境变量 GONGSHU_PSEUDONYM_KEY), "
+                                     "而本输出含密钥化列 pid__token: 本次不生成, 共享表保留上次发布的内容与令牌")
+    assert share_state(warehouse) == published  # not a row written, yesterday's tokens stay
+    # an output without keyed columns needs no key
+    assert build_share_output(warehouse, cat, policy(cat, "people_open"), DAY2, key=None,
+                              open_root=open_root).action == "written"
+
+
+def test_a_dagster_run_without_the_key_fails_the_keyed_share_asset_after_the_base_library(
+        warehouse, city, monkeypatch) -> None:
+    from assets.factory import build_base_asset
+
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    monkeypatch.delenv("GONGSHU_PSEUDONYM_KEY", raising=False)
+    wanted = {AssetKey(["share", "people_restricted"]), AssetKey(["share", "people_open"])}
+    assets = [build_base_asset(cat, cat.library("people"), _partitions(cat))] + [
+        a for a in build_share_assets(cat, _partitions(cat)) if a.key in wanted]
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(assets, partition_key=DAY1.isoformat(), instance=instance, raise_on_error=False,
+                             resources={"warehouse": WarehouseResource(url=warehouse.url),
+                                        "pseudonym": PseudonymKeyResource(),
+                                        "open_data": OpenDataResource(path=str(open_root))})
+        done = {m.asset_key for m in result.get_asset_materialization_events()
+                for m in [m.event_specific_data.materialization]}
+        [failure] = result.get_step_failure_events()
+    assert done == {AssetKey(["base", "people"]), AssetKey(["share", "people_open"])}
+    assert failure.step_key == "share__people_restricted"
+    message = failure.step_failure_data.error.message
+    assert "未设置假名化密钥 (环境变量 GONGSHU_PSEUDONYM_KEY)" in message and "共享表保留上次发布的内容与令牌" in message
+    assert not warehouse.exists("share", "people_restricted")
+
+
+def test_open_data_csv_cells_never_start_a_formula_and_numbers_stay_numbers(warehouse, city) -> None:
+    cat, landing, open_root = city
+    evil = '=HYPERLINK("http://evil","x")'
+    orgs = [(citykit.uscc("91370202MA0000001"), evil, "-88"), (citykit.uscc("91370203MA0000002"), "@SUM(A1)", "12.5")]
+    citykit.write_api(landing, DAY1, [{"code": c, "title": t, "capital": k} for c, t, k in orgs])
+    run_day(warehouse, cat, landing, DAY1)
+    b = build(warehouse, cat, "org_open", DAY1, open_root)
+    csv = pl.read_csv(b.files.csv, infer_schema=False).sort("code")
+    assert csv.get_column("title").to_list() == ["'" + evil, "'@SUM(A1)"]
+    assert csv.get_column("capital").to_list() == ["-88.0", "12.5"]  # a negative number is no formula
+    records = sorted(json.loads(b.files.json.read_text(encoding="utf-8"))["records"], key=lambda r: r["code"])
+    assert [(r["title"], r["capital"]) for r in records] == [(evil, -88.0), ("@SUM(A1)", 12.5)]  # JSON as it is
+    assert all(not c.startswith(("=", "+", "-", "@")) for c in
+               pl.read_csv(b.files.dictionary, infer_schema=False).to_numpy().ravel() if c)
+
+
+def test_a_generated_city_publishes_no_row_that_gives_an_identifier_back(warehouse, tmp_path, monkeypatch) -> None:
+    """A 山海市 of 2,000 generated persons (with the generator's defects): every share and open output,
+    the previews of its base libraries, the check samples of its batches and the department reports
+    are scanned, row by row too — none of them completes a masked ID number or pins down a person."""
+    from assets.factory import preview
+    from catalog.loader import load_catalogue as load
+    from desensitize.leaks import scan_file, scan_text, scan_tree
+    from generator import generate
+    from quality import report as rp
+    from quality import scorecard as sc
+    from quality.checks import std_check_results
+    from quality.results import read_failures
+
+    folder = citykit.write_catalogue(tmp_path)
+    cat = load(folder)
+    landing = tmp_path / "landing"
+    server, base = serve_in_thread(landing)
+    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
+    try:
+        generate(cat, persons=2000, seed=13, date=DAY1, out=landing, progress=False)
+        run_day(warehouse, cat, landing, DAY1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    needles = Needles.from_warehouse(warehouse, cat)
+    assert needles.ids.len() > 1500 and needles.people.height > 1500
+    for p in share_policies(cat):
+        b = build_share_output(warehouse, cat, p, DAY1, key=KEY, open_root=tmp_path / "open")
+        md = preview(b.frame, {}).value
+        findings, _ = leak_findings(warehouse, cat, b, {"预览": (md, p.public_columns())}, needles)
+        assert findings == [], [str(f) for f in findings]
+    people = policy(cat, "people_restricted")
+    assert people.column("pid").rule.spec == "keep_first_last(1, 2)"
+    with warehouse.engine.connect() as conn:
+        for lib in cat.libraries:
+            cols = ", ".join(warehouse.quote(e.code) for e in lib.elements)
+            rows = warehouse.read(conn, f"SELECT {cols} FROM {warehouse.qualified('base', lib.code)} LIMIT 200",
+                                  {e.code: pl.String() for e in lib.elements})
+            md = preview(rows, {e.code: e for e in lib.elements}).value
+            assert scan_text(md, needles, f"base/{lib.code} 预览") == []
+        schema = {"rule_id": pl.String(), "label": pl.String(), "dimension": pl.String(), "severity": pl.String(),
+                  "evaluated": pl.Int64(), "failed": pl.Int64(), "batch_id": pl.String()}
+        counts = warehouse.read(conn, f"SELECT {', '.join(schema)} FROM {warehouse.qualified('quality', 'rule_results')}",
+                                schema)
+        for (batch,), part in counts.group_by("batch_id"):
+            resource = cat.resource(batch.split(".")[0])
+            for check in std_check_results(resource, part.drop("batch_id"), read_failures(warehouse, conn, batch, 500),
+                                           None):
+                text = check.metadata["不通过样例(已脱敏)"].value
+                assert scan_text(text, needles, f"{batch} {check.check_name}") == []
+    sc.run_scorecard(warehouse, cat, DAY1, sc.ScorecardConfig(), run_id="generated")
+    run = rp.produce_reports(warehouse, cat, DAY1, sc.ScorecardConfig(), key=KEY, send=False,
+                             root=tmp_path / "reports")
+    assert run.outcomes and scan_tree(tmp_path / "reports", needles) == []
+    assert all(scan_file(o.xlsx, needles) == [] for o in run.outcomes)

@@ -1,0 +1,273 @@
+"""Row-level reconstruction for the leak scanner: what the columns of one row give back together.
+
+Two attacks are tried on every table the scanner reads (a share table, a CSV, a Markdown table,
+a workbook sheet), vectorised over all rows:
+
+1. **An ID number from its masked form and the columns beside it.** Visible characters of a masked
+   ID (``110105********7285``, ``1***************2X``) are combined with a birth date in the same
+   row (``1935-03-15``, ``19350315``, ``1935-**-**``, ``1935``: the digits it shows) and a 性别
+   (``1``/``2``, ``男``/``女``, ``M``/``F``: the parity of digit 17), and the hidden digits are
+   enumerated under the GB 11643 check character: every assignment of the hidden positions is
+   scored once (at most :data:`MAX_COMBOS` of them, i.e. five hidden digits), and each row looks up
+   how many assignments meet its check character — no loop over rows. A row is **rebuilt** when
+   exactly one ID number fits it *and* that number is a real one of the base libraries (the
+   threshold of docs/masking.md: a unique candidate that is somebody's number). More than five
+   hidden digits always leave at least 10⁶ / 11 candidates, so such rows are not enumerated.
+   Columns are recognised by their values, not their names: any column may be tried as the birth
+   date or the sex of any masked-ID column, and the base-library check keeps chance from counting.
+2. **A person from name + birth date + region.** A full name (as published, unmasked, in a column
+   not graded 公开), a full birth date and a region (the 6 leading digits of a masked ID, a 6-digit
+   region code, or the 区/县 of an address) that match exactly one person of the base library
+   identify that person — and so their ID number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from desensitize import rules
+from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
+
+MAX_COMBOS = 100_000
+"""Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
+
+_W = np.array(WEIGHTS, dtype=np.int64)
+_CHECK_VALUE = np.array([10 if c == "X" else int(c) for c in CHECK_CHARS])  # residue → check digit (X = 10)
+_RESIDUE_OF_CHECK = np.argsort(_CHECK_VALUE)  # check digit (X = 10) → residue
+_FRAGMENT = r"^[0-9X*]{18}$"
+_COMPACT_DATE = r"^(\d{4})(\d{2})(\d{2})(?:[ T].*)?$"
+_DATE = r"^(\d{4})(?:[-/.年](\d{1,2}|\*{1,2})(?:[-/.月](\d{1,2}|\*{1,2})日?)?)?(?:[ T].*)?$"
+_MALE, _FEMALE, _UNKNOWN = {"1", "男", "M", "MALE"}, {"2", "女", "F", "FEMALE"}, {"0", "9", "未知", "未说明"}
+
+
+def _text(s: pl.Series) -> pl.Series:
+    return s.cast(pl.String).str.strip_chars()
+
+
+def id_fragments(s: pl.Series) -> pl.Series | None:
+    """The masked ID numbers of a column (18 characters of digits, X and ``*``, at least one ``*``),
+    upper-cased, null elsewhere; None when the column holds none."""
+    t = _text(s).str.to_uppercase()
+    masked = t.str.contains(_FRAGMENT) & t.str.contains(r"\*")
+    if not masked.any():
+        return None
+    return t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series()
+
+
+def birth_digits(s: pl.Series) -> pl.Series:
+    """The 8 birth-date digits a value shows, ``*`` where it does not (``1935-**-**`` → ``1935****``);
+    null when the value is no date."""
+    t = _text(s).to_frame("t")
+    parts = t.select(
+        pl.coalesce(pl.col("t").str.extract(_COMPACT_DATE, i), pl.col("t").str.extract(_DATE, i)).alias(n)
+        for i, n in ((1, "y"), (2, "m"), (3, "d"))
+    )
+
+    def two(col: str, high: int) -> tuple[pl.Expr, pl.Expr]:
+        digits = pl.col(col).str.contains(r"^\d+$").fill_null(False)
+        value = pl.col(col).cast(pl.Int32, strict=False)
+        ok = ~digits | ((value >= 1) & (value <= high))
+        return pl.when(digits).then(pl.col(col).str.zfill(2)).otherwise(pl.lit("**")), ok.fill_null(True)
+
+    month, month_ok = two("m", 12)
+    day, day_ok = two("d", 31)
+    year = pl.col("y").cast(pl.Int32, strict=False)
+    valid = pl.col("y").is_not_null() & (year >= 1850) & (year <= 2100) & month_ok & day_ok
+    return parts.select(pl.when(valid).then(pl.concat_str([pl.col("y"), month, day])).alias("b")).to_series()
+
+
+def date_column(s: pl.Series, *, full: bool = False) -> pl.Series | None:
+    """:func:`birth_digits` of a column most of whose values are dates (``full``: to the day); else None."""
+    present = s.drop_nulls().len()
+    if present == 0:
+        return None
+    b = birth_digits(s)
+    if full:
+        b = b.to_frame("b").select(pl.when(~pl.col("b").str.contains(r"\*")).then(pl.col("b"))).to_series()
+    return b if b.drop_nulls().len() * 2 >= present else None
+
+
+def sex_parity(s: pl.Series) -> pl.Series | None:
+    """1 (odd: male) / 0 (even: female) / null per value of a column that holds only sex codes; else None."""
+    t = _text(s).str.to_uppercase()
+    if t.drop_nulls().n_unique() > len(_MALE | _FEMALE | _UNKNOWN):
+        return None
+    values = set(t.drop_nulls().unique().to_list())
+    if not values or not values <= _MALE | _FEMALE | _UNKNOWN or not values & (_MALE | _FEMALE):
+        return None
+    mapping = {**{v: 1 for v in _MALE}, **{v: 0 for v in _FEMALE}}
+    return t.replace_strict(mapping, default=None, return_dtype=pl.Int8)
+
+
+def _matrix(s: pl.Series, width: int) -> np.ndarray:
+    """Fixed-width ASCII values (no nulls) as an (n, width) byte matrix."""
+    if s.len() == 0:
+        return np.zeros((0, width), dtype=np.uint8)
+    return np.frombuffer(s.str.join("").item().encode("ascii"), dtype=np.uint8).reshape(-1, width)
+
+
+def _digits(m: np.ndarray) -> np.ndarray:
+    """Digits of a byte matrix: 0–9, 10 for X, -1 for ``*``."""
+    d = m.astype(np.int64) - 48
+    d[m == ord("X")] = 10
+    d[m == ord("*")] = -1
+    return d
+
+
+def rebuild_ids(fragments: pl.Series, birth: pl.Series | None = None, sex: pl.Series | None = None, *,
+                max_combos: int = MAX_COMBOS) -> pl.Series:
+    """For every row, the one ID number consistent with its masked ID (``fragments``), the birth-date
+    digits beside it (``birth``, as :func:`birth_digits`) and the parity of its sequence digit
+    (``sex``, as :func:`sex_parity`) under the check character; null where none or several are."""
+    n = fragments.len()
+    frag = _text(fragments).str.to_uppercase().to_frame("f").select(
+        pl.when(pl.col("f").str.contains(_FRAGMENT)).then(pl.col("f")).otherwise(pl.lit("*" * 18))).to_series()
+    d = _digits(_matrix(frag, 18))
+    valid = (d[:, :CHECK_DIGIT] != 10).all(axis=1) & (d != -1).any(axis=1)
+    if birth is not None:
+        b = _digits(_matrix(birth.cast(pl.String).fill_null("*" * 8), 8))
+        body = d[:, 6:14]
+        valid &= ~((body >= 0) & (b >= 0) & (body != b)).any(axis=1)  # this is not the row's birth date
+        d[:, 6:14] = np.where(body >= 0, body, b)
+    parity = np.full(n, -1, dtype=np.int64) if sex is None else sex.cast(pl.Int64).fill_null(-1).to_numpy()
+    valid &= ~((d[:, SEX_DIGIT] >= 0) & (parity >= 0) & (d[:, SEX_DIGIT] % 2 != parity))
+    hidden = d[:, :CHECK_DIGIT] < 0
+    check_hidden = d[:, CHECK_DIGIT] < 0
+    valid &= 10.0 ** hidden.sum(axis=1) <= max_combos
+    pattern = (hidden.astype(np.int64) << np.arange(CHECK_DIGIT)).sum(axis=1) | (check_hidden.astype(np.int64) << 17)
+    known = (np.where(hidden, 0, d[:, :CHECK_DIGIT]) * _W).sum(axis=1) % 11
+
+    found_rows: list[np.ndarray] = []
+    found_ids: list[np.ndarray] = []
+    for pat in np.unique(pattern[valid]):
+        rows = np.flatnonzero(valid & (pattern == pat))
+        positions = [p for p in range(CHECK_DIGIT) if pat >> p & 1]
+        k = len(positions)
+        assign = (np.arange(10 ** k)[:, None] // 10 ** np.arange(k - 1, -1, -1)) % 10
+        contrib = (assign * _W[positions]).sum(axis=1) % 11
+        sex_at = positions.index(SEX_DIGIT) if SEX_DIGIT in positions else None
+        for p in (np.unique(parity[rows]) if sex_at is not None else [-1]):
+            sub = rows if sex_at is None else rows[parity[rows] == p]
+            allowed = np.arange(len(assign)) if p < 0 else np.flatnonzero(assign[:, sex_at] % 2 == p)
+            if pat >> 17 & 1:  # check character hidden too: every assignment makes one valid number
+                if len(allowed) != 1:
+                    continue
+                pick = np.full(len(sub), allowed[0])
+            else:  # the hidden digits must bring the weighted sum to the check character's residue
+                need = (_RESIDUE_OF_CHECK[d[sub, CHECK_DIGIT]] - known[sub]) % 11
+                res = contrib[allowed]
+                first = np.full(11, -1)
+                first[res[::-1]] = allowed[::-1]
+                one = np.bincount(res, minlength=11)[need] == 1
+                sub, pick = sub[one], first[need[one]]
+            ids = d[sub].copy()
+            if k:
+                ids[:, positions] = assign[pick]
+            if pat >> 17 & 1:
+                ids[:, CHECK_DIGIT] = _CHECK_VALUE[(ids[:, :CHECK_DIGIT] * _W).sum(axis=1) % 11]
+            found_rows.append(sub)
+            found_ids.append(ids)
+
+    out = pl.Series("id", [None] * n, dtype=pl.String)
+    if found_rows and sum(len(r) for r in found_rows):
+        ids = np.concatenate(found_ids)
+        chars = np.where(ids == 10, ord("X"), ids + 48).astype(np.uint8)
+        texts = pl.Series(np.frombuffer(chars.tobytes(), dtype="S18").astype("U18"), dtype=pl.String)
+        out = out.scatter(np.concatenate(found_rows), texts)
+    return out
+
+
+def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series) -> list[tuple[str, list[str], int, str]]:
+    """Rows of ``frame`` whose masked ID number, with the columns beside it, gives back a real one:
+    (masked-ID column, the columns that completed it, rows, one rebuilt number)."""
+    if real_ids.len() == 0 or frame.height == 0:
+        return []
+    cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
+    frags = {n: f for n, s in cols.items() if (f := id_fragments(s)) is not None}
+    # hidden digits of the 17 before the check character: a birth date fills at most 8 of them, and
+    # more than log10(MAX_COMBOS) left are never enumerated — such columns need no further look
+    fewest = {n: int(f.str.slice(0, CHECK_DIGIT).str.count_matches(r"\*").min() or 0) for n, f in frags.items()}
+    enumerable = int(math.log10(MAX_COMBOS))
+    frags = {n: f for n, f in frags.items() if fewest[n] - len(BIRTH_DIGITS) <= enumerable}
+    if not frags:
+        return []
+    dates = {n: b for n, s in cols.items() if n not in frags and (b := date_column(s)) is not None}
+    sexes = {n: p for n, s in cols.items() if n not in frags and n not in dates and (p := sex_parity(s)) is not None}
+    out = []
+    for name, frag in frags.items():
+        hit = np.zeros(frame.height, dtype=bool)
+        helpers: list[str] = []
+        sample: str | None = None
+        for dn in [None, *dates]:
+            if dn is None and fewest[name] > enumerable:
+                continue  # without a date beside it this mask hides too much
+            for sn in [None, *sexes]:
+                ids = rebuild_ids(frag, dates.get(dn) if dn else None, sexes.get(sn) if sn else None)
+                real = ids.is_in(real_ids).fill_null(False).to_numpy()
+                if (real & ~hit).any():
+                    helpers += [x for x in (dn, sn) if x and x not in helpers]
+                    sample = sample or ids.filter(pl.Series(real & ~hit))[0]
+                    hit |= real
+        if hit.any():
+            out.append((name, helpers, int(hit.sum()), sample or ""))
+    return out
+
+
+def people_table(ids: pl.Series, names: pl.Series, addresses: pl.Series | None = None) -> pl.DataFrame:
+    """Persons of a base library for :func:`linked_people`: (id, name, district) per version."""
+    if addresses is None:
+        addresses = pl.Series([None] * ids.len(), dtype=pl.String)
+    frame = pl.DataFrame({"id": ids.cast(pl.String).str.strip_chars().str.to_uppercase(),
+                          "name": names.cast(pl.String).str.strip_chars(), "address": addresses.cast(pl.String)})
+    return frame.filter(pl.col("id").str.contains(r"^\d{17}[\dX]$") & pl.col("name").is_not_null()).select(
+        "id", "name", rules.to_level(pl.col("address"), "district").alias("district")).unique()
+
+
+def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set[str]) -> list[tuple[list[str], int, str]]:
+    """Rows whose full name, full birth date and region match exactly one person of ``people``:
+    (the three columns, rows, the name)."""
+    if people.height == 0 or frame.height == 0:
+        return []
+    cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
+    known = people.get_column("name")
+    names = [n for n, s in cols.items() if n not in public_columns and s.dtype == pl.String
+             and _text(s).is_in(known).any()]
+    if not names:
+        return []
+    dates = {n: b for n, s in cols.items() if n not in names and (b := date_column(s, full=True)) is not None}
+    if not dates:
+        return []
+    regions: dict[str, tuple[str, pl.Series]] = {}
+    for n, s in cols.items():
+        if n in names or n in dates:
+            continue
+        t = _text(s)
+        if (f := id_fragments(s)) is not None:
+            regions[n] = ("region", f.str.slice(0, 6).to_frame("r").select(
+                pl.when(pl.col("r").str.contains(r"^\d{6}$")).then(pl.col("r"))).to_series())
+        elif t.str.contains(r"^\d{6}$").any():
+            regions[n] = ("region", t.to_frame("r").select(pl.when(pl.col("r").str.contains(r"^\d{6}$"))
+                                                           .then(pl.col("r"))).to_series())
+        elif s.dtype == pl.String:
+            district = t.to_frame("a").select(rules.to_level(pl.col("a"), "district")).to_series()
+            if district.drop_nulls().len():
+                regions[n] = ("district", district)
+    keyed = {
+        "region": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"), pl.col("id").str.slice(0, 6)
+                                .alias("place")),
+        "district": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"), pl.col("district").alias("place")),
+    }
+    unique = {k: v.drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
+              for k, v in keyed.items()}
+    out = []
+    for nn in names:
+        for dn, birth in dates.items():
+            for rn, (kind, place) in regions.items():
+                q = pl.DataFrame({"name": _text(cols[nn]), "birth": birth, "place": place})
+                matched = q.join(unique[kind], on=["name", "birth", "place"], how="inner")
+                if matched.height:
+                    out.append(([nn, dn, rn], matched.height, matched.get_column("name")[0]))
+    return out
