@@ -243,7 +243,8 @@ def _std_result(
     with wh.engine.connect() as conn:
         failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
     checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key)
-    context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
+    (context.log.warning if out.batch.failed else context.log.info)(
+        f"{out.batch.batch_id}: 对账 (交付 = 接收 + 隔离) {out.reconciliation}")
     return MaterializeResult(
         asset_key=key,
         metadata={
@@ -251,7 +252,7 @@ def _std_result(
             "交付行数": out.delivered,
             "接收行数": out.accepted,
             "隔离行数": out.quarantined,
-            "对账": f"{out.delivered} = {out.accepted} + {out.quarantined}",
+            "对账": out.reconciliation,
             "15位身份证号转换数": out.result.converted_id15,
             "dagster/row_count": out.accepted,
             "隔离原因": MetadataValue.md("| 原因 | 数据元 | 行数 |\n|---|---|---|\n" + reasons_md if reasons_md else "无"),
