@@ -272,7 +272,8 @@ def _std_result(
     with wh.engine.connect() as conn:
         failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
     checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key)
-    context.log.info(f"{out.batch.batch_id}: 交付 {out.delivered} = 接收 {out.accepted} + 隔离 {out.quarantined}")
+    (context.log.warning if out.batch.failed else context.log.info)(
+        f"{out.batch.batch_id}: 对账 (交付 = 接收 + 隔离) {out.reconciliation}")
     if out.withheld:
         context.log.warning(f"{out.batch.batch_id}: 暂缓入库 (不合并入基础库): {out.withheld}")
     return MaterializeResult(
@@ -282,7 +283,7 @@ def _std_result(
             "交付行数": out.delivered,
             "接收行数": out.accepted,
             "隔离行数": out.quarantined,
-            "对账": f"{out.delivered} = {out.accepted} + {out.quarantined}",
+            "对账": out.reconciliation,
             "合并入基础库": f"否, 暂缓入库: {out.withheld}" if out.withheld else "是",
             "15位身份证号转换数": out.result.converted_id15,
             "dagster/row_count": out.accepted,

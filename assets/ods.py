@@ -39,7 +39,17 @@ BATCH_SCHEMA: dict[str, pl.DataType] = {
     "watermark_low": pl.String(),
     "watermark_high": pl.String(),
     "problems": pl.String(),
+    # a file none of whose records could be split out (not a workbook, not JSON) is counted here, and
+    # its batch is "failed": its records are neither accepted nor quarantined, they are unknown
+    "unreadable_bytes": pl.Int64(),
+    "unreadable_lines": pl.Int64(),
+    "status": pl.String(),  # "ok" | "failed"
 }
+BATCH_OK, BATCH_FAILED = "ok", "failed"
+ADDED_COLUMNS = {
+    "unreadable_bytes": ("BIGINT", "0"), "unreadable_lines": ("BIGINT", "0"), "status": ("TEXT", f"'{BATCH_OK}'"),
+}
+"""Columns of ``ods.batches`` added after its first release: (type, value of the batches before them)."""
 
 
 def batches_table(wh: Warehouse) -> sa.Table:
@@ -78,6 +88,13 @@ class Batch:
     watermark_low: str | None = None
     watermark_high: str | None = None
     batch_no: int | None = None  # given when the batch is stored
+    unreadable_bytes: int = 0
+    unreadable_lines: int = 0
+    status: str = BATCH_OK
+
+    @property
+    def failed(self) -> bool:
+        return self.status == BATCH_FAILED
 
     @classmethod
     def from_row(cls, row: dict) -> Batch:
@@ -175,6 +192,9 @@ def receive(wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Pat
         "watermark_low": low,
         "watermark_high": delivery.watermark_high or low,
         "problems": "\n".join(delivery.problems) or None,
+        "unreadable_bytes": sum(u.bytes for u in delivery.unreadable),
+        "unreadable_lines": sum(u.lines for u in delivery.unreadable),
+        "status": BATCH_FAILED if delivery.unreadable else BATCH_OK,
     }
     schema = ods_schema(resource)
     rows = wh.stored(delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
@@ -211,7 +231,8 @@ def number_batch(wh: Warehouse, conn: sa.Connection) -> int:
 
 def prepare_batches(wh: Warehouse, conn: sa.Connection) -> None:
     """``ods.batches`` with its batch numbers — the column, its unique index and, on PostgreSQL,
-    the sequence — in the caller's short transaction. Cheap when they are there.
+    the sequence — and the columns added since (:data:`ADDED_COLUMNS`), in the caller's short
+    transaction. Cheap when they are there.
 
     A warehouse written before batches were numbered gets the column and the numbers 1…n for its
     batches in the order they were received; the sequence then continues after the highest.
@@ -232,6 +253,11 @@ def prepare_batches(wh: Warehouse, conn: sa.Connection) -> None:
         top = wh.scalar(conn, f"SELECT MAX(batch_no) FROM {batches}")
         if wh.is_postgres and top:
             conn.execute(sa.text(f"SELECT setval('{BATCH_NO_SEQ}', :n)"), {"n": int(top)})
+    have = {c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)}
+    for column, (sql_type, before) in ADDED_COLUMNS.items():
+        if column not in have:
+            conn.execute(sa.text(f"ALTER TABLE {batches} ADD COLUMN {column} {sql_type}"))
+            conn.execute(sa.text(f"UPDATE {batches} SET {column} = {before}"))
     index = "ux_batches_no" if wh.is_postgres else "ux_ods__batches_no"
     conn.execute(sa.text(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {batches} (batch_no)"))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from assets.channels import REPLACEMENT
+from assets.channels import FORMULA_MARK, NUL_MARK, REPLACEMENT, WRONG_ENCODING
 from assets.normalize import halfwidth, map_codes, parse_date, parse_datetime, parse_decimal, parse_integer
 from catalog.loader import Catalogue
 from catalog.models import Element, ElementType, Resource
@@ -29,11 +29,18 @@ from quality.rules import VERSION, Kind, Rule, Severity, evaluated, failing, res
 
 REASONS: dict[str, str] = {
     "unparseable": "无法解析的记录",
+    WRONG_ENCODING: "文件编码与目录声明不符, 整个文件隔离",
     "bad_encoding": "含无法解码的字节",
+    "nul_byte": "含 NUL 空字符 (贴源层记为 ␀)",
+    "formula_no_value": "公式单元格没有计算结果",
     "bad_date": "日期无法解析",
     "bad_number": "数值无法解析",
 }
-"""Quarantine reason codes and the Chinese text departments read."""
+"""Quarantine reason codes and the Chinese text departments read (where a row carries its own,
+more precise reason — the file and encoding of ``wrong_encoding``, the cell of
+``formula_no_value`` — that one is stored)."""
+RECORD_CODES = (WRONG_ENCODING,)
+"""Reason codes a channel gives a whole record through ``_error`` (``<code>: <reason>``)."""
 
 QUARANTINE_SCHEMA = {
     "_row_no": pl.Int64,
@@ -126,11 +133,19 @@ def standardize(
     """Parse one ODS batch of ``resource`` into accepted std rows, quarantine and rule results."""
     lib = catalogue.library(resource.library)
     parseable = pl.col("_error").is_null()
+    record_code = pl.col("_error").str.extract(r"^([a-z_]+): ", 1)
+    source = pl.col("_source") if "_source" in ods.columns else pl.lit("", pl.String)
     column_of = {f.element: f.column for f in resource.fields}
+
+    def delivered(column: str) -> pl.Expr:
+        """A department column as parsed: a formula cell without a value is no value (it is flagged)."""
+        raw = pl.col(column)
+        return pl.when(raw.str.starts_with(FORMULA_MARK)).then(None).otherwise(raw)
+
     # Stage 1 parses every field once into __v_<element>; stage 2 checks refer to those columns,
     # which keeps the plans small (nesting the parse expressions in every check is slow to plan).
     parsed = [
-        parse_expr(lib.element(fm.element), pl.col(fm.column), fm.formats, fm.codes).alias(f"__v_{fm.element}")
+        parse_expr(lib.element(fm.element), delivered(fm.column), fm.formats, fm.codes).alias(f"__v_{fm.element}")
         for fm in resource.fields
     ] + [pl.lit(c, pl.String).alias(f"__v_{code}") for code, c in resource.constants.items() if code not in column_of]
     id_fields = [fm.column for fm in resource.fields if lib.element(fm.element).type == ElementType.id_number]
@@ -142,25 +157,39 @@ def standardize(
     def v(code: str) -> pl.Expr:
         return pl.col(f"__v_{code}")
 
-    checks: list[tuple[str, str | None, str | None, pl.Expr, pl.Expr]] = [
-        ("unparseable", None, None, ~parseable, pl.col("_raw")),
+    # (reason code, element, column, condition, raw value, reason when the row has its own)
+    checks: list[tuple[str, str | None, str | None, pl.Expr, pl.Expr, pl.Expr | None]] = [
+        ("unparseable", None, None, ~parseable & ~record_code.is_in(list(RECORD_CODES)).fill_null(False), pl.col("_raw"),
+         None),
+    ] + [
+        (code, None, None, record_code == code, pl.col("_raw"), pl.col("_error").str.slice(len(code) + 2))
+        for code in RECORD_CODES
     ]
     for fm in resource.fields:
         e = lib.element(fm.element)
         raw = pl.col(fm.column)
-        checks.append(("bad_encoding", e.code, fm.column, parseable & raw.str.contains(REPLACEMENT, literal=True), raw))
-        present = raw.str.strip_chars().str.len_chars() > 0
+        checks.append(("bad_encoding", e.code, fm.column, parseable & raw.str.contains(REPLACEMENT, literal=True), raw,
+                       None))
+        checks.append(("nul_byte", e.code, fm.column, parseable & raw.str.contains(NUL_MARK, literal=True), raw, None))
+        formula = raw.str.starts_with(FORMULA_MARK)
+        cell = raw.str.extract(f"^{FORMULA_MARK}([A-Z]+[0-9]+)=", 1)
+        expression = raw.str.replace(f"^{FORMULA_MARK}[A-Z]+[0-9]+", "")
+        checks.append(("formula_no_value", e.code, fm.column, parseable & formula, expression, pl.concat_str(
+            pl.lit("文件 "), source, pl.lit(" 单元格 "), cell,
+            pl.lit(" 是公式, 文件中没有计算结果 (请在 Excel 中计算并保存后重新交付)"))))
+        present = delivered(fm.column).str.strip_chars().str.len_chars() > 0
         if e.type in (ElementType.date, ElementType.datetime):
-            checks.append(("bad_date", e.code, fm.column, parseable & present & v(e.code).is_null(), raw))
+            checks.append(("bad_date", e.code, fm.column, parseable & present & v(e.code).is_null(), raw, None))
         elif e.type in (ElementType.integer, ElementType.decimal):
-            checks.append(("bad_number", e.code, fm.column, parseable & present & v(e.code).is_null(), raw))
+            checks.append(("bad_number", e.code, fm.column, parseable & present & v(e.code).is_null(), raw, None))
     codes = [f.element for f in resource.fields] + [c for c in resource.constants if c not in column_of]
     # a NULL field makes a condition NULL, which is "not flagged" (not "unknown": that would drop the row)
-    flags = [cond.fill_null(False).alias(f"__c{i}") for i, (_, _, _, cond, _) in enumerate(checks)]
-    raws = [r.cast(pl.String).alias(f"__r{i}") for i, (_, _, _, _, r) in enumerate(checks)]
+    flags = [cond.fill_null(False).alias(f"__c{i}") for i, (_, _, _, cond, _, _) in enumerate(checks)]
+    raws = [r.cast(pl.String).alias(f"__r{i}") for i, (_, _, _, _, r, _) in enumerate(checks)]
+    whys = [why.alias(f"__w{i}") for i, (*_, why) in enumerate(checks) if why is not None]
     version = [pl.col(resource.version_column).alias(VERSION)] if resource.version_column else []
     work = stage1.select(
-        pl.col("_row_no"), *[v(c).alias(c) for c in codes], *version, *flags, *raws, pl.col("__id15"),
+        pl.col("_row_no"), *[v(c).alias(c) for c in codes], *version, *flags, *raws, *whys, pl.col("__id15"),
         *[pl.col(fm.column).alias(f"__raw_{fm.element}") for fm in resource.fields],
     )
     parts = [
@@ -169,10 +198,10 @@ def standardize(
             pl.lit(field, pl.String).alias("field"),
             pl.lit(column, pl.String).alias("column"),
             pl.lit(code, pl.String).alias("reason_code"),
-            pl.lit(REASONS[code], pl.String).alias("reason"),
+            (pl.lit(REASONS[code], pl.String) if why is None else pl.col(f"__w{i}")).alias("reason"),
             pl.col(f"__r{i}").alias("raw_value"),
         )
-        for i, (code, field, column, _, _) in enumerate(checks)
+        for i, (code, field, column, _, _, why) in enumerate(checks)
     ]
     bad_any = pl.any_horizontal([pl.col(f"__c{i}") for i in range(len(checks))])
     parsed_ok = work.filter(~bad_any)

@@ -87,6 +87,20 @@ class StdResult:
     def quarantined(self) -> int:
         return self.result.quarantined_rows if self.result else 0
 
+    @property
+    def reconciliation(self) -> str:
+        """交付 = 接收 + 隔离; for a failed batch also the files none of whose records could be read,
+        so a non-empty delivery never shows as a plain 0 = 0 + 0."""
+        return reconciliation_text(self.delivered, self.accepted, self.quarantined, self.batch)
+
+
+def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: Batch | None) -> str:
+    text = f"{delivered} = {accepted} + {quarantined}"
+    if batch is not None and batch.failed:
+        text += (f" · 批次失败: 另有无法拆分为记录的文件 ({batch.unreadable_bytes:,} 字节, "
+                 f"{batch.unreadable_lines:,} 行), 其记录未计入")
+    return text
+
 
 def standardize_batch(
     wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, *,

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from catalog.models import CatalogueFile, Department, Element, ElementType, Library, Resource
+from catalog.models import CatalogueFile, Department, Element, ElementType, Library, Resource, outside_folder
 
 DEMO_CATALOGUE = Path(__file__).parent / "demo"
 
@@ -108,9 +108,48 @@ def current_catalogue() -> Catalogue:
     return _cached(str(catalogue_path().resolve()))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last value)."""
+
+    def __init__(self, key: object, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"第 {line} 行: 重复的键 {key!r} (第 {first} 行已有; 后者会静默覆盖前者)")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a mapping with a duplicated key (``authority:`` twice).
+
+    Keys merged in with ``<<`` may be overridden, as YAML intends; only the keys written in the
+    mapping itself must be distinct.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the SafeLoader's own error names it
+                continue
+            if first is not None:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1, first)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> object:
+    """A catalogue YAML file (a duplicated key is a :class:`DuplicateKeyError`)."""
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+
+
 def _read_yaml(path: Path, problems: list[str]) -> object | None:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return read_yaml(path)
+    except DuplicateKeyError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         problems.append(f"{path}: 无法读取 YAML: {exc}")
         return None
@@ -165,6 +204,11 @@ def _load_codelists(root: Path, main: Path, city: CatalogueFile, problems: list[
     codes: dict[str, dict[str, str]] = {}
     for i, cl in enumerate(city.codelists):
         path = root / cl.file
+        why = outside_folder(cl.file) or (None if path.resolve().is_relative_to(root.resolve()) else
+                                          f"实际指向目录文件夹之外的 {path.resolve()}")
+        if why:
+            problems.append(f"{main}: codelists.{i}.file: {cl.file!r} {why} (期望: 目录文件夹内的相对路径)")
+            continue
         try:
             with path.open(encoding="utf-8", newline="") as fh:
                 rows = list(csv.DictReader(fh))
@@ -272,6 +316,8 @@ def _check(
         ch = res.channel
         if ch.kind == "database" and not (ch.table or ch.query):
             problems.append(f"{path}: channel: 前置库通道需要 table 或 query")
+        if ch.kind == "file" and (why := outside_folder(ch.path)):
+            problems.append(f"{path}: channel.path: {ch.path!r} {why} (期望: 交付目录 GONGSHU_LANDING 内的相对路径)")
 
     # 一数一源: the authority must exist and must actually deliver the element.
     for lib in city.libraries:

@@ -13,14 +13,28 @@ from these models; nothing in the code names a department, resource or field of 
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from enum import StrEnum
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 """ASCII codes used in table names and asset keys: lower-case, start with a letter."""
+
+
+def outside_folder(path: str) -> str | None:
+    """Why a catalogue path (a delivery glob, a code-list file) could leave the folder it is
+    relative to, or None: an absolute path or a ``..`` segment. Symbolic links are the reader's to
+    check, on the real path (:func:`assets.channels.delivery_files`, the code-list loader)."""
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or path.startswith(("/", "\\")) \
+            or re.match(r"^[A-Za-z]:", path):
+        return "是绝对路径"
+    if ".." in re.split(r"[/\\]", path):
+        return "含 '..', 会离开所在目录"
+    return None
 
 
 class _Model(BaseModel):
@@ -286,8 +300,18 @@ class ApiChannel(_Model):
     page_size: int = Field(default=1000, gt=0)
     items_field: str = "items"
     total_pages_field: str = "total_pages"
-    timeout_s: float = Field(default=10.0, gt=0)
-    retries: int = Field(default=3, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0, description="seconds to wait for one answer")
+    retries: int = Field(
+        default=3, ge=0, description="further attempts after a connection error, a timeout or HTTP 429/5xx"
+    )
+    max_pages: int = Field(
+        default=10_000, gt=0,
+        description="most pages one delivery may have: a server announcing more, or paging without end, fails the delivery",
+    )
+    max_seconds: float = Field(
+        default=1800.0, gt=0,
+        description="time budget of one delivery (all pages and retries); past it the delivery fails",
+    )
 
 
 Channel = Annotated[FileChannel | DatabaseChannel | ApiChannel, Field(discriminator="kind")]

@@ -12,16 +12,19 @@ from warehouse.store import Warehouse
 
 
 def reconciliation_for(wh: Warehouse, day: dt.date) -> pl.DataFrame:
-    """Latest batch per resource up to ``day`` with its reconciliation counts."""
+    """Latest batch per resource up to ``day`` with its reconciliation counts, and for a failed
+    batch the size of the files none of whose records could be read (``ods.batches``)."""
     schema = {"resource_id": pl.String(), "batch_id": pl.String(), "batch_date": pl.Date(),
-              "rows_delivered": pl.Int64(), "rows_accepted": pl.Int64(), "rows_quarantined": pl.Int64()}
+              "rows_delivered": pl.Int64(), "rows_accepted": pl.Int64(), "rows_quarantined": pl.Int64(),
+              "status": pl.String(), "unreadable_bytes": pl.Int64(), "unreadable_lines": pl.Int64()}
     if not wh.exists("audit", "reconciliation"):
         return pl.DataFrame(schema=schema)
     with wh.engine.connect() as conn:
         frame = wh.read(
             conn,
-            f"SELECT resource_id, batch_id, batch_date, rows_delivered, rows_accepted, rows_quarantined "
-            f"FROM {wh.qualified('audit', 'reconciliation')} WHERE batch_date <= :d",
+            f"SELECT r.resource_id, r.batch_id, r.batch_date, r.rows_delivered, r.rows_accepted, r.rows_quarantined, "
+            f"b.status, b.unreadable_bytes, b.unreadable_lines FROM {wh.qualified('audit', 'reconciliation')} r "
+            f"LEFT JOIN {wh.qualified('ods', 'batches')} b ON b.batch_id = r.batch_id WHERE r.batch_date <= :d",
             schema, {"d": day},
         )
     return frame.sort("batch_date", "batch_id").group_by("resource_id", maintain_order=True).last()
@@ -41,11 +44,14 @@ def summary_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> list[str
         if row is None:
             lines.append(f"{label:<24}{'未收到':>12}{note}")
             continue
-        ok = row["rows_delivered"] == row["rows_accepted"] + row["rows_quarantined"]
+        failed = row["status"] == "failed"
+        ok = row["rows_delivered"] == row["rows_accepted"] + row["rows_quarantined"] and not failed
         stale = "" if row["batch_date"] == day else f"  (最近交付 {row['batch_date']})"
+        unread = (f"  批次失败: 无法拆分为记录的文件 {row['unreadable_bytes']:,} 字节 / {row['unreadable_lines']:,} 行"
+                  if failed else "")
         lines.append(
             f"{label:<24}{row['batch_date']!s:>12}{row['rows_delivered']:>10,}{row['rows_accepted']:>10,}"
-            f"{row['rows_quarantined']:>8,}  {'✓' if ok else '✗'}{stale}{note}"
+            f"{row['rows_quarantined']:>8,}  {'✓' if ok else '✗'}{unread}{stale}{note}"
         )
     lines += ["", f"{'基础库':<16}{'现行实体':>12}{'历史版本':>12}"]
     with wh.engine.connect() as conn:

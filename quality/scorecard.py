@@ -294,7 +294,7 @@ def resource_weights(catalogue: Catalogue, config: ScorecardConfig) -> dict[str,
 
 # --- rule inputs from the warehouse ---------------------------------------------------------------
 
-READABLE_REASONS = ("unparseable", "bad_encoding")
+READABLE_REASONS = ("unparseable", "wrong_encoding", "bad_encoding", "nul_byte", "formula_no_value")
 PARSE_REASONS = ("bad_date", "bad_number")
 
 

@@ -153,7 +153,9 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
 }
 """A failing record with its raw entity key (internal) and masked value."""
 
-_PARSE_DIMENSION = {"unparseable": Dimension.accessibility, "bad_encoding": Dimension.accessibility,
+_PARSE_DIMENSION = {"unparseable": Dimension.accessibility, "wrong_encoding": Dimension.accessibility,
+                    "bad_encoding": Dimension.accessibility, "nul_byte": Dimension.accessibility,
+                    "formula_no_value": Dimension.accessibility,
                     "bad_date": Dimension.conformity, "bad_number": Dimension.conformity}
 
 

@@ -110,3 +110,41 @@ def test_a_missing_catalogue_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_the_published_json_schemas_match_the_models() -> None:
     for name, text in schema_texts().items():
         assert (REPO / "docs" / name).read_text(encoding="utf-8") == text, "run: gongshu catalog schema --out docs"
+
+
+def test_paths_that_leave_the_landing_or_catalogue_folder_are_rejected(folder: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    edit(folder / "resources" / "mzj_jhz.yaml", lambda d: d["channel"].update(path="../../outside/*.csv"))
+    edit(folder / "resources" / "swj_nsrdj.yaml", lambda d: d["channel"].update(path="/etc/*"))
+    edit(folder / "catalogue.yaml", lambda d: d["codelists"][0].update(file="../../etc/passwd"))
+    (folder / "codelists" / "street.csv").unlink()
+    (folder / "codelists" / "street.csv").symlink_to(folder.parent / "elsewhere.csv")
+    (folder.parent / "elsewhere.csv").write_text("code,name\n1,x\n", encoding="utf-8")
+    msg = problems(folder)
+    assert "mzj_jhz.yaml: channel.path: '../../outside/*.csv' 含 '..', 会离开所在目录 (期望: 交付目录 GONGSHU_LANDING 内的相对路径)" in msg
+    assert "swj_nsrdj.yaml: channel.path: '/etc/*' 是绝对路径" in msg
+    assert "catalogue.yaml: codelists.0.file: '../../etc/passwd' 含 '..'" in msg
+    assert "catalogue.yaml: codelists.4.file: 'codelists/street.csv' 实际指向目录文件夹之外的" in msg
+    assert main(["catalog", "check", str(folder)]) == 2
+    assert "mzj_jhz.yaml: channel.path" in capsys.readouterr().err
+
+
+def test_a_key_written_twice_in_a_mapping_is_rejected_with_file_line_and_key(folder: Path) -> None:
+    main = folder / "catalogue.yaml"
+    lines = main.read_text(encoding="utf-8").splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if "{code: name, name: 姓名" in line)
+    lines[n] = lines[n].replace("authority: gaj}", "authority: gaj, authority: gaj}")
+    main.write_text("".join(lines), encoding="utf-8")
+    jhz = folder / "resources" / "mzj_jhz.yaml"
+    jhz.write_text(jhz.read_text(encoding="utf-8").replace("name: 结婚证\n", "name: 结婚证\nname: 结婚证书\n"),
+                   encoding="utf-8")
+    msg = problems(folder)
+    assert f"catalogue.yaml: 第 {n + 1} 行: 重复的键 'authority' (第 {n + 1} 行已有; 后者会静默覆盖前者)" in msg
+    assert "mzj_jhz.yaml: 第 3 行: 重复的键 'name' (第 2 行已有" in msg
+    # a key merged in with a YAML anchor may still be overridden, as YAML intends
+    from catalog.loader import read_yaml
+
+    anchors = folder / "anchors.yaml"
+    anchors.write_text("base: &b {kind: file, format: csv}\nthis:\n  <<: *b\n  format: xlsx\n", encoding="utf-8")
+    assert read_yaml(anchors)["this"] == {"kind": "file", "format": "xlsx"}

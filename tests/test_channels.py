@@ -208,3 +208,211 @@ def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat,
     assert fwd.frame.drop("_source").equals(rev.frame.drop("_source"))
     assert fwd.content_hash == rev.content_hash
     assert fwd.frame.get_column("ZJHM").to_list() == [p[0] for p in citykit.PEOPLE]  # watermark order
+
+
+# --- wrong encodings, huge fields, repeated headers ------------------------------------------
+
+
+def _people_csv(n: int) -> str:
+    names = ["李旭", "王小明", "赵强强", "欧阳娜娜"]
+    return "SFZ;XINGMING\n" + "".join(f"{i:04d};{names[i % 4]}\n" for i in range(n))
+
+
+def test_a_file_in_another_encoding_is_quarantined_whole_and_a_few_bad_bytes_are_not() -> None:
+    """UTF-8 delivered where the catalogue says GBK decodes "cleanly" as GBK into nonsense (李旭 →
+    鏉庢棴): every record is flagged with one reason naming the file and the encoding that fits. A
+    GBK file with ~1% undecodable bytes (what the generator injects) keeps its per-field flags."""
+    frame, problems = parse_csv(_people_csv(40).encode("utf-8"), "u.csv", ["SFZ", "XINGMING"], "gbk", ";")
+    assert frame.height == 40 and frame.get_column("_error").str.starts_with("wrong_encoding: ").all()
+    reason = frame.get_column("_error")[0]
+    assert "u.csv" in reason and "GBK" in reason and "可按 UTF-8 完整解码" in reason
+    assert frame.select("_raw", "XINGMING").row(0) == ("0000;李旭", "李旭")  # read in the encoding that fits
+    assert problems == [f"{reason.removeprefix('wrong_encoding: ')} (共 40 条记录)"]
+
+    frame, problems = parse_csv(_people_csv(40).encode("gbk"), "g.csv", ["SFZ", "XINGMING"], "utf-8", ";")
+    assert frame.get_column("_error").str.contains("不是目录声明的 UTF-8: 可按 GBK 完整解码").all()
+
+    lines = _people_csv(300).encode("gbk").split(b"\n")
+    damaged = b"\n".join(line + b"\xff\xfe" if i % 100 == 50 else line for i, line in enumerate(lines))
+    frame, problems = parse_csv(damaged, "d.csv", ["SFZ", "XINGMING"], "gbk", ";")
+    assert problems == [] and frame.get_column("_error").null_count() == 300
+    assert frame.get_column("XINGMING").str.contains("\ufffd").sum() == 3
+
+
+def test_a_field_larger_than_the_csv_block_is_read_and_every_record_counted() -> None:
+    huge = "x" * (10 * 1024 * 1024)
+    rows = [f"{i},n{i}" for i in range(181)] + [f"181,{huge}"]
+    frame, problems = parse_csv(("A,B\n" + "\n".join(rows) + "\n").encode(), "big.csv", ["A", "B"], "utf-8", ",")
+    assert problems == [] and frame.height == 182 and frame.get_column("_error").null_count() == 182
+    assert frame.get_column("B")[181] == huge and frame.get_column("_row_no").to_list() == list(range(1, 183))
+
+
+def test_a_header_naming_a_declared_column_twice_flags_every_record() -> None:
+    frame, problems = parse_csv(b"A,B,A\n1,2,3\n4,5,6\n", "dup.csv", ["A", "B"], "utf-8", ",")
+    assert frame.select("_row_no", "_raw", "_error").rows() == [
+        (1, "1,2,3", "表头列名重复: A"), (2, "4,5,6", "表头列名重复: A")]
+    assert problems == ["dup.csv: 表头列名 A 重复 (第 1, 3 列), 无法确定取哪一列, 全部记录隔离"]
+    frame, problems = parse_csv(b"A,B,X,X\n1,2,3,4\n", "extra.csv", ["A", "B"], "utf-8", ",")
+    assert frame.select("A", "B", "_error").rows() == [("1", "2", None)]  # an undeclared column repeated: ignored
+    assert problems == ["extra.csv: 表头列名 X 重复 (第 3, 4 列), 该列不在目录中, 已忽略"]
+
+
+def test_a_formula_cell_without_a_computed_value_is_marked_not_read_as_empty(cat, tmp_path: Path) -> None:
+    """A workbook written by a program that cannot calculate holds formulas without results; calamine
+    reads such a cell as empty. The channel marks it with its cell and formula, a record made only
+    of such cells included (polars would drop it as an empty row)."""
+    import openpyxl
+
+    landing = tmp_path / "landing"
+    (landing / "gs" / "20261009").mkdir(parents=True)
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    for row in (["许可证号", "企业代码", "企业名称"], ["B-1", "X", '=UPPER("甲")'], ["B-2", "Y", None],
+                ["=A3&\"x\"", "=B3", "=C3"], ["B-4", "Z", "丁公司"]):
+        ws.append(row)
+    wb.save(landing / "gs" / "20261009" / "x.xlsx")
+    xl = cat.resource("gongshang_xuke")
+    d = read_files(xl, xl.channel, DAY, landing)
+    assert d.frame.select("_row_no", "许可证号", "企业名称").rows() == [
+        (1, "B-1", '\ufffcC2=UPPER("甲")'), (2, "B-2", None), (3, '\ufffcA4=A3&"x"', "\ufffcC4=C3"), (4, "B-4", "丁公司")]
+    assert d.problems == ["x.xlsx: 4 个公式单元格没有计算结果 (C2, A4, B4, C4)"]
+
+
+# --- the landing folder ----------------------------------------------------------------------
+
+
+def test_file_paths_leaving_the_landing_folder_are_refused(cat, tmp_path: Path) -> None:
+    landing, outside = tmp_path / "landing", tmp_path / "outside"
+    citykit.write_json(outside / "zheng.json", [{"no": "A-1", "owner": "1", "owner_name": "某"}])
+    (landing / "zz" / "20261009").mkdir(parents=True)
+    res = cat.resource("zhengzhao_zheng")
+    for path in ("../outside/*.json", "zz/../../outside/*.json", str(outside / "*.json"), "/etc/*"):
+        ch = res.channel.model_copy(update={"path": path})
+        with pytest.raises(DeliveryError, match="拒绝读取") as info:
+            read_files(res, ch, DAY, landing)
+        assert path in str(info.value)
+    (landing / "zz" / "20261009" / "zheng.json").symlink_to(outside / "zheng.json")
+    with pytest.raises(DeliveryError, match=r"zheng.json: 实际指向交付目录之外的 .*outside/zheng.json, 拒绝读取"):
+        read_files(res, res.channel, DAY, landing)
+
+
+# --- the API: bounded, errors that name URL and page, no credentials ---------------------------
+
+
+class _Api:
+    """A local HTTP server answering GETs with ``respond(page) -> (status, headers, body)``."""
+
+    def __init__(self, respond):
+        calls = self.calls = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                from urllib.parse import parse_qs, urlparse
+
+                page = int(parse_qs(urlparse(self.path).query).get("page", ["1"])[0])
+                calls.append(page)
+                status, headers, body = respond(page)
+                try:
+                    self.send_response(status)
+                    for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (the time-budget test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/qiye"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _page(total_pages: int, n: int = 1) -> bytes:
+    return json.dumps({"total_pages": total_pages, "items": [{"code": "C", "title": "T", "capital": "1"}] * n}).encode()
+
+
+@pytest.fixture
+def api(cat, monkeypatch):
+    servers = []
+
+    def start(respond) -> _Api:
+        server = _Api(respond)
+        servers.append(server)
+        monkeypatch.setenv("SHANHAI_QIYE_URL", server.url)
+        return server
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_an_api_paging_without_end_stops_at_the_page_limit(cat, api) -> None:
+    server = api(lambda page: (200, {}, _page(page + 1)))  # always one more page
+    res = cat.resource("gongshang_qiye")
+    ch = res.channel.model_copy(update={"max_pages": 5})
+    with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 5 页: 接口声明共 6 页, 超过每次交付的页数上限 5 页"):
+        read_api(res, ch, DAY)
+    assert server.calls == [1, 2, 3, 4, 5]
+    server = api(lambda page: (200, {}, _page(50_000)))  # announced up front: not a page more is read
+    with pytest.raises(DeliveryError, match="第 1 页: 接口声明共 50000 页"):
+        read_api(res, ch, DAY)
+    assert server.calls == [1]
+
+
+def test_an_api_delivery_stops_at_its_time_budget(cat, api) -> None:
+    import time
+
+    def slow(page):
+        time.sleep(0.3)
+        return 200, {}, _page(page + 1)
+
+    server = api(slow)
+    res = cat.resource("gongshang_qiye")
+    ch = res.channel.model_copy(update={"max_seconds": 1.0})
+    start = time.monotonic()
+    with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 \d 页: 超过每次交付的时间上限 1 秒"):
+        read_api(res, ch, DAY)
+    assert time.monotonic() - start < 2.5 and server.calls[:3] == [1, 2, 3] and len(server.calls) <= 5
+
+
+def test_malformed_json_is_a_delivery_error_naming_url_and_page(cat, api) -> None:
+    server = api(lambda page: (200, {}, _page(3) if page == 1 else b'{"total_pages": 3, "items": [{'))
+    res = cat.resource("gongshang_qiye")
+    with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 2 页返回的不是合法 JSON: Expecting"):
+        read_api(res, res.channel, DAY)
+    server = api(lambda page: (200, {}, b'["not", "an", "object"]'))
+    with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 1 页返回内容不符合约定"):
+        read_api(res, res.channel, DAY)
+
+
+def test_the_api_waits_as_long_as_a_429_asks_then_reads_on(cat, api) -> None:
+    import time
+
+    server = api(lambda page: (429, {"Retry-After": "1"}, b"") if len(server.calls) == 1 else (200, {}, _page(1)))
+    res = cat.resource("gongshang_qiye")
+    start = time.monotonic()
+    assert read_api(res, res.channel, DAY).rows == 1
+    assert server.calls == [1, 1] and time.monotonic() - start >= 0.9
+
+
+def test_credentials_in_an_api_url_never_appear_in_errors_logs_or_sources(cat, api, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("SHANHAI_QIYE_URL", "http://apiuser:pw-s3cret@127.0.0.1:9/qiye?access_token=tok-s3cret&x=1")
+    res = cat.resource("gongshang_qiye")
+    with caplog.at_level("DEBUG"), pytest.raises(DeliveryError) as info:
+        read_api(res, res.channel, DAY)
+    msg = str(info.value)
+    assert "s3cret" not in msg and "apiuser" not in msg
+    assert any("Retrying" in r.getMessage() for r in caplog.records)  # urllib3 logs every retry, query included
+    assert not any("s3cret" in r.getMessage() for r in caplog.records)
+    assert msg.startswith("接口 http://127.0.0.1:9/qiye?access_token=***&x=1 第 1 页在 2 次尝试后仍失败")
+    server = api(lambda page: (200, {}, _page(1)))
+    monkeypatch.setenv("SHANHAI_QIYE_URL", server.url.replace("http://", "http://apiuser:pw-s3cret@") + "?token=tok-s3cret")
+    d = read_api(res, res.channel, DAY)
+    assert d.sources == [f"{server.url.removeprefix('http://')}?date={DAY}"]
+    assert not d.frame.get_column("_source").str.contains("s3cret|apiuser").any()
