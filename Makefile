@@ -48,7 +48,7 @@ demo: install demo-key
 	    --manifest "$(GONGSHU_LANDING)/manifest.json"
 	$(BIN)/gongshu score-detection --manifest "$(GONGSHU_LANDING)/manifest.json"
 
-test: install
+test: lint
 	$(BIN)/python -m pytest
 
 ui: install demo-key
@@ -62,6 +62,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf .gongshu .pytest_cache .ruff_cache

@@ -27,18 +27,7 @@ from dagster import (
     multi_asset,
 )
 
-from assets.base import merge_library, read_current
-from assets.channels import DeliveryError
-from assets.merge import base_schema, lineage
-from assets.ods import IngestResult, ingest, ods_schema, read_ods, record_delivery
-from assets.standardize import std_schema
-from assets.std import StdResult, collect, night_problems, standardize_batch
-from catalog.loader import Catalogue
-from catalog.models import Element, Library, Resource
-from desensitize.display import md_cell
-from desensitize.rules import mask_for_preview
-from pipelines.resources import LandingResource, WarehouseResource
-from quality.checks import (
+from assets.checks import (
     SAMPLE_ROWS,
     consistency_check_result,
     consistency_check_spec,
@@ -46,11 +35,24 @@ from quality.checks import (
     std_check_results,
     std_check_specs,
 )
+from assets.freshness import freshness_policy
+from assets.keys import base_key, ods_key, std_key
+from assets.resources import LandingResource, WarehouseResource
+from catalog.loader import Catalogue
+from catalog.models import Element, Library, Resource
+from desensitize.display import md_cell
+from desensitize.rules import mask_for_preview
+from guiji.base import merge_library
+from guiji.channels import DeliveryError
+from guiji.ods import IngestResult, ingest
+from guiji.std import StdResult, collect, standardize_batch
 from quality.conflicts import check_library_consistency
 from quality.consistency import copies
-from quality.freshness import freshness_policy
 from quality.results import read_failures
 from quality.volume import HISTORY, assess, previous_volumes, volume_ratio
+from warehouse.base import base_schema, lineage, read_current
+from warehouse.ods import ods_schema, read_ods, record_delivery
+from warehouse.std import night_problems, std_schema
 from warehouse.store import Warehouse
 
 PREVIEW_ROWS = 5
@@ -58,21 +60,12 @@ CHANNEL_LABEL = {"file": "文件上传", "database": "前置库", "api": "数据
 CHANNEL_KIND = {"csv": "csv", "xlsx": "excel", "json": "json"}
 
 
-def daily_partitions(catalogue: Catalogue, start_date: str = "2024-01-01") -> DailyPartitionsDefinition:
-    """Batch dates, in the city's time zone; the partition of day D is complete at D+1 00:00."""
-    return DailyPartitionsDefinition(start_date=start_date, timezone=catalogue.city.city.timezone)
 
 
-def ods_key(resource: Resource) -> AssetKey:
-    return AssetKey(["ods", resource.department, resource.code])
 
 
-def std_key(resource: Resource) -> AssetKey:
-    return AssetKey(["std", resource.department, resource.code])
 
 
-def base_key(lib: Library) -> AssetKey:
-    return AssetKey(["base", lib.code])
 
 
 def _column_schema(schema: dict[str, pl.DataType], labels: dict[str, str]) -> TableSchema:
@@ -103,7 +96,7 @@ def build_resource_assets(
     """``ods/<dept>/<resource>`` and ``std/<dept>/<resource>`` of one resource, computed in one step.
 
     Materialised together, the delivery is read once: the ODS batch is written while the same rows
-    are standardised, with no read-back (:func:`assets.std.collect`). Either asset can still be
+    are standardised, with no read-back (:func:`guiji.std.collect`). Either asset can still be
     materialised alone (a re-standardisation reads the stored ODS batch).
     """
     dept = catalogue.department(resource.department)

@@ -13,7 +13,6 @@ Every asset carries a blocking check that scans what it published for raw identi
 
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AutomationCondition,
-    ConfigurableResource,
     DailyPartitionsDefinition,
     Failure,
     MaterializeResult,
@@ -37,8 +35,9 @@ from dagster import (
     asset,
 )
 
-from assets.factory import base_key, ods_key, preview, std_key
-from assets.merge import VALID_FROM, VALID_TO, base_schema
+from assets.factory import preview
+from assets.keys import base_key, ods_key, std_key
+from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import OutputKind, Sensitivity
 from desensitize.export import ExportFiles, read_open_csv, write_open_export
@@ -47,7 +46,7 @@ from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
 from desensitize.masking import MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
 from desensitize.policy import KIND_LABEL, ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
-from pipelines.resources import WarehouseResource
+from warehouse.base import VALID_FROM, VALID_TO, base_schema
 from warehouse.store import Warehouse, sql_type
 
 OUTPUTS = "outputs"  # share.outputs: one row per dataset — its snapshot date, rows, key id, policy
@@ -67,40 +66,12 @@ ACTION_ZH = {"written": "已写入变化", "unchanged": "内容未变, 未写入
 # --- resources ---------------------------------------------------------------------------------------
 
 
-class PseudonymKeyResource(ConfigurableResource):
-    """The pseudonymisation key, read from an environment variable only when an output needs it."""
-
-    env_var: str = "GONGSHU_PSEUDONYM_KEY"
-    algorithm_env_var: str = "GONGSHU_PSEUDONYM_ALG"
-
-    def key(self) -> PseudonymKey:
-        env = {"GONGSHU_PSEUDONYM_KEY": os.environ.get(self.env_var, ""),
-               "GONGSHU_PSEUDONYM_ALG": os.environ.get(self.algorithm_env_var, "")}
-        return PseudonymKey.from_env(env)
-
-    def key_or_none(self) -> PseudonymKey | None:
-        """The key, or None when the variable is unset (a set but unusable key still raises)."""
-        if not os.environ.get(self.env_var):
-            return None
-        return self.key()
 
 
-def open_data_root() -> Path:
-    """``$GONGSHU_HOME/open`` (``.gongshu/open`` by default)."""
-    return Path(os.environ.get("GONGSHU_HOME") or ".gongshu") / "open"
 
 
-class OpenDataResource(ConfigurableResource):
-    """Where open-data files are published."""
-
-    path: str | None = None
-
-    def root(self) -> Path:
-        return Path(self.path) if self.path else open_data_root()
 
 
-def share_resources() -> dict[str, ConfigurableResource]:
-    return {"pseudonym": PseudonymKeyResource(), "open_data": OpenDataResource()}
 
 
 # --- storage -----------------------------------------------------------------------------------------

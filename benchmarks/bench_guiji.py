@@ -36,10 +36,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assets.base import merge_library  # noqa: E402
-from assets.ods import read_batch  # noqa: E402
-from assets.std import collect  # noqa: E402
 from catalog.loader import Catalogue, catalogue_path, load_catalogue  # noqa: E402
+from guiji.base import merge_library
+from guiji.ods import read_batch
+from guiji.std import collect
 from pipelines.demo_api import serve_in_thread  # noqa: E402
 from quality.conflicts import check_library_consistency  # noqa: E402
 from quality.expectations import validate, warm_up  # noqa: E402

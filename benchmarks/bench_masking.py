@@ -28,7 +28,7 @@ def synthetic_people(n: int, seed: int = 20261121):
     import numpy as np
     import polars as pl
 
-    from quality.identifiers import id_check_chars_np
+    from catalog.identifiers import id_check_chars_np
 
     rng = np.random.default_rng(seed)
     wanted, n = n, n + n // 50  # a few spare rows: duplicates are dropped below (a base key is unique)

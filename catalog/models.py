@@ -28,7 +28,7 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 def outside_folder(path: str) -> str | None:
     """Why a catalogue path (a delivery glob, a code-list file) could leave the folder it is
     relative to, or None: an absolute path or a ``..`` segment. Symbolic links are the reader's to
-    check, on the real path (:func:`assets.channels.delivery_files`, the code-list loader)."""
+    check, on the real path (:func:`guiji.channels.delivery_files`, the code-list loader)."""
     if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or path.startswith(("/", "\\")) \
             or re.match(r"^[A-Za-z]:", path):
         return "是绝对路径"

@@ -26,8 +26,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from catalog.identifiers import ID_CHECK_CHARS, ID_MIN_BIRTH, ID_WEIGHTS
 from desensitize.pseudonym import PseudonymKey
-from quality.identifiers import ID_CHECK_CHARS, ID_MIN_BIRTH, ID_WEIGHTS
 
 Keep = Literal["year", "decade"]
 ROUNDS = 10

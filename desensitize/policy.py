@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 
 import polars as pl
 
-from assets.standardize import element_dtype
 from catalog.loader import Catalogue, CatalogueError
 from catalog.models import (
     Element,
@@ -41,6 +40,7 @@ from catalog.models import (
     Sensitivity,
     ShareClass,
 )
+from catalog.normalize import element_dtype
 from desensitize import rules
 from desensitize.fpe import fpe_id
 from desensitize.linkage import (

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from catalog.identifiers import USCC_ALPHABET
 from catalog.models import ElementType, FieldMap, Resource, Semantic
 from generator.config import DefectClass
 from generator.ids import mobiles
 from generator.pools import org_names, person_names
 from generator.population import EID, ElementMaker, Slot, World
 from generator.values import allowed_codes, city_short
-from quality.identifiers import USCC_ALPHABET
 
 MARK_BAD = "\x01\x02"  # → bytes that are not valid in the file's encoding
 MARK_EXTRA = "\x01\x03"  # → one more delimiter

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from quality.identifiers import USCC_ALPHABET, id_check_chars_np, uscc_check_chars_np
+from catalog.identifiers import USCC_ALPHABET, id_check_chars_np, uscc_check_chars_np
 
 EPOCH = np.datetime64("1970-01-01", "D")
 _USCC_LETTERS = np.array([i for i, c in enumerate(USCC_ALPHABET) if c.isalpha()], dtype=np.int64)

@@ -112,8 +112,8 @@ def run_dates(args: argparse.Namespace) -> list[dt.date]:
 
 
 def print_summary(day: dt.date) -> None:
+    from assets.resources import landing_path, open_warehouse
     from catalog.loader import current_catalogue
-    from pipelines.resources import landing_path, open_warehouse
     from pipelines.summary import summary_lines
     from quality.freshness import city_zone, freshness_lines, summary_time
 
@@ -141,8 +141,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_score_detection(args: argparse.Namespace) -> int:
     """Compare the pipeline's findings with the generator's ground truth; exit 1 unless perfect."""
+    from assets.resources import open_warehouse
     from catalog.loader import current_catalogue
-    from pipelines.resources import open_warehouse
     from quality.detection import findings, format_score, load_manifest, score
 
     _, truth = load_manifest(Path(args.manifest))
@@ -175,10 +175,10 @@ def stale_resources(wh, catalogue, day: dt.date) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Score the batch date, bring the 校核 tickets up to it, write and mail every department's report."""
+    from assets.resources import open_warehouse
     from catalog.loader import current_catalogue
     from desensitize.pseudonym import KEY_ENV, PseudonymKey
-    from pipelines.mailer import Mailer
-    from pipelines.resources import open_warehouse
+    from quality.mail import Mailer
     from quality.report import outcome_lines, produce_reports
     from quality.scorecard import load_config, markdown_table, previous_totals, run_scorecard
 
@@ -202,8 +202,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ticket(args: argparse.Namespace) -> int:
     """校核 tickets: answer, import a reply workbook, extend with approval, close, list."""
+    from assets.resources import open_warehouse
     from catalog.loader import current_catalogue
-    from pipelines.resources import open_warehouse
     from quality import tickets as tk
     from quality.freshness import city_zone
     from quality.scorecard import load_config
@@ -247,8 +247,8 @@ def cmd_ticket(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_api(args: argparse.Namespace) -> int:
+    from assets.resources import landing_path
     from pipelines.demo_api import make_server
-    from pipelines.resources import landing_path
 
     server = make_server(Path(args.landing) if args.landing else landing_path(), args.host, args.port,
                          os.environ.get(args.token_env) if args.token_env else None)
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "date", "unset") is None and not getattr(args, "manifest", None):
         args.date = _yesterday()
     if getattr(args, "out", "unset") is None and args.command == "generate":
-        from pipelines.resources import landing_path
+        from assets.resources import landing_path
 
         args.out = str(landing_path())
     try:
@@ -367,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the user gets one clear line, never a traceback
-        from assets.channels import DeliveryError
         from catalog.loader import CatalogueError
+        from guiji.channels import DeliveryError
 
         if isinstance(exc, CatalogueError | DeliveryError | FileNotFoundError | ValueError | OSError):
             print(f"错误: {exc}", file=sys.stderr)

@@ -9,16 +9,16 @@ import warnings
 
 from dagster import Definitions
 
-from assets.factory import build_assets, build_checks, daily_partitions
-from assets.share import build_share_assets, share_resources
+from assets.factory import build_assets, build_checks
+from assets.freshness import build_freshness_checks
+from assets.keys import daily_partitions
+from assets.reports import build_department_reports_asset
+from assets.resources import LandingResource, MailerResource, WarehouseResource, share_resources
+from assets.scorecard import build_scorecard_asset
+from assets.share import build_share_assets
 from catalog.loader import current_catalogue
 from pipelines.jobs import build_jobs_and_schedules
-from pipelines.mailer import MailerResource
-from pipelines.resources import LandingResource, WarehouseResource
 from pipelines.sensors import build_sensors
-from quality.freshness import build_freshness_checks
-from quality.report import build_department_reports_asset
-from quality.scorecard import build_scorecard_asset
 
 # Partitioned asset checks are marked preview in Dagster 1.13; they are what a daily 归集 needs.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")

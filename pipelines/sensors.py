@@ -40,12 +40,13 @@ from dagster import (
     sensor,
 )
 
-from assets.factory import base_key, ods_key, std_key
+from assets.freshness import check_evaluation
+from assets.keys import base_key, ods_key, std_key
+from assets.resources import LandingResource, MailerResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import FileChannel, Resource
-from pipelines.mailer import MailerResource, MailError, engineer_emails
-from pipelines.resources import LandingResource, WarehouseResource
 from quality import freshness as fr
+from quality.mail import MailError, engineer_emails
 from warehouse.store import Warehouse
 
 FRESHNESS_INTERVAL_S = int(os.environ.get("GONGSHU_FRESHNESS_INTERVAL", "300"))
@@ -91,7 +92,7 @@ def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
             previous = reported.get(rid)
             if (previous is None or previous[0] != key
                     or now - dt.datetime.fromisoformat(previous[1]) >= REPORT_REFRESH):
-                context.instance.report_runless_asset_event(fr.check_evaluation(f, ods_key(f.resource)))
+                context.instance.report_runless_asset_event(check_evaluation(f, ods_key(f.resource)))
                 reported[rid] = [key, now.isoformat()]
                 n_reported += 1
             if f.status != fr.Status.stale:

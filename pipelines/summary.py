@@ -4,30 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-import polars as pl
-
-from assets.std import night_problems
 from catalog.loader import Catalogue
+from warehouse.std import night_problems, reconciliation_for
 from warehouse.store import Warehouse
-
-
-def reconciliation_for(wh: Warehouse, day: dt.date) -> pl.DataFrame:
-    """Latest batch per resource up to ``day`` with its reconciliation counts, and for a failed
-    batch the size of the files none of whose records could be read (``ods.batches``)."""
-    schema = {"resource_id": pl.String(), "batch_id": pl.String(), "batch_date": pl.Date(),
-              "rows_delivered": pl.Int64(), "rows_accepted": pl.Int64(), "rows_quarantined": pl.Int64(),
-              "status": pl.String(), "unreadable_bytes": pl.Int64(), "unreadable_lines": pl.Int64()}
-    if not wh.exists("audit", "reconciliation"):
-        return pl.DataFrame(schema=schema)
-    with wh.engine.connect() as conn:
-        frame = wh.read(
-            conn,
-            f"SELECT r.resource_id, r.batch_id, r.batch_date, r.rows_delivered, r.rows_accepted, r.rows_quarantined, "
-            f"b.status, b.unreadable_bytes, b.unreadable_lines FROM {wh.qualified('audit', 'reconciliation')} r "
-            f"LEFT JOIN {wh.qualified('ods', 'batches')} b ON b.batch_id = r.batch_id WHERE r.batch_date <= :d",
-            schema, {"d": day},
-        )
-    return frame.sort("batch_date", "batch_id").group_by("resource_id", maintain_order=True).last()
 
 
 def summary_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> list[str]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import polars as pl
 import sqlalchemy as sa
 
-from quality.consistency import CONFLICT_SCHEMA
+from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
+from warehouse.base import read_as_of
+from warehouse.std import mergeable_batch, read_std
 from warehouse.store import Column, Warehouse
 
 CONFLICTS = "conflicts"
@@ -121,9 +123,6 @@ class ConsistencyRun:
 def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date) -> ConsistencyRun:
     """Compare every non-authoritative copy delivered on ``batch_date`` with the base library and
     persist the conflicts, all in one transaction."""
-    from assets.base import read_as_of
-    from assets.std import mergeable_batch, read_std
-    from quality.consistency import compare_copies, copies, entity_key
 
     lib = catalogue.library(library)
     batches = []

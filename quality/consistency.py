@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from catalog.identifiers import id_number_is_valid, uscc_is_valid
 from catalog.loader import Catalogue
 from catalog.models import ElementType, Library, Resource
-from quality.identifiers import id_number_is_valid, uscc_is_valid
 
 CONFLICT_SCHEMA = {
     "library": pl.String, "element": pl.String, "department": pl.String, "authority": pl.String,

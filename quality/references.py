@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import polars as pl
 import sqlalchemy as sa
 
-from assets.base import read_current
 from catalog.loader import Catalogue
 from quality.consistency import REF_SCHEMA, referential
+from warehouse.base import read_current
 from warehouse.store import Column, Warehouse
 
 REFERENCE_FAILURES = "reference_failures"

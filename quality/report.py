@@ -4,7 +4,7 @@ One per department and batch date, in Chinese: an HTML page (inline styles and t
 a mail client and a browser, charts embedded as base64 PNG) and an XLSX workbook (every rule,
 failing record, conflict and ticket; the sheet 「校核工单」 doubles as the reply form that
 ``gongshu ticket import-reply`` reads). Written to ``$GONGSHU_HOME/reports/<date>/<dept>.html|.xlsx``
-and delivered through the :class:`~pipelines.mailer.Mailer` (SMTP or the outbox; audited).
+and delivered through the :class:`~quality.mail.Mailer` (SMTP or the outbox; audited).
 
 Sections: 1 header (reference number, resources, 校核 deadline), 2 scorecard (total, six
 dimensions, change since the last report, rank, trend and dimension charts), 3 rule results,
@@ -29,22 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 from jinja2 import Environment, FileSystemLoader
 
-from assets.share import PseudonymKeyResource
-from assets.std import night_problems
 from catalog.loader import Catalogue
 from catalog.models import Department
 from desensitize.display import spreadsheet_text
 from desensitize.linkage import NOTHING, Exposure
 from desensitize.policy import catalogue_token_exposure
 from desensitize.pseudonym import PseudonymKey, hmac_tokens
-from pipelines.mailer import Attachment, Mailer, MailerResource, MailError, engineer_emails, read_deliveries
-from pipelines.resources import WarehouseResource
 from quality import scorecard as sc
 from quality.freshness import STATUS_LABEL as FRESHNESS_LABEL
 from quality.freshness import Freshness, Status, city_zone, end_of_day, evaluate_catalogue, format_lag
+from quality.mail import Attachment, Mailer, MailError, engineer_emails, read_deliveries
 from quality.rules import Dimension
 from quality.tickets import (
     ACTIVE,
@@ -60,6 +56,7 @@ from quality.tickets import (
     read_tickets,
     working_days_late,
 )
+from warehouse.std import night_problems
 from warehouse.store import DEFAULT_DIR, Warehouse
 
 REPORT_CATEGORY = "quality_report"
@@ -682,7 +679,7 @@ def produce_reports(
 DELIVERY_LABEL = {"already sent": "此前已发送", "no recipients": "无收件人", "not sent": "未发送"}
 
 
-def _delivery_label(status: str) -> str:
+def delivery_label(status: str) -> str:
     if status.startswith("sent"):
         return "已发送" + ("(发件箱)" if "outbox" in status else "(SMTP)")
     if status.startswith("failed"):
@@ -700,9 +697,9 @@ def outcome_lines(run: ReportRun, catalogue: Catalogue) -> list[str]:
         name = catalogue.department(o.department).name
         score = f"{o.total:.1f} {o.grade}" if o.total is not None else "无评分"
         lines.append(f"  {name:<12}{score:>9}  失败记录 {o.failures:>5}  冲突 {o.conflicts:>4}  待校核 {o.open:>4}  "
-                     f"超期 {o.overdue:>3}  {o.html.name}, {o.xlsx.name}  {_delivery_label(o.delivery)}")
+                     f"超期 {o.overdue:>3}  {o.html.name}, {o.xlsx.name}  {delivery_label(o.delivery)}")
     if run.escalated:
-        lines.append(f"  超期工单 {run.escalated} 件已上报数据工程师: {_delivery_label(run.escalation)}")
+        lines.append(f"  超期工单 {run.escalated} 件已上报数据工程师: {delivery_label(run.escalation)}")
     return lines
 
 
@@ -728,7 +725,7 @@ def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path |
         score = f"{s['score']:.1f} {s['grade']}" if s and s["score"] is not None else "无评分"
         ref = report_reference(catalogue, dept.code, day)
         mine = sent.filter(pl.col("reference") == ref)
-        status = "未发送" if not mine.height else _delivery_label(
+        status = "未发送" if not mine.height else delivery_label(
             f"{mine.get_column('status')[-1]} ({mine.get_column('transport')[-1]})")
         c = counts.get(dept.code, {"open": 0, "overdue": 0})
         lines.append(f"  {dept.name:<12}{score:>9}  未结工单 {c['open']:>4}  超期 {c['overdue']:>3}  "
@@ -738,43 +735,5 @@ def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path |
 
 # --- Dagster -------------------------------------------------------------------------------------------
 
-REPORTS_KEY = ["quality", "department_reports"]
 
 
-def build_department_reports_asset(catalogue: Catalogue, partitions):
-    """``quality/department_reports``: every department's report of the partition, written and mailed."""
-    @asset(
-        key=AssetKey(REPORTS_KEY),
-        deps=[AssetKey(sc.SCORECARD_KEY)],
-        group_name="quality",
-        partitions_def=partitions,
-        kinds={"html", "excel"},
-        tags={"layer": "quality"},
-        description=(
-            "部门数据质量报告: 每个数源部门一份 (HTML + XLSX), 含评分、规则结果、时效、一数一源冲突、"
-            "失败记录(标识脱敏并附令牌)与校核工单; 写入 $GONGSHU_HOME/reports/<日期>/, 经邮件(SMTP 或发件箱)送达, "
-            "超期工单上报数据工程师。"
-        ),
-    )
-    def _reports(context, warehouse: WarehouseResource, mailer: MailerResource,  # context: AssetExecutionContext
-                 pseudonym: PseudonymKeyResource) -> MaterializeResult:
-        wh = warehouse.get()
-        day = dt.date.fromisoformat(context.partition_key)
-        config = sc.load_config(catalogue.root)
-        run = produce_reports(wh, catalogue, day, config, mailer=mailer.get(), key=pseudonym.key_or_none())
-        for o in run.outcomes:
-            if o.delivery.startswith("failed"):
-                context.log.error(f"{o.reference}: {o.delivery}")
-        table = ["| 部门 | 得分 | 等级 | 失败记录 | 冲突 | 待校核 | 超期 | 投递 |", "|---|---|---|---|---|---|---|---|"]
-        for o in run.outcomes:
-            table.append(f"| {catalogue.department(o.department).name} | {sc.fmt(o.total)} | {o.grade or '—'} | "
-                         f"{o.failures} | {o.conflicts} | {o.open} | {o.overdue} | {_delivery_label(o.delivery)} |")
-        return MaterializeResult(metadata={
-            "报告": MetadataValue.md("\n".join(table)),
-            "目录": MetadataValue.path(str(run.outcomes[0].html.parent.resolve()) if run.outcomes else ""),
-            "报告数": len(run.outcomes),
-            "已发送": sum(o.delivery.startswith("sent") for o in run.outcomes),
-            "超期上报": f"{run.escalated} 件 · {_delivery_label(run.escalation)}" if run.escalated else "无",
-        })
-
-    return _reports

@@ -18,15 +18,15 @@ from enum import StrEnum
 
 import polars as pl
 
-from catalog.loader import Catalogue
-from catalog.models import ElementType, Resource
-from quality.identifiers import (
+from catalog.identifiers import (
     MOBILE_PATTERN,
     id_number_birth_date,
     id_number_gender,
     id_number_is_valid,
     uscc_is_valid,
 )
+from catalog.loader import Catalogue
+from catalog.models import ElementType, Resource
 
 
 class Dimension(StrEnum):

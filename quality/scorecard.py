@@ -34,11 +34,9 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 import yaml
-from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.loader import Catalogue
-from pipelines.resources import WarehouseResource
 from quality.rules import Dimension, Severity
 from warehouse.store import Column, Warehouse
 
@@ -310,7 +308,7 @@ def _in_params(values: list[str], prefix: str = "b") -> tuple[str, dict]:
 
 def latest_batches(wh: Warehouse, day: dt.date) -> pl.DataFrame:
     """Each resource's newest standardised batch with a batch date up to ``day``."""
-    from pipelines.summary import reconciliation_for
+    from warehouse.std import reconciliation_for
 
     return reconciliation_for(wh, day)
 
@@ -385,9 +383,9 @@ def timeliness_rule_counts(wh: Warehouse, catalogue: Catalogue, day: dt.date) ->
 def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFrame) -> pl.DataFrame:
     """一致性: each copied element of each resource against the base library (matched / compared),
     and each 关联数据 reference of a library, attributed to the resource that supplied the value."""
-    from assets.base import read_current
-    from assets.std import read_std
     from quality.consistency import compare_copies, copies, referential
+    from warehouse.base import read_current
+    from warehouse.std import read_std
 
     latest = {r["resource_id"]: r["batch_id"] for r in batches.iter_rows(named=True)}
     by_id = {r.id: r for r in catalogue.resources}
@@ -608,42 +606,5 @@ def run_scorecard(
     return sync, card
 
 
-SCORECARD_KEY = ["quality", "scorecard"]
 
 
-def build_scorecard_asset(catalogue: Catalogue, partitions):
-    """``quality/scorecard``: after every base library, the departments' scores (stored per run)."""
-    from assets.factory import base_key
-
-    @asset(
-        key=AssetKey(SCORECARD_KEY),
-        deps=[base_key(lib) for lib in catalogue.libraries],
-        group_name="quality",
-        partitions_def=partitions,
-        kinds={"polars", "sql"},
-        tags={"layer": "quality"},
-        description=(
-            "部门数据质量评分 (GB/T 36344 六个维度): 规则得分 → 维度得分 → 资源得分 → 部门数据质量分 Q; "
-            "校核响应分 R; 综合得分 = 0.8Q + 0.2R 与等级。先同步校核工单(新开、修复、超期), 结果按运行写入 "
-            "quality.scorecard。权重见 scorecard.yaml / GONGSHU_SCORECARD_*。"
-        ),
-    )
-    def _scorecard(context, warehouse: WarehouseResource) -> MaterializeResult:  # context: AssetExecutionContext
-        wh = warehouse.get()
-        day = dt.date.fromisoformat(context.partition_key)
-        config = load_config(catalogue.root)
-        previous = previous_totals(wh, day)
-        sync, card = run_scorecard(wh, catalogue, day, config, context.run_id)
-        ranked = card.departments.filter(pl.col("total").is_not_null()).sort("total")
-        return MaterializeResult(metadata={
-            "评分表": MetadataValue.md(markdown_table(card, catalogue, previous)),
-            "部门数": card.departments.height,
-            "平均综合得分": round(float(ranked.get_column("total").mean()), 2) if ranked.height else None,
-            "最低分部门": catalogue.department(ranked.get_column("department")[0]).name if ranked.height else "—",
-            "规则数": card.rules.height,
-            "新开校核单": len(sync.opened),
-            "本期修复": len(sync.fixed),
-            "新超期(已上报)": len(sync.overdue),
-        })
-
-    return _scorecard

@@ -36,9 +36,9 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import sqlalchemy as sa
 
-from assets.standardize import parse_expr
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
+from catalog.normalize import parse_expr
 from desensitize.linkage import NOTHING, Exposure
 from desensitize.rules import (
     REDACTED,

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from assets.channels import DeliveryError, frame_digest, parse_csv, read_api, read_database, read_files
-from assets.ods import read_window
 from catalog.loader import load_catalogue
+from guiji.channels import DeliveryError, frame_digest, parse_csv, read_api, read_database, read_files
+from guiji.ods import read_window
 from pipelines.demo_api import serve_in_thread
 from tests import citykit
 

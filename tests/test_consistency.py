@@ -86,9 +86,9 @@ def test_licence_holders_must_exist_with_the_same_name(warehouse: Warehouse, cit
 
 def test_a_representative_from_elsewhere_may_be_absent_but_is_name_checked_when_present() -> None:
     """法定代表人证件号 must exist in 人口库 only when local; a name is compared wherever the ID is from."""
-    from assets.merge import base_schema
     from catalog.loader import DEMO_CATALOGUE, load_catalogue
     from quality.consistency import referential
+    from warehouse.base import base_schema
 
     cat = load_catalogue(DEMO_CATALOGUE)
     local, elsewhere = cat.city.city.region_codes[0], "440305"
@@ -131,9 +131,9 @@ def test_a_wrong_name_redelivered_later_is_blamed_on_the_delivery_that_carried_i
 
 def test_a_representative_name_mismatch_carries_the_lineage_of_the_name() -> None:
     """法定代表人: the name came from another delivery than the ID; the finding points at the name's."""
-    from assets.merge import base_schema
     from catalog.loader import DEMO_CATALOGUE, load_catalogue
     from quality.consistency import referential
+    from warehouse.base import base_schema
 
     cat = load_catalogue(DEMO_CATALOGUE)
     rep = citykit.id_number(cat.city.city.region_codes[0], "19800101", 11)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from dagster import AssetKey
 
-from assets.factory import build_assets, daily_partitions
+from assets.factory import build_assets
+from assets.keys import daily_partitions
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from pipelines.jobs import NIGHTLY_JOB, build_jobs_and_schedules
 

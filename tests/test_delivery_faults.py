@@ -11,12 +11,12 @@ import openpyxl
 import polars as pl
 import sqlalchemy as sa
 
-from assets.base import merge_library
-from assets.ods import read_ods
-from assets.std import collect
+from guiji.base import merge_library
+from guiji.std import collect
 from pipelines.summary import summary_lines
 from tests import citykit
 from tests.citykit import PEOPLE
+from warehouse.ods import read_ods
 from warehouse.store import Warehouse
 
 DAY = dt.date(2026, 10, 9)
@@ -162,7 +162,7 @@ def test_no_credential_of_a_channel_url_is_stored_anywhere(warehouse: Warehouse,
 
 
 def test_the_batches_of_an_earlier_version_get_the_new_columns_as_ok(warehouse: Warehouse, city) -> None:
-    from pipelines.resources import open_warehouse
+    from assets.resources import open_warehouse
 
     cat, landing = city
     citykit.deliver_day1(landing, DAY)

@@ -9,12 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from catalog.identifiers import id_number_valid
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from desensitize.kanon import k_anonymise, smallest_group
 from desensitize.masking import MissingKeyError, ladder, mask_snapshot
 from desensitize.policy import Context, PolicyError, share_policies
 from desensitize.pseudonym import PseudonymKey
-from quality.identifiers import id_number_valid
 from tests import citykit
 
 KEY = PseudonymKey(b"test-key-0123456789abcdef")

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from catalog.identifiers import id_number_check, id_number_is_valid, id_number_valid
 from catalog.models import Element, OutputKind, Sensitivity
 from desensitize import rules
 from desensitize.fpe import fpe_id_tokens
 from desensitize.policy import DEFAULT_GRADES, Context, concrete_rule, parse_rule
 from desensitize.pseudonym import PseudonymKey, PseudonymKeyError, hmac_tokens, token_of
-from quality.identifiers import id_number_check, id_number_is_valid, id_number_valid
 
 KEY = PseudonymKey(b"test-key-0123456789abcdef")
 AS_OF = dt.date(2026, 10, 9)

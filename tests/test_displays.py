@@ -9,11 +9,11 @@ import datetime as dt
 import polars as pl
 import sqlalchemy as sa
 
+from assets.checks import std_check_results
 from assets.factory import preview
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from desensitize.display import md_cell, md_code, spreadsheet_safe, spreadsheet_text
 from desensitize.leaks import Needles, scan_text
-from quality.checks import std_check_results
 from quality.results import read_failures
 from tests import citykit
 from tests.citykit import PEOPLE

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from assets.freshness import freshness_policy
 from catalog.models import (
     FileChannel,
     OpenClass,
@@ -26,7 +27,6 @@ from quality.freshness import (
     calendar_covers,
     delivery_time,
     evaluate,
-    freshness_policy,
     is_working_day,
     next_period_start,
     working_days_between,

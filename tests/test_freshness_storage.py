@@ -11,9 +11,11 @@ import polars as pl
 import pytest
 from dagster import AssetCheckKey, AssetKey, AssetSelection, instance_for_test, materialize
 
-from assets.factory import build_resource_assets, daily_partitions
+from assets.factory import build_resource_assets
+from assets.freshness import build_freshness_checks
+from assets.keys import daily_partitions
+from assets.resources import LandingResource, WarehouseResource
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
-from pipelines.resources import LandingResource, WarehouseResource
 from quality import freshness as fr
 from tests import citykit
 from tests.test_sensors import deliver
@@ -97,7 +99,7 @@ def test_the_freshness_check_runs_in_a_partitioned_run_and_writes_the_state(tmp_
     citykit.deliver_day1(landing, day)
     renkou = cat.resource("huzheng_renkou")
     ods = build_resource_assets(cat, renkou, daily_partitions(cat))
-    checks = fr.build_freshness_checks(cat)
+    checks = build_freshness_checks(cat)
     url = f"sqlite:///{tmp_path / 'w.db'}"
     key = AssetKey(["ods", "huzheng", "renkou"])
     with instance_for_test() as instance:

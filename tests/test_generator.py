@@ -19,13 +19,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from catalog.identifiers import id_number_birth_date, id_number_gender, id_number_is_valid, uscc_is_valid
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from catalog.models import DatabaseChannel, ElementType, FileChannel
 from generator import generate
 from generator.config import DefectClass, SyntheticConfigError, load_config
 from generator.deliveries import output_columns
 from generator.writers import api_path, file_path, sqlite_path
-from quality.identifiers import id_number_birth_date, id_number_gender, id_number_is_valid, uscc_is_valid
 
 DAY = dt.date(2026, 11, 21)
 PERSONS = 2000

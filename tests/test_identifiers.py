@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quality.identifiers import (
+from catalog.identifiers import (
     ID_CHECK_CHARS,
     USCC_ALPHABET,
     convert_id15,

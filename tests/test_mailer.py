@@ -11,17 +11,16 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from pipelines.mailer import (
+from assets.resources import MailerResource, WarehouseResource
+from quality.mail import (
     Attachment,
     Mailer,
-    MailerResource,
     MailError,
     SmtpSettings,
     engineer_emails,
     html_to_text,
     read_deliveries,
 )
-from pipelines.resources import WarehouseResource
 from warehouse.store import Warehouse
 
 HTML = "<html><body><p>市税务局:</p><table><tr><th>资源</th><td>纳税人登记信息</td></tr></table></body></html>"

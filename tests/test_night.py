@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance
 
-from assets.std import night_problems
 from catalog.loader import load_catalogue
 from pipelines.demo_api import serve_in_thread
 from pipelines.summary import summary_lines
 from tests import citykit
 from tests.citykit import ORGS, PEOPLE
+from warehouse.std import night_problems
 from warehouse.store import Warehouse
 
 DAY = dt.date(2026, 10, 9)

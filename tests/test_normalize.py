@@ -8,7 +8,7 @@ from collections.abc import Callable
 import polars as pl
 import pytest
 
-from assets.normalize import (
+from catalog.normalize import (
     DATE_FORMATS,
     halfwidth,
     map_codes,

@@ -20,14 +20,14 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assets.base import merge_library
-from assets.merge import base_schema
-from assets.ods import batch_numbers
-from assets.std import collect
 from catalog.loader import Catalogue, load_catalogue
+from guiji.base import merge_library
+from guiji.std import collect
 from tests import citykit
 from tests.citykit import ORGS, PEOPLE
 from tests.conftest import PG_ADMIN_URL
+from warehouse.base import base_schema
+from warehouse.ods import batch_numbers
 from warehouse.store import Warehouse
 
 D1, D2, D3 = dt.date(2026, 11, 19), dt.date(2026, 11, 30), dt.date(2026, 12, 1)

@@ -11,12 +11,14 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from assets.base import merge_library, read_current
-from assets.ods import BATCH_SCHEMA, ingest
-from assets.std import collect, standardize_batch
 from catalog.loader import Catalogue
+from guiji.base import merge_library
+from guiji.ods import ingest
+from guiji.std import collect, standardize_batch
 from tests import citykit
 from tests.citykit import ORGS, PEOPLE
+from warehouse.base import read_current
+from warehouse.ods import BATCH_SCHEMA
 from warehouse.store import Warehouse
 
 DAY1 = dt.date(2026, 10, 9)
@@ -195,7 +197,7 @@ def test_one_pass_collect_writes_what_ingest_then_standardize_write(warehouse: W
 
 
 def test_a_failed_ods_write_in_the_one_pass_step_writes_no_std_rows(warehouse: Warehouse, city, monkeypatch) -> None:
-    import assets.std as std_mod
+    import guiji.std as std_mod
 
     cat, landing = city
     citykit.deliver_day1(landing, DAY1)
@@ -213,7 +215,7 @@ def test_a_failed_ods_write_in_the_one_pass_step_writes_no_std_rows(warehouse: W
 def test_a_crash_after_the_ods_commit_is_finished_by_the_next_run(warehouse: Warehouse, city, monkeypatch) -> None:
     """The one-pass step commits the ODS batch, then the std rows: a crash in between leaves the
     stored batch (as after a separate ODS step) and the next run standardises it from the warehouse."""
-    import assets.std as std_mod
+    import guiji.std as std_mod
 
     cat, landing = city
     citykit.deliver_day1(landing, DAY1)
@@ -376,7 +378,7 @@ def test_a_warehouse_of_an_earlier_version_is_upgraded_in_place(warehouse: Wareh
     """Earlier versions kept each value's lineage batch as the batch id text and had no batch
     numbers. The warehouse resource numbers the batches in the order they were received, turns the
     lineage into numbers with the same meaning, and the next day's batches carry on from there."""
-    from pipelines.resources import WarehouseResource
+    from assets.resources import WarehouseResource
 
     cat, landing = city
     citykit.deliver_day1(landing, DAY1)

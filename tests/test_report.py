@@ -17,11 +17,13 @@ import pytest
 from dagster import AssetKey, materialize
 from openpyxl import load_workbook
 
+from assets.reports import build_department_reports_asset
+from assets.scorecard import build_scorecard_asset
 from desensitize.pseudonym import PseudonymKey, token_of
-from pipelines.mailer import Mailer, read_deliveries
 from quality import report as rp
 from quality import scorecard as sc
 from quality import tickets as tk
+from quality.mail import Mailer, read_deliveries
 from tests import test_mailer
 from tests.citykit import PEOPLE
 from tests.test_tickets import DAY1, deliver_with_defects, run_day
@@ -281,10 +283,8 @@ def test_a_department_answers_by_filling_in_the_workbook_it_received(city, tmp_p
 
 
 def test_the_scorecard_and_reports_are_dagster_assets_after_every_base_library(city, tmp_path: Path, monkeypatch) -> None:
-    from assets.factory import base_key, daily_partitions
-    from assets.share import PseudonymKeyResource
-    from pipelines.mailer import MailerResource
-    from pipelines.resources import WarehouseResource
+    from assets.keys import base_key, daily_partitions
+    from assets.resources import MailerResource, PseudonymKeyResource, WarehouseResource
 
     cat, landing = city
     url = f"sqlite:///{tmp_path / 'w.db'}"
@@ -292,7 +292,7 @@ def test_the_scorecard_and_reports_are_dagster_assets_after_every_base_library(c
     deliver_with_defects(landing, DAY1)
     run_day(wh, cat, landing, DAY1)
     parts = daily_partitions(cat)
-    card, reports = sc.build_scorecard_asset(cat, parts), rp.build_department_reports_asset(cat, parts)
+    card, reports = build_scorecard_asset(cat, parts), build_department_reports_asset(cat, parts)
     spec = card.specs_by_key[AssetKey(["quality", "scorecard"])]
     assert spec.group_name == "quality" and {d.asset_key for d in spec.deps} == {base_key(lib) for lib in cat.libraries}
     rspec = reports.specs_by_key[AssetKey(["quality", "department_reports"])]

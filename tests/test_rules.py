@@ -135,8 +135,8 @@ def test_each_validation_gets_a_data_docs_page_with_counts_and_no_failing_values
 def test_a_null_field_is_neither_a_parse_failure_nor_a_lost_row() -> None:
     """A NULL (not delivered) date or text field must not make the row vanish from the std stage:
     every delivered row is accepted or quarantined, and only the unparseable date is quarantined."""
-    from assets.ods import ods_schema
-    from assets.standardize import standardize
+    from guiji.standardize import standardize
+    from warehouse.ods import ods_schema
 
     res = CAT.resource("wjw_csyxzm")
     rows = [  # CSYXZMBH, XSESFZH, XSEXM, XSEXB, CSRQ

@@ -27,13 +27,13 @@ from dagster import (
     instance_for_test,
 )
 
-from assets.factory import daily_partitions, ods_key
-from assets.ods import BATCH_SCHEMA, batches_table
+from assets.keys import daily_partitions, ods_key
+from assets.resources import LandingResource, MailerResource, WarehouseResource
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from pipelines import sensors
-from pipelines.mailer import MailerResource, read_deliveries
-from pipelines.resources import LandingResource, WarehouseResource
 from quality import freshness as fr
+from quality.mail import read_deliveries
+from warehouse.ods import BATCH_SCHEMA, batches_table
 from warehouse.store import Warehouse
 
 TZ = ZoneInfo("Asia/Shanghai")

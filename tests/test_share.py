@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
+from assets.resources import WarehouseResource
 from assets.share import (
     OpenDataResource,
     PseudonymKeyResource,
@@ -26,7 +27,6 @@ from desensitize.masking import MissingKeyError
 from desensitize.policy import OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey, token_of
 from pipelines.demo_api import serve_in_thread
-from pipelines.resources import WarehouseResource
 from tests import citykit
 from tests.citykit import PEOPLE
 from tests.test_pipeline import run_day
@@ -253,7 +253,7 @@ def test_share_assets_materialise_through_dagster_with_metadata_and_passing_chec
 
 
 def _partitions(cat: Catalogue):
-    from assets.factory import daily_partitions
+    from assets.keys import daily_partitions
 
     return daily_partitions(cat)
 
@@ -334,13 +334,13 @@ def test_a_generated_city_publishes_no_row_that_gives_an_identifier_back(warehou
     """A 山海市 of 2,000 generated persons (with the generator's defects): every share and open output,
     the previews of its base libraries, the check samples of its batches and the department reports
     are scanned, row by row too — none of them completes a masked ID number or pins down a person."""
+    from assets.checks import std_check_results
     from assets.factory import preview
     from catalog.loader import load_catalogue as load
     from desensitize.leaks import scan_file, scan_text, scan_tree
     from generator import generate
     from quality import report as rp
     from quality import scorecard as sc
-    from quality.checks import std_check_results
     from quality.results import read_failures
 
     folder = citykit.write_catalogue(tmp_path)

@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 from openpyxl import Workbook
 
-from assets.base import merge_library
-from assets.ods import ingest
-from assets.std import standardize_batch
 from catalog.loader import Catalogue
+from guiji.base import merge_library
+from guiji.ods import ingest
+from guiji.std import standardize_batch
 from quality import tickets as tk
 from quality.conflicts import check_library_consistency
 from quality.references import check_references

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from assets.ods import ingest
+from guiji.ods import ingest
 from quality.volume import assess, previous_volumes
 from tests import citykit
 from warehouse.store import Warehouse

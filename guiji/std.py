@@ -10,64 +10,39 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
-from assets.ods import (
-    BATCH_SCHEMA,
-    BATCHES,
-    Batch,
-    IngestResult,
-    batches_table,
-    latest_batch,
-    ods_table,
-    open_delivery_failures,
-    read_ods,
-    receive,
-    store,
-)
-from assets.standardize import QUARANTINE_SCHEMA, Standardized, standardize, std_schema
 from catalog.loader import Catalogue
 from catalog.models import Resource
+from guiji.ods import IngestResult, receive, store
+from guiji.standardize import Standardized, standardize
 from quality.expectations import data_docs_root, validate
 from quality.results import masked_failures, min_pass_rate, store_results, withheld_reason
 from quality.rules import resource_rules
-from warehouse.store import Column, Warehouse
-
-QUARANTINE = "quarantine"
-RECONCILIATION = "reconciliation"
-QUARANTINE_TABLE_SCHEMA: dict[str, pl.DataType] = {
-    "batch_id": pl.String(), "resource_id": pl.String(), "row_no": pl.Int64(),
-    **{k: v for k, v in QUARANTINE_SCHEMA.items() if k != "_row_no"},
-}
-RECONCILIATION_SCHEMA: dict[str, pl.DataType] = {
-    "batch_id": pl.String(),
-    "resource_id": pl.String(),
-    "batch_date": pl.Date(),
-    "rows_delivered": pl.Int64(),
-    "rows_accepted": pl.Int64(),
-    "rows_quarantined": pl.Int64(),
-    "id15_converted": pl.Int64(),
-    "withheld": pl.String(),  # why the batch is kept out of the base library (None: it is merged)
-}
+from warehouse.ods import (
+    Batch,
+    batches_table,
+    latest_batch,
+    ods_table,
+    read_ods,
+)
+from warehouse.std import (
+    QUARANTINE,
+    RECONCILIATION,
+    RECONCILIATION_SCHEMA,
+    quarantine_table,
+    reconciliation_table,
+    std_table,
+)
+from warehouse.store import Warehouse
 
 
 class ReconciliationError(AssertionError):
     """Rows were lost or counted twice: the batch is not written."""
 
 
-def std_table(wh: Warehouse, catalogue: Catalogue, resource: Resource) -> sa.Table:
-    schema = {"_batch_id": pl.String(), **std_schema(catalogue, resource)}
-    return wh.table("std", resource.id, [Column(n, t) for n, t in schema.items()], batch_index="_batch_id")
 
 
-def quarantine_table(wh: Warehouse) -> sa.Table:
-    return wh.table(
-        "quality", QUARANTINE, [Column(n, t) for n, t in QUARANTINE_TABLE_SCHEMA.items()], indexes=[["batch_id"]]
-    )
 
 
-def reconciliation_table(wh: Warehouse) -> sa.Table:
-    return wh.table(
-        "audit", RECONCILIATION, [Column(n, t) for n, t in RECONCILIATION_SCHEMA.items()], primary_key=["batch_id"]
-    )
 
 
 @dataclass
@@ -203,59 +178,7 @@ def _write(
                       counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)
 
 
-def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str,
-             columns: list[str] | None = None, *, latest: bool = False) -> pl.DataFrame:
-    """The accepted rows of one std batch in delivery order (only ``columns``, when given).
-
-    With ``latest``, one row per key: the last version of each key in the batch. Only a versioned
-    resource (a 前置库) has several — its rows are numbered in watermark order, so the last is the
-    highest row number; elsewhere a key delivered twice never reaches the 标准层.
-    """
-    schema = std_schema(catalogue, resource)
-    if columns is not None:
-        schema = {c: t for c, t in schema.items() if c in columns or c == "_row_no" or (latest and c in resource.key)}
-    cols = ", ".join(wh.quote(c) for c in schema)
-    frame = wh.read(
-        conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b",
-        schema, {"b": batch_id}, bulk=True,
-    ).sort("_row_no")
-    if latest and resource.version_column:
-        frame = frame.unique(subset=resource.key, keep="last", maintain_order=True)
-    return frame
 
 
-def mergeable_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
-    """The batch of ``resource`` that the base library takes for ``batch_date``: the newest one
-    whose 标准层 is complete (it has its reconciliation) and that no blocking rule withholds."""
-    if not (wh.exists("ods", BATCHES) and wh.exists("audit", RECONCILIATION)):
-        return None
-    frame = wh.read(
-        conn,
-        f"SELECT {', '.join('b.' + c for c in BATCH_SCHEMA)} FROM {wh.qualified('ods', BATCHES)} b "
-        f"JOIN {wh.qualified('audit', RECONCILIATION)} r ON r.batch_id = b.batch_id "
-        "WHERE b.resource_id = :r AND b.batch_date = :d AND r.withheld IS NULL ORDER BY b.seq DESC LIMIT 1",
-        BATCH_SCHEMA, {"r": resource.id, "d": batch_date},
-    )
-    return Batch.from_row(frame.row(0, named=True)) if frame.height else None
 
 
-def night_problems(wh: Warehouse, batch_date: dt.date) -> pl.DataFrame:
-    """Resources the base libraries could not take from on ``batch_date``, and why: the delivery
-    failed (``交付失败``), or the newest batch of the day was withheld by a blocking rule (``暂缓入库``)."""
-    schema = {"resource_id": pl.String(), "state": pl.String(), "reason": pl.String()}
-    with wh.engine.connect() as conn:
-        failed = open_delivery_failures(wh, conn, batch_date).select(
-            "resource_id", pl.lit("交付失败").alias("state"), pl.col("error").alias("reason"))
-        withheld = pl.DataFrame(schema={"resource_id": pl.String(), "reason": pl.String()})
-        if wh.exists("ods", BATCHES) and wh.exists("audit", RECONCILIATION):
-            b, r = wh.qualified("ods", BATCHES), wh.qualified("audit", RECONCILIATION)
-            withheld = wh.read(
-                conn,
-                f"SELECT b.resource_id, r.withheld AS reason FROM {b} b JOIN {r} r ON r.batch_id = b.batch_id "
-                f"JOIN (SELECT resource_id, MAX(seq) AS seq FROM {b} WHERE batch_date = :d GROUP BY resource_id) m "
-                "ON m.resource_id = b.resource_id AND m.seq = b.seq "
-                "WHERE b.batch_date = :d AND r.withheld IS NOT NULL", schema={"resource_id": pl.String(),
-                                                                             "reason": pl.String()},
-                params={"d": batch_date})
-    held = withheld.select("resource_id", pl.lit("暂缓入库").alias("state"), "reason")
-    return pl.concat([failed.cast(schema), held.cast(schema)]).unique("resource_id", keep="first", maintain_order=True)

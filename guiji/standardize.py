@@ -12,20 +12,18 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from assets.channels import FORMULA_MARK, NUL_MARK, REPLACEMENT, WRONG_ENCODING
-from assets.normalize import halfwidth, map_codes, parse_date, parse_datetime, parse_decimal, parse_integer
-from catalog.loader import Catalogue
-from catalog.models import Element, ElementType, Resource
-from quality.identifiers import (
-    convert_id15,
+from catalog.identifiers import (
     id_number_birth_date,
     id_number_gender,
     is_id15,
     normalize_id_number,
-    normalize_mobile,
-    normalize_uscc,
 )
+from catalog.loader import Catalogue
+from catalog.models import ElementType, Resource
+from catalog.normalize import halfwidth, parse_expr
+from guiji.channels import FORMULA_MARK, NUL_MARK, REPLACEMENT, WRONG_ENCODING
 from quality.rules import VERSION, Kind, Rule, Severity, evaluated, failing, resource_rules
+from warehouse.std import QUARANTINE_SCHEMA, std_schema
 
 REASONS: dict[str, str] = {
     "unparseable": "无法解析的记录",
@@ -42,33 +40,10 @@ more precise reason — the file and encoding of ``wrong_encoding``, the cell of
 RECORD_CODES = (WRONG_ENCODING,)
 """Reason codes a channel gives a whole record through ``_error`` (``<code>: <reason>``)."""
 
-QUARANTINE_SCHEMA = {
-    "_row_no": pl.Int64,
-    "field": pl.String,
-    "column": pl.String,
-    "reason_code": pl.String,
-    "reason": pl.String,
-    "raw_value": pl.String,
-}
 
 
-def element_dtype(e: Element) -> pl.DataType:
-    """The polars (and so storage) type of a data element."""
-    return {
-        ElementType.date: pl.Date(),
-        ElementType.datetime: pl.Datetime("us"),
-        ElementType.integer: pl.Int64(),
-        ElementType.decimal: pl.Float64(),
-    }.get(e.type, pl.String())
 
 
-def std_schema(catalogue: Catalogue, resource: Resource) -> dict[str, pl.DataType]:
-    """Columns of the std table of a resource: row number, then its elements."""
-    lib = catalogue.library(resource.library)
-    schema: dict[str, pl.DataType] = {"_row_no": pl.Int64()}
-    for code in resource.elements():
-        schema[code] = element_dtype(lib.element(code))
-    return schema
 
 
 RULE_COUNT_SCHEMA = {
@@ -103,28 +78,6 @@ class Standardized:
         return self.quarantine.get_column("_row_no").n_unique() if self.quarantine.height else 0
 
 
-def parse_expr(e: Element, raw: pl.Expr, formats: list[str], codes: dict[str, str]) -> pl.Expr:
-    """Normalise and type one department column as data element ``e``."""
-    clean = halfwidth(raw)
-    match e.type:
-        case ElementType.id_number:
-            return convert_id15(normalize_id_number(clean))
-        case ElementType.uscc:
-            return normalize_uscc(clean)
-        case ElementType.mobile:
-            return normalize_mobile(clean)
-        case ElementType.code:
-            return map_codes(clean, codes) if codes else clean
-        case ElementType.date:
-            return parse_date(clean, formats)
-        case ElementType.datetime:
-            return parse_datetime(clean, formats)
-        case ElementType.integer:
-            return parse_integer(clean)
-        case ElementType.decimal:
-            return parse_decimal(clean)
-        case _:
-            return clean
 
 
 def standardize(

@@ -11,12 +11,14 @@ reach the base library either way: the 标准层 quarantines them.
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue, asset_check
 
+from assets.resources import WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Resource
 from desensitize.display import md_cell
 from quality.consistency import copies
+from quality.references import check_references
 from quality.results import min_pass_rate
 from quality.rules import Dimension, Rule, Severity, resource_rules
 
@@ -145,10 +147,7 @@ def consistency_check_result(run) -> AssetCheckResult:
 
 def reference_check(catalogue: Catalogue, lib, partitions, asset_key: AssetKey, targets: list[AssetKey]):
     """关联数据一致性 of ``lib`` against the libraries it refers to (a multi-library check)."""
-    from dagster import asset_check
 
-    from pipelines.resources import WarehouseResource
-    from quality.references import check_references
 
     desc = "; ".join(
         f"{lib.element(r.element).name} 须存在于 " + "/".join(catalogue.library(t.library).name for t in r.targets)

@@ -29,10 +29,7 @@ from pathlib import Path
 
 import polars as pl
 import sqlalchemy as sa
-from dagster import ConfigurableResource
-from pydantic import PrivateAttr
 
-from pipelines.resources import WarehouseResource
 from warehouse.store import DEFAULT_DIR, Column, Warehouse
 
 DELIVERIES = "deliveries"
@@ -278,14 +275,3 @@ class Mailer:
             self.warehouse.insert(conn, table, pl.DataFrame([record.row()], schema=DELIVERY_SCHEMA))
 
 
-class MailerResource(ConfigurableResource):
-    """The Mailer as a Dagster resource (SMTP from ``GONGSHU_SMTP_*``, else the outbox folder)."""
-
-    warehouse: WarehouseResource
-    outbox: str | None = None
-    _mailer: Mailer | None = PrivateAttr(default=None)
-
-    def get(self) -> Mailer:
-        if self._mailer is None:
-            self._mailer = Mailer.from_env(self.warehouse.get(), Path(self.outbox) if self.outbox else None)
-        return self._mailer

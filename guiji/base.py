@@ -8,46 +8,25 @@ from dataclasses import dataclass
 import polars as pl
 import sqlalchemy as sa
 
-from assets.merge import (
+from catalog.loader import Catalogue
+from catalog.models import Library
+from guiji.merge import fold_history, incoming_values, plan_merge
+from warehouse.base import (
+    MERGE_LOG,
+    MERGE_LOG_SCHEMA,
     VALID_FROM,
     VALID_TO,
     base_schema,
-    fold_history,
-    incoming_values,
+    base_table,
+    key_match,
     lineage,
-    plan_merge,
+    merge_log_table,
+    merged_batches,
     value_elements,
 )
-from assets.ods import BATCHES, batch_numbers, prepare_batches
-from assets.std import RECONCILIATION, mergeable_batch, read_std
-from catalog.loader import Catalogue
-from catalog.models import Library
-from warehouse.store import Column, Warehouse
-
-MERGE_LOG = "merge_log"
-MERGE_LOG_SCHEMA: dict[str, pl.DataType] = {
-    "library": pl.String(),
-    "batch_date": pl.Date(),
-    "batch_ids": pl.String(),
-    "incoming": pl.Int64(),
-    "new_entities": pl.Int64(),
-    "changed_entities": pl.Int64(),
-    "unchanged": pl.Int64(),
-    "rebuilt_entities": pl.Int64(),  # entities whose history from the batch date on was folded again
-}
-
-
-def base_table(wh: Warehouse, lib: Library) -> sa.Table:
-    schema = base_schema(lib)
-    return wh.table(
-        "base", lib.code, [Column(n, t) for n, t in schema.items()],
-        primary_key=[*lib.key, VALID_FROM],  # also finds an entity's current version (few per key)
-    )
-
-
-def merge_log_table(wh: Warehouse) -> sa.Table:
-    return wh.table("audit", MERGE_LOG, [Column(n, t) for n, t in MERGE_LOG_SCHEMA.items()],
-                    primary_key=["library", "batch_date"])
+from warehouse.ods import BATCHES
+from warehouse.std import mergeable_batch, read_std
+from warehouse.store import Warehouse
 
 
 @dataclass
@@ -64,8 +43,6 @@ class MergeResult:
     merged_before: bool = False  # the same batches were merged for this date already: nothing to do
 
 
-def _key_match(wh: Warehouse, alias: str, tmp: str, key: list[str]) -> str:
-    return " AND ".join(f"{alias}.{wh.quote(k)} = {tmp}.{wh.quote(k)}" for k in key)
 
 
 def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
@@ -74,17 +51,8 @@ def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
     return [*lib.key, *([lib.discriminator.element] if lib.discriminator else []), *auth]
 
 
-def merged_batches(wh: Warehouse, conn: sa.Connection, library: str) -> dict[dt.date, list[str]]:
-    """Batch ids merged into ``library`` per batch date, as the merge log recorded them."""
-    if not wh.exists("audit", MERGE_LOG):
-        return {}
-    rows = conn.execute(sa.text(f"SELECT batch_date, batch_ids FROM {wh.qualified('audit', MERGE_LOG)} "
-                                "WHERE library = :l"), {"l": library}).fetchall()
-    return {_as_date(d): [b for b in (ids or "").split(",") if b] for d, ids in rows}
 
 
-def _as_date(v) -> dt.date:
-    return v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10])
 
 
 def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
@@ -209,7 +177,7 @@ def _versions_from(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.Da
     cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
     frame = wh.read(
         conn,
-        f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {_key_match(wh, 'b', 't', lib.key)} "
+        f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {key_match(wh, 'b', 't', lib.key)} "
         f"WHERE b.{VALID_TO} IS NULL OR b.{VALID_TO} >= :d",
         schema, {"d": batch_date},
     )
@@ -239,89 +207,13 @@ def _counts(wh: Warehouse, conn: sa.Connection, base: str) -> tuple[int, int]:
     return int(current), int(total)
 
 
-def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | None = None) -> pl.DataFrame:
-    """The current version of every entity of a base library (the first ``limit`` by key), each
-    value's lineage batch as its batch id."""
-    schema = base_schema(lib)
-    cols = ", ".join(wh.quote(c) for c in schema)
-    frame = wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_TO} IS NULL "
-                    f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}"
-                    + (f" LIMIT {int(limit)}" if limit is not None else ""), schema, bulk=limit is None)
-    return with_batch_ids(frame, lib, batch_numbers(wh, conn))
 
 
-def with_batch_ids(frame: pl.DataFrame, lib: Library, numbers: pl.DataFrame) -> pl.DataFrame:
-    """Lineage batch numbers replaced by the batch ids they stand for (``numbers``: batch_no → batch_id)."""
-    nos, ids = numbers.get_column("batch_no"), numbers.get_column("batch_id")
-    return frame.with_columns(
-        pl.col(b).replace_strict(nos, ids, default=None, return_dtype=pl.String)
-        for b in (lineage(e)[0] for e in value_elements(lib)) if b in frame.columns
-    )
 
 
-def upgrade_warehouse(wh: Warehouse) -> None:
-    """Bring a warehouse written by an earlier version to the current layout, in one transaction.
-
-    Earlier versions stored each base-library value's lineage batch as the batch id text; it is now
-    the batch's number (``ods.batches.batch_no``), which those versions did not have either.
-    Idempotent, and a few catalogue queries when there is nothing to do. Run where a warehouse is
-    opened (:func:`pipelines.resources.open_warehouse`), once per process.
-    """
-    if not wh.exists("ods", BATCHES):
-        return
-    with wh.begin() as conn:
-        prepare_batches(wh, conn)
-        for name in wh.layer_tables("base"):
-            _number_lineage(wh, conn, name)
-        # withheld batches (a failed blocking rule) and refolded histories are recorded since 2026-12
-        _add_column(wh, conn, "audit", RECONCILIATION, "withheld", "TEXT")
-        if _add_column(wh, conn, "audit", MERGE_LOG, "rebuilt_entities", "BIGINT"):
-            conn.execute(sa.text(f"UPDATE {wh.qualified('audit', MERGE_LOG)} SET rebuilt_entities = 0"))
-            conn.execute(sa.text(f"ALTER TABLE {wh.qualified('audit', MERGE_LOG)} DROP COLUMN skipped_older"))
 
 
-def _add_column(wh: Warehouse, conn: sa.Connection, layer: str, name: str, column: str, sql_type: str) -> bool:
-    """Add ``column`` to an existing table that lacks it; True when it was added."""
-    if not wh.exists(layer, name):
-        return False
-    schema, table = wh.table_ref(layer, name)
-    if column in {c["name"] for c in sa.inspect(conn).get_columns(table, schema=schema)}:
-        return False
-    conn.execute(sa.text(f"ALTER TABLE {wh.qualified(layer, name)} ADD COLUMN {wh.quote(column)} {sql_type}"))
-    return True
 
 
-def _number_lineage(wh: Warehouse, conn: sa.Connection, name: str) -> None:
-    schema, table = wh.table_ref("base", name)
-    text = [c["name"] for c in sa.inspect(conn).get_columns(table, schema=schema)
-            if c["name"].endswith("__batch") and not isinstance(c["type"], sa.Integer)]
-    if not text:
-        return
-    base, batches = wh.qualified("base", name), wh.qualified("ods", BATCHES)
-    for c in text:
-        conn.execute(sa.text(f"ALTER TABLE {base} ADD COLUMN {wh.quote(c + '_no')} BIGINT"))
-    conn.execute(sa.text(f"UPDATE {base} SET " + ", ".join(
-        f"{wh.quote(c + '_no')} = (SELECT batch_no FROM {batches} WHERE batch_id = {base}.{wh.quote(c)})"
-        for c in text)))
-    for c in text:
-        conn.execute(sa.text(f"ALTER TABLE {base} DROP COLUMN {wh.quote(c)}"))
-        conn.execute(sa.text(f"ALTER TABLE {base} RENAME COLUMN {wh.quote(c + '_no')} TO {wh.quote(c)}"))
 
 
-def read_as_of(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame, day: dt.date) -> pl.DataFrame:
-    """The versions of the entities in ``keys`` valid on ``day`` (loaded into a temporary table and
-    joined): what the base library held for them that day, whatever was merged since."""
-    schema = base_schema(lib)
-    if keys.height == 0 or not wh.exists("base", lib.code) or \
-            wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} LIMIT 1") is None:
-        return pl.DataFrame(schema=schema)
-    tmp = wh.temp_table(conn, "gongshu_lookup_keys", keys.select(lib.key).unique())
-    cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
-    frame = wh.read(
-        conn,
-        f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {_key_match(wh, 'b', 't', lib.key)} "
-        f"WHERE b.{VALID_FROM} <= :d AND (b.{VALID_TO} IS NULL OR b.{VALID_TO} > :d)",
-        schema, {"d": day},
-    )
-    conn.execute(sa.text(f"DROP TABLE {tmp}"))
-    return frame

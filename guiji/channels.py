@@ -40,6 +40,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource, outside_folder
+from warehouse.ods import source_columns
 from warehouse.store import adbc_connect, literal_sql
 
 META_COLUMNS = ("_row_no", "_source", "_raw", "_error")
@@ -83,13 +84,6 @@ class Delivery:
         return self.frame.height
 
 
-def source_columns(resource: Resource) -> list[str]:
-    """The department columns of a resource as stored in ODS (plus the watermark column)."""
-    cols = [f.column for f in resource.fields]
-    ch = resource.channel
-    if isinstance(ch, DatabaseChannel) and ch.watermark not in cols:
-        cols.append(ch.watermark)
-    return cols
 
 
 def empty_frame(columns: list[str]) -> pl.DataFrame:
@@ -510,7 +504,7 @@ def read_database(
 ) -> Delivery:
     """Rows whose watermark lies in [``watermark_low``, the next day 00:00) (no lower bound when None).
 
-    Both bounds come from the batch date alone (:func:`assets.ods.read_window`), so a partition reads
+    Both bounds come from the batch date alone (:func:`guiji.ods.read_window`), so a partition reads
     the same rows whenever and in whatever order it runs.
     """
     ch = resource.channel

@@ -14,37 +14,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from assets.standardize import element_dtype
 from catalog.loader import Catalogue
 from catalog.models import Library, Resource
-
-VALID_FROM, VALID_TO = "valid_from", "valid_to"
-
-
-def lineage(element: str) -> tuple[str, str]:
-    """Columns recording where a value came from: its batch and its row in that batch.
-
-    The batch is stored as its number (``ods.batches.batch_no``, which names the department,
-    resource and date); readers get the batch id back through :func:`assets.base.read_current`.
-    """
-    return f"{element}__batch", f"{element}__row"
-
-
-def value_elements(lib: Library) -> list[str]:
-    return [e.code for e in lib.elements if e.code not in lib.key]
-
-
-def base_schema(lib: Library) -> dict[str, pl.DataType]:
-    """Columns of a base-library table: key, each value with its lineage, validity period."""
-    schema: dict[str, pl.DataType] = {k: element_dtype(lib.element(k)) for k in lib.key}
-    for code in value_elements(lib):
-        b, r = lineage(code)
-        schema[code] = element_dtype(lib.element(code))
-        schema[b] = pl.Int64()
-        schema[r] = pl.Int64()
-    schema[VALID_FROM] = pl.Date()
-    schema[VALID_TO] = pl.Date()
-    return schema
+from warehouse.base import VALID_FROM, VALID_TO, base_schema, lineage, value_elements
 
 
 def incoming_values(

@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import polars as pl
 
+from catalog.identifiers import convert_id15, normalize_id_number, normalize_mobile, normalize_uscc
+from catalog.models import Element, ElementType
+
 FULLWIDTH: dict[str, str] = {chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)} | {"\u3000": " "}
 """Full-width ASCII variants (U+FF01–U+FF5E) → ASCII, ideographic space U+3000 → space."""
 
@@ -83,3 +86,37 @@ def parse_integer(expr: pl.Expr) -> pl.Expr:
 def map_codes(expr: pl.Expr, mapping: dict[str, str]) -> pl.Expr:
     """Translate department codes to standard codes; values not in ``mapping`` pass through unchanged."""
     return expr.cast(pl.String).replace(mapping)
+
+
+def element_dtype(e: Element) -> pl.DataType:
+    """The polars (and so storage) type of a data element."""
+    return {
+        ElementType.date: pl.Date(),
+        ElementType.datetime: pl.Datetime("us"),
+        ElementType.integer: pl.Int64(),
+        ElementType.decimal: pl.Float64(),
+    }.get(e.type, pl.String())
+
+
+def parse_expr(e: Element, raw: pl.Expr, formats: list[str], codes: dict[str, str]) -> pl.Expr:
+    """Normalise and type one department column as data element ``e``."""
+    clean = halfwidth(raw)
+    match e.type:
+        case ElementType.id_number:
+            return convert_id15(normalize_id_number(clean))
+        case ElementType.uscc:
+            return normalize_uscc(clean)
+        case ElementType.mobile:
+            return normalize_mobile(clean)
+        case ElementType.code:
+            return map_codes(clean, codes) if codes else clean
+        case ElementType.date:
+            return parse_date(clean, formats)
+        case ElementType.datetime:
+            return parse_datetime(clean, formats)
+        case ElementType.integer:
+            return parse_integer(clean)
+        case ElementType.decimal:
+            return parse_decimal(clean)
+        case _:
+            return clean

@@ -1,0 +1,131 @@
+"""基础库 (base) layout and readers: versions by key and validity, lineage per value, the merge log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import sqlalchemy as sa
+
+from catalog.models import Library
+from catalog.normalize import element_dtype
+from warehouse.ods import batch_numbers
+from warehouse.store import Column, Warehouse
+
+VALID_FROM, VALID_TO = "valid_from", "valid_to"
+
+
+def lineage(element: str) -> tuple[str, str]:
+    """Columns recording where a value came from: its batch and its row in that batch.
+
+    The batch is stored as its number (``ods.batches.batch_no``, which names the department,
+    resource and date); readers get the batch id back through :func:`guiji.base.read_current`.
+    """
+    return f"{element}__batch", f"{element}__row"
+
+
+def value_elements(lib: Library) -> list[str]:
+    return [e.code for e in lib.elements if e.code not in lib.key]
+
+
+def base_schema(lib: Library) -> dict[str, pl.DataType]:
+    """Columns of a base-library table: key, each value with its lineage, validity period."""
+    schema: dict[str, pl.DataType] = {k: element_dtype(lib.element(k)) for k in lib.key}
+    for code in value_elements(lib):
+        b, r = lineage(code)
+        schema[code] = element_dtype(lib.element(code))
+        schema[b] = pl.Int64()
+        schema[r] = pl.Int64()
+    schema[VALID_FROM] = pl.Date()
+    schema[VALID_TO] = pl.Date()
+    return schema
+
+
+MERGE_LOG = "merge_log"
+
+
+MERGE_LOG_SCHEMA: dict[str, pl.DataType] = {
+    "library": pl.String(),
+    "batch_date": pl.Date(),
+    "batch_ids": pl.String(),
+    "incoming": pl.Int64(),
+    "new_entities": pl.Int64(),
+    "changed_entities": pl.Int64(),
+    "unchanged": pl.Int64(),
+    "rebuilt_entities": pl.Int64(),  # entities whose history from the batch date on was folded again
+}
+
+
+def base_table(wh: Warehouse, lib: Library) -> sa.Table:
+    schema = base_schema(lib)
+    return wh.table(
+        "base", lib.code, [Column(n, t) for n, t in schema.items()],
+        primary_key=[*lib.key, VALID_FROM],  # also finds an entity's current version (few per key)
+    )
+
+
+def merge_log_table(wh: Warehouse) -> sa.Table:
+    return wh.table("audit", MERGE_LOG, [Column(n, t) for n, t in MERGE_LOG_SCHEMA.items()],
+                    primary_key=["library", "batch_date"])
+
+
+def key_match(wh: Warehouse, alias: str, tmp: str, key: list[str]) -> str:
+    return " AND ".join(f"{alias}.{wh.quote(k)} = {tmp}.{wh.quote(k)}" for k in key)
+
+
+def merged_batches(wh: Warehouse, conn: sa.Connection, library: str) -> dict[dt.date, list[str]]:
+    """Batch ids merged into ``library`` per batch date, as the merge log recorded them."""
+    if not wh.exists("audit", MERGE_LOG):
+        return {}
+    rows = conn.execute(sa.text(f"SELECT batch_date, batch_ids FROM {wh.qualified('audit', MERGE_LOG)} "
+                                "WHERE library = :l"), {"l": library}).fetchall()
+    return {_as_date(d): [b for b in (ids or "").split(",") if b] for d, ids in rows}
+
+
+def _as_date(v) -> dt.date:
+    return v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10])
+
+
+def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | None = None) -> pl.DataFrame:
+    """The current version of every entity of a base library (the first ``limit`` by key), each
+    value's lineage batch as its batch id."""
+    schema = base_schema(lib)
+    cols = ", ".join(wh.quote(c) for c in schema)
+    frame = wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_TO} IS NULL "
+                    f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}"
+                    + (f" LIMIT {int(limit)}" if limit is not None else ""), schema, bulk=limit is None)
+    return with_batch_ids(frame, lib, batch_numbers(wh, conn))
+
+
+def with_batch_ids(frame: pl.DataFrame, lib: Library, numbers: pl.DataFrame) -> pl.DataFrame:
+    """Lineage batch numbers replaced by the batch ids they stand for (``numbers``: batch_no → batch_id)."""
+    nos, ids = numbers.get_column("batch_no"), numbers.get_column("batch_id")
+    return frame.with_columns(
+        pl.col(b).replace_strict(nos, ids, default=None, return_dtype=pl.String)
+        for b in (lineage(e)[0] for e in value_elements(lib)) if b in frame.columns
+    )
+
+
+
+
+
+
+
+
+def read_as_of(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """The versions of the entities in ``keys`` valid on ``day`` (loaded into a temporary table and
+    joined): what the base library held for them that day, whatever was merged since."""
+    schema = base_schema(lib)
+    if keys.height == 0 or not wh.exists("base", lib.code) or \
+            wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} LIMIT 1") is None:
+        return pl.DataFrame(schema=schema)
+    tmp = wh.temp_table(conn, "gongshu_lookup_keys", keys.select(lib.key).unique())
+    cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
+    frame = wh.read(
+        conn,
+        f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {key_match(wh, 'b', 't', lib.key)} "
+        f"WHERE b.{VALID_FROM} <= :d AND (b.{VALID_TO} IS NULL OR b.{VALID_TO} > :d)",
+        schema, {"d": day},
+    )
+    conn.execute(sa.text(f"DROP TABLE {tmp}"))
+    return frame
