@@ -46,7 +46,7 @@ class RunOutcome:
 class NightlyRuns:
     """The nightly job's code location, loaded once (one code server) for a series of runs.
 
-    ``with NightlyRuns(instance) as runs: outcome = runs.run(day)``
+    ``with NightlyRuns(instance) as runs: outcome = runs.wait(runs.launch(day))``
     """
 
     def __init__(self, instance: DagsterInstance, workspace: Path = WORKSPACE, log: Path | None = None) -> None:
@@ -133,9 +133,6 @@ class NightlyRuns:
             if run is not None and run.is_finished:
                 return outcome(self.instance, run_id)
             time.sleep(poll_s)
-
-    def run(self, day: dt.date, run_config: dict | None = None, **wait) -> RunOutcome:
-        return self.wait(self.launch(day, run_config), **wait)
 
     def terminate(self, run_id: str, timeout_s: float = 30) -> None:
         """Ask the run worker to stop (Ctrl-C of the command) and wait a little for it to do so."""
