@@ -71,32 +71,59 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Launch the nightly job for each batch date through the Dagster instance and the code location
+    (pipelines.runs): the job's executor runs it in the code server's run worker, as a run the UI can
+    re-execute. Prints the run's events at ``GONGSHU_LOG_LEVEL`` and up, a line per run, then the
+    summary; exits 1 when a run failed."""
     cmd_instance(argparse.Namespace(quiet=True))
     from dagster import DagsterInstance
 
-    from pipelines.definitions import defs
-    from pipelines.jobs import NIGHTLY_JOB
+    from catalog.loader import current_catalogue
+    from pipelines.runs import NightlyRuns
 
-    job = defs.resolve_job_def(NIGHTLY_JOB)
+    current_catalogue()  # a broken catalogue stops here, with its one clear message
     days = run_dates(args)
+    level = log_level()
+    log = dagster_home() / "logs" / "gongshu-run.log"
     failed = 0
-    with DagsterInstance.get() as instance:
+    with DagsterInstance.get() as instance, NightlyRuns(instance, log=log) as runs:
         for day in days:
             start = time.perf_counter()
-            result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-                                            run_config=console_logging())
-            bad = [e.step_key for e in result.all_events if e.is_step_failure]
-            status = "成功" if result.success else f"失败步骤: {', '.join(bad)}"
-            print(f"归集 {day} · run {result.run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}")
+            run_id = runs.launch(day, console_logging())
+            try:
+                result = runs.wait(run_id, echo=lambda line: print(line, file=sys.stderr, flush=True), level=level)
+            except KeyboardInterrupt:
+                print(f"归集 {day} · run {run_id[:8]} · 已中断, 正在终止运行", file=sys.stderr, flush=True)
+                runs.terminate(run_id)
+                raise
+            if result.success:
+                status = "成功"
+            elif result.failed_steps:
+                status = f"失败步骤: {', '.join(result.failed_steps)}"
+            else:
+                status = f"失败: {result.reason or '运行未完成'} (进程输出: {log})"
+            print(f"归集 {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
             failed += 0 if result.success else 1
     if not args.no_summary:
         print_summary(days[-1])
     return 1 if failed else 0
 
 
+def log_level() -> int:
+    """``GONGSHU_LOG_LEVEL`` (default WARNING): the run events ``gongshu run`` prints; the full event
+    log of every run stays in the Dagster instance and the UI."""
+    import logging
+
+    name = os.environ.get("GONGSHU_LOG_LEVEL", "WARNING").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise ValueError(f"GONGSHU_LOG_LEVEL 应为 DEBUG、INFO、WARNING、ERROR 或 CRITICAL: {name!r}")
+    return level
+
+
 def console_logging() -> dict:
-    """Dagster's console log level for ``gongshu run``: ``GONGSHU_LOG_LEVEL`` (default WARNING; the full
-    event log of every run stays in the Dagster instance and the UI)."""
+    """The run's console logger at ``GONGSHU_LOG_LEVEL``: what the run worker writes to the code server's
+    output (the ``gongshu run`` log file, or the terminal of ``dagster dev`` for a re-execution)."""
     level = os.environ.get("GONGSHU_LOG_LEVEL", "WARNING").upper()
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 

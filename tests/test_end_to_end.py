@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from pipelines.demo_api import serve_in_thread
 from tests import citykit
@@ -98,3 +101,104 @@ def test_a_broken_catalogue_stops_the_command_with_one_clear_message(second_city
     assert out.returncode == 2
     assert "huzheng_renkou.yaml: fields.1.element: 'fullname' 不是 人口库 的数据元" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# --- runs that Dagster owns ----------------------------------------------------------------------
+# Both tests are about the Dagster instance (run launcher, code location, run monitoring), not the
+# warehouse: they run on SQLite only.
+
+REEXECUTE = """
+mutation($parentRunId: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: ALL_STEPS}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status parentRunId } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_run_of_gongshu_run_is_re_executed_from_the_ui(second_city, monkeypatch) -> None:
+    """`gongshu run` launches through the code location, so the UI's re-execute (the GraphQL mutation
+    the UI sends) makes a new run of the same job and partition, which the run queue launches and which
+    succeeds."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    out = gongshu(["run", "--date", DAY.isoformat(), "--no-summary"], second_city)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name, value in second_city.items():  # the UI's code server loads the same city
+        if name.startswith(("GONGSHU_", "DAGSTER_", "SHANHAI_")):
+            monkeypatch.setenv(name, value)
+    with DagsterInstance.from_config(second_city["DAGSTER_HOME"]) as instance:
+        (parent,) = instance.get_runs()
+        assert f"run {parent.run_id[:8]} " in out.stdout
+        # launched from the code location, like a run of the schedule: the UI lists it under it
+        assert parent.remote_job_origin.location_name == "gongshu" and parent.tags["dagster/code_location"] == "gongshu"
+        assert parent.tags["dagster/partition"] == DAY.isoformat()
+        with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(REPO / "workspace.yaml")])) as ui:
+            result = execute_dagster_graphql(ui.create_request_context(), REEXECUTE, {"parentRunId": parent.run_id})
+            launched = result.data["launchRunReexecution"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            assert launched["run"]["status"] == "QUEUED" and launched["run"]["parentRunId"] == parent.run_id
+            child_id = launched["run"]["runId"]
+            with QueuedRunCoordinatorDaemon(interval_seconds=1) as queue:  # what dagster-daemon does next
+                list(queue.run_iteration(ui))
+            child = wait_for(lambda: (r := instance.get_run_by_id(child_id)).is_finished and r, 300,
+                             "the re-execution finishing")
+    assert child.status == DagsterRunStatus.SUCCESS, child.status
+    assert child.job_name == "nightly_guiji" and child.tags["dagster/partition"] == DAY.isoformat()
+    assert child.root_run_id == parent.run_id and child.remote_job_origin.location_name == "gongshu"
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_run_killed_with_its_code_server_is_marked_failed_by_run_monitoring(second_city) -> None:
+    """`gongshu run` and every process under it (code server, run worker, step workers) killed with
+    SIGKILL: nothing is left to report the run, which stays STARTED; the monitoring daemon of the
+    instance `gongshu instance` writes sees its worker gone and marks it failed, saying why."""
+    home = second_city["DAGSTER_HOME"]
+    assert gongshu(["instance", "--quiet"], second_city).returncode == 0
+    proc = subprocess.Popen([GONGSHU, "run", "--date", DAY.isoformat(), "--no-summary"], cwd=REPO, env=second_city,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    daemon = None
+    try:
+        with DagsterInstance.from_config(home) as instance:
+            run = wait_for(lambda: next((r for r in instance.get_runs() if r.status == DagsterRunStatus.STARTED), None),
+                           120, "the run starting")
+            worker = next(int(e.dagster_event.engine_event_data.metadata["pid"].value)
+                          for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)
+                          if "pid" in e.dagster_event.engine_event_data.metadata)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            time.sleep(2)
+            assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # no one left to say
+
+            daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "--empty-workspace"],
+                                      cwd=REPO, env=second_city, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True)
+            failed = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, 60,
+                              "run monitoring marking the run")
+            assert failed.status == DagsterRunStatus.FAILURE
+            (why,) = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
+            assert f"运行进程 (pid {worker}, 主机 {socket.gethostname()}) 已不存在" in why.dagster_event.message
+            assert "由运行监控标记为失败" in why.dagster_event.message
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(timeout=60)
