@@ -96,17 +96,34 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"归集 {day} · run {run_id[:8]} · 已中断, 正在终止运行", file=sys.stderr, flush=True)
                 runs.terminate(run_id)
                 raise
-            if result.success:
+            unread = failed_deliveries(day) if result.success else []
+            if result.success and not unread:
                 status = "成功"
+            elif result.success:
+                # every step ran, but a department's delivery could not be read: the night is incomplete
+                status = f"交付失败: {', '.join(unread)} (重新运行该日期即可补入)"
             elif result.failed_steps:
                 status = f"失败步骤: {', '.join(result.failed_steps)}"
             else:
                 status = f"失败: {result.reason or '运行未完成'} (进程输出: {log})"
             print(f"归集 {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
-            failed += 0 if result.success else 1
+            failed += 0 if result.success and not unread else 1
     if not args.no_summary:
         print_summary(days[-1])
     return 1 if failed else 0
+
+
+def failed_deliveries(day: dt.date) -> list[str]:
+    """Resources whose delivery for ``day`` could not be read (the run itself went on without them)."""
+    from warehouse.std import night_problems
+    from warehouse.upgrade import open_warehouse
+
+    wh = open_warehouse()
+    try:
+        problems = night_problems(wh, day)
+    finally:
+        wh.dispose()
+    return problems.filter(problems.get_column("state") == "交付失败").get_column("resource_id").to_list()
 
 
 def log_level() -> int:

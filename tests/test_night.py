@@ -81,6 +81,10 @@ def test_a_channel_that_cannot_be_read_fails_its_resource_only_and_a_rerun_takes
     assert "交付失败" in report.read_text(encoding="utf-8")
     summary = "\n".join(summary_lines(wh, cat, DAY))
     assert "gongshang/qiye" in summary and "✗ 交付失败" in summary
+    # `gongshu run` reads the same record: the night is incomplete, the command exits non-zero
+    from pipelines.cli import failed_deliveries
+
+    assert failed_deliveries(DAY) == ["gongshang_qiye"]
 
     # the API is back: re-running the partition takes the delivery in and merges it
     server, base = serve_in_thread(landing)
@@ -91,7 +95,7 @@ def test_a_channel_that_cannot_be_read_fails_its_resource_only_and_a_rerun_takes
         server.shutdown()
         server.server_close()
     executed_everything(again)
-    assert night_problems(wh, DAY).height == 0
+    assert night_problems(wh, DAY).height == 0 and failed_deliveries(DAY) == []
     assert _count(wh, "org") == len(ORGS)
     wh.dispose()
 
