@@ -121,7 +121,7 @@ def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
             status[rid] = current
             sent.append(f"{rid} {Status(current).label}")
         outdated = outdated_by(state, ids, now)
-        stale_ids = [rid for rid, s in status.items() if s == Status.stale]
+        stale_ids = state.filter(pl.col("status") == Status.stale).get_column("resource_id").to_list()
         message = (f"{state.height} 个资源, 超期 {len(stale_ids)} ({', '.join(stale_ids) or '无'}); "
                    f"新通知 {', '.join(sent) or '无'}" + (f"; 发送失败 {', '.join(failed)}" if failed else "")
                    + (f"; 请求评估 freshness 检查 ({outdated})" if outdated else ""))
