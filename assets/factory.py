@@ -56,7 +56,6 @@ from warehouse.std import night_problems, std_schema
 from warehouse.store import Warehouse
 
 PREVIEW_ROWS = 5
-CHANNEL_LABEL = {"file": "文件上传", "database": "前置库", "api": "数据接口"}
 CHANNEL_KIND = {"csv": "csv", "xlsx": "excel", "json": "json"}
 
 
@@ -114,7 +113,7 @@ def build_resource_assets(
     )
     delivery_spec = AssetCheckSpec(
         "delivery", asset=okey,
-        description=f"可访问性: {CHANNEL_LABEL[ch.kind]}可以读取。读取失败时本资源本日不入库, 其余资源照常归集; "
+        description=f"可访问性: {ch.label}可以读取。读取失败时本资源本日不入库, 其余资源照常归集; "
         "重新运行该分区即补入。",
     )
     std_specs = std_check_specs(catalogue, resource, skey)
@@ -127,7 +126,7 @@ def build_resource_assets(
         freshness_policy=freshness_policy(resource),
         skippable=True,
         description=(
-            f"贴源层: {dept.name}「{resource.name}」, {CHANNEL_LABEL[ch.kind]}归集, 更新周期{resource.update_cycle.value}。"
+            f"贴源层: {dept.name}「{resource.name}」, {ch.label}归集, 更新周期{resource.update_cycle.value}。"
             "原样保存每一批次(只追加, 不修改), 附批次号、来源与行号。"
         ),
         metadata={"部门": dept.name, "资源": resource.name, "基础库": lib.name, "共享属性": resource.share.value,

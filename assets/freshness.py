@@ -1,18 +1,17 @@
-"""Dagster freshness: the ``freshness`` check on every ODS asset and the policy derived from the 更新周期."""
+"""Dagster freshness: the ``freshness`` check on every ODS asset (the source of truth, writes
+``quality.freshness``) and the coarse policy derived from the 更新周期."""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Iterable
 
 from dagster import (
-    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetKey,
     FreshnessPolicy,
     MetadataValue,
     multi_asset_check,
@@ -21,61 +20,29 @@ from dagster import (
 from assets.keys import ods_key
 from assets.resources import WarehouseResource
 from catalog.loader import Catalogue
-from catalog.models import Resource, UpdateCycle
-from quality import freshness
-from quality.freshness import (
-    CHECK_NAME,
-    STATUS_LABEL,
-    Freshness,
-    Status,
-    allowance_window,
-    calendar_note,
-    describe_allowance,
-    end_of_day,
-    evaluate_catalogue,
-    format_lag,
-    local_time,
-    store_freshness,
-    uncovered_years,
-    weekdays_only,
-)
+from catalog.models import Resource
+from quality.freshness import calendar
+from quality.freshness.calendar import calendar_note
+from quality.freshness.evaluate import Freshness, Status, describe_allowance, policy_spans, uncovered_years
+from quality.freshness.render import format_lag, local_time
+from quality.freshness.store import evaluate_catalogue, store_freshness
 
-_REFERENCE_DAYS = 731  # two ordinary years: every weekday × month alignment of the rule
-
-
-@functools.cache
-def calendar_windows(cycle: UpdateCycle, stale_after_hours: float | None) -> tuple[dt.timedelta, dt.timedelta] | None:
-    """The longest (due, deadline) spans after a delivery that the rule allows in ordinary weeks.
-
-    Deliveries at the end of every day of two years, Monday–Friday working days, no holidays.
-    """
-    tz = dt.UTC
-    due = deadline = dt.timedelta(0)
-    for i in range(_REFERENCE_DAYS):
-        last = end_of_day(dt.date(2001, 1, 1) + dt.timedelta(days=i), tz)
-        window = allowance_window(last, cycle, stale_after_hours, weekdays_only)
-        if window is None:
-            return None
-        due, deadline = max(due, window.due - last), max(deadline, window.deadline - last)
-    return due, deadline
+CHECK_NAME = "freshness"
 
 
 def freshness_policy(resource: Resource) -> FreshnessPolicy | None:
-    """The Dagster freshness policy of a resource's ODS asset, from its 更新周期.
+    """The Dagster freshness policy of a resource's ODS asset: the 更新周期 read in calendar time.
 
-    Dagster measures calendar time since the asset's last materialization, so the policy carries
-    the loosest span the working-day rule allows in an ordinary week (warn: the next delivery is
-    due; fail: the allowance is used up). Holidays and the delivery's own date are judged by the
-    ``freshness`` asset check, which the stale-data sensor evaluates.
+    Dagster measures calendar time since the asset's last materialization and knows no holidays,
+    so the policy is a coarse badge (:func:`quality.freshness.evaluate.policy_spans`: warn when the
+    next delivery may be due, fail when the allowance is surely used up in an ordinary week). The
+    working-day judgement is the ``freshness`` asset check's.
     """
-    spans = calendar_windows(resource.update_cycle, resource.stale_after_hours)
+    spans = policy_spans(resource.update_cycle, resource.stale_after_hours)
     if spans is None:
         return None
     warn, fail = spans
-    fail = max(fail, dt.timedelta(minutes=1))
-    if dt.timedelta(minutes=1) <= warn < fail:
-        return FreshnessPolicy.time_window(fail_window=fail, warn_window=warn)
-    return FreshnessPolicy.time_window(fail_window=fail)
+    return FreshnessPolicy.time_window(fail_window=fail, warn_window=warn)
 
 
 def check_outcome(f: Freshness) -> tuple[bool, AssetCheckSeverity, str, dict]:
@@ -91,7 +58,7 @@ def check_outcome(f: Freshness) -> tuple[bool, AssetCheckSeverity, str, dict]:
         text = (f"最近交付 {local_time(f.delivered_at)}, 已过 {format_lag(f.lag)}; 时效要求 {f.allowance}, "
                 f"应于 {local_time(f.window.deadline)} 前再次交付" if f.window else "")
     metadata: dict = {
-        "状态": STATUS_LABEL[f.status],
+        "状态": f.status.label,
         "更新周期": r.update_cycle.value,
         "时效要求": f.allowance,
         "评估时间": MetadataValue.timestamp(f.now),
@@ -115,15 +82,12 @@ def check_outcome(f: Freshness) -> tuple[bool, AssetCheckSeverity, str, dict]:
     return passed, severity, text, metadata
 
 
-def check_evaluation(f: Freshness, asset_key: AssetKey) -> AssetCheckEvaluation:
-    """The evaluation a sensor reports for a resource (no run needed)."""
-    passed, severity, text, metadata = check_outcome(f)
-    return AssetCheckEvaluation(asset_key=asset_key, check_name=CHECK_NAME, passed=passed, severity=severity,
-                                description=text, metadata=metadata, blocking=False)
-
-
 def build_freshness_checks(catalogue: Catalogue) -> AssetChecksDefinition:
-    """The ``freshness`` check on every ODS asset: the sensor reports it, a run may execute it too."""
+    """The ``freshness`` check on every ODS asset: the one place freshness is evaluated and stored.
+
+    Every run that materialises an ODS asset executes it for that resource; the stale-data sensor
+    requests a run of it alone when a stored due time or deadline passes (pipelines/sensors.py).
+    """
 
     keys = {ods_key(r): r for r in catalogue.resources}
     specs = [
@@ -140,7 +104,7 @@ def build_freshness_checks(catalogue: Catalogue) -> AssetChecksDefinition:
     def _freshness(context, warehouse: WarehouseResource) -> Iterable[AssetCheckResult]:  # context: AssetCheckExecutionContext
         wh = warehouse.get()
         chosen = [keys[k.asset_key] for k in context.selected_asset_check_keys]
-        evaluations = evaluate_catalogue(wh, catalogue, freshness.clock(), chosen)  # the module's clock: tests set it
+        evaluations = evaluate_catalogue(wh, catalogue, calendar.clock(), chosen)  # the module's clock: tests set it
         store_freshness(wh, evaluations)
         for f in evaluations:
             passed, severity, text, metadata = check_outcome(f)
@@ -148,3 +112,8 @@ def build_freshness_checks(catalogue: Catalogue) -> AssetChecksDefinition:
                                    severity=severity, description=text, metadata=metadata)
 
     return _freshness
+
+
+def freshness_check_keys(catalogue: Catalogue) -> list[AssetCheckKey]:
+    """The ``freshness`` check of every ODS asset (what a check-only run of it selects)."""
+    return [AssetCheckKey(ods_key(r), CHECK_NAME) for r in catalogue.resources]

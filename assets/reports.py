@@ -8,9 +8,12 @@ from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
 from assets.resources import MailerResource, PseudonymKeyResource, WarehouseResource
 from assets.scorecard import SCORECARD_KEY
+from assets.tickets import TICKETS_KEY
 from catalog.loader import Catalogue
-from quality import scorecard as sc
-from quality.report import delivery_label, produce_reports
+from quality.config import load_config
+from quality.report.deliver import delivery_label
+from quality.report.period import produce_reports
+from quality.scorecard.render import fmt
 
 REPORTS_KEY = ["quality", "department_reports"]
 
@@ -19,7 +22,7 @@ def build_department_reports_asset(catalogue: Catalogue, partitions):
     """``quality/department_reports``: every department's report of the partition, written and mailed."""
     @asset(
         key=AssetKey(REPORTS_KEY),
-        deps=[AssetKey(SCORECARD_KEY)],
+        deps=[AssetKey(SCORECARD_KEY), AssetKey(TICKETS_KEY)],
         group_name="quality",
         partitions_def=partitions,
         kinds={"html", "excel"},
@@ -34,14 +37,14 @@ def build_department_reports_asset(catalogue: Catalogue, partitions):
                  pseudonym: PseudonymKeyResource) -> MaterializeResult:
         wh = warehouse.get()
         day = dt.date.fromisoformat(context.partition_key)
-        config = sc.load_config(catalogue.root)
+        config = load_config(catalogue.root)
         run = produce_reports(wh, catalogue, day, config, mailer=mailer.get(), key=pseudonym.key_or_none())
         for o in run.outcomes:
             if o.delivery.startswith("failed"):
                 context.log.error(f"{o.reference}: {o.delivery}")
         table = ["| 部门 | 得分 | 等级 | 失败记录 | 冲突 | 待校核 | 超期 | 投递 |", "|---|---|---|---|---|---|---|---|"]
         for o in run.outcomes:
-            table.append(f"| {catalogue.department(o.department).name} | {sc.fmt(o.total)} | {o.grade or '—'} | "
+            table.append(f"| {catalogue.department(o.department).name} | {fmt(o.total)} | {o.grade or '—'} | "
                          f"{o.failures} | {o.conflicts} | {o.open} | {o.overdue} | {delivery_label(o.delivery)} |")
         return MaterializeResult(metadata={
             "报告": MetadataValue.md("\n".join(table)),

@@ -39,12 +39,12 @@ from assets.factory import preview
 from assets.keys import base_key, ods_key, std_key
 from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
-from catalog.models import OutputKind, Sensitivity
+from catalog.models import Labelled, OutputKind, Sensitivity
 from desensitize.export import ExportFiles, read_open_csv, write_open_export
 from desensitize.kanon import KAnonymity, smallest_group
 from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
 from desensitize.masking import MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
-from desensitize.policy import KIND_LABEL, ROW_HASH_COLUMN, OutputPolicy, share_policies
+from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
 from warehouse.base import VALID_FROM, VALID_TO, base_schema
 from warehouse.store import Warehouse, sql_type
@@ -60,7 +60,14 @@ BUILD_LOG_SCHEMA: dict[str, pl.DataType] = {
     "rows": pl.Int64(), "inserted": pl.Int64(), "deleted": pl.Int64(), "generalised": pl.Int64(),
     "suppressed": pl.Int64(), "key_id": pl.String(), "policy": pl.String(), "built_at": pl.Datetime("us"),
 }
-ACTION_ZH = {"written": "已写入变化", "unchanged": "内容未变, 未写入", "older": "已有更新日期的快照, 未改写"}
+
+
+class BuildAction(Labelled):
+    """What a build did to its output table (``audit.share_builds.action``)."""
+
+    written = "written", "已写入变化"
+    unchanged = "unchanged", "内容未变, 未写入"
+    older = "older", "已有更新日期的快照, 未改写"
 
 
 # --- resources ---------------------------------------------------------------------------------------
@@ -121,7 +128,7 @@ class ShareBuild:
 
     policy: OutputPolicy
     as_of: dt.date
-    action: str  # written | unchanged | older
+    action: BuildAction
     masked: MaskedOutput
     inserted: int = 0
     deleted: int = 0
@@ -170,7 +177,7 @@ def build_share_output(
     log = _table(wh, "audit", BUILD_LOG, BUILD_LOG_SCHEMA)
     fingerprint = policy.fingerprint()
     key_id = key.key_id if key and policy.keyed else None
-    build = ShareBuild(policy, as_of, "unchanged", masked, key_id=key_id)
+    build = ShareBuild(policy, as_of, BuildAction.unchanged, masked, key_id=key_id)
     _ensure(wh, [outputs, log])
     with wh.begin() as conn:
         state = conn.execute(sa.text(f"SELECT as_of, rows, key_id, policy FROM {wh.qualified('share', OUTPUTS)} "
@@ -178,7 +185,7 @@ def build_share_output(
         stored_as_of = _as_date(state[0]) if state else None
         build.table_as_of = stored_as_of
         if stored_as_of is not None and stored_as_of > as_of:
-            build.action = "older"
+            build.action = BuildAction.older
         else:
             existing = _current_columns(conn, table)
             if existing is not None and existing != [c.name for c in table.columns]:
@@ -197,7 +204,7 @@ def build_share_output(
                     "output": policy.name, "library": policy.library.code, "kind": policy.kind.value,
                     "as_of": as_of, "rows": masked.rows_out, "key_id": key_id, "policy": fingerprint,
                 }], schema=OUTPUTS_SCHEMA))
-            build.action = "written" if changed else "unchanged"
+            build.action = BuildAction.written if changed else BuildAction.unchanged
             build.table_as_of = as_of
         k = masked.kanon
         wh.insert(conn, log, pl.DataFrame([{
@@ -357,7 +364,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
                  f"仅含{lib.discriminator.element}为 {', '.join(policy.discriminator_values) or '(无)'} 的记录; ")
     description = (
         f"{policy.label}脱敏数据集: 由 base/{lib.code} 在分区日期有效的版本生成, 按目录敏感级别与"
-        f"{KIND_LABEL[policy.kind]}策略逐列处理; {rows_desc}"
+        f"{policy.kind.label}策略逐列处理; {rows_desc}"
         + ("准标识符 " + ", ".join(policy.quasi_identifiers) + f" 满足 k={policy.k} 匿名, 导出 CSV/JSON 与数据字典。"
            if policy.kind == OutputKind.open else "假名令牌按密钥稳定, 可跨数据集关联。")
         + "\n\n" + policy.describe_md()
@@ -375,7 +382,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         tags={"layer": "share", "library": lib.code, "share_kind": policy.kind.value},
         description=description,
         automation_condition=AutomationCondition.eager(),
-        metadata={"基础库": lib.name, "类别": KIND_LABEL[policy.kind], "适用目录属性": ", ".join(policy.classes)},
+        metadata={"基础库": lib.name, "类别": policy.kind.label, "适用目录属性": ", ".join(policy.classes)},
     )
     def _share(context: AssetExecutionContext, warehouse: WarehouseResource, pseudonym: PseudonymKeyResource,
                open_data: OpenDataResource) -> MaterializeResult:
@@ -400,12 +407,12 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
             checks.append(kanon_check(build))
         for f in findings:
             context.log.error(str(f))
-        context.log.info(f"{policy.name} {as_of}: {ACTION_ZH[build.action]}, 输出 {m.rows_out} 行, "
+        context.log.info(f"{policy.name} {as_of}: {build.action.label}, 输出 {m.rows_out} 行, "
                          f"新增 {build.inserted}, 删除 {build.deleted}")
         labels = policy.labels()
         metadata = {
             "快照日期": as_of.isoformat(),
-            "状态": ACTION_ZH[build.action],
+            "状态": build.action.label,
             "基础库有效记录数": m.rows_in,
             "本类别纳入记录数": m.rows_selected,
             "输出行数": m.rows_out,

@@ -17,7 +17,7 @@ import re
 from datetime import date
 from enum import StrEnum
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,22 @@ def outside_folder(path: str) -> str | None:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Labelled(StrEnum):
+    """A code with the Chinese label people read, declared together: ``shared = "shared", "无条件共享"``.
+
+    The member is its code (what is stored and compared); ``member.label`` is what reports, metadata
+    and messages show. One place per label, on the enum that owns the concept.
+    """
+
+    label: str
+
+    def __new__(cls, value: str, label: str):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.label = label
+        return member
 
 
 class ElementType(StrEnum):
@@ -114,16 +130,16 @@ class SecurityLevel(StrEnum):
     core = "核心"
 
 
-class OutputKind(StrEnum):
+class OutputKind(Labelled):
     """The masked datasets of the 共享/开放 layer, each with its own masking policy (``desensitize/``).
 
     ``shared`` serves 无条件共享 resources, ``restricted`` 有条件共享 (受限共享) ones, ``open`` both
     开放 classes (无条件开放 and 有条件开放).
     """
 
-    shared = "shared"
-    restricted = "restricted"
-    open = "open"
+    shared = "shared", "无条件共享"
+    restricted = "restricted", "有条件共享(受限共享)"
+    open = "open", "开放"
 
 
 MaskingAction = Literal["keep", "mask", "mask_token", "token", "generalise", "suppress", "redact"]
@@ -262,6 +278,7 @@ class CatalogueFile(_Model):
 
 
 class FileChannel(_Model):
+    label: ClassVar[str] = "文件上传"
     kind: Literal["file"]
     path: str = Field(
         description="glob relative to GONGSHU_LANDING; {date:%Y%m%d} is replaced by the batch date",
@@ -273,6 +290,7 @@ class FileChannel(_Model):
 
 
 class DatabaseChannel(_Model):
+    label: ClassVar[str] = "前置库"
     kind: Literal["database"]
     url_env: str = Field(description="environment variable holding the 前置库 SQLAlchemy URL")
     default_url: str | None = Field(
@@ -290,6 +308,7 @@ class DatabaseChannel(_Model):
 
 
 class ApiChannel(_Model):
+    label: ClassVar[str] = "数据接口"
     kind: Literal["api"]
     url: str
     url_env: str | None = Field(default=None, description="overrides url when set")

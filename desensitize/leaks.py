@@ -36,7 +36,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from catalog.loader import Catalogue
-from catalog.models import ElementType, Library, Semantic, Sensitivity
+from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code
 from desensitize.reidentify import linked_people, people_table, rebuilt_ids
@@ -47,11 +47,22 @@ MOBILE_RUN = r"1[3-9]\d{9}"
 TEXT_SUFFIXES = {".md", ".txt", ".html", ".htm", ".log"}
 _SEPARATORS = r"[\s,，;；:：<>\"'()（）\[\]{}、|=`]+"
 _NOT_TEXT = (sa.Integer, sa.Numeric, sa.Float, sa.Date, sa.DateTime, sa.Boolean)
-KINDS_ZH = {"id_number": "公民身份号码", "mobile": "手机号码", "name": "姓名", "address": "地址"}
-REBUILT_ZH = {
-    "id_rebuilt": "行的掩码身份号码可由同一行的其他列(出生日期、性别)补全为基础库中的真实号码",
-    "person_linked": "行的姓名+出生日期+地区唯一对应基础库中的一人",
-}
+
+
+class LeakKind(Labelled):
+    """What a finding is: a raw value of an identifier, or a row that gives one back."""
+
+    id_number = "id_number", "公民身份号码"
+    mobile = "mobile", "手机号码"
+    name = "name", "姓名"
+    address = "address", "地址"
+    id_rebuilt = "id_rebuilt", "行的掩码身份号码可由同一行的其他列(出生日期、性别)补全为基础库中的真实号码"
+    person_linked = "person_linked", "行的姓名+出生日期+地区唯一对应基础库中的一人"
+
+    @property
+    def of_a_row(self) -> bool:
+        """Found from several columns of one row, not as a raw value."""
+        return self in (LeakKind.id_rebuilt, LeakKind.person_linked)
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,7 @@ class Finding:
 
     location: str
     column: str | None
-    kind: str
+    kind: LeakKind
     count: int
     sample: str
 
@@ -170,20 +181,20 @@ class Finding:
 
     def _text(self, sample: str) -> str:
         where = self.location + (f" 列 {self.column}" if self.column else "")
-        if self.kind in REBUILT_ZH:
-            return f"{where}: {self.count} {REBUILT_ZH[self.kind]} (如 {sample})"
-        return f"{where}: {self.count} 处{KINDS_ZH.get(self.kind, self.kind)}原值 (如 {sample})"
+        if self.kind.of_a_row:
+            return f"{where}: {self.count} {self.kind.label} (如 {sample})"
+        return f"{where}: {self.count} 处{self.kind.label}原值 (如 {sample})"
 
 
-def _mask(kind: str, value: str) -> str:
+def _mask(kind: LeakKind, value: str) -> str:
     frame = pl.DataFrame({"v": [value]})
     expr = {
-        "id_number": rules.keep_first_last(pl.col("v"), 6, 4),
-        "mobile": rules.keep_first_last(pl.col("v"), 3, 4),
-        "name": rules.keep_first(pl.col("v")),
-        "address": rules.keep_address(pl.col("v")),
-        "id_rebuilt": rules.keep_first_last(pl.col("v"), 1, 2),  # its birth date stood beside it
-        "person_linked": rules.keep_first(pl.col("v")),
+        LeakKind.id_number: rules.keep_first_last(pl.col("v"), 6, 4),
+        LeakKind.mobile: rules.keep_first_last(pl.col("v"), 3, 4),
+        LeakKind.name: rules.keep_first(pl.col("v")),
+        LeakKind.address: rules.keep_address(pl.col("v")),
+        LeakKind.id_rebuilt: rules.keep_first_last(pl.col("v"), 1, 2),  # its birth date stood beside it
+        LeakKind.person_linked: rules.keep_first(pl.col("v")),
     }[kind]
     return frame.select(expr).item()
 
@@ -217,7 +228,8 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         # of their digits can be shaped like a phone number by chance; compare them whole.
         whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
-        for kind, pattern, pool in (("id_number", ID_RUN, needles.ids), ("mobile", MOBILE_RUN, needles.mobiles)):
+        runs = ((LeakKind.id_number, ID_RUN, needles.ids), (LeakKind.mobile, MOBILE_RUN, needles.mobiles))
+        for kind, pattern, pool in runs:
             if not pool.len():
                 continue
             candidates = s if whole else text.str.extract_all(pattern).explode().drop_nulls()
@@ -226,7 +238,7 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
         if name in public:
             continue
-        for kind, pool in (("name", needles.names), ("address", needles.addresses)):
+        for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
             found = _hits(s, pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
@@ -236,9 +248,11 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
 def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
     """Findings that need several columns of one row: a masked ID number completed by the columns
     beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py)."""
-    findings = [Finding(location, " + ".join([col, *helpers]), "id_rebuilt", count, _mask("id_rebuilt", sample))
+    findings = [Finding(location, " + ".join([col, *helpers]), LeakKind.id_rebuilt, count,
+                        _mask(LeakKind.id_rebuilt, sample))
                 for col, helpers, count, sample in rebuilt_ids(frame, needles.ids)]
-    findings += [Finding(location, " + ".join(cols), "person_linked", count, _mask("person_linked", name))
+    findings += [Finding(location, " + ".join(cols), LeakKind.person_linked, count,
+                         _mask(LeakKind.person_linked, name))
                  for cols, count, name in linked_people(frame, needles.people, set(public_columns))]
     return findings
 

@@ -32,6 +32,7 @@ from catalog.loader import Catalogue, CatalogueError
 from catalog.models import (
     Element,
     ElementType,
+    Labelled,
     Library,
     OpenClass,
     OutputKind,
@@ -54,17 +55,18 @@ from desensitize.linkage import (
 )
 from desensitize.pseudonym import PseudonymKey, pseudonymise
 
-KIND_LABEL = {
-    OutputKind.shared: "无条件共享",
-    OutputKind.restricted: "有条件共享(受限共享)",
-    OutputKind.open: "开放",
-}
 
-ACTIONS = ("keep", "mask", "mask_token", "token", "generalise", "suppress", "redact")
-ACTION_LABEL = {
-    "keep": "保留", "mask": "部分遮蔽", "mask_token": "部分遮蔽+假名令牌", "token": "假名化",
-    "generalise": "泛化", "suppress": "抑制", "redact": "完全遮蔽",
-}
+class Action(Labelled):
+    """What a (output kind, sensitivity grade) pair does to a value (catalog.models.MaskingAction)."""
+
+    keep = "keep", "保留"
+    mask = "mask", "部分遮蔽"
+    mask_token = "mask_token", "部分遮蔽+假名令牌"
+    token = "token", "假名化"
+    generalise = "generalise", "泛化"
+    suppress = "suppress", "抑制"
+    redact = "redact", "完全遮蔽"
+
 
 DEFAULT_GRADES: dict[OutputKind, dict[Sensitivity, str]] = {
     OutputKind.shared: {Sensitivity.public: "keep", Sensitivity.general: "keep",
@@ -323,7 +325,7 @@ class OutputPolicy:
 
     @property
     def label(self) -> str:
-        return f"{self.library.name} · {KIND_LABEL[self.kind]}"
+        return f"{self.library.name} · {self.kind.label}"
 
     @property
     def keyed(self) -> bool:
@@ -455,7 +457,7 @@ def build_policy(catalogue: Catalogue, lib: Library, kind: OutputKind, classes: 
                 included.append(e)
             else:
                 names = ", ".join(f"{r.id}({r.share.value}/{r.open.value})" for r in providers if not _qualifies(r, kind))
-                excluded.append((e, f"权威资源不属于{KIND_LABEL[kind]}: {names}"))
+                excluded.append((e, f"权威资源不属于{kind.label}: {names}"))
 
     columns: list[ColumnPolicy] = []
     for e in included:
@@ -475,13 +477,13 @@ def build_policy(catalogue: Catalogue, lib: Library, kind: OutputKind, classes: 
             found = concrete_rule(action, e) if action else None
             if found is None:
                 own.append(
-                    f"{where}: 没有适用的脱敏规则 ({KIND_LABEL[kind]}, 敏感级别 {e.sensitivity.value}, 动作 "
+                    f"{where}: 没有适用的脱敏规则 ({kind.label}, 敏感级别 {e.sensitivity.value}, 动作 "
                     f"{action or '未配置'}, 类型 {e.type.value}{'/' + e.semantic.value if e.semantic else ''}); "
                     f"请在该数据元的 masking.{kind.value} 中指定, 例如 suppress 或 round(0)"
                 )
                 continue
             r, token = found
-            source = f"默认: {e.sensitivity.value} → {ACTION_LABEL[action]}"
+            source = f"默认: {e.sensitivity.value} → {Action(action).label}"
             overridden = False
         if r.spec.startswith("fpe_id") and e.type != ElementType.id_number:
             own.append(f"{where}: fpe_id 只适用于公民身份号码类型的数据元 ({e.code} 是 {e.type.value})")

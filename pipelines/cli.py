@@ -159,7 +159,9 @@ def print_summary(day: dt.date) -> None:
     from assets.resources import landing_path, open_warehouse
     from catalog.loader import current_catalogue
     from pipelines.summary import summary_lines
-    from quality.freshness import city_zone, freshness_lines, summary_time
+    from quality.freshness.calendar import city_zone
+    from quality.freshness.render import freshness_lines, summary_time
+    from quality.report.period import report_lines
 
     wh = open_warehouse()
     try:
@@ -168,8 +170,6 @@ def print_summary(day: dt.date) -> None:
             print(line)
         for line in freshness_lines(wh, catalogue, summary_time(day, city_zone(catalogue))):
             print(line)
-        from quality.report import report_lines
-
         for line in report_lines(wh, catalogue, day):
             print(line)
     finally:
@@ -211,7 +211,10 @@ def cmd_score_detection(args: argparse.Namespace) -> int:
 
 def stale_resources(wh, catalogue, day: dt.date) -> list[str]:
     """Resources stale at the end of ``day`` (the freshness rules of quality.freshness)."""
-    from quality.freshness import Status, city_zone, evaluate_catalogue, summary_time
+    from quality.freshness.calendar import city_zone
+    from quality.freshness.evaluate import Status
+    from quality.freshness.render import summary_time
+    from quality.freshness.store import evaluate_catalogue
 
     now = summary_time(day, city_zone(catalogue))
     return [f.resource_id for f in evaluate_catalogue(wh, catalogue, now) if f.status == Status.stale]
@@ -222,16 +225,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     from assets.resources import open_warehouse
     from catalog.loader import current_catalogue
     from desensitize.pseudonym import KEY_ENV, PseudonymKey
+    from quality.config import load_config
     from quality.mail import Mailer
-    from quality.report import outcome_lines, produce_reports
-    from quality.scorecard import load_config, markdown_table, previous_totals, run_scorecard
+    from quality.report.context import report_reference
+    from quality.report.period import outcome_lines, produce_reports
+    from quality.scorecard.period import run_scorecard
+    from quality.scorecard.render import markdown_table
+    from quality.scorecard.store import previous_totals
+    from quality.tickets.sync import sync_tickets
 
     catalogue = current_catalogue()
     config = load_config(catalogue.root)
     wh = open_warehouse()
     try:
         previous = previous_totals(wh, args.date)
-        sync, card = run_scorecard(wh, catalogue, args.date, config, run_id=f"cli-{time.strftime('%Y%m%dT%H%M%S')}")
+        references = {d.code: report_reference(catalogue, d.code, args.date) for d in catalogue.departments}
+        sync = sync_tickets(wh, catalogue, args.date, config, references)  # R counts them: first
+        card = run_scorecard(wh, catalogue, args.date, config, run_id=f"cli-{time.strftime('%Y%m%dT%H%M%S')}")
         print(f"校核工单 · {args.date}: 新开 {len(sync.opened)} · 修复 {len(sync.fixed)} · 新超期 {len(sync.overdue)}")
         print(markdown_table(card, catalogue, previous))
         key = PseudonymKey.from_env() if os.environ.get(KEY_ENV) else None
@@ -248,9 +258,11 @@ def cmd_ticket(args: argparse.Namespace) -> int:
     """校核 tickets: answer, import a reply workbook, extend with approval, close, list."""
     from assets.resources import open_warehouse
     from catalog.loader import current_catalogue
-    from quality import tickets as tk
-    from quality.freshness import city_zone
-    from quality.scorecard import load_config
+    from quality.config import load_config
+    from quality.freshness.calendar import city_zone
+    from quality.tickets import commands as tk
+    from quality.tickets.store import read_tickets
+    from quality.tickets.transitions import ACTIVE, TicketError, TicketKind, TicketStatus
 
     catalogue = current_catalogue()
     tz = city_zone(catalogue)
@@ -259,7 +271,7 @@ def cmd_ticket(args: argparse.Namespace) -> int:
         if args.action == "answer":
             t = tk.answer_ticket(wh, args.id, args.note, args.by, tz=tz)
             late = "" if t["resolved_on_time"] in (None, True) else " (已超过校核期限)"
-            print(f"校核单 {t['ticket_id']} 已登记答复{late}; 状态: {tk.STATUS_LABEL[t['status']]}")
+            print(f"校核单 {t['ticket_id']} 已登记答复{late}; 状态: {TicketStatus(t['status']).label}")
         elif args.action == "import-reply":
             out = tk.import_reply(wh, Path(args.file), tz=tz)
             print(f"已登记答复 {len(out.answered)} 件, 未填写 {out.blank} 件, 未处理 {len(out.skipped)} 件")
@@ -269,20 +281,20 @@ def cmd_ticket(args: argparse.Namespace) -> int:
             t = tk.extend_ticket(wh, args.id, args.days, args.approved_by, load_config(catalogue.root),
                                  note=args.note, tz=tz)
             print(f"校核单 {t['ticket_id']} 延期 {args.days} 个工作日 (合计 {t['extension_days']}), "
-                  f"新期限 {t['due_date']}, 批准人 {t['extended_by']}; 状态: {tk.STATUS_LABEL[t['status']]}")
+                  f"新期限 {t['due_date']}, 批准人 {t['extended_by']}; 状态: {TicketStatus(t['status']).label}")
         elif args.action == "close":
             t = tk.close_ticket(wh, args.id, args.by, args.note, tz=tz)
             print(f"校核单 {t['ticket_id']} 已关闭 ({args.by})")
         else:
             import polars as pl
 
-            rows = tk.read_tickets(wh, department=args.department)
-            rows = rows.filter(pl.col("status").is_in(args.status or list(tk.ACTIVE)))
+            rows = read_tickets(wh, department=args.department)
+            rows = rows.filter(pl.col("status").is_in(args.status or list(ACTIVE)))
             for r in rows.iter_rows(named=True):
-                print(f"{r['ticket_id']}  {tk.STATUS_LABEL[r['status']]:<4}  期限 {r['due_date']}  "
-                      f"{tk.KIND_LABEL[r['kind']]}  {r['resource_id']}  {r['item_labels']}")
+                print(f"{r['ticket_id']}  {TicketStatus(r['status']).label:<4}  期限 {r['due_date']}  "
+                      f"{TicketKind(r['kind']).label}  {r['resource_id']}  {r['item_labels']}")
             print(f"共 {rows.height} 件")
-    except tk.TicketError as exc:
+    except TicketError as exc:
         print(f"错误: {exc}", file=sys.stderr)
         return 2
     finally:

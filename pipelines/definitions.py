@@ -16,6 +16,7 @@ from assets.reports import build_department_reports_asset
 from assets.resources import LandingResource, MailerResource, WarehouseResource, share_resources
 from assets.scorecard import build_scorecard_asset
 from assets.share import build_share_assets
+from assets.tickets import build_tickets_asset
 from catalog.loader import current_catalogue
 from pipelines.jobs import build_jobs_and_schedules
 from pipelines.sensors import build_sensors
@@ -28,7 +29,8 @@ def build_definitions() -> Definitions:
     catalogue = current_catalogue()
     partitions = daily_partitions(catalogue)
     assets = build_assets(catalogue, partitions) + build_share_assets(catalogue, partitions)
-    assets += [build_scorecard_asset(catalogue, partitions), build_department_reports_asset(catalogue, partitions)]
+    assets += [build_tickets_asset(catalogue, partitions), build_scorecard_asset(catalogue, partitions),
+               build_department_reports_asset(catalogue, partitions)]
     jobs, schedules = build_jobs_and_schedules(partitions)
     warehouse = WarehouseResource()
     return Definitions(

@@ -1,8 +1,10 @@
-"""Sensors: stale data, failed runs and blocking checks, and deliveries landing in file channels.
+"""Sensors: stale-data notices, failed runs and blocking checks, and deliveries landing in file channels.
 
-* ``stale_data_sensor`` evaluates every resource's freshness (:mod:`quality.freshness`) on a short
-  interval, reports the ``freshness`` check of each ODS asset, writes ``quality.freshness`` and
-  mails the department and the data engineers once per resource that turns stale.
+* ``stale_data_sensor`` reads the state the ``freshness`` check stored in ``quality.freshness``
+  (assets/freshness.py, the one place freshness is evaluated) and mails the department and the data
+  engineers once when a resource turns stale and once when it is fresh again. When a stored due
+  time or deadline passes (or a resource has no row yet) it requests a run of that check alone, so
+  the state moves on days without deliveries too; it never evaluates or writes itself.
 * ``run_failure_alert`` mails the data engineers when a run fails; a failed blocking check (which
   fails its run) is named as such, with the check's result.
 * ``file_arrival_<dept>_<resource>``: a delivery landing in a file channel's folder starts that
@@ -40,18 +42,21 @@ from dagster import (
     sensor,
 )
 
-from assets.freshness import check_evaluation
+from assets.freshness import freshness_check_keys
 from assets.keys import base_key, ods_key, std_key
 from assets.resources import LandingResource, MailerResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import FileChannel, Resource
-from quality import freshness as fr
+from quality.freshness import calendar
+from quality.freshness.evaluate import Status
+from quality.freshness.render import recovered_notice, stale_notice
+from quality.freshness.store import outdated_by, read_freshness
 from quality.mail import MailError, engineer_emails
+from quality.templating import render
 from warehouse.store import Warehouse
 
 FRESHNESS_INTERVAL_S = int(os.environ.get("GONGSHU_FRESHNESS_INTERVAL", "300"))
 ARRIVAL_INTERVAL_S = int(os.environ.get("GONGSHU_ARRIVAL_INTERVAL", "60"))
-REPORT_REFRESH = dt.timedelta(hours=1)  # re-report an unchanged check so its lag stays current
 
 
 # --- stale data --------------------------------------------------------------------------------
@@ -65,62 +70,66 @@ def _load(cursor: str | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _known(cursor: dict) -> dict[str, str]:
+    """Resource → the status last notified about (a cursor of the earlier form kept the stale ones)."""
+    if "status" in cursor:
+        return dict(cursor["status"])
+    return {rid: Status.stale.value for rid in cursor.get("notified", {})}
+
+
 def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
+    checks = freshness_check_keys(catalogue)
+    ids = [r.id for r in catalogue.resources]
+
     @sensor(
         name="stale_data_sensor",
         minimum_interval_seconds=FRESHNESS_INTERVAL_S,
         default_status=DefaultSensorStatus.RUNNING,
-        description="时效监测: 按更新周期与法定工作日判断各资源是否超期; 记录 freshness 检查与 quality.freshness, "
-                    "资源新超期时通知数源部门与数据工程师(每次超期一次)。",
+        target=AssetSelection.checks(*checks),
+        description="时效通知: 读取 freshness 检查写入的 quality.freshness, 资源超期或恢复时通知数源部门与数据工程师"
+                    "(每次变化一次); 存储的应交付时间或超期时点已过时, 请求单独运行 freshness 检查。",
     )
     def stale_data_sensor(
         context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource
-    ) -> SkipReason:
-        now = fr.clock()
-        wh = warehouse.get()
-        evaluations = fr.evaluate_catalogue(wh, catalogue, now)
-        fr.store_freshness(wh, evaluations)
-
-        state = _load(context.cursor)
-        current = {f.resource_id for f in evaluations}  # resources dropped from the catalogue are forgotten
-        reported: dict[str, list] = {k: v for k, v in state.get("reported", {}).items() if k in current}
-        notified: dict[str, str] = {k: v for k, v in state.get("notified", {}).items() if k in current}
-        n_reported, sent, failed = 0, [], []
-        for f in evaluations:
-            rid = f.resource_id
-            key = f"{f.status.value}|{f.last.batch_id if f.last else ''}"
-            previous = reported.get(rid)
-            if (previous is None or previous[0] != key
-                    or now - dt.datetime.fromisoformat(previous[1]) >= REPORT_REFRESH):
-                context.instance.report_runless_asset_event(check_evaluation(f, ods_key(f.resource)))
-                reported[rid] = [key, now.isoformat()]
-                n_reported += 1
-            if f.status != fr.Status.stale:
-                notified.pop(rid, None)  # a later stale spell is news again
+    ) -> SensorResult:
+        now = calendar.clock()  # the module's clock: tests set it
+        state = read_freshness(warehouse.get()).filter(pl.col("resource_id").is_in(ids))
+        known = _known(_load(context.cursor))
+        status: dict[str, str] = {}
+        sent, failed = [], []
+        for row in state.iter_rows(named=True):
+            rid, current, before = row["resource_id"], row["status"], known.get(row["resource_id"])
+            stale, was_stale = current == Status.stale, before == Status.stale
+            if stale == was_stale or (before is None and not stale):  # no change (or first seen fresh)
+                status[rid] = current
                 continue
-            if rid in notified:
-                continue
-            dept = catalogue.department(f.resource.department)
+            dept = catalogue.department(catalogue.resource(rid).department)
             to = [*dept.emails, *engineer_emails()]
             if not to:
-                context.log.warning(f"{rid} 超期, 但部门与 GONGSHU_ENGINEER_EMAILS 均无收件人")
-                notified[rid] = now.isoformat()
+                context.log.warning(f"{rid} {Status(current).label}, 但部门与 GONGSHU_ENGINEER_EMAILS 均无收件人")
+                status[rid] = current
                 continue
-            subject, html = fr.stale_notice(f, catalogue)
+            subject, html = (stale_notice if stale else recovered_notice)(row, catalogue)
             try:
                 mailer.get().send(to, subject, html, category="freshness", reference=rid)
-            except MailError as exc:  # not marked as notified: the next tick tries again
+            except MailError as exc:  # the change stays unannounced: the next tick tries again
                 context.log.error(str(exc))
                 failed.append(rid)
+                if before is not None:
+                    status[rid] = before
                 continue
-            notified[rid] = now.isoformat()
-            sent.append(rid)
-        context.update_cursor(json.dumps({"reported": reported, "notified": notified}, sort_keys=True))
-        stale = [f.resource_id for f in evaluations if f.status == fr.Status.stale]
-        return SkipReason(
-            f"{len(evaluations)} 个资源, 超期 {len(stale)} ({', '.join(stale) or '无'}); 记录检查 {n_reported}; "
-            f"新通知 {', '.join(sent) or '无'}" + (f"; 发送失败 {', '.join(failed)}" if failed else "")
-        )
+            status[rid] = current
+            sent.append(f"{rid} {Status(current).label}")
+        outdated = outdated_by(state, ids, now)
+        stale_ids = state.filter(pl.col("status") == Status.stale).get_column("resource_id").to_list()
+        message = (f"{state.height} 个资源, 超期 {len(stale_ids)} ({', '.join(stale_ids) or '无'}); "
+                   f"新通知 {', '.join(sent) or '无'}" + (f"; 发送失败 {', '.join(failed)}" if failed else "")
+                   + (f"; 请求评估 freshness 检查 ({outdated})" if outdated else ""))
+        context.log.info(message)
+        requests = [RunRequest(run_key=f"freshness:{outdated}", asset_selection=[], asset_check_keys=checks,
+                               tags={"gongshu/trigger": "freshness"})] if outdated else []
+        return SensorResult(run_requests=requests, cursor=json.dumps({"status": status}, sort_keys=True),
+                            skip_reason=None if requests else SkipReason(message))
 
     return stale_data_sensor
 
@@ -145,10 +154,6 @@ def failed_blocking_checks(context: RunFailureSensorContext) -> list[dict]:
     return out
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _error_text(error, limit: int = 2000) -> str:
     """An error and its causes, innermost (the department's or the code's own message) last."""
     parts = []
@@ -166,24 +171,13 @@ def run_failure_notice(context: RunFailureSensorContext) -> tuple[str, str, list
     steps = context.get_step_failure_events()
     what = "阻断性质量检查未通过" if checks else "运行失败"
     subject = f"【公数告警】{what} · {run.job_name}{' · ' + partition if partition else ''} · run {run.run_id[:8]}"
-    parts = [f"<p>作业 <b>{_escape(run.job_name)}</b> (run {run.run_id}){' 分区 ' + partition if partition else ''} "
-             f"{what}。</p>", f"<p>{_escape(context.failure_event.message or '')}</p>"]
-    if checks:
-        rows = "".join(
-            f"<tr><td>{_escape(c['asset'])}</td><td>{_escape(c['check'])}</td><td>{_escape(c['partition'] or '')}</td>"
-            f"<td>{_escape(c['description'])}</td><td>"
-            + "<br>".join(f"{_escape(k)}: {_escape(v)}" for k, v in c["metadata"].items()) + "</td></tr>"
-            for c in checks)
-        parts.append('<h3>未通过的阻断性检查</h3><table border="1" cellspacing="0" cellpadding="4">'
-                     f"<tr><th>资产</th><th>检查</th><th>分区</th><th>说明</th><th>结果</th></tr>{rows}</table>"
-                     "<p>阻断性检查未通过时, 该批次不会并入基础库; 请核实交付后重新运行该分区。</p>")
-    if steps:
-        items = "".join(
-            f"<li><b>{_escape(e.step_key or '')}</b>: "
-            f"<pre>{_escape(_error_text(e.event_specific_data.error))}</pre></li>"
-            for e in steps if e.event_specific_data and e.event_specific_data.error)
-        parts.append(f"<h3>失败步骤</h3><ul>{items}</ul>")
-    return subject, "<html><body>" + "".join(parts) + "</body></html>", checks
+    html = render(
+        "run_failure.html.j2", job=run.job_name, run_id=run.run_id, partition=partition, what=what,
+        message=context.failure_event.message or "", checks=checks,
+        steps=[{"key": e.step_key or "", "error": _error_text(e.event_specific_data.error)}
+               for e in steps if e.event_specific_data and e.event_specific_data.error],
+    )
+    return subject, html, checks
 
 
 def build_run_failure_alert() -> SensorDefinition:
@@ -335,7 +329,7 @@ def build_file_arrival_sensor(
     ) -> SensorResult:
         seen = _load(context.cursor)
         settle = float(os.environ.get("GONGSHU_ARRIVAL_SETTLE_SECONDS", "30"))
-        requests, seen = arrival_requests(resource, partitions, landing.root(), seen, fr.clock(), warehouse.get(),
+        requests, seen = arrival_requests(resource, partitions, landing.root(), seen, calendar.clock(), warehouse.get(),
                                           settle_s=settle)
         return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
 

@@ -26,7 +26,7 @@ from catalog.identifiers import (
     uscc_is_valid,
 )
 from catalog.loader import Catalogue
-from catalog.models import ElementType, Resource
+from catalog.models import ElementType, Labelled, Resource
 
 
 class Dimension(StrEnum):
@@ -39,37 +39,31 @@ class Dimension(StrEnum):
     timeliness = "时效性"
     accessibility = "可访问性"
 
-
-class Severity(StrEnum):
-    blocking = "blocking"  # failing rows never reach the base library
-    warning = "warning"
-
-
-class Kind(StrEnum):
-    not_null = "not_null"
-    unique = "unique"
-    id_number = "id_number"
-    uscc = "uscc"
-    mobile = "mobile"
-    code_list = "code_list"
-    pattern = "pattern"
-    date_range = "date_range"
-    id_birth_date = "id_birth_date"
-    id_gender = "id_gender"
+    @property
+    def english(self) -> str:
+        """The English name, for charts drawn without a CJK font (it would draw empty boxes)."""
+        return self.name.capitalize()
 
 
-KIND_LABEL = {
-    Kind.not_null: "必填项不为空",
-    Kind.unique: "主键在批次内唯一",
-    Kind.id_number: "公民身份号码格式与校验位",
-    Kind.uscc: "统一社会信用代码格式与校验位",
-    Kind.mobile: "手机号码格式",
-    Kind.code_list: "代码值在代码表中",
-    Kind.pattern: "取值符合格式",
-    Kind.date_range: "日期在合理范围内",
-    Kind.id_birth_date: "出生日期与身份号码一致",
-    Kind.id_gender: "性别与身份号码一致",
-}
+class Severity(Labelled):
+    blocking = "blocking", "阻断"  # failing rows never reach the base library
+    warning = "warning", "警告"
+
+
+class Kind(Labelled):
+    """What a rule checks; its label is the second half of a rule's label."""
+
+    not_null = "not_null", "必填项不为空"
+    unique = "unique", "主键在批次内唯一"
+    id_number = "id_number", "公民身份号码格式与校验位"
+    uscc = "uscc", "统一社会信用代码格式与校验位"
+    mobile = "mobile", "手机号码格式"
+    code_list = "code_list", "代码值在代码表中"
+    pattern = "pattern", "取值符合格式"
+    date_range = "date_range", "日期在合理范围内"
+    id_birth_date = "id_birth_date", "出生日期与身份号码一致"
+    id_gender = "id_gender", "性别与身份号码一致"
+
 
 MIN_DATE = dt.date(1900, 1, 1)
 VERSION = "_version"
@@ -117,7 +111,7 @@ def resource_rules(catalogue: Catalogue, resource: Resource, batch_date: dt.date
         versioned = resource.version_column is not None
         rules.append(Rule(f"{'+'.join(key)}.unique", Kind.unique, Dimension.accuracy, Severity.blocking,
                           (*key, VERSION) if versioned else key,
-                          f"{'+'.join(lib.element(k).name for k in key)}: {KIND_LABEL[Kind.unique]}"
+                          f"{'+'.join(lib.element(k).name for k in key)}: {Kind.unique.label}"
                           + (f"(同一{resource.version_column})" if versioned else "")))
     id_key = next((k for k in resource.key if lib.element(k).type == ElementType.id_number and k in carried), None)
     for code in carried:
@@ -126,25 +120,25 @@ def resource_rules(catalogue: Catalogue, resource: Resource, batch_date: dt.date
         sev = Severity.blocking if is_key else Severity.warning
         name = e.name
         if e.required and not is_key:
-            add(Kind.not_null, Dimension.completeness, Severity.warning, (code,), f"{name}: {KIND_LABEL[Kind.not_null]}")
+            add(Kind.not_null, Dimension.completeness, Severity.warning, (code,), f"{name}: {Kind.not_null.label}")
         if e.type == ElementType.id_number:
-            add(Kind.id_number, Dimension.conformity, sev, (code,), f"{name}: {KIND_LABEL[Kind.id_number]}",
+            add(Kind.id_number, Dimension.conformity, sev, (code,), f"{name}: {Kind.id_number.label}",
                 today=batch_date)
         elif e.type == ElementType.uscc:
-            add(Kind.uscc, Dimension.conformity, sev, (code,), f"{name}: {KIND_LABEL[Kind.uscc]}")
+            add(Kind.uscc, Dimension.conformity, sev, (code,), f"{name}: {Kind.uscc.label}")
         elif e.type == ElementType.mobile:
-            add(Kind.mobile, Dimension.conformity, sev, (code,), f"{name}: {KIND_LABEL[Kind.mobile]}")
+            add(Kind.mobile, Dimension.conformity, sev, (code,), f"{name}: {Kind.mobile.label}")
         elif e.type == ElementType.code and e.codelist:
-            add(Kind.code_list, Dimension.conformity, sev, (code,), f"{name}: {KIND_LABEL[Kind.code_list]}",
+            add(Kind.code_list, Dimension.conformity, sev, (code,), f"{name}: {Kind.code_list.label}",
                 values=tuple(sorted(catalogue.codes[e.codelist])))
         elif e.type == ElementType.date:
-            add(Kind.date_range, Dimension.accuracy, Severity.warning, (code,), f"{name}: {KIND_LABEL[Kind.date_range]}",
+            add(Kind.date_range, Dimension.accuracy, Severity.warning, (code,), f"{name}: {Kind.date_range.label}",
                 min=MIN_DATE, max=batch_date)
         if e.pattern:
-            add(Kind.pattern, Dimension.conformity, sev, (code,), f"{name}: {KIND_LABEL[Kind.pattern]}", regex=e.pattern)
+            add(Kind.pattern, Dimension.conformity, sev, (code,), f"{name}: {Kind.pattern.label}", regex=e.pattern)
         if e.derived_from_id and id_key:
             kind = Kind.id_birth_date if e.derived_from_id == "birth_date" else Kind.id_gender
-            add(kind, Dimension.accuracy, Severity.warning, (code, id_key), f"{name}: {KIND_LABEL[kind]}")
+            add(kind, Dimension.accuracy, Severity.warning, (code, id_key), f"{name}: {kind.label}")
     return rules
 
 

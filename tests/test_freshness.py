@@ -19,17 +19,14 @@ from catalog.models import (
     ShareClass,
     UpdateCycle,
 )
-from quality.freshness import (
+from quality.freshness.calendar import add_working_days, calendar_covers, is_working_day, working_days_between
+from quality.freshness.evaluate import (
     LastDelivery,
     Status,
-    add_working_days,
     allowance_window,
-    calendar_covers,
     delivery_time,
     evaluate,
-    is_working_day,
     next_period_start,
-    working_days_between,
 )
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -198,13 +195,26 @@ def test_a_clock_in_utc_is_judged_in_the_city_time_zone() -> None:
 
 
 @pytest.mark.parametrize("cycle, warn_days, fail_days", [
-    (UpdateCycle.daily, 1, 4), (UpdateCycle.weekly, 7, 10), (UpdateCycle.monthly, 61, 68),
-    (UpdateCycle.quarterly, 183, 190), (UpdateCycle.yearly, 730, 737),
+    (UpdateCycle.daily, 1, 1 + 3), (UpdateCycle.weekly, 7, 7 + 3),  # 1 working day: at most 3 days in a week
+    (UpdateCycle.monthly, 2 * 31, 62 + 7), (UpdateCycle.quarterly, 2 * 92, 184 + 7),  # 5 working days: 7 days
+    (UpdateCycle.half_yearly, 2 * 184, 368 + 7), (UpdateCycle.yearly, 2 * 366, 732 + 7),
 ])
-def test_the_freshness_policy_carries_the_loosest_ordinary_week_span(cycle, warn_days, fail_days) -> None:
+def test_the_freshness_policy_reads_the_cycle_and_its_allowance_in_calendar_days(cycle, warn_days, fail_days) -> None:
     policy = freshness_policy(resource(cycle))
     assert policy.warn_window.to_timedelta() == dt.timedelta(days=warn_days)
     assert policy.fail_window.to_timedelta() == dt.timedelta(days=fail_days)
+
+
+def test_the_policy_never_fails_before_the_working_day_rule_in_an_ordinary_week() -> None:
+    # a delivery at the end of every day of 2023 (no holiday arrangement applied: Monday–Friday)
+    for cycle in (UpdateCycle.daily, UpdateCycle.weekly, UpdateCycle.monthly, UpdateCycle.quarterly,
+                  UpdateCycle.half_yearly, UpdateCycle.yearly):
+        policy = freshness_policy(resource(cycle))
+        for i in range(365):
+            last = at("2023-01-02 00:00") + dt.timedelta(days=i)
+            window = allowance_window(last, cycle, is_workday=lambda d: d.weekday() < 5)
+            assert window.due - last <= policy.warn_window.to_timedelta(), (cycle, last)
+            assert window.deadline - last <= policy.fail_window.to_timedelta(), (cycle, last)
 
 
 def test_the_realtime_and_other_policies_fail_after_their_allowance_without_a_warning_phase() -> None:

@@ -12,11 +12,14 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, AssetSelection, instance_for_test, materialize
 
 from assets.factory import build_resource_assets
-from assets.freshness import build_freshness_checks
+from assets.freshness import CHECK_NAME, build_freshness_checks
 from assets.keys import daily_partitions
 from assets.resources import LandingResource, WarehouseResource
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
-from quality import freshness as fr
+from quality.freshness import calendar
+from quality.freshness.evaluate import LastDelivery
+from quality.freshness.render import freshness_lines, summary_time
+from quality.freshness.store import evaluate_catalogue, read_freshness, read_last_deliveries, store_freshness
 from tests import citykit
 from tests.test_sensors import deliver
 from warehouse.store import Warehouse
@@ -40,22 +43,22 @@ def test_the_last_delivery_is_the_newest_batch_that_brought_readable_rows(wareho
         conn.exec_driver_sql(f"UPDATE {warehouse.qualified('ods', 'batches')} SET rows_unparseable = rows_delivered "
                              "WHERE resource_id = 'rsj_sbcb'")
 
-    last = fr.read_last_deliveries(warehouse, dt.date(2026, 11, 21))
+    last = read_last_deliveries(warehouse, dt.date(2026, 11, 21))
     assert set(last) == {"gaj_hjrk"}
-    assert last["gaj_hjrk"] == fr.LastDelivery("gaj_hjrk.20261119.2", dt.date(2026, 11, 19),
+    assert last["gaj_hjrk"] == LastDelivery("gaj_hjrk.20261119.2", dt.date(2026, 11, 19),
                                                dt.datetime(2026, 11, 19, 18, 5), 100)
-    assert fr.read_last_deliveries(warehouse, dt.date(2026, 11, 30))["gaj_hjrk"].batch_date == dt.date(2026, 11, 25)
+    assert read_last_deliveries(warehouse, dt.date(2026, 11, 30))["gaj_hjrk"].batch_date == dt.date(2026, 11, 25)
 
 
 def test_the_state_table_holds_one_row_per_resource_and_when_its_status_began(warehouse: Warehouse, demo) -> None:
-    assert fr.read_freshness(warehouse).height == 0
+    assert read_freshness(warehouse).height == 0
     deliver(warehouse, demo, "swj_nsrdj", "2026-11-02")  # weekly: due 11-10, stale from 11-11 00:00
-    first = fr.evaluate_catalogue(warehouse, demo, dt.datetime(2026, 11, 10, 12, 0, tzinfo=TZ))
-    fr.store_freshness(warehouse, first)
-    fr.store_freshness(warehouse, fr.evaluate_catalogue(warehouse, demo, dt.datetime(2026, 11, 10, 13, 0, tzinfo=TZ)))
-    fr.store_freshness(warehouse, fr.evaluate_catalogue(warehouse, demo, dt.datetime(2026, 11, 11, 9, 0, tzinfo=TZ)))
+    first = evaluate_catalogue(warehouse, demo, dt.datetime(2026, 11, 10, 12, 0, tzinfo=TZ))
+    store_freshness(warehouse, first)
+    store_freshness(warehouse, evaluate_catalogue(warehouse, demo, dt.datetime(2026, 11, 10, 13, 0, tzinfo=TZ)))
+    store_freshness(warehouse, evaluate_catalogue(warehouse, demo, dt.datetime(2026, 11, 11, 9, 0, tzinfo=TZ)))
 
-    state = fr.read_freshness(warehouse)
+    state = read_freshness(warehouse)
     assert state.height == len(demo.resources)
     swj = state.filter(pl.col("resource_id") == "swj_nsrdj").row(0, named=True)
     assert (swj["status"], swj["update_cycle"], swj["allowance"]) == ("stale", "每周", "7 天 + 1 个工作日")
@@ -75,10 +78,10 @@ def test_the_run_summary_names_the_stale_resource(warehouse: Warehouse, demo) ->
         if r.id != "swj_nsrdj" and r.id != "zrzy_bdcqz":
             deliver(warehouse, demo, r.id, day.isoformat())
     deliver(warehouse, demo, "swj_nsrdj", (day - dt.timedelta(days=12)).isoformat())  # the generator's stale one
-    now = fr.summary_time(day, TZ, dt.datetime(2026, 11, 30, tzinfo=dt.UTC))
+    now = summary_time(day, TZ, dt.datetime(2026, 11, 30, tzinfo=dt.UTC))
     assert now == dt.datetime(2026, 11, 22, 9, 0, tzinfo=TZ)  # a past batch date is judged the morning after
 
-    lines = fr.freshness_lines(warehouse, demo, now)
+    lines = freshness_lines(warehouse, demo, now)
     text = "\n".join(lines)
     assert "时效 · 截至 2026-11-22 09:00 (Asia/Shanghai)" in text
     swj = next(line for line in lines if line.startswith("swj/nsrdj"))
@@ -92,7 +95,7 @@ def test_the_run_summary_names_the_stale_resource(warehouse: Warehouse, demo) ->
 
 
 def test_the_freshness_check_runs_in_a_partitioned_run_and_writes_the_state(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(fr, "clock", lambda: dt.datetime(2026, 11, 21, 9, 0, tzinfo=TZ))
+    monkeypatch.setattr(calendar, "clock", lambda: dt.datetime(2026, 11, 21, 9, 0, tzinfo=TZ))
     cat = load_catalogue(citykit.write_catalogue(tmp_path))
     landing = tmp_path / "landing"
     day = dt.date(2026, 11, 20)
@@ -108,10 +111,10 @@ def test_the_freshness_check_runs_in_a_partitioned_run_and_writes_the_state(tmp_
             resources={"warehouse": WarehouseResource(url=url), "landing": LandingResource(path=str(landing))},
         )
         assert result.success
-        [ev] = [e for e in result.get_asset_check_evaluations() if e.check_name == fr.CHECK_NAME]
-        assert ev.asset_check_key == AssetCheckKey(key, fr.CHECK_NAME)
+        [ev] = [e for e in result.get_asset_check_evaluations() if e.check_name == CHECK_NAME]
+        assert ev.asset_check_key == AssetCheckKey(key, CHECK_NAME)
         assert ev.passed and ev.metadata["最近批次"].value == "huzheng_renkou.20261120.1"
         assert ev.metadata["更新周期"].value == "每日"
-    state = fr.read_freshness(Warehouse(url))
+    state = read_freshness(Warehouse(url))
     assert state["resource_id"].to_list() == ["huzheng_renkou"]  # only the selected resource was evaluated
     assert state["last_batch_date"].to_list() == [day] and state["status"].to_list() == ["fresh"]

@@ -19,18 +19,26 @@ from openpyxl import load_workbook
 
 from assets.reports import build_department_reports_asset
 from assets.scorecard import build_scorecard_asset
+from assets.tickets import build_tickets_asset
 from desensitize.pseudonym import PseudonymKey, token_of
-from quality import report as rp
-from quality import scorecard as sc
-from quality import tickets as tk
+from quality.config import ScorecardConfig
 from quality.mail import Mailer, read_deliveries
+from quality.report.context import build_report, report_reference
+from quality.report.deliver import REPORT_CATEGORY
+from quality.report.inputs import load_inputs
+from quality.report.period import ReportRun, outcome_lines, produce_reports, report_lines
+from quality.report.render import render_xlsx
+from quality.scorecard.period import run_scorecard
+from quality.tickets.commands import REPLY_SHEET, import_reply
+from quality.tickets.store import read_tickets
+from quality.tickets.sync import sync_tickets
 from tests import test_mailer
 from tests.citykit import PEOPLE
 from tests.test_tickets import DAY1, deliver_with_defects, run_day
 from warehouse.store import Warehouse
 
 KEY = PseudonymKey(b"test-only-pseudonym-key-0123456789")
-CONFIG = sc.ScorecardConfig()
+CONFIG = ScorecardConfig()
 
 smtp_server = test_mailer.smtp_server  # fixture: a local aiosmtpd server
 MOBILES = ["13800000001", "13900000002", "1370000003", "13700000003"]
@@ -52,21 +60,22 @@ def masked_id(number: str) -> str:
 
 
 def night(wh: Warehouse, cat, landing: Path, tmp_path: Path, day: dt.date = DAY1, *, deliver: bool = True,
-          mailer: Mailer | None = None, **kw) -> rp.ReportRun:
-    """The end of a nightly run: 归集 of ``day`` (unless ``deliver`` is off), scorecard, reports."""
+          mailer: Mailer | None = None, **kw) -> ReportRun:
+    """The end of a nightly run: 归集 of ``day`` (unless ``deliver`` is off), tickets, scorecard, reports."""
     if deliver:
         deliver_with_defects(landing, day)
         run_day(wh, cat, landing, day)
-    sc.run_scorecard(wh, cat, day, CONFIG, run_id=f"run-{day}")
+    sync_tickets(wh, cat, day, CONFIG, {d.code: report_reference(cat, d.code, day) for d in cat.departments})
+    run_scorecard(wh, cat, day, CONFIG, run_id=f"run-{day}")
     mailer = mailer or Mailer(wh, None, tmp_path / "outbox", "gongshu@bureau.example")
-    return rp.produce_reports(wh, cat, day, CONFIG, mailer=mailer, key=KEY, root=tmp_path / "reports", **kw)
+    return produce_reports(wh, cat, day, CONFIG, mailer=mailer, key=KEY, root=tmp_path / "reports", **kw)
 
 
-def html_of(run: rp.ReportRun, dept: str) -> str:
+def html_of(run: ReportRun, dept: str) -> str:
     return next(o for o in run.outcomes if o.department == dept).html.read_text(encoding="utf-8")
 
 
-def sheet(run: rp.ReportRun, dept: str, name: str) -> list[tuple]:
+def sheet(run: ReportRun, dept: str, name: str) -> list[tuple]:
     path = next(o for o in run.outcomes if o.department == dept).xlsx
     wb = load_workbook(path, read_only=True)
     try:
@@ -84,7 +93,7 @@ def text_of(html: str) -> str:
 def test_the_report_shows_the_departments_known_failures_in_html_and_xlsx(warehouse: Warehouse, city, tmp_path) -> None:
     cat, landing = city
     run = night(warehouse, cat, landing, tmp_path)
-    hz_ticket = tk.read_tickets(warehouse, department="huzheng").row(0, named=True)["ticket_id"]
+    hz_ticket = read_tickets(warehouse, department="huzheng").row(0, named=True)["ticket_id"]
     person = PEOPLE[1][0]
 
     text = text_of(html_of(run, "huzheng"))
@@ -114,7 +123,7 @@ def test_the_report_shows_the_departments_known_failures_in_html_and_xlsx(wareho
     [failure] = sheet(run, "huzheng", "失败记录")[1:]
     assert failure[:6] == (hz_ticket, "常住人口", masked_id(person), token_of(person, KEY), "出生日期", "dob.id_birth_date")
     assert failure[9:] == ("1992-**-**", "与身份号码中的出生日期一致", "huzheng_renkou.20260930.1", 2)
-    form = sheet(run, "huzheng", tk.REPLY_SHEET)
+    form = sheet(run, "huzheng", REPLY_SHEET)
     assert form[2][:9] == ("校核单号", "类型", "资源", "主体标识(脱敏)", "令牌", "问题", "发出日期", "校核期限", "状态")
     assert form[3][:9] == (hz_ticket, "失败记录", "常住人口", masked_id(person), token_of(person, KEY),
                            "出生日期: 出生日期与身份号码一致", "2026-09-30", "2026-10-13", "待校核")
@@ -175,12 +184,12 @@ def test_reports_are_mailed_through_smtp_when_configured_with_the_workbook_attac
     assert att.get_filename() == "户政中心_数据质量报告_20260930.xlsx"
     wb = load_workbook(io.BytesIO(att.get_content()), read_only=True)
     assert [r[0] for r in wb["失败记录"].iter_rows(values_only=True)][1:] == \
-        [tk.read_tickets(wh, department="huzheng").row(0, named=True)["ticket_id"]]
+        [read_tickets(wh, department="huzheng").row(0, named=True)["ticket_id"]]
     wb.close()
     [(to, gs)] = [(to, m) for to, m in mails if "工商所" in str(m["Subject"])]
     assert to == ("dev@bureau.example",)  # no address in the catalogue: the data engineers get it
     assert list(gs.iter_attachments()) == []  # nothing to list: the short report, no workbook
-    audit = read_deliveries(wh, rp.REPORT_CATEGORY)
+    audit = read_deliveries(wh, REPORT_CATEGORY)
     assert sorted(audit.get_column("reference").to_list()) == sorted(o.reference for o in run.outcomes)
     assert set(audit.get_column("transport")) == {"smtp"} and set(audit.get_column("status")) == {"sent"}
     wh.dispose()
@@ -198,18 +207,18 @@ def test_without_smtp_each_report_is_an_eml_in_the_outbox_and_is_sent_once(city,
     assert any(s.startswith("【数据质量报告】社保中心 2026-09-30 综合得分 92.5 (B)") for s in subjects)
     assert sorted(p.name for p in (tmp_path / "outbox").glob("*.files/*")) == \
         ["户政中心_数据质量报告_20260930.xlsx", "社保中心_数据质量报告_20260930.xlsx"]
-    lines = "\n".join(rp.outcome_lines(run, cat))
+    lines = "\n".join(outcome_lines(run, cat))
     assert "户政中心" in lines and "已发送(发件箱)" in lines and "huzheng.html, huzheng.xlsx" in lines
 
-    again = rp.produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
+    again = produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
                                root=tmp_path / "reports")
     assert [o.delivery for o in again.outcomes] == ["already sent"] * 4
     assert len(list((tmp_path / "outbox").glob("*quality_report*.eml"))) == 4
-    rp.produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
+    produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
                        root=tmp_path / "reports", resend=True)
     assert len(list((tmp_path / "outbox").glob("*quality_report*.eml"))) == 8
-    assert read_deliveries(wh, rp.REPORT_CATEGORY).height == 8
-    summary = "\n".join(rp.report_lines(wh, cat, DAY1, tmp_path / "reports"))
+    assert read_deliveries(wh, REPORT_CATEGORY).height == 8
+    summary = "\n".join(report_lines(wh, cat, DAY1, tmp_path / "reports"))
     assert "社保中心" in summary and "92.5 B" in summary and "已发送(发件箱)" in summary
     wh.dispose()
 
@@ -251,8 +260,8 @@ def test_an_overdue_ticket_escalates_in_the_next_report_and_to_the_engineers(cit
     msg = email.message_from_bytes(eml.read_bytes(), policy=default_policy)
     assert msg["To"] == "dev@bureau.example" and str(msg["Subject"]).startswith("【校核超期】3 件校核工单超期未处理")
     body = msg.get_body(("html",)).get_content()
-    assert all(t in body for t in tk.read_tickets(wh).get_column("ticket_id").to_list())
-    [form] = [r for r in sheet(run, "huzheng", tk.REPLY_SHEET)[3:]]
+    assert all(t in body for t in read_tickets(wh).get_column("ticket_id").to_list())
+    [form] = [r for r in sheet(run, "huzheng", REPLY_SHEET)[3:]]
     assert form[8] == "已超期"
     # two working days later (Wed 10-14, Thu 10-15) the report says by how much it is late
     later = night(wh, cat, landing, tmp_path, dt.date(2026, 10, 15), deliver=False)
@@ -266,7 +275,7 @@ def test_a_department_answers_by_filling_in_the_workbook_it_received(city, tmp_p
     run = night(wh, cat, landing, tmp_path)
     path = next(o for o in run.outcomes if o.department == "shebao").xlsx
     wb = load_workbook(path)
-    ws = wb[tk.REPLY_SHEET]
+    ws = wb[REPLY_SHEET]
     header = [c.value for c in ws[3]]
     first = 4
     ws.cell(first, header.index("回复说明") + 1, "姓名已按户籍更正")
@@ -274,15 +283,17 @@ def test_a_department_answers_by_filling_in_the_workbook_it_received(city, tmp_p
     reply = tmp_path / "社保中心_回复.xlsx"
     wb.save(reply)
 
-    out = tk.import_reply(wh, reply)
+    out = import_reply(wh, reply)
     ticket_id = ws.cell(first, 1).value
     assert out.answered == [ticket_id] and out.blank == 1 and out.skipped == []
-    t = tk.read_tickets(wh).filter(pl.col("ticket_id") == ticket_id).row(0, named=True)
+    t = read_tickets(wh).filter(pl.col("ticket_id") == ticket_id).row(0, named=True)
     assert (t["status"], t["answered_by"], t["answer_note"]) == ("answered", "社保中心 钱七", "姓名已按户籍更正")
     wh.dispose()
 
 
-def test_the_scorecard_and_reports_are_dagster_assets_after_every_base_library(city, tmp_path: Path, monkeypatch) -> None:
+def test_tickets_then_scorecard_then_reports_are_dagster_assets_after_every_base_library(
+    city, tmp_path: Path, monkeypatch
+) -> None:
     from assets.keys import base_key, daily_partitions
     from assets.resources import MailerResource, PseudonymKeyResource, WarehouseResource
 
@@ -292,20 +303,30 @@ def test_the_scorecard_and_reports_are_dagster_assets_after_every_base_library(c
     deliver_with_defects(landing, DAY1)
     run_day(wh, cat, landing, DAY1)
     parts = daily_partitions(cat)
+    tickets = build_tickets_asset(cat, parts)
     card, reports = build_scorecard_asset(cat, parts), build_department_reports_asset(cat, parts)
-    spec = card.specs_by_key[AssetKey(["quality", "scorecard"])]
-    assert spec.group_name == "quality" and {d.asset_key for d in spec.deps} == {base_key(lib) for lib in cat.libraries}
+    libraries, ticket_key = {base_key(lib) for lib in cat.libraries}, AssetKey(["quality", "tickets"])
+    tspec = tickets.specs_by_key[ticket_key]
+    assert tspec.group_name == "quality" and {d.asset_key for d in tspec.deps} == libraries
+    spec = card.specs_by_key[AssetKey(["quality", "scorecard"])]  # R counts the synced tickets
+    assert spec.group_name == "quality" and {d.asset_key for d in spec.deps} == libraries | {ticket_key}
     rspec = reports.specs_by_key[AssetKey(["quality", "department_reports"])]
-    assert [d.asset_key for d in rspec.deps] == [AssetKey(["quality", "scorecard"])] and rspec.group_name == "quality"
+    assert {d.asset_key for d in rspec.deps} == {AssetKey(["quality", "scorecard"]), ticket_key}
+    assert rspec.group_name == "quality"
 
     monkeypatch.setenv("GONGSHU_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
     monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", "dagster-test-key-0123456789")
     warehouse = WarehouseResource(url=url)
-    result = materialize([card, reports], partition_key=DAY1.isoformat(), resources={
+    alone = materialize([card], partition_key=DAY1.isoformat(), resources={"warehouse": warehouse})
+    assert alone.success and read_tickets(wh).height == 0  # the scorecard computes; it opens no ticket
+    result = materialize([tickets, card, reports], partition_key=DAY1.isoformat(), resources={
         "warehouse": warehouse, "mailer": MailerResource(warehouse=warehouse, outbox=str(tmp_path / "outbox")),
         "pseudonym": PseudonymKeyResource()})
     assert result.success
+    tmeta = result.asset_materializations_for_node(tickets.node_def.name)[0].metadata
+    assert (tmeta["新开校核单"].value, tmeta["待校核"].value, tmeta["新超期(已上报)"].value) == (3, 3, 0)
+    assert read_tickets(wh).height == 3
     md = result.asset_materializations_for_node(card.node_def.name)[0].metadata["评分表"].value
     assert "| 排名 | 部门 | 总分 | 等级 | 较上期 | 数据分Q | 响应分R | 规范性 |" in md
     assert f"| 3 | 户政中心 | {HZ_TOTAL:.1f} | A | — | 98.5 | 100.0 | 100.0 | 100.0 | 94.4 | — | 100.0 | 100.0 | 0 |" in md
@@ -326,7 +347,7 @@ def test_the_commands_answer_extend_and_report(city, tmp_path: Path, monkeypatch
     monkeypatch.setenv("GONGSHU_CATALOG", str(cat.root))
     monkeypatch.setenv("GONGSHU_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
-    hz, sb = (tk.read_tickets(wh, department=d).row(0, named=True)["ticket_id"] for d in ("huzheng", "shebao"))
+    hz, sb = (read_tickets(wh, department=d).row(0, named=True)["ticket_id"] for d in ("huzheng", "shebao"))
 
     assert main(["ticket", "answer", hz, "--note", "已按户籍档案更正", "--by", "张三"]) == 0
     assert main(["ticket", "extend", sb, "--days", "3", "--approved-by", "李四"]) == 0
@@ -334,7 +355,7 @@ def test_the_commands_answer_extend_and_report(city, tmp_path: Path, monkeypatch
     out = capsys.readouterr()
     assert f"校核单 {hz} 已登记答复" in out.out and "新期限 2026-10-16, 批准人 李四" in out.out
     assert "超过上限 15 个工作日" in out.err
-    rows = {r["ticket_id"]: r for r in tk.read_tickets(wh).iter_rows(named=True)}
+    rows = {r["ticket_id"]: r for r in read_tickets(wh).iter_rows(named=True)}
     assert (rows[hz]["status"], rows[hz]["answered_by"]) == ("answered", "张三")
     assert (rows[sb]["due_date"], rows[sb]["extended_by"], rows[sb]["extension_days"]) == (dt.date(2026, 10, 16), "李四", 3)
 
@@ -372,12 +393,12 @@ def test_workbook_text_cells_never_start_a_formula_and_numbers_stay_numbers(city
     cat, landing = city
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     night(wh, cat, landing, tmp_path)
-    report = rp.build_report(cat, "huzheng", rp.load_inputs(wh, cat, DAY1, KEY), CONFIG)
+    report = build_report(cat, "huzheng", load_inputs(wh, cat, DAY1, KEY), CONFIG)
     evil = '=HYPERLINK("http://evil","x")'
     planted = replace(report, failures=report.failures.with_columns(
         pl.lit(evil).alias("value_masked"), pl.lit("-2+3+cmd|' /C calc'!A0").alias("expected"),
         pl.lit("@SUM(A1)").alias("label")))
-    wb = load_workbook(io.BytesIO(rp.render_xlsx(planted)))  # not read-only: cell types are checked
+    wb = load_workbook(io.BytesIO(render_xlsx(planted)))  # not read-only: cell types are checked
     [row] = list(wb["失败记录"].iter_rows(min_row=2))
     cells = {wb["失败记录"].cell(1, c.column).value: c for c in row}
     assert (cells["发现值(脱敏)"].value, cells["期望"].value, cells["规则"].value) == (

@@ -9,11 +9,24 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from quality import scorecard as sc
+from quality.config import ConfigError, ScorecardConfig, load_config
 from quality.rules import Dimension
+from quality.scorecard.compute import (
+    RESPONSE_SCHEMA,
+    RULE_INPUT_SCHEMA,
+    Scorecard,
+    competition_ranks,
+    compute,
+    dimension_scores,
+    grade,
+    response_score,
+    rule_scores,
+)
+from quality.scorecard.render import markdown_table
+from quality.scorecard.store import history, latest_run, previous_totals, read_scorecard, store_scorecard
 from warehouse.store import Warehouse
 
-CONFIG = sc.ScorecardConfig()
+CONFIG = ScorecardConfig()
 
 
 def rules(*rows: tuple[str, str, str, Dimension, str, int, int]) -> pl.DataFrame:
@@ -21,13 +34,13 @@ def rules(*rows: tuple[str, str, str, Dimension, str, int, int]) -> pl.DataFrame
     return pl.DataFrame(
         [{"department": d, "resource_id": r, "batch_id": f"{r}.20261009.1", "rule_id": rule, "label": rule,
           "dimension": dim.value, "severity": sev, "evaluated": n, "failed": u} for d, r, rule, dim, sev, n, u in rows],
-        schema=sc.RULE_INPUT_SCHEMA,
+        schema=RULE_INPUT_SCHEMA,
     )
 
 
 def responses(*rows: tuple[str, int, int, int]) -> pl.DataFrame:
     return pl.DataFrame([dict(zip(("department", "due", "on_time", "overdue"), r, strict=True)) for r in rows],
-                        schema=sc.RESPONSE_SCHEMA)
+                        schema=RESPONSE_SCHEMA)
 
 
 # Department a: a base-library resource (ω = 2) and a resource carrying copies only (ω = 1).
@@ -46,12 +59,12 @@ EXAMPLE = rules(
 WEIGHTS = {"a_base": 2.0, "a_copy": 1.0, "b_base": 2.0}
 
 
-def example() -> sc.Scorecard:
-    return sc.compute(dt.date(2026, 10, 9), EXAMPLE, ["a", "b", "c"], WEIGHTS, responses(("a", 4, 3, 1)), CONFIG)
+def example() -> Scorecard:
+    return compute(dt.date(2026, 10, 9), EXAMPLE, ["a", "b", "c"], WEIGHTS, responses(("a", 4, 3, 1)), CONFIG)
 
 
 def test_a_rule_scores_its_pass_rate_and_a_rule_that_evaluated_nothing_is_left_out() -> None:
-    scored = sc.rule_scores(EXAMPLE, CONFIG)
+    scored = rule_scores(EXAMPLE, CONFIG)
     s = dict(zip(scored.get_column("rule_id"), scored.get_column("score"), strict=True))
     assert s["r1"] == pytest.approx(95.0) and s["r2"] == pytest.approx(80.0) and s["r7"] == pytest.approx(75.0)
     assert "r6" not in s
@@ -59,7 +72,7 @@ def test_a_rule_scores_its_pass_rate_and_a_rule_that_evaluated_nothing_is_left_o
 
 
 def test_a_dimension_weighs_blocking_rules_three_times_a_warning() -> None:
-    dims = sc.dimension_scores(sc.rule_scores(EXAMPLE, CONFIG))
+    dims = dimension_scores(rule_scores(EXAMPLE, CONFIG))
     got = {(r["resource_id"], r["dimension"]): r["score"] for r in dims.iter_rows(named=True)}
     assert got[("a_base", "规范性")] == pytest.approx((3 * 95 + 1 * 80) / 4)  # 91.25
     assert got[("a_base", "一致性")] == pytest.approx(90.0)
@@ -97,54 +110,54 @@ def test_a_department_without_due_tickets_has_full_response_and_one_without_data
 
 
 def test_the_response_score_loses_five_points_per_overdue_ticket_and_never_goes_below_zero() -> None:
-    assert sc.response_score(4, 3, 1) == 70.0
-    assert sc.response_score(10, 10, 0) == 100.0
-    assert sc.response_score(2, 0, 2) == 0.0  # 0 − 10 → floored
-    assert sc.response_score(0, 0, 0) == 100.0
+    assert response_score(4, 3, 1) == 70.0
+    assert response_score(10, 10, 0) == 100.0
+    assert response_score(2, 0, 2) == 0.0  # 0 − 10 → floored
+    assert response_score(0, 0, 0) == 100.0
 
 
 def test_grades_follow_the_thresholds_and_ties_share_a_rank() -> None:
-    assert [sc.grade(t, CONFIG) for t in (100, 95, 94.99, 90, 80, 79.9, 60, 59.99)] == \
+    assert [grade(t, CONFIG) for t in (100, 95, 94.99, 90, 80, 79.9, 60, 59.99)] == \
         ["A", "A", "B", "B", "C", "D", "D", "E"]
-    assert sc.competition_ranks({"x": 90.0, "y": 95.0, "z": 90.0, "w": 80.0, "v": None}) == \
+    assert competition_ranks({"x": 90.0, "y": 95.0, "z": 90.0, "w": 80.0, "v": None}) == \
         {"y": 1, "x": 2, "z": 2, "w": 4, "v": None}
     # ranked at the precision the reports show: 99.96 reads 100.0 and ranks with 100
-    assert sc.competition_ranks({"a": 100.0, "b": 99.96, "c": 99.94}) == {"a": 1, "b": 1, "c": 3}
+    assert competition_ranks({"a": 100.0, "b": 99.96, "c": 99.94}) == {"a": 1, "b": 1, "c": 3}
 
 
 def test_weights_and_thresholds_come_from_the_catalogue_folder_and_the_environment(tmp_path: Path) -> None:
     (tmp_path / "scorecard.yaml").write_text(
         "dimension_weights: {一致性: 40}\nrule_weights: {blocking: 2}\n"
         "grades: {优: 90, 良: 75, 中: 60}\nlowest_grade: 差\n", encoding="utf-8")
-    cfg = sc.load_config(tmp_path, env={"GONGSHU_SCORECARD_TICKET_WORKING_DAYS": "7"})
+    cfg = load_config(tmp_path, env={"GONGSHU_SCORECARD_TICKET_WORKING_DAYS": "7"})
     assert cfg.dimension_weights[Dimension.consistency] == 40 and cfg.dimension_weights[Dimension.conformity] == 15
     assert cfg.rule_weights == {"blocking": 2.0, "warning": 1.0}
     assert cfg.ticket_working_days == 7 and cfg.max_extension_working_days == 15
-    assert [sc.grade(t, cfg) for t in (91, 80, 61, 10)] == ["优", "良", "中", "差"]
+    assert [grade(t, cfg) for t in (91, 80, 61, 10)] == ["优", "良", "中", "差"]
     # with 一致性 weighted 40 the copy-only resource of department a scores (40·75 + 5·100)/45
-    card = sc.compute(dt.date(2026, 10, 9), EXAMPLE, ["a"], WEIGHTS, responses(), cfg)
+    card = compute(dt.date(2026, 10, 9), EXAMPLE, ["a"], WEIGHTS, responses(), cfg)
     s = dict(zip(card.resources.get_column("resource_id"), card.resources.get_column("score"), strict=True))
     assert s["a_copy"] == pytest.approx((40 * 75 + 5 * 100) / 45)
 
-    assert sc.load_config(None, env={}) == sc.ScorecardConfig()
+    assert load_config(None, env={}) == ScorecardConfig()
     bad = tmp_path / "bad.yaml"
     bad.write_text("grades: {A: 60, B: 90}\n", encoding="utf-8")
-    with pytest.raises(sc.ConfigError, match="grades"):
-        sc.load_config(tmp_path, env={"GONGSHU_SCORECARD_CONFIG": str(bad)})
+    with pytest.raises(ConfigError, match="grades"):
+        load_config(tmp_path, env={"GONGSHU_SCORECARD_CONFIG": str(bad)})
 
 
 def test_every_run_is_stored_and_the_last_report_is_the_latest_earlier_period(warehouse: Warehouse) -> None:
     d1, d2 = dt.date(2026, 10, 8), dt.date(2026, 10, 9)
-    first = sc.compute(d1, rules(("a", "a_base", "r1", Dimension.conformity, "blocking", 100, 20)), ["a", "b"],
+    first = compute(d1, rules(("a", "a_base", "r1", Dimension.conformity, "blocking", 100, 20)), ["a", "b"],
                        WEIGHTS, responses(), CONFIG)  # a: Q 80 → total 84
-    sc.store_scorecard(warehouse, first, "run-1", dt.datetime(2026, 10, 9, 2, 0))
+    store_scorecard(warehouse, first, "run-1", dt.datetime(2026, 10, 9, 2, 0))
     second = example()
-    sc.store_scorecard(warehouse, second, "run-2", dt.datetime(2026, 10, 10, 2, 0))
-    sc.store_scorecard(warehouse, second, "run-2", dt.datetime(2026, 10, 10, 2, 5))  # the same run again: replaced
+    store_scorecard(warehouse, second, "run-2", dt.datetime(2026, 10, 10, 2, 0))
+    store_scorecard(warehouse, second, "run-2", dt.datetime(2026, 10, 10, 2, 5))  # the same run again: replaced
 
-    rows = sc.read_scorecard(warehouse)
+    rows = read_scorecard(warehouse)
     assert rows.filter(pl.col("run_id") == "run-2").height == EXAMPLE.height + 3 + 3  # rules, resources, departments
-    latest = sc.latest_run(warehouse, d2)
+    latest = latest_run(warehouse, d2)
     a = latest.filter((pl.col("level") == "department") & (pl.col("department") == "a")).row(0, named=True)
     assert a["score"] == pytest.approx(85.7333, abs=1e-4) and a["grade"] == "C" and a["rank"] == 2
     assert a["consistency"] == pytest.approx(85.0) and a["tickets_overdue"] == 1
@@ -153,10 +166,10 @@ def test_every_run_is_stored_and_the_last_report_is_the_latest_earlier_period(wa
     base = latest.filter((pl.col("level") == "resource") & (pl.col("resource_id") == "a_base")).row(0, named=True)
     assert base["weight"] == 2.0 and base["conformity"] == pytest.approx(91.25) and base["accuracy"] is None
 
-    prev = sc.previous_totals(warehouse, d2)
+    prev = previous_totals(warehouse, d2)
     assert prev.filter(pl.col("department") == "a").get_column("score").to_list() == [pytest.approx(84.0)]
-    assert sc.history(warehouse, d2).filter(pl.col("department") == "a").get_column("period").to_list() == [d1, d2]
-    table = sc.markdown_table(second, _Names(), prev)
+    assert history(warehouse, d2).filter(pl.col("department") == "a").get_column("period").to_list() == [d1, d2]
+    table = markdown_table(second, _Names(), prev)
     assert "| 2 | 部门a | 85.7 | C | +1.7 | 89.7 | 70.0 |" in table
 
 

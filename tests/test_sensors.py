@@ -1,4 +1,5 @@
-"""Sensors on a real Dagster instance: stale data over National Day, restarts, run failures, file arrivals."""
+"""Sensors on a real Dagster instance: stale-data notices over National Day (the freshness check evaluates,
+the sensor notifies on a change), restarts, run failures, file arrivals."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ from dagster import (
     instance_for_test,
 )
 
+from assets.factory import build_assets
+from assets.freshness import CHECK_NAME, build_freshness_checks, freshness_check_keys
 from assets.keys import daily_partitions, ods_key
 from assets.resources import LandingResource, MailerResource, WarehouseResource
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from pipelines import sensors
-from quality import freshness as fr
+from quality.freshness import calendar
+from quality.freshness.store import read_freshness
 from quality.mail import read_deliveries
 from warehouse.ods import BATCH_SCHEMA, batches_table
 from warehouse.store import Warehouse
@@ -63,7 +67,7 @@ def clock(monkeypatch):
         now = at("2026-10-05 12:00")
 
     c = Clock()
-    monkeypatch.setattr(fr, "clock", lambda: c.now)
+    monkeypatch.setattr(calendar, "clock", lambda: c.now)
     return c
 
 
@@ -93,7 +97,7 @@ def deliver(wh: Warehouse, catalogue: Catalogue, resource_id: str, day: str, seq
 
 def resources_for(url: str, outbox: Path) -> dict:
     wh = WarehouseResource(url=url)
-    return {"warehouse": wh, "mailer": MailerResource(warehouse=wh, outbox=str(outbox))}
+    return {"warehouse": wh, "mailer": MailerResource(warehouse=wh, outbox=str(outbox)), "landing": LandingResource()}
 
 
 def tick(sensor_def, instance: DagsterInstance, cursor: str | None, resources: dict,
@@ -106,7 +110,7 @@ def tick(sensor_def, instance: DagsterInstance, cursor: str | None, resources: d
 
 
 def latest_check(instance: DagsterInstance, catalogue: Catalogue, resource_id: str):
-    key = AssetCheckKey(ods_key(catalogue.resource(resource_id)), fr.CHECK_NAME)
+    key = AssetCheckKey(ods_key(catalogue.resource(resource_id)), CHECK_NAME)
     rec = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
     return rec.event.dagster_event.event_specific_data
 
@@ -127,16 +131,45 @@ def holiday_deliveries(wh: Warehouse, catalogue: Catalogue) -> None:
     deliver(wh, catalogue, "swj_nsrdj", "2026-09-21")  # weekly: due 09-29, allowed 09-29: late by 09-30
 
 
-def test_stale_data_sensor_flags_only_the_weekly_resource_late_by_a_working_day_during_the_holiday(
+def stale_defs(catalogue: Catalogue, url: str, outbox: Path) -> Definitions:
+    """The demo's assets, the freshness check and the stale-data sensor, as the code location holds them."""
+    return Definitions(assets=build_assets(catalogue, daily_partitions(catalogue)),
+                       asset_checks=[build_freshness_checks(catalogue)],
+                       sensors=[sensors.build_stale_data_sensor(catalogue)], resources=resources_for(url, outbox))
+
+
+def watch(defs: Definitions, instance: DagsterInstance, cursor: str | None, url: str, outbox: Path):
+    """One tick of the stale-data sensor; returns (result, new cursor)."""
+    return tick(defs.resolve_sensor_def("stale_data_sensor"), instance, cursor, resources_for(url, outbox), defs)
+
+
+def run_check(defs: Definitions, instance: DagsterInstance) -> None:
+    """The run the sensor requests, the freshness check alone, executed as the daemon launches it (also what
+    the check does inside a run that reads a delivery)."""
+    job = defs.resolve_job_def(defs.resolve_sensor_def("stale_data_sensor").job_name)
+    assert job.execute_in_process(instance=instance).success
+
+
+def stale(cursor: str) -> set[str]:
+    return {rid for rid, status in json.loads(cursor)["status"].items() if status == "stale"}
+
+
+def test_the_check_judges_the_holiday_and_the_sensor_notifies_the_weekly_resource_late_by_a_working_day_once(
     demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock
 ) -> None:
     wh = Warehouse(warehouse_url)
     holiday_deliveries(wh, demo)
-    sensor_def = sensors.build_stale_data_sensor(demo)
+    defs = stale_defs(demo, warehouse_url, env)
 
-    result, cursor = tick(sensor_def, instance, None, resources_for(warehouse_url, env))
+    # nothing stored yet: the sensor evaluates nothing itself, it asks for the freshness check
+    first, cursor = watch(defs, instance, None, warehouse_url, env)
+    [request] = first.run_requests
+    assert request.asset_check_keys == freshness_check_keys(demo) and request.asset_selection == []
+    assert request.run_key == "freshness:new:" + ",".join(sorted(r.id for r in demo.resources))
+    assert mails(env) == [] and read_freshness(wh).height == 0
+    run_check(defs, instance)
 
-    # the UI: one freshness evaluation per ODS asset
+    # the UI: one freshness evaluation per ODS asset, from the check's run
     swj = latest_check(instance, demo, "swj_nsrdj")
     assert (swj.passed, swj.severity, swj.blocking) == (False, AssetCheckSeverity.ERROR, False)
     assert swj.metadata["状态"].value == "超期" and swj.metadata["时效要求"].value == "7 天 + 1 个工作日"
@@ -148,66 +181,85 @@ def test_stale_data_sensor_flags_only_the_weekly_resource_late_by_a_working_day_
     assert latest_check(instance, demo, "zrzy_bzdz").passed  # monthly
     assert latest_check(instance, demo, "rsj_sbcb").severity == AssetCheckSeverity.WARN
 
-    # the quality layer
-    state = {r["resource_id"]: r for r in fr.read_freshness(wh).iter_rows(named=True)}
+    # the quality layer, written by the check
+    state = {r["resource_id"]: r for r in read_freshness(wh).iter_rows(named=True)}
     assert len(state) == len(demo.resources)
     assert state["swj_nsrdj"]["status"] == "stale" and state["swj_nsrdj"]["working_days_overdue"] == 1
     assert state["swj_nsrdj"]["deadline_at"] == dt.datetime(2026, 9, 29, 16, 0)  # 09-30 00:00 city time, in UTC
     assert state["gaj_hjrk"]["status"] == "late" and state["zrzy_bzdz"]["status"] == "fresh"
 
-    # one notice, to the department and the engineers, in the outbox and in audit
+    # the next tick reads it: one notice, to the department and the engineers, in the outbox and in audit
+    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    assert result.run_requests == []
     [msg] = mails(env)
     assert msg["Subject"] == "【数据时效】市税务局「纳税人登记信息」已超期未更新 (更新周期 每周)"
     assert msg["To"] == "sjzl@swj.oujiang.gov.cn, dev1@bureau.example, dev2@bureau.example"
     body = msg.get_body(("html",)).get_content()
     assert "2026-09-21 24:00" in body and "2026-09-29 24:00" in body and "7 天 + 1 个工作日" in body
+    assert "13 天 12 小时" in body and "1 个工作日" in body
     audit = read_deliveries(wh, "freshness")
     assert audit.select("reference", "status", "transport").rows() == [("swj_nsrdj", "sent", "outbox")]
-    assert "超期 1 (swj_nsrdj)" in result.skip_message and "新通知 swj_nsrdj" in result.skip_message
+    assert "超期 1 (swj_nsrdj)" in result.skip_message and "新通知 swj_nsrdj 超期" in result.skip_message
 
-    # later ticks, and a restarted daemon reading the stored cursor, do not repeat the notice
-    assert "记录检查 10" in result.skip_message
+    # no change, no mail and no run: later ticks, and a restarted daemon reading the stored cursor
     clock.now = at("2026-10-05 12:05")
-    quiet, cursor2 = tick(sensor_def, instance, cursor, resources_for(warehouse_url, env))
-    assert "记录检查 0" in quiet.skip_message  # nothing changed: no new check evaluations either
-    clock.now = at("2026-10-06 08:00")
-    again, _ = tick(sensor_def, instance, cursor2, resources_for(warehouse_url, env))
-    assert len(mails(env)) == 1 and read_deliveries(wh).height == 1
-    assert "新通知 无" in again.skip_message and "记录检查 10" in again.skip_message  # hourly refresh of the lag
+    quiet, cursor2 = watch(defs, instance, cursor, warehouse_url, env)
+    assert quiet.run_requests == [] and "新通知 无" in quiet.skip_message
+    clock.now = at("2026-10-08 23:59")
+    again, _ = watch(defs, instance, cursor2, warehouse_url, env)
+    assert again.run_requests == [] and len(mails(env)) == 1 and read_deliveries(wh).height == 1
+    # the stored deadline of the daily resources and rsj (10-09 00:00) has passed: the check is due again
+    clock.now = at("2026-10-09 00:05")
+    due, _ = watch(defs, instance, cursor2, warehouse_url, env)
+    [request] = due.run_requests
+    assert request.run_key == "freshness:2026-10-08T16:00:00" and len(mails(env)) == 1
     wh.dispose()
 
 
-def test_after_the_holiday_a_new_stale_resource_is_notified_and_a_delivery_ends_a_stale_spell(
+def test_after_the_holiday_a_resource_turning_stale_or_fresh_again_is_notified_once_each_time(
     demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock
 ) -> None:
     wh = Warehouse(warehouse_url)
     holiday_deliveries(wh, demo)
-    sensor_def = sensors.build_stale_data_sensor(demo)
-    res = resources_for(warehouse_url, env)
-    _, cursor = tick(sensor_def, instance, None, res)
-    assert json.loads(cursor)["notified"].keys() == {"swj_nsrdj"}
+    defs = stale_defs(demo, warehouse_url, env)
+    _, cursor = watch(defs, instance, None, warehouse_url, env)
+    run_check(defs, instance)
+    _, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    assert stale(cursor) == {"swj_nsrdj"}
 
     for r in demo.resources:  # the daily batches of the holiday arrive on 10-09 at 02:05
         if r.update_cycle.value == "每日":
             deliver(wh, demo, r.id, "2026-10-08")
     clock.now = at("2026-10-09 09:00")
-    result, cursor = tick(sensor_def, instance, cursor, res)
+    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    assert len(result.run_requests) == 1  # rsj's deadline passed at midnight
+    run_check(defs, instance)
+    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
     subjects = sorted(m["Subject"] for m in mails(env))
     assert len(subjects) == 2 and "市人力社保局「社会保险参保信息」" in subjects[0]  # rsj: allowed until 10-08
-    assert json.loads(cursor)["notified"].keys() == {"swj_nsrdj", "rsj_sbcb"}
+    assert stale(cursor) == {"swj_nsrdj", "rsj_sbcb"}
     assert latest_check(instance, demo, "gaj_hjrk").passed
 
-    deliver(wh, demo, "swj_nsrdj", "2026-10-08")  # swj delivers: fresh again, forgotten
+    deliver(wh, demo, "swj_nsrdj", "2026-10-08")  # swj delivers; its run evaluates the check
+    run_check(defs, instance)
     clock.now = at("2026-10-09 09:05")
-    _, cursor = tick(sensor_def, instance, cursor, res)
-    assert json.loads(cursor)["notified"].keys() == {"rsj_sbcb"}
+    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    assert stale(cursor) == {"rsj_sbcb"} and "新通知 swj_nsrdj 正常" in result.skip_message
+    [back] = [m for m in mails(env) if "已恢复更新" in m["Subject"]]
+    assert back["Subject"] == "【数据时效】市税务局「纳税人登记信息」已恢复更新 (更新周期 每周)"
+    assert "swj_nsrdj.20261008.1" in back.get_body(("html",)).get_content()
     assert latest_check(instance, demo, "swj_nsrdj").passed
-    assert fr.read_freshness(wh).filter(pl.col("resource_id") == "swj_nsrdj")["status"].item() == "fresh"
+    assert read_freshness(wh).filter(pl.col("resource_id") == "swj_nsrdj")["status"].item() == "fresh"
+    _, cursor = watch(defs, instance, cursor, warehouse_url, env)  # nothing changed: nothing sent
+    assert len(mails(env)) == 3
 
     clock.now = at("2026-10-20 09:00")  # a new stale spell for swj is news again (rsj is still stale)
-    tick(sensor_def, instance, cursor, res)
+    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    assert len(result.run_requests) == 1
+    run_check(defs, instance)
+    watch(defs, instance, cursor, warehouse_url, env)
     refs = read_deliveries(wh, "freshness")["reference"].to_list()
-    assert refs.count("swj_nsrdj") == 2 and refs.count("rsj_sbcb") == 1
+    assert refs.count("swj_nsrdj") == 3 and refs.count("rsj_sbcb") == 1  # stale, fresh again, stale; stale
     wh.dispose()
 
 
@@ -217,16 +269,18 @@ def test_a_failed_send_is_not_marked_and_is_retried_on_the_next_tick(
     url = f"sqlite:///{tmp_path / 'w.db'}"
     wh = Warehouse(url)
     holiday_deliveries(wh, demo)
+    defs = stale_defs(demo, url, env)
+    _, cursor = watch(defs, instance, None, url, env)
+    run_check(defs, instance)
     monkeypatch.setenv("GONGSHU_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("GONGSHU_SMTP_PORT", "9")  # nothing listens there
     monkeypatch.setenv("GONGSHU_SMTP_TIMEOUT", "2")
-    sensor_def = sensors.build_stale_data_sensor(demo)
-    result, cursor = tick(sensor_def, instance, None, resources_for(url, env))
-    assert "发送失败 swj_nsrdj" in result.skip_message and json.loads(cursor)["notified"] == {}
+    result, cursor = watch(defs, instance, cursor, url, env)
+    assert "发送失败 swj_nsrdj" in result.skip_message and stale(cursor) == set()
     assert read_deliveries(wh).select("status", "transport").rows() == [("failed", "smtp")]
 
     monkeypatch.delenv("GONGSHU_SMTP_HOST")  # the outbox works
-    tick(sensor_def, instance, cursor, resources_for(url, env))
+    watch(defs, instance, cursor, url, env)
     assert read_deliveries(wh)["status"].to_list() == ["failed", "sent"] and len(mails(env)) == 1
     wh.dispose()
 
@@ -283,7 +337,7 @@ def land(landing: Path, rel: str, text: str = "NSRSBH\n1\n", age_s: float = 600)
     path = landing / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-    t = fr.clock().timestamp() - age_s
+    t = calendar.clock().timestamp() - age_s
     os.utime(path, (t, t))
     return path
 

@@ -339,9 +339,10 @@ def test_a_generated_city_publishes_no_row_that_gives_an_identifier_back(warehou
     from catalog.loader import load_catalogue as load
     from desensitize.leaks import scan_file, scan_text, scan_tree
     from generator import generate
-    from quality import report as rp
-    from quality import scorecard as sc
+    from quality.config import ScorecardConfig
+    from quality.report.period import produce_reports
     from quality.results import read_failures
+    from quality.scorecard.period import run_scorecard
 
     folder = citykit.write_catalogue(tmp_path)
     cat = load(folder)
@@ -380,8 +381,7 @@ def test_a_generated_city_publishes_no_row_that_gives_an_identifier_back(warehou
                                            None):
                 text = check.metadata["不通过样例(已脱敏)"].value
                 assert scan_text(text, needles, f"{batch} {check.check_name}") == []
-    sc.run_scorecard(warehouse, cat, DAY1, sc.ScorecardConfig(), run_id="generated")
-    run = rp.produce_reports(warehouse, cat, DAY1, sc.ScorecardConfig(), key=KEY, send=False,
-                             root=tmp_path / "reports")
+    run_scorecard(warehouse, cat, DAY1, ScorecardConfig(), run_id="generated")
+    run = produce_reports(warehouse, cat, DAY1, ScorecardConfig(), key=KEY, send=False, root=tmp_path / "reports")
     assert run.outcomes and scan_tree(tmp_path / "reports", needles) == []
     assert all(scan_file(o.xlsx, needles) == [] for o in run.outcomes)

@@ -1,0 +1,210 @@
+"""What a period's scorecard is computed from: the rule counts of each resource's latest batch and
+the ticket counts of each department.
+
+Rule inputs come from what the pipeline stored for each resource's latest batch up to the period
+(``quality.rule_results``), plus rules the row checks do not cover: 可访问性 (records readable:
+not unparseable, no undecodable bytes), 规范性 (dates and numbers parse), 时效性 (the freshness
+rule, judged at the end of the period), 一致性 (一数一源 copies equal the authority; 关联数据
+references exist with the same name). The response score R counts the 校核 tickets, synced before
+the scorecard by the ``quality/tickets`` asset.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+from catalog.loader import Catalogue
+from quality.consistency import compare_copies, copies, referential
+from quality.freshness.calendar import city_zone, end_of_day
+from quality.freshness.evaluate import Status
+from quality.freshness.store import evaluate_catalogue
+from quality.rules import Dimension, Severity
+from quality.scorecard.compute import RESPONSE_SCHEMA, RULE_INPUT_SCHEMA
+from quality.tickets.store import read_tickets
+from warehouse.base import read_current
+from warehouse.std import read_std, reconciliation_for
+from warehouse.store import Warehouse
+
+READABLE_REASONS = ("unparseable", "wrong_encoding", "bad_encoding", "nul_byte", "formula_no_value")
+PARSE_REASONS = ("bad_date", "bad_number")
+
+
+def _resource_of_batch(batch_id: pl.Expr) -> pl.Expr:
+    """``<dept>_<resource>.<YYYYMMDD>.<seq>`` → ``<dept>_<resource>``."""
+    return batch_id.str.replace(r"\.\d{8}\.\d+$", "")
+
+
+def _in_params(values: list[str], prefix: str = "b") -> tuple[str, dict]:
+    names = {f"{prefix}{i}": v for i, v in enumerate(values)}
+    return ", ".join(f":{n}" for n in names), names
+
+
+def latest_batches(wh: Warehouse, day: dt.date) -> pl.DataFrame:
+    """Each resource's newest standardised batch with a batch date up to ``day``."""
+    return reconciliation_for(wh, day)
+
+
+def stored_rule_counts(wh: Warehouse, batches: pl.DataFrame) -> pl.DataFrame:
+    """The row rules of each batch, from its most recent standardisation run."""
+    ids = batches.get_column("batch_id").to_list() if batches.height else []
+    if not ids or not wh.exists("quality", "rule_results"):
+        return pl.DataFrame(schema=RULE_INPUT_SCHEMA)
+    clause, params = _in_params(ids)
+    schema = {**{k: v for k, v in RULE_INPUT_SCHEMA.items()}, "checked_at": pl.Datetime("us")}
+    with wh.engine.connect() as conn:
+        frame = wh.read(conn, f"SELECT department, resource_id, batch_id, rule_id, label, dimension, severity, "
+                              f"evaluated, failed, checked_at FROM {wh.qualified('quality', 'rule_results')} "
+                              f"WHERE batch_id IN ({clause})", schema, params)
+    last = pl.col("checked_at") == pl.col("checked_at").max().over("batch_id")
+    return frame.filter(last).drop("checked_at").unique(["batch_id", "rule_id"], keep="last")
+
+
+def delivery_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFrame) -> pl.DataFrame:
+    """可访问性 (records readable) and 规范性 (dates and numbers parse) from the quarantine."""
+    if not batches.height:
+        return pl.DataFrame(schema=RULE_INPUT_SCHEMA)
+    ids = batches.get_column("batch_id").to_list()
+    q_schema = {"batch_id": pl.String(), "row_no": pl.Int64(), "reason_code": pl.String()}
+    frame = pl.DataFrame(schema=q_schema)
+    if wh.exists("quality", "quarantine"):
+        clause, params = _in_params(ids)
+        reasons, rparams = _in_params(list(READABLE_REASONS + PARSE_REASONS), "r")
+        with wh.engine.connect() as conn:
+            frame = wh.read(conn, f"SELECT batch_id, row_no, reason_code FROM {wh.qualified('quality', 'quarantine')} "
+                                  f"WHERE batch_id IN ({clause}) AND reason_code IN ({reasons})",
+                            q_schema, {**params, **rparams})
+    unreadable = frame.filter(pl.col("reason_code").is_in(READABLE_REASONS)).group_by("batch_id").agg(
+        pl.col("row_no").n_unique().alias("n"))
+    unparsed = frame.filter(pl.col("reason_code").is_in(PARSE_REASONS)).group_by("batch_id").agg(
+        pl.col("row_no").n_unique().alias("n"))
+    bad = {r["batch_id"]: r["n"] for r in unreadable.iter_rows(named=True)}
+    parse = {r["batch_id"]: r["n"] for r in unparsed.iter_rows(named=True)}
+    dept = {r.id: r.department for r in catalogue.resources}
+    rows = []
+    for b in batches.iter_rows(named=True):
+        rid, delivered = b["resource_id"], int(b["rows_delivered"])
+        readable = delivered - bad.get(b["batch_id"], 0)
+        common = {"department": dept.get(rid), "resource_id": rid, "batch_id": b["batch_id"]}
+        rows.append({**common, "rule_id": "delivery.readable", "label": "记录可按目录格式读取(无法解析或含乱码的记录)",
+                     "dimension": Dimension.accessibility.value, "severity": Severity.blocking.value,
+                     "evaluated": delivered, "failed": bad.get(b["batch_id"], 0)})
+        rows.append({**common, "rule_id": "delivery.parse", "label": "日期与数值可按目录格式解析",
+                     "dimension": Dimension.conformity.value, "severity": Severity.warning.value,
+                     "evaluated": readable, "failed": parse.get(b["batch_id"], 0)})
+    return pl.DataFrame([r for r in rows if r["department"]], schema=RULE_INPUT_SCHEMA)
+
+
+def timeliness_rule_counts(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> pl.DataFrame:
+    """时效性: one rule per resource, failed when it is stale (or never delivered) at the end of ``day``."""
+    as_of = end_of_day(day, city_zone(catalogue))
+    rows = []
+    for f in evaluate_catalogue(wh, catalogue, as_of):
+        if f.status == Status.unset:
+            continue  # 其他 without a limit: nothing to judge
+        r = f.resource
+        rows.append({"department": r.department, "resource_id": r.id, "batch_id": f.last.batch_id if f.last else None,
+                     "rule_id": "delivery.timely", "label": f"按更新周期({r.update_cycle.value})及时交付 ({f.allowance})",
+                     "dimension": Dimension.timeliness.value, "severity": Severity.blocking.value, "evaluated": 1,
+                     "failed": int(f.status in (Status.stale, Status.missing))})
+    return pl.DataFrame(rows, schema=RULE_INPUT_SCHEMA)
+
+
+def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFrame) -> pl.DataFrame:
+    """一致性: each copied element of each resource against the base library (matched / compared),
+    and each 关联数据 reference of a library, attributed to the resource that supplied the value."""
+    latest = {r["resource_id"]: r["batch_id"] for r in batches.iter_rows(named=True)}
+    by_id = {r.id: r for r in catalogue.resources}
+    rows: list[dict] = []
+    current: dict[str, pl.DataFrame] = {}
+    with wh.engine.connect() as conn:
+        def base(code: str) -> pl.DataFrame | None:
+            if code not in current and wh.exists("base", code):
+                current[code] = read_current(wh, conn, catalogue.library(code))
+            return current.get(code)
+
+        for lib in catalogue.libraries:
+            for resource in catalogue.resources_of(lib.code):
+                batch_id = latest.get(resource.id)
+                if batch_id is None or not copies(catalogue, resource) or not wh.exists("std", resource.id):
+                    continue
+                cur = base(lib.code)
+                if cur is None:
+                    continue
+                frame = read_std(wh, conn, catalogue, resource, batch_id, latest=True)
+                result = compare_copies(catalogue, lib, [(resource, batch_id, frame)], cur)
+                auth_names = {}
+                for r in result.rates.iter_rows(named=True):
+                    auth = catalogue.authority(lib.code, r["element"])
+                    auth_names[r["element"]] = catalogue.department(auth).name if isinstance(auth, str) else "权威部门"
+                    rows.append({
+                        "department": resource.department, "resource_id": resource.id, "batch_id": batch_id,
+                        "rule_id": f"{r['element']}.authority",
+                        "label": f"{lib.element(r['element']).name}: 与权威部门({auth_names[r['element']]})一致",
+                        "dimension": Dimension.consistency.value, "severity": Severity.warning.value,
+                        "evaluated": r["compared"], "failed": r["compared"] - r["matched"],
+                    })
+            if not lib.references:
+                continue
+            needed = {lib.code} | {t.library for ref in lib.references for t in ref.targets}
+            frames = {code: base(code) for code in needed}
+            if any(f is None for f in frames.values()):
+                continue
+            failures, _ = referential(catalogue, lib, frames[lib.code], frames)
+            for ref in lib.references:
+                lineage = f"{ref.element}__batch"
+                value = pl.col(ref.element)
+                checked = frames[lib.code].filter(value.is_not_null())
+                if ref.local_only:
+                    checked = checked.filter(value.str.slice(0, 6).is_in(catalogue.city.city.region_codes))
+                if lineage not in checked.columns:
+                    continue
+                evaluated = checked.group_by(_resource_of_batch(pl.col(lineage)).alias("resource_id")).len()
+                failed = failures.filter(pl.col("element") == ref.element).group_by(
+                    _resource_of_batch(pl.col("source_batch")).alias("resource_id")).agg(
+                    pl.col("entity_key").n_unique().alias("failed"))
+                counts = evaluated.join(failed, on="resource_id", how="left").fill_null(0)
+                for r in counts.iter_rows(named=True):
+                    resource = by_id.get(r["resource_id"])
+                    if resource is None:
+                        continue
+                    rows.append({
+                        "department": resource.department, "resource_id": resource.id,
+                        "batch_id": latest.get(resource.id), "rule_id": f"{ref.element}.reference",
+                        "label": f"{lib.element(ref.element).name}: 关联数据存在且名称一致",
+                        "dimension": Dimension.consistency.value, "severity": Severity.warning.value,
+                        "evaluated": r["len"], "failed": r["failed"],
+                    })
+    return pl.DataFrame(rows, schema=RULE_INPUT_SCHEMA)
+
+
+def gather_rules(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> pl.DataFrame:
+    """Every rule count the scorecard of ``day`` is computed from (latest batch of each resource)."""
+    batches = latest_batches(wh, day)
+    known = {r.id for r in catalogue.resources}
+    batches = batches.filter(pl.col("resource_id").is_in(list(known)))
+    parts = [stored_rule_counts(wh, batches), delivery_rule_counts(wh, catalogue, batches),
+             timeliness_rule_counts(wh, catalogue, day), consistency_rule_counts(wh, catalogue, batches)]
+    return pl.concat([p.select(list(RULE_INPUT_SCHEMA)).cast(RULE_INPUT_SCHEMA) for p in parts]).sort(
+        "department", "resource_id", "dimension", "rule_id")
+
+
+def response_counts(tickets: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """Per department at the end of ``day``: tickets due (deadline passed), closed on time, overdue.
+
+    A ticket is due once its due date is over; it was closed on time when answered, fixed or closed
+    by its due date; it is overdue when it is due and still unresolved at ``day``.
+    """
+    t = tickets.filter((pl.col("opened_on") <= day) & (pl.col("due_date") <= day))
+    resolved_by_day = pl.col("resolved_on").is_not_null() & (pl.col("resolved_on") <= day)
+    return t.group_by("department").agg(
+        pl.len().cast(pl.Int64).alias("due"),
+        (resolved_by_day & (pl.col("resolved_on") <= pl.col("due_date"))).sum().cast(pl.Int64).alias("on_time"),
+        (~resolved_by_day).sum().cast(pl.Int64).alias("overdue"),
+    ).sort("department").cast(RESPONSE_SCHEMA)
+
+
+def ticket_responses(wh: Warehouse, day: dt.date) -> pl.DataFrame:
+    """:func:`response_counts` of the stored tickets."""
+    return response_counts(read_tickets(wh), day)
