@@ -8,7 +8,7 @@ import polars as pl
 from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
 from assets.keys import base_key
-from assets.resources import WarehouseResource
+from assets.resources import Settings, WarehouseResource
 from catalog.loader import Catalogue
 from quality.scorecard import load_config, markdown_table, previous_totals, run_scorecard
 
@@ -31,10 +31,11 @@ def build_scorecard_asset(catalogue: Catalogue, partitions):
             "quality.scorecard。权重见 scorecard.yaml / GONGSHU_SCORECARD_*。"
         ),
     )
-    def _scorecard(context, warehouse: WarehouseResource) -> MaterializeResult:  # context: AssetExecutionContext
+    def _scorecard(context, warehouse: WarehouseResource,  # context: AssetExecutionContext
+                   settings: Settings) -> MaterializeResult:
         wh = warehouse.get()
         day = dt.date.fromisoformat(context.partition_key)
-        config = load_config(catalogue.root)
+        config = load_config(catalogue.root, settings.scorecard)
         previous = previous_totals(wh, day)
         sync, card = run_scorecard(wh, catalogue, day, config, context.run_id)
         ranked = card.departments.filter(pl.col("total").is_not_null()).sort("total")

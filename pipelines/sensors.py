@@ -9,7 +9,8 @@
   resource's 归集 (ODS, 标准层, its base library) for the folder's batch date.
 
 Every sensor keeps its progress in its Dagster cursor, so a restarted daemon neither repeats a
-mail nor re-launches a run.
+mail nor re-launches a run. Intervals come from the settings the code location is built with; the
+data engineers' addresses from the ``settings`` resource.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import datetime as dt
 import glob
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,15 +42,13 @@ from dagster import (
 
 from assets.freshness import check_evaluation
 from assets.keys import base_key, ods_key, std_key
-from assets.resources import LandingResource, MailerResource, WarehouseResource
+from assets.resources import LandingResource, MailerResource, Settings, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import FileChannel, Resource
 from quality import freshness as fr
-from quality.mail import MailError, engineer_emails
+from quality.mail import MailError
 from warehouse.store import Warehouse
 
-FRESHNESS_INTERVAL_S = int(os.environ.get("GONGSHU_FRESHNESS_INTERVAL", "300"))
-ARRIVAL_INTERVAL_S = int(os.environ.get("GONGSHU_ARRIVAL_INTERVAL", "60"))
 REPORT_REFRESH = dt.timedelta(hours=1)  # re-report an unchanged check so its lag stays current
 
 
@@ -65,16 +63,16 @@ def _load(cursor: str | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
+def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = None) -> SensorDefinition:
     @sensor(
         name="stale_data_sensor",
-        minimum_interval_seconds=FRESHNESS_INTERVAL_S,
+        minimum_interval_seconds=(settings or Settings()).freshness_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="时效监测: 按更新周期与法定工作日判断各资源是否超期; 记录 freshness 检查与 quality.freshness, "
                     "资源新超期时通知数源部门与数据工程师(每次超期一次)。",
     )
     def stale_data_sensor(
-        context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource
+        context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource, settings: Settings
     ) -> SkipReason:
         now = fr.clock()
         wh = warehouse.get()
@@ -101,7 +99,7 @@ def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
             if rid in notified:
                 continue
             dept = catalogue.department(f.resource.department)
-            to = [*dept.emails, *engineer_emails()]
+            to = [*dept.emails, *settings.engineer_emails]
             if not to:
                 context.log.warning(f"{rid} 超期, 但部门与 GONGSHU_ENGINEER_EMAILS 均无收件人")
                 notified[rid] = now.isoformat()
@@ -194,8 +192,8 @@ def build_run_failure_alert() -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description="运行失败或阻断性质量检查未通过时, 邮件通知数据工程师 (GONGSHU_ENGINEER_EMAILS)。",
     )
-    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource) -> None:
-        to = engineer_emails()
+    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource, settings: Settings) -> None:
+        to = settings.engineer_emails
         if not to:
             context.log.warning("GONGSHU_ENGINEER_EMAILS 未设置, 无法发送运行失败告警")
             return
@@ -318,14 +316,16 @@ def arrival_requests(
 
 
 def build_file_arrival_sensor(
-    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition
+    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition, settings: Settings | None = None,
 ) -> SensorDefinition:
     lib = catalogue.library(resource.library)
     dept = catalogue.department(resource.department)
+    settings = settings or Settings()
+    settle = settings.arrival_settle_s
 
     @sensor(
         name=f"file_arrival_{resource.id}",
-        minimum_interval_seconds=ARRIVAL_INTERVAL_S,
+        minimum_interval_seconds=settings.arrival_interval_s,
         target=AssetSelection.assets(ods_key(resource), std_key(resource), base_key(lib)),
         description=f"文件到达即归集: {dept.name}「{resource.name}」的交付落入 {resource.channel.path} 后, "
                     f"立即为该批次日期运行贴源层、标准层与{lib.name}, 不等夜间作业。",
@@ -334,7 +334,6 @@ def build_file_arrival_sensor(
         context: SensorEvaluationContext, landing: LandingResource, warehouse: WarehouseResource
     ) -> SensorResult:
         seen = _load(context.cursor)
-        settle = float(os.environ.get("GONGSHU_ARRIVAL_SETTLE_SECONDS", "30"))
         requests, seen = arrival_requests(resource, partitions, landing.root(), seen, fr.clock(), warehouse.get(),
                                           settle_s=settle)
         return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
@@ -348,9 +347,11 @@ def file_channel_resources(catalogue: Catalogue) -> Iterator[Resource]:
             if isinstance(r.channel, FileChannel) and any(t in r.channel.path for t in _DATE_TOKENS))
 
 
-def build_sensors(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[SensorDefinition]:
+def build_sensors(
+    catalogue: Catalogue, partitions: DailyPartitionsDefinition, settings: Settings | None = None,
+) -> list[SensorDefinition]:
     return [
-        build_stale_data_sensor(catalogue),
+        build_stale_data_sensor(catalogue, settings),
         build_run_failure_alert(),
-        *(build_file_arrival_sensor(catalogue, r, partitions) for r in file_channel_resources(catalogue)),
+        *(build_file_arrival_sensor(catalogue, r, partitions, settings) for r in file_channel_resources(catalogue)),
     ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from desensitize.pseudonym import PseudonymKey, hmac_tokens
 from quality import scorecard as sc
 from quality.freshness import STATUS_LABEL as FRESHNESS_LABEL
 from quality.freshness import Freshness, Status, city_zone, end_of_day, evaluate_catalogue, format_lag
-from quality.mail import Attachment, Mailer, MailError, engineer_emails, read_deliveries
+from quality.mail import Attachment, Mailer, MailError, read_deliveries
 from quality.rules import Dimension
 from quality.tickets import (
     ACTIVE,
@@ -57,7 +57,7 @@ from quality.tickets import (
     working_days_late,
 )
 from warehouse.std import night_problems
-from warehouse.store import DEFAULT_DIR, Warehouse
+from warehouse.store import Warehouse
 
 REPORT_CATEGORY = "quality_report"
 ESCALATION_CATEGORY = "ticket_escalation"
@@ -74,11 +74,6 @@ DIMENSION_ASCII = {
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Zen Hei",
              "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Sarasa Gothic SC",
              "AR PL UMing CN", "Noto Serif CJK SC")
-
-
-def reports_root() -> Path:
-    """``$GONGSHU_HOME/reports`` (``.gongshu/reports`` by default)."""
-    return Path(os.environ.get("GONGSHU_HOME") or DEFAULT_DIR) / "reports"
 
 
 def report_reference(catalogue: Catalogue, department: str, day: dt.date) -> str:
@@ -568,8 +563,9 @@ class ReportOutcome:
     delivery: str  # sent (smtp/outbox) | already sent | no recipients | not sent | failed: …
 
 
-def write_files(report: DepartmentReport, html: str, xlsx: bytes, root: Path | None = None) -> tuple[Path, Path]:
-    folder = (root or reports_root()) / report.period.isoformat()
+def write_files(report: DepartmentReport, html: str, xlsx: bytes, root: Path) -> tuple[Path, Path]:
+    """``<root>/<date>/<dept>.html|.xlsx`` (root: ``$GONGSHU_HOME/reports``)."""
+    folder = root / report.period.isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / f"{report.department.code}.html", folder / f"{report.department.code}.xlsx"
     for path, data in zip(paths, (html.encode("utf-8"), xlsx), strict=True):
@@ -594,11 +590,12 @@ def subject(report: DepartmentReport) -> str:
 
 
 def deliver(wh: Warehouse, mailer: Mailer, report: DepartmentReport, html: str, xlsx: bytes, *,
-            resend: bool = False) -> str:
-    """Mail one report (XLSX attached unless there is nothing to list); once per reference unless ``resend``."""
+            resend: bool = False, engineers: Sequence[str] = ()) -> str:
+    """Mail one report (XLSX attached unless there is nothing to list); once per reference unless ``resend``.
+    A department without an address in the catalogue: to the data ``engineers``."""
     if not resend and _already_sent(wh, REPORT_CATEGORY, report.reference):
         return "already sent"
-    to = list(report.department.emails) or engineer_emails()
+    to = list(report.department.emails) or list(engineers)
     if not to:
         return "no recipients"
     attachments = [] if report.all_clear else [Attachment(report.xlsx_name, xlsx, XLSX_MIME)]
@@ -639,17 +636,19 @@ class ReportRun:
 def produce_reports(
     wh: Warehouse, catalogue: Catalogue, day: dt.date, config: sc.ScorecardConfig, *,
     mailer: Mailer | None = None, key: PseudonymKey | None = None, send: bool = True, resend: bool = False,
-    root: Path | None = None, issued: dt.datetime | None = None,
+    root: Path, engineers: Sequence[str] = (), issued: dt.datetime | None = None,
 ) -> ReportRun:
-    """Render, write and (if ``send``) mail every department's report for ``day``; escalate newly overdue
-    tickets to the data engineers. Needs the period's scorecard (:func:`quality.scorecard.run_scorecard`)."""
+    """Render, write (under ``root``) and (if ``send``) mail every department's report for ``day``; escalate
+    newly overdue tickets to the data ``engineers`` (``GONGSHU_ENGINEER_EMAILS``). Needs the period's
+    scorecard (:func:`quality.scorecard.run_scorecard`)."""
     inputs = load_inputs(wh, catalogue, day, key)
     outcomes = []
     for dept in catalogue.departments:
         report = build_report(catalogue, dept.code, inputs, config, issued)
         html, xlsx = render_html(report), render_xlsx(report)
         html_path, xlsx_path = write_files(report, html, xlsx, root)
-        status = deliver(wh, mailer, report, html, xlsx, resend=resend) if send and mailer else "not sent"
+        status = deliver(wh, mailer, report, html, xlsx, resend=resend, engineers=engineers) \
+            if send and mailer else "not sent"
         s = report.context["score"]
         counts = report.context["ticket_counts"]
         outcomes.append(ReportOutcome(dept.code, report.reference, html_path, xlsx_path,
@@ -660,7 +659,7 @@ def produce_reports(
     escalation = "none"
     if escalated.height:
         reference = f"escalation-{catalogue.city.city.code}-{day:%Y%m%d}"
-        to = engineer_emails()
+        to = list(engineers)
         if not (send and mailer):
             escalation = "not sent"
         elif not to:
@@ -703,9 +702,10 @@ def outcome_lines(run: ReportRun, catalogue: Catalogue) -> list[str]:
     return lines
 
 
-def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path | None = None) -> list[str]:
-    """The reports written for ``day`` (files on disk, scores stored, deliveries audited), for the summary."""
-    folder = (root or reports_root()) / day.isoformat()
+def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path) -> list[str]:
+    """The reports written for ``day`` under ``root`` (files on disk, scores stored, deliveries audited),
+    for the summary."""
+    folder = root / day.isoformat()
     if not folder.exists():
         return []
     run = sc.latest_run(wh, day).filter(pl.col("level") == "department")

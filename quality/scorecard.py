@@ -26,7 +26,6 @@ levels (rule, resource, department), so trends and "change since the last report
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +96,10 @@ class ScorecardConfig(BaseModel):
 
 
 def load_config(catalogue_root: Path | None = None, env: Mapping[str, str] | None = None) -> ScorecardConfig:
-    """The configuration: YAML (``GONGSHU_SCORECARD_CONFIG`` or the catalogue's ``scorecard.yaml``), then env."""
-    env = os.environ if env is None else env
+    """The configuration: YAML (``GONGSHU_SCORECARD_CONFIG`` or the catalogue's ``scorecard.yaml``), then
+    ``GONGSHU_SCORECARD_<FIELD>``: both from ``env``, the ``GONGSHU_SCORECARD_*`` variables the edge's
+    settings hold (none given: the catalogue's file and the defaults)."""
+    env = env or {}
     data: dict = {}
     path = Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else (catalogue_root / CONFIG_FILE if catalogue_root else None)
     if path is not None and path.exists():

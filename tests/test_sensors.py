@@ -28,7 +28,7 @@ from dagster import (
 )
 
 from assets.keys import daily_partitions, ods_key
-from assets.resources import LandingResource, MailerResource, WarehouseResource
+from assets.resources import LandingResource, WarehouseResource, resources_from_env
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from pipelines import sensors
 from quality import freshness as fr
@@ -69,10 +69,22 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def env(monkeypatch, tmp_path: Path) -> Path:
+    """No SMTP server: mail goes to ``$GONGSHU_HOME/outbox`` (returned); the engineers are set."""
     for var in ("GONGSHU_SMTP_HOST", "GONGSHU_SMTP_PORT", "GONGSHU_SMTP_USER", "GONGSHU_SMTP_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", ENGINEERS)
+    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path))
     return tmp_path / "outbox"
+
+
+@pytest.fixture
+def resources_for(monkeypatch, env):
+    """The code location's resources, built from the environment as it is now, on the warehouse at a URL."""
+    def build(url: str) -> dict:
+        monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", url)
+        return resources_from_env()
+
+    return build
 
 
 def deliver(wh: Warehouse, catalogue: Catalogue, resource_id: str, day: str, seq: int = 1, rows: int = 100) -> None:
@@ -89,11 +101,6 @@ def deliver(wh: Warehouse, catalogue: Catalogue, resource_id: str, day: str, seq
     with wh.begin() as conn:
         wh.create(conn, table)
         wh.insert(conn, table, pl.DataFrame([record], schema=BATCH_SCHEMA))
-
-
-def resources_for(url: str, outbox: Path) -> dict:
-    wh = WarehouseResource(url=url)
-    return {"warehouse": wh, "mailer": MailerResource(warehouse=wh, outbox=str(outbox))}
 
 
 def tick(sensor_def, instance: DagsterInstance, cursor: str | None, resources: dict,
@@ -128,13 +135,13 @@ def holiday_deliveries(wh: Warehouse, catalogue: Catalogue) -> None:
 
 
 def test_stale_data_sensor_flags_only_the_weekly_resource_late_by_a_working_day_during_the_holiday(
-    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock
+    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock, resources_for
 ) -> None:
     wh = Warehouse(warehouse_url)
     holiday_deliveries(wh, demo)
     sensor_def = sensors.build_stale_data_sensor(demo)
 
-    result, cursor = tick(sensor_def, instance, None, resources_for(warehouse_url, env))
+    result, cursor = tick(sensor_def, instance, None, resources_for(warehouse_url))
 
     # the UI: one freshness evaluation per ODS asset
     swj = latest_check(instance, demo, "swj_nsrdj")
@@ -168,22 +175,22 @@ def test_stale_data_sensor_flags_only_the_weekly_resource_late_by_a_working_day_
     # later ticks, and a restarted daemon reading the stored cursor, do not repeat the notice
     assert "记录检查 10" in result.skip_message
     clock.now = at("2026-10-05 12:05")
-    quiet, cursor2 = tick(sensor_def, instance, cursor, resources_for(warehouse_url, env))
+    quiet, cursor2 = tick(sensor_def, instance, cursor, resources_for(warehouse_url))
     assert "记录检查 0" in quiet.skip_message  # nothing changed: no new check evaluations either
     clock.now = at("2026-10-06 08:00")
-    again, _ = tick(sensor_def, instance, cursor2, resources_for(warehouse_url, env))
+    again, _ = tick(sensor_def, instance, cursor2, resources_for(warehouse_url))
     assert len(mails(env)) == 1 and read_deliveries(wh).height == 1
     assert "新通知 无" in again.skip_message and "记录检查 10" in again.skip_message  # hourly refresh of the lag
     wh.dispose()
 
 
 def test_after_the_holiday_a_new_stale_resource_is_notified_and_a_delivery_ends_a_stale_spell(
-    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock
+    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock, resources_for
 ) -> None:
     wh = Warehouse(warehouse_url)
     holiday_deliveries(wh, demo)
     sensor_def = sensors.build_stale_data_sensor(demo)
-    res = resources_for(warehouse_url, env)
+    res = resources_for(warehouse_url)
     _, cursor = tick(sensor_def, instance, None, res)
     assert json.loads(cursor)["notified"].keys() == {"swj_nsrdj"}
 
@@ -212,7 +219,7 @@ def test_after_the_holiday_a_new_stale_resource_is_notified_and_a_delivery_ends_
 
 
 def test_a_failed_send_is_not_marked_and_is_retried_on_the_next_tick(
-    demo: Catalogue, instance: DagsterInstance, tmp_path: Path, env: Path, clock, monkeypatch
+    demo: Catalogue, instance: DagsterInstance, tmp_path: Path, env: Path, clock, monkeypatch, resources_for
 ) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     wh = Warehouse(url)
@@ -221,12 +228,12 @@ def test_a_failed_send_is_not_marked_and_is_retried_on_the_next_tick(
     monkeypatch.setenv("GONGSHU_SMTP_PORT", "9")  # nothing listens there
     monkeypatch.setenv("GONGSHU_SMTP_TIMEOUT", "2")
     sensor_def = sensors.build_stale_data_sensor(demo)
-    result, cursor = tick(sensor_def, instance, None, resources_for(url, env))
+    result, cursor = tick(sensor_def, instance, None, resources_for(url))
     assert "发送失败 swj_nsrdj" in result.skip_message and json.loads(cursor)["notified"] == {}
     assert read_deliveries(wh).select("status", "transport").rows() == [("failed", "smtp")]
 
     monkeypatch.delenv("GONGSHU_SMTP_HOST")  # the outbox works
-    tick(sensor_def, instance, cursor, resources_for(url, env))
+    tick(sensor_def, instance, cursor, resources_for(url))
     assert read_deliveries(wh)["status"].to_list() == ["failed", "sent"] and len(mails(env)) == 1
     wh.dispose()
 
@@ -248,13 +255,12 @@ def _boom() -> None:
 
 
 def test_run_failures_and_failed_blocking_checks_alert_the_engineers(
-    instance: DagsterInstance, tmp_path: Path, env: Path
+    instance: DagsterInstance, tmp_path: Path, env: Path, resources_for
 ) -> None:
     defs = Definitions(assets=[_checked, _boom], jobs=[define_asset_job("checked", [_checked]),
                                                        define_asset_job("boom", [_boom])])
     alert = sensors.build_run_failure_alert()
-    res = {"mailer": MailerResource(warehouse=WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}"),
-                                    outbox=str(env))}
+    res = resources_for(f"sqlite:///{tmp_path / 'w.db'}")
     _, cursor = tick(alert, instance, None, res)  # the first tick only remembers where the log ends
     checked = defs.resolve_job_def("checked").execute_in_process(instance=instance, raise_on_error=False)
     boom = defs.resolve_job_def("boom").execute_in_process(instance=instance, raise_on_error=False)
