@@ -19,7 +19,7 @@ from catalog.models import Resource
 from desensitize.display import md_cell
 from quality.consistency import copies
 from quality.references import check_references
-from quality.results import min_pass_rate
+from quality.results import BLOCKING_MIN_PASS_RATE
 from quality.rules import Dimension, Rule, Severity, resource_rules
 
 CHECK_NAME = {
@@ -57,12 +57,12 @@ def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKe
 
 def std_check_results(
     resource: Resource, rule_counts: pl.DataFrame, failures: pl.DataFrame, gx_counts: dict | None,
-    data_docs: str | None = None, asset_key: AssetKey | None = None,
+    data_docs: str | None = None, asset_key: AssetKey | None = None, *, threshold: float = BLOCKING_MIN_PASS_RATE,
 ) -> list[AssetCheckResult]:
     """One result per dimension: pass rates, failing counts, a masked sample, the GX agreement and a
-    link to the Great Expectations Data Docs page of the batch's validation."""
+    link to the Great Expectations Data Docs page of the batch's validation. A blocking rule below
+    ``threshold`` (``GONGSHU_BLOCKING_MIN_PASS_RATE``) makes the dimension's check an ERROR."""
     out = []
-    threshold = min_pass_rate()
     counts = rule_counts.with_columns(
         pl.when(pl.col("evaluated") > 0).then(1 - pl.col("failed") / pl.col("evaluated")).otherwise(1.0)
         .alias("pass_rate")

@@ -37,7 +37,7 @@ from assets.checks import (
 )
 from assets.freshness import freshness_policy
 from assets.keys import base_key, ods_key, std_key
-from assets.resources import LandingResource, WarehouseResource
+from assets.resources import LandingResource, Settings, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
 from desensitize.display import md_cell
@@ -49,7 +49,7 @@ from guiji.std import StdResult, collect, standardize_batch
 from quality.conflicts import check_library_consistency
 from quality.consistency import copies
 from quality.results import read_failures
-from quality.volume import HISTORY, assess, previous_volumes, volume_ratio
+from quality.volume import HISTORY, assess, previous_volumes
 from warehouse.base import base_schema, lineage, read_current
 from warehouse.ods import ods_schema, read_ods, record_delivery
 from warehouse.std import night_problems, std_schema
@@ -90,13 +90,15 @@ def _resource_elements(catalogue: Catalogue, resource: Resource) -> dict[str, El
 
 
 def build_resource_assets(
-    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition,
+    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition, settings: Settings | None = None,
 ) -> AssetsDefinition:
     """``ods/<dept>/<resource>`` and ``std/<dept>/<resource>`` of one resource, computed in one step.
 
     Materialised together, the delivery is read once: the ODS batch is written while the same rows
     are standardised, with no read-back (:func:`guiji.std.collect`). Either asset can still be
-    materialised alone (a re-standardisation reads the stored ODS batch).
+    materialised alone (a re-standardisation reads the stored ODS batch). Thresholds, the Data Docs
+    folder and the channel's variables come from the ``settings`` and ``landing`` resources at run time;
+    ``settings`` here only words the volume check's description (the code location passes the same).
     """
     dept = catalogue.department(resource.department)
     lib = catalogue.library(resource.library)
@@ -109,7 +111,8 @@ def build_resource_assets(
     okey, skey = ods_key(resource), std_key(resource)
     volume_spec = AssetCheckSpec(
         "volume", asset=okey,
-        description=f"完整性(记录数): 交付行数不少于最近 {HISTORY} 次交付中位数的 {volume_ratio():.0%}",
+        description=f"完整性(记录数): 交付行数不少于最近 {HISTORY} 次交付中位数的 "
+                    f"{(settings or Settings()).volume_min_ratio:.0%}",
     )
     delivery_spec = AssetCheckSpec(
         "delivery", asset=okey,
@@ -153,16 +156,19 @@ def build_resource_assets(
         partitions_def=partitions,
         can_subset=True,
     )
-    def _collect(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource):
+    def _collect(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource,
+                 settings: Settings):
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
         selected = context.selected_asset_keys
+        checking = {"min_pass_rate": settings.blocking_min_pass_rate, "docs": settings.gx_docs}
         if okey in selected:
             try:
                 if skey in selected:
-                    received, out = collect(wh, catalogue, resource, batch_date, landing.root(), run_id=context.run_id)
+                    received, out = collect(wh, catalogue, resource, batch_date, landing.root(),
+                                            variables=landing.variables, run_id=context.run_id, **checking)
                 else:
-                    received, out = ingest(wh, catalogue, resource, batch_date, landing.root()), None
+                    received, out = ingest(wh, catalogue, resource, batch_date, landing.root(), landing.variables), None
             except DeliveryError as exc:
                 # One department's channel down must not darken the night: this resource is recorded
                 # as failed (summary, reports, the delivery check), everything downstream runs on what
@@ -172,12 +178,14 @@ def build_resource_assets(
                 yield from _failed_results(okey, skey, selected, str(exc))
                 return
             record_delivery(wh, resource, batch_date, context.run_id, None)
-            yield _ods_result(context, wh, resource, dept.name, okey, column_elements, received, batch_date)
+            yield _ods_result(context, wh, resource, dept.name, okey, column_elements, received, batch_date,
+                              settings.volume_min_ratio)
         else:
-            out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id)
+            out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id, **checking)
         if skey in selected:
             assert out is not None
-            yield _std_result(context, wh, catalogue, resource, skey, std_specs, elements, out)
+            yield _std_result(context, wh, catalogue, resource, skey, std_specs, elements, out,
+                              settings.blocking_min_pass_rate)
 
     return _collect
 
@@ -197,7 +205,7 @@ def _failed_results(okey: AssetKey, skey: AssetKey, selected, error: str):
 
 def _ods_result(
     context: AssetExecutionContext, wh: Warehouse, resource: Resource, dept_name: str, key: AssetKey,
-    column_elements: dict[str, Element | None], result: IngestResult, batch_date: dt.date,
+    column_elements: dict[str, Element | None], result: IngestResult, batch_date: dt.date, volume_ratio: float,
 ) -> MaterializeResult:
     for p in result.problems:
         context.log.warning(p)
@@ -216,7 +224,7 @@ def _ods_result(
         # a batch received in this step is still in memory, in delivery order; an older one is read
         sample = result.rows.head(PREVIEW_ROWS) if result.rows is not None else \
             read_ods(wh, conn, resource, b.batch_id, limit=PREVIEW_ROWS)
-        vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date))
+        vol = assess(b.rows_delivered, previous_volumes(wh, conn, resource, batch_date), volume_ratio)
     if not vol.ok:
         context.log.warning(f"{resource.id} {batch_date}: 交付 {vol.rows} 行, 仅为近期中位数 {vol.median:.0f} 的 {vol.share:.0%}")
     return MaterializeResult(
@@ -244,7 +252,7 @@ def _ods_result(
 
 def _std_result(
     context: AssetExecutionContext, wh: Warehouse, catalogue: Catalogue, resource: Resource, key: AssetKey,
-    check_specs: list[AssetCheckSpec], elements: dict[str, Element], out: StdResult,
+    check_specs: list[AssetCheckSpec], elements: dict[str, Element], out: StdResult, min_pass_rate: float,
 ) -> MaterializeResult:
     if out.batch is None or out.result is None:
         return MaterializeResult(
@@ -263,7 +271,8 @@ def _std_result(
     )
     with wh.engine.connect() as conn:
         failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
-    checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key)
+    checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key,
+                               threshold=min_pass_rate)
     (context.log.warning if out.batch.failed else context.log.info)(
         f"{out.batch.batch_id}: 对账 (交付 = 接收 + 隔离) {out.reconciliation}")
     if out.withheld:
@@ -365,10 +374,12 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
     return _base
 
 
-def build_assets(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[AssetsDefinition]:
+def build_assets(
+    catalogue: Catalogue, partitions: DailyPartitionsDefinition, settings: Settings | None = None,
+) -> list[AssetsDefinition]:
     out: list[AssetsDefinition] = []
     for resource in catalogue.resources:
-        out.append(build_resource_assets(catalogue, resource, partitions))
+        out.append(build_resource_assets(catalogue, resource, partitions, settings))
     for lib in catalogue.libraries:
         out.append(build_base_asset(catalogue, lib, partitions))
     return out

@@ -6,7 +6,7 @@ import datetime as dt
 
 from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
-from assets.resources import MailerResource, PseudonymKeyResource, WarehouseResource
+from assets.resources import MailerResource, PseudonymKeyResource, Settings, WarehouseResource
 from assets.scorecard import SCORECARD_KEY
 from assets.tickets import TICKETS_KEY
 from catalog.loader import Catalogue
@@ -34,11 +34,12 @@ def build_department_reports_asset(catalogue: Catalogue, partitions):
         ),
     )
     def _reports(context, warehouse: WarehouseResource, mailer: MailerResource,  # context: AssetExecutionContext
-                 pseudonym: PseudonymKeyResource) -> MaterializeResult:
+                 pseudonym: PseudonymKeyResource, settings: Settings) -> MaterializeResult:
         wh = warehouse.get()
         day = dt.date.fromisoformat(context.partition_key)
-        config = load_config(catalogue.root)
-        run = produce_reports(wh, catalogue, day, config, mailer=mailer.get(), key=pseudonym.key_or_none())
+        config = load_config(catalogue.root, settings.scorecard)
+        run = produce_reports(wh, catalogue, day, config, mailer=mailer.get(), key=pseudonym.get_or_none(),
+                              root=settings.reports, engineers=settings.engineer_emails)
         for o in run.outcomes:
             if o.delivery.startswith("failed"):
                 context.log.error(f"{o.reference}: {o.delivery}")

@@ -1,36 +1,205 @@
-"""Dagster resources: the warehouse and the landing area, configured from environment variables."""
+"""Settings and secrets as Dagster resources: with the ``gongshu`` command line, the only code that reads
+the environment.
+
+* :class:`Settings`: every setting but the secrets (home folder, landing folder, catalogue, thresholds,
+  recipients, intervals, mail server), parsed and checked once, when the code location or a ``gongshu``
+  command starts (:meth:`Settings.from_env`): a malformed value stops the load with a message naming
+  the variable. The assets and sensors read it at run time as the ``settings`` resource; the builders
+  of sensors and jobs read its intervals and worker count.
+* Secrets are ``EnvVar`` fields of the resource that uses them: the warehouse URL (it carries the
+  database password), the SMTP password, the pseudonymisation key, and the variables the catalogue's
+  channels name (前置库 URLs, API URLs and tokens). Dagster shows the variable's name, never its value,
+  and resolves it when a run initialises the resource. A secret that is unset is left out (``None``),
+  so its documented default applies (the SQLite warehouse, the outbox, no key: the share outputs that
+  need one fail with their own message while the 归集 goes on); as an ``EnvVar`` it would instead stop
+  every run that uses the resource.
+* :func:`resources_from_env` builds every resource: the code location (``pipelines/definitions.py``)
+  and the ``gongshu`` commands call the same function.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from dagster import ConfigurableResource
-from pydantic import PrivateAttr
+import sqlalchemy as sa
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
-from desensitize.pseudonym import PseudonymKey
-from quality.mail import Mailer
-from warehouse.store import Warehouse
+from catalog.loader import DEMO_CATALOGUE, Catalogue
+from catalog.models import ApiChannel, DatabaseChannel
+from desensitize.pseudonym import ALGORITHMS, KEY_ENV, PseudonymKey
+from quality.config import ENV_PREFIX as SCORECARD_PREFIX
+from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
+from quality.results import BLOCKING_MIN_PASS_RATE
+from quality.volume import MIN_RATIO
+from warehouse.store import Warehouse, sqlite_url
 from warehouse.upgrade import open_warehouse
 
-DEFAULT_LANDING = Path(".gongshu/landing")
+DEFAULT_HOME = ".gongshu"  # GONGSHU_HOME when unset: the one default of the home folder
+WAREHOUSE_URL = "GONGSHU_WAREHOUSE_URL"  # secrets: EnvVar fields of the resources below
+SMTP_PASSWORD = "GONGSHU_SMTP_PASSWORD"
+SECRETS = (WAREHOUSE_URL, SMTP_PASSWORD, KEY_ENV)  # and the variables the catalogue's channels name
+
+# Settings field → the environment variable it is read from (README, «Configuration»)
+VARIABLES: dict[str, str] = {
+    "home": "GONGSHU_HOME",
+    "landing": "GONGSHU_LANDING",
+    "catalogue": "GONGSHU_CATALOG",
+    "blocking_min_pass_rate": "GONGSHU_BLOCKING_MIN_PASS_RATE",
+    "volume_min_ratio": "GONGSHU_VOLUME_MIN_RATIO",
+    "engineer_emails": "GONGSHU_ENGINEER_EMAILS",
+    "max_concurrent": "GONGSHU_MAX_CONCURRENT",
+    "log_level": "GONGSHU_LOG_LEVEL",
+    "freshness_interval_s": "GONGSHU_FRESHNESS_INTERVAL",
+    "arrival_interval_s": "GONGSHU_ARRIVAL_INTERVAL",
+    "arrival_settle_s": "GONGSHU_ARRIVAL_SETTLE_SECONDS",
+    "smtp_host": "GONGSHU_SMTP_HOST",
+    "smtp_port": "GONGSHU_SMTP_PORT",
+    "smtp_tls": "GONGSHU_SMTP_TLS",
+    "smtp_user": "GONGSHU_SMTP_USER",
+    "smtp_from": "GONGSHU_SMTP_FROM",
+    "smtp_timeout_s": "GONGSHU_SMTP_TIMEOUT",
+    "pseudonym_algorithm": "GONGSHU_PSEUDONYM_ALG",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+class SettingsError(ValueError):
+    """An environment variable holds a value gongshu cannot use (the message names it, never a secret)."""
 
 
-def landing_path() -> Path:
-    """``GONGSHU_LANDING``: root of the file deliveries (and the demo's 前置库 files)."""
-    return Path(os.environ.get("GONGSHU_LANDING") or DEFAULT_LANDING)
+class Settings(ConfigurableResource):
+    """Every setting of gongshu but the secrets, from the environment variables named in the README.
+
+    Built by :meth:`from_env` at the edge; the ``settings`` resource of the code location, shown with
+    its values in the Dagster UI (no secret is among them).
+    """
+
+    home: str = Field(DEFAULT_HOME, description="GONGSHU_HOME: 报告、发件箱、开放数据、GX 数据文档与内置 "
+                                                "SQLite 数仓所在目录")
+    landing: str = Field(f"{DEFAULT_HOME}/landing", description="GONGSHU_LANDING: 文件交付根目录")
+    catalogue: str = Field(str(DEMO_CATALOGUE), description="GONGSHU_CATALOG: 数据资源目录所在文件夹")
+    blocking_min_pass_rate: float = Field(
+        BLOCKING_MIN_PASS_RATE, ge=0, le=1,
+        description="GONGSHU_BLOCKING_MIN_PASS_RATE: 阻断规则通过率低于此值时, 该批次不并入基础库")
+    volume_min_ratio: float = Field(MIN_RATIO, ge=0, description="GONGSHU_VOLUME_MIN_RATIO: 交付行数低于"
+                                                                 "近期中位数的此比例时告警")
+    engineer_emails: list[str] = Field([], description="GONGSHU_ENGINEER_EMAILS: 数据工程师邮箱")
+    max_concurrent: int = Field(2, ge=1, description="GONGSHU_MAX_CONCURRENT: 每晚归集作业的并行进程数")
+    log_level: str = Field("WARNING", description="GONGSHU_LOG_LEVEL: gongshu run 打印的运行事件级别")
+    freshness_interval_s: int = Field(300, ge=1, description="GONGSHU_FRESHNESS_INTERVAL: 时效监测间隔(秒)")
+    arrival_interval_s: int = Field(60, ge=1, description="GONGSHU_ARRIVAL_INTERVAL: 文件到达检查间隔(秒)")
+    arrival_settle_s: float = Field(30.0, ge=0, description="GONGSHU_ARRIVAL_SETTLE_SECONDS: 文件落地后"
+                                                            "静置多少秒才启动归集")
+    scorecard: dict[str, str] = Field({}, description="GONGSHU_SCORECARD_*: 评分配置文件与各项覆盖")
+    smtp_host: str | None = Field(None, description="GONGSHU_SMTP_HOST: 未设置时邮件写入发件箱")
+    smtp_port: int | None = Field(None, ge=1, le=65535, description="GONGSHU_SMTP_PORT")
+    smtp_tls: str | None = Field(None, description="GONGSHU_SMTP_TLS: none、starttls 或 ssl")
+    smtp_user: str | None = Field(None, description="GONGSHU_SMTP_USER")
+    smtp_from: str | None = Field(None, description="GONGSHU_SMTP_FROM")
+    smtp_timeout_s: float = Field(30.0, gt=0, description="GONGSHU_SMTP_TIMEOUT")
+    pseudonym_algorithm: str | None = Field(None, description="GONGSHU_PSEUDONYM_ALG: sha256 或 sm3")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"应为 {'、'.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("smtp_tls")
+    @classmethod
+    def _tls(cls, value: str | None) -> str | None:
+        if value and value.lower() not in TLS_MODES:
+            raise ValueError(f"应为 {'、'.join(TLS_MODES)}")
+        return value.lower() if value else None
+
+    @field_validator("pseudonym_algorithm")
+    @classmethod
+    def _algorithm(cls, value: str | None) -> str | None:
+        if value and value.strip().lower() not in ALGORITHMS:
+            raise ValueError(f"应为 {' 或 '.join(ALGORITHMS)}")
+        return value.strip().lower() if value else None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """The settings from a mapping of environment variables: an unset or empty one keeps its default.
+
+        Raises :class:`SettingsError` naming every variable with an unusable value.
+        """
+        values: dict[str, object] = {name: environ[var] for name, var in VARIABLES.items() if environ.get(var)}
+        if "engineer_emails" in values:
+            values["engineer_emails"] = addresses(str(values["engineer_emails"]))
+        values["scorecard"] = {k: v for k, v in environ.items() if k.startswith(SCORECARD_PREFIX)}
+        problems, settings = [], None
+        try:
+            settings = cls(**values)
+        except ValidationError as exc:
+            for e in exc.errors():
+                var = VARIABLES.get(str(e["loc"][0]), str(e["loc"][0]))
+                problems.append(f"{var}={environ.get(var, '')!r}: {e['msg'].removeprefix('Value error, ')}")
+        url = environ.get(WAREHOUSE_URL)
+        if url:
+            try:
+                sa.engine.make_url(url)
+            except sa.exc.ArgumentError:
+                problems.append(f"{WAREHOUSE_URL}: 不是有效的 SQLAlchemy URL (值不予显示)")  # it may hold a password
+        if problems or settings is None:
+            raise SettingsError("环境变量设置有误: " + "; ".join(problems))
+        return settings
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+    @property
+    def landing_path(self) -> Path:
+        return Path(self.landing)
+
+    @property
+    def catalogue_path(self) -> Path:
+        return Path(self.catalogue)
+
+    @property
+    def reports(self) -> Path:
+        """``$GONGSHU_HOME/reports``: the departments' reports."""
+        return self.home_path / "reports"
+
+    @property
+    def outbox(self) -> Path:
+        """``$GONGSHU_HOME/outbox``: mail as ``.eml`` files when no SMTP server is set."""
+        return self.home_path / "outbox"
+
+    @property
+    def open_data(self) -> Path:
+        """``$GONGSHU_HOME/open``: the published open-data files."""
+        return self.home_path / "open"
+
+    @property
+    def gx_docs(self) -> Path:
+        """``$GONGSHU_HOME/gx_docs``: one Great Expectations Data Docs page per validated batch."""
+        return self.home_path / "gx_docs"
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelName(self.log_level)
 
 
 class WarehouseResource(ConfigurableResource):
-    """The warehouse every asset writes through (SQLAlchemy URL; SQLite or PostgreSQL)."""
+    """The warehouse every asset writes through: a SQLAlchemy URL (SQLite or PostgreSQL), an EnvVar when
+    it comes from ``GONGSHU_WAREHOUSE_URL`` (it carries the database password)."""
 
-    url: str | None = None
+    url: str
     _wh: Warehouse | None = PrivateAttr(default=None)
 
     def get(self) -> Warehouse:
         if self._wh is None:
+            url = sa.engine.make_url(self.url)
+            if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # the home folder, on first use
             self._wh = open_warehouse(self.url)
         return self._wh
 
@@ -40,58 +209,107 @@ class WarehouseResource(ConfigurableResource):
 
 
 class LandingResource(ConfigurableResource):
-    """Where departments' files land (前置机 folders)."""
+    """Where deliveries are read from: the landing folder of file deliveries (前置机 folders, the demo's
+    前置库 files) and the values of the variables the catalogue's channels name (``url_env``, ``auth_env``:
+    前置库 URLs, API URLs and tokens), each an EnvVar."""
 
-    path: str | None = None
+    path: str
+    variables: dict[str, str] = {}
 
     def root(self) -> Path:
-        return Path(self.path) if self.path else landing_path()
+        return Path(self.path)
 
 
 class MailerResource(ConfigurableResource):
-    """The Mailer as a Dagster resource (SMTP from ``GONGSHU_SMTP_*``, else the outbox folder)."""
+    """The Mailer: SMTP when ``smtp_host`` is set (the password an EnvVar), else ``.eml`` files in the outbox."""
 
     warehouse: WarehouseResource
-    outbox: str | None = None
+    outbox: str
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_tls: str | None = None
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout_s: float = 30.0
+    sender: str | None = None
     _mailer: Mailer | None = PrivateAttr(default=None)
 
     def get(self) -> Mailer:
         if self._mailer is None:
-            self._mailer = Mailer.from_env(self.warehouse.get(), Path(self.outbox) if self.outbox else None)
+            smtp = None
+            if self.smtp_host:
+                port, tls = port_and_tls(self.smtp_port, self.smtp_tls)
+                smtp = SmtpSettings(self.smtp_host, port, tls, self.smtp_user, self.smtp_password,
+                                    self.smtp_timeout_s)
+            self._mailer = Mailer(self.warehouse.get(), smtp, Path(self.outbox), self.sender)
         return self._mailer
 
 
 class PseudonymKeyResource(ConfigurableResource):
-    """The pseudonymisation key, read from an environment variable only when an output needs it."""
+    """The pseudonymisation key: an EnvVar of ``GONGSHU_PSEUDONYM_KEY``, None when it is unset (the
+    outputs that need it fail with their own message)."""
 
-    env_var: str = "GONGSHU_PSEUDONYM_KEY"
-    algorithm_env_var: str = "GONGSHU_PSEUDONYM_ALG"
+    key: str | None = None
+    algorithm: str | None = None
 
-    def key(self) -> PseudonymKey:
-        env = {"GONGSHU_PSEUDONYM_KEY": os.environ.get(self.env_var, ""),
-               "GONGSHU_PSEUDONYM_ALG": os.environ.get(self.algorithm_env_var, "")}
-        return PseudonymKey.from_env(env)
+    def get(self) -> PseudonymKey:
+        """The key; a clear error when it is missing or unusable."""
+        return PseudonymKey.from_secret(self.key, self.algorithm)
 
-    def key_or_none(self) -> PseudonymKey | None:
-        """The key, or None when the variable is unset (a set but unusable key still raises)."""
-        if not os.environ.get(self.env_var):
-            return None
-        return self.key()
-
-
-def open_data_root() -> Path:
-    """``$GONGSHU_HOME/open`` (``.gongshu/open`` by default)."""
-    return Path(os.environ.get("GONGSHU_HOME") or ".gongshu") / "open"
+    def get_or_none(self) -> PseudonymKey | None:
+        """The key, or None when it is unset (a set but unusable key still raises)."""
+        return self.get() if self.key else None
 
 
 class OpenDataResource(ConfigurableResource):
-    """Where open-data files are published."""
+    """Where open-data files are published (``$GONGSHU_HOME/open``)."""
 
-    path: str | None = None
+    path: str
 
     def root(self) -> Path:
-        return Path(self.path) if self.path else open_data_root()
+        return Path(self.path)
 
 
-def share_resources() -> dict[str, ConfigurableResource]:
-    return {"pseudonym": PseudonymKeyResource(), "open_data": OpenDataResource()}
+# --- built from the environment: the code location and the gongshu commands ---------------------------
+
+
+def settings_from_env() -> Settings:
+    """The settings of this process's environment."""
+    return Settings.from_env(os.environ)
+
+
+def secret(name: str) -> EnvVar | None:
+    """``EnvVar(name)`` when the variable is set (Dagster shows the name and resolves the value in the
+    run), None when it is not: the setting's default applies."""
+    return EnvVar(name) if os.environ.get(name) else None
+
+
+def channel_variables(catalogue: Catalogue) -> list[str]:
+    """The variables the catalogue's 前置库 and API channels name (URLs, tokens)."""
+    names = set()
+    for r in catalogue.resources:
+        ch = r.channel
+        if isinstance(ch, DatabaseChannel | ApiChannel):
+            names.update(n for n in (ch.url_env, getattr(ch, "auth_env", None)) if n)
+    return sorted(names)
+
+
+def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | None = None
+                       ) -> dict[str, ConfigurableResource]:
+    """Every resource of the code location, from the environment (``settings``: already read from it);
+    the ``gongshu`` commands build the same. ``catalogue`` names the channels' variables."""
+    settings = settings or settings_from_env()
+    warehouse = WarehouseResource(url=secret(WAREHOUSE_URL) or sqlite_url(settings.home_path))
+    variables = {n: EnvVar(n) for n in channel_variables(catalogue) if os.environ.get(n)} if catalogue else {}
+    return {
+        "settings": settings,
+        "warehouse": warehouse,
+        "landing": LandingResource(path=settings.landing, variables=variables),
+        "mailer": MailerResource(
+            warehouse=warehouse, outbox=str(settings.outbox), smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port, smtp_tls=settings.smtp_tls, smtp_user=settings.smtp_user,
+            smtp_password=secret(SMTP_PASSWORD), smtp_timeout_s=settings.smtp_timeout_s, sender=settings.smtp_from,
+        ),
+        "pseudonym": PseudonymKeyResource(key=secret(KEY_ENV), algorithm=settings.pseudonym_algorithm),
+        "open_data": OpenDataResource(path=str(settings.open_data)),
+    }

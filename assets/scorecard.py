@@ -8,7 +8,7 @@ import polars as pl
 from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
 from assets.keys import base_key
-from assets.resources import WarehouseResource
+from assets.resources import Settings, WarehouseResource
 from assets.tickets import TICKETS_KEY
 from catalog.loader import Catalogue
 from quality.config import load_config
@@ -36,10 +36,11 @@ def build_scorecard_asset(catalogue: Catalogue, partitions):
             "quality.scorecard。权重见 scorecard.yaml / GONGSHU_SCORECARD_*。"
         ),
     )
-    def _scorecard(context, warehouse: WarehouseResource) -> MaterializeResult:  # context: AssetExecutionContext
+    def _scorecard(context, warehouse: WarehouseResource,  # context: AssetExecutionContext
+                   settings: Settings) -> MaterializeResult:
         wh = warehouse.get()
         day = dt.date.fromisoformat(context.partition_key)
-        config = load_config(catalogue.root)
+        config = load_config(catalogue.root, settings.scorecard)
         previous = previous_totals(wh, day)
         card = run_scorecard(wh, catalogue, day, config, context.run_id)
         ranked = card.departments.filter(pl.col("total").is_not_null()).sort("total")

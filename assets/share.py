@@ -388,10 +388,10 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
                open_data: OpenDataResource) -> MaterializeResult:
         wh = warehouse.get()
         as_of = dt.date.fromisoformat(context.partition_key)
-        secret = pseudonym.key_or_none() if policy.keyed else None
+        secret = pseudonym.get_or_none() if policy.keyed else None
         if policy.keyed and secret is None:
             # Published empty, every token of yesterday's release would be wiped: fail instead.
-            error = MissingKeyError(policy, pseudonym.env_var)
+            error = MissingKeyError(policy)
             context.log.error(str(error))
             raise Failure(description=str(error), allow_retries=False)
         build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root())

@@ -8,7 +8,7 @@ import polars as pl
 from dagster import AssetKey, MaterializeResult, asset
 
 from assets.keys import base_key
-from assets.resources import WarehouseResource
+from assets.resources import Settings, WarehouseResource
 from catalog.loader import Catalogue
 from quality.config import load_config
 from quality.report.context import report_reference
@@ -36,11 +36,12 @@ def build_tickets_asset(catalogue: Catalogue, partitions):
             "写入 quality.tickets 与 audit.ticket_events。"
         ),
     )
-    def _tickets(context, warehouse: WarehouseResource) -> MaterializeResult:  # context: AssetExecutionContext
+    def _tickets(context, warehouse: WarehouseResource,  # context: AssetExecutionContext
+                 settings: Settings) -> MaterializeResult:
         wh = warehouse.get()
         day = dt.date.fromisoformat(context.partition_key)
         references = {d.code: report_reference(catalogue, d.code, day) for d in catalogue.departments}
-        sync = sync_tickets(wh, catalogue, day, load_config(catalogue.root), references)
+        sync = sync_tickets(wh, catalogue, day, load_config(catalogue.root, settings.scorecard), references)
         tickets = read_tickets(wh)
         return MaterializeResult(metadata={
             "新开校核单": len(sync.opened),

@@ -36,7 +36,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from catalog.loader import Catalogue, catalogue_path, load_catalogue  # noqa: E402
+from assets.resources import settings_from_env  # noqa: E402
+from catalog.loader import Catalogue, load_catalogue  # noqa: E402
 from guiji.base import merge_library
 from guiji.ods import read_batch
 from guiji.std import collect
@@ -91,7 +92,7 @@ def checkpoint(url: str) -> None:
 Prepared = list[tuple[str, list[str], bytes]]  # table, columns, UTF-8 CSV bytes
 
 
-def reference_data(catalogue: Catalogue, landing: Path, day: dt.date) -> Prepared:
+def reference_data(catalogue: Catalogue, landing: Path, day: dt.date, variables: dict[str, str]) -> Prepared:
     """Every channel's records rendered to UTF-8 CSV, once, outside any timing.
 
     The delivered files carry defects raw COPY cannot load (GBK with broken bytes, rows with the
@@ -99,7 +100,7 @@ def reference_data(catalogue: Catalogue, landing: Path, day: dt.date) -> Prepare
     """
     prepared: Prepared = []
     for res in catalogue.resources:
-        d = read_batch(res, day, landing, None)
+        d = read_batch(res, day, landing, None, variables)
         cols = [c for c in d.frame.columns if not c.startswith("_")]
         prepared.append((res.id, cols, d.frame.select(cols).write_csv().encode()))
     return prepared
@@ -230,7 +231,8 @@ class Guiji:
     parsed: list[tuple]
 
 
-def run_guiji(catalogue: Catalogue, landing: Path, day: dt.date, url: str, workers: int) -> Guiji:
+def run_guiji(catalogue: Catalogue, landing: Path, day: dt.date, url: str, workers: int,
+              variables: dict[str, str]) -> Guiji:
     """The 归集 as the nightly job runs it: one step per resource (ODS written while the rows are
     standardised), each library's merge once its resources are done, ``workers`` steps at a time
     (the job's executor runs GONGSHU_MAX_CONCURRENT, default 2). Each step opens its own
@@ -251,7 +253,8 @@ def run_guiji(catalogue: Catalogue, landing: Path, day: dt.date, url: str, worke
         return Step(kind, name, time.perf_counter() - t), out
 
     def ods_std(res):
-        return step("ods+std", res.id, lambda wh: collect(wh, catalogue, res, day, landing, with_gx=False))
+        return step("ods+std", res.id, lambda wh: collect(wh, catalogue, res, day, landing, variables=variables,
+                                                          with_gx=False))
 
     def merge(lib):
         return step("base", lib.code, lambda wh: merge_library(wh, catalogue, lib.code, day))
@@ -322,12 +325,12 @@ def main() -> int:
     ap.add_argument("--pg-url", default=PG_ADMIN)
     ap.add_argument("--landing", default=None, help="reuse generated deliveries from this folder")
     ap.add_argument("--runs", type=int, default=3, help="pipeline runs (each into a fresh database); medians are shown")
-    ap.add_argument("--workers", type=int, default=int(os.environ.get("GONGSHU_MAX_CONCURRENT", "2")),
+    ap.add_argument("--workers", type=int, default=settings_from_env().max_concurrent,
                     help="steps at a time, as the nightly job's executor (GONGSHU_MAX_CONCURRENT, default 2)")
     args = ap.parse_args()
     from generator import generate
 
-    catalogue = load_catalogue(catalogue_path())
+    catalogue = load_catalogue(settings_from_env().catalogue_path)
     day = dt.date(2026, 11, 20)
     landing = Path(args.landing) if args.landing else Path(tempfile.mkdtemp(prefix="gongshu_bench_"))
     if not (landing / "manifest.json").exists():
@@ -335,16 +338,15 @@ def main() -> int:
         generate(catalogue, persons=args.persons, seed=args.seed, date=day, out=landing, days=1, progress=False)
         print(f"生成 {args.persons:,} 人: {time.perf_counter() - t:.1f} s")
     server, base = serve_in_thread(landing)
-    for res in catalogue.resources:
-        ch = res.channel
-        if ch.kind == "api" and ch.url_env:
-            from urllib.parse import urlparse
+    from urllib.parse import urlparse
 
-            os.environ[ch.url_env] = base + urlparse(ch.url).path
+    # the API channels' URL variables, as the code location's LandingResource hands them to the channels
+    variables = {res.channel.url_env: base + urlparse(res.channel.url).path for res in catalogue.resources
+                 if res.channel.kind == "api" and res.channel.url_env}
     # Single timings on this shared machine vary by ±30%, the reference most: every figure is the
     # median of --runs, each into fresh databases, with the reference measured twice per run,
     # between the runs, so a slow spell weighs on both sides alike.
-    prepared = reference_data(catalogue, landing, day)
+    prepared = reference_data(catalogue, landing, day, variables)
     warm_up()  # GX import and context, once per process, outside the timing
     streams = sorted({1, args.workers})
     refs: dict[int, list[tuple[float, int]]] = {n: [] for n in streams}
@@ -358,7 +360,7 @@ def main() -> int:
                         refs[n].append(raw_copy_reference(prepared, url, n))
             with TempDatabase(args.pg_url) as url:
                 checkpoint(url)
-                g = run_guiji(catalogue, landing, day, url, args.workers)
+                g = run_guiji(catalogue, landing, day, url, args.workers, variables)
                 runs.append(g)
                 floors.append(write_floor(url))
                 qualities.append(run_quality(catalogue, day, url, g.parsed))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,19 +92,14 @@ def _one(value: str | list[str]) -> str:
     return value if isinstance(value, str) else value[0]
 
 
-def catalogue_path() -> Path:
-    """The catalogue folder from ``GONGSHU_CATALOG``, defaulting to the shipped demo city."""
-    return Path(os.environ.get("GONGSHU_CATALOG") or DEMO_CATALOGUE)
-
-
 @functools.cache
 def _cached(path: str) -> Catalogue:
     return load_catalogue(Path(path))
 
 
-def current_catalogue() -> Catalogue:
-    """The configured catalogue, loaded once per process."""
-    return _cached(str(catalogue_path().resolve()))
+def cached_catalogue(folder: Path) -> Catalogue:
+    """The catalogue in ``folder`` (the configured one: ``GONGSHU_CATALOG``), loaded once per process."""
+    return _cached(str(Path(folder).resolve()))
 
 
 class DuplicateKeyError(yaml.YAMLError):

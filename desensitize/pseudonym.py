@@ -21,7 +21,7 @@ import base64
 import gc
 import hashlib
 import hmac
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,16 +54,20 @@ class PseudonymKey:
             raise PseudonymKeyError(f"假名化密钥过短 ({len(self.secret)} 字节), 至少 {MIN_KEY_CHARS} 字节")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> PseudonymKey:
-        """The key from ``GONGSHU_PSEUDONYM_KEY`` (and algorithm from ``GONGSHU_PSEUDONYM_ALG``)."""
-        env = os.environ if env is None else env
-        secret = env.get(KEY_ENV, "")
+    def from_secret(cls, secret: str | None, algorithm: str | None = None) -> PseudonymKey:
+        """The key from the value of ``GONGSHU_PSEUDONYM_KEY`` (and ``GONGSHU_PSEUDONYM_ALG``), which the
+        edge's ``PseudonymKeyResource`` resolves; a clear error when it is missing."""
         if not secret:
             raise PseudonymKeyError(
                 f"未设置假名化密钥: 请在环境变量 {KEY_ENV} 中提供至少 {MIN_KEY_CHARS} 个字符的随机密钥 "
                 "(例如 python -c 'import secrets; print(secrets.token_urlsafe(32))'), 密钥不得与数据存放在一起"
             )
-        return cls(secret.encode("utf-8"), (env.get(ALG_ENV) or "sha256").strip().lower())
+        return cls(secret.encode("utf-8"), (algorithm or "sha256").strip().lower())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PseudonymKey:
+        """The key from a mapping of ``GONGSHU_PSEUDONYM_KEY`` and ``GONGSHU_PSEUDONYM_ALG``."""
+        return cls.from_secret(env.get(KEY_ENV), env.get(ALG_ENV))
 
     def subkey(self, purpose: str) -> bytes:
         """An independent key per purpose (tokens, FPE tables, key id) derived from the secret."""

@@ -11,6 +11,10 @@ quarantines, the same on SQLite and PostgreSQL: undecodable bytes become U+FFFD,
 U+2400 (␀), and an XLSX formula cell without a computed value ``U+FFFC<cell>=<formula>``. A whole
 record is flagged through ``_error``; ``<code>: <reason>`` (e.g. ``wrong_encoding: …``) gives the
 标准层 its reason code, any other text is ``unparseable``.
+
+The variables a channel names in the catalogue (``url_env``, ``auth_env``: a 前置库 URL, an API's URL
+and token) are looked up in the ``variables`` mapping the caller hands in — at the edge, the
+environment's values of exactly those variables (``assets.resources.LandingResource``).
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -120,14 +124,16 @@ def _whole_record(frame: pl.DataFrame, header: list[str], delimiter: str, error:
     return frame.with_columns(raw.alias("_raw"), pl.lit(error, pl.String).alias("_error"))
 
 
-def read_delivery(resource: Resource, batch_date: dt.date, landing: Path) -> Delivery:
+def read_delivery(
+    resource: Resource, batch_date: dt.date, landing: Path, variables: Mapping[str, str] | None = None
+) -> Delivery:
     """Read the batch of ``resource`` for ``batch_date`` through its channel."""
     ch = resource.channel
     if isinstance(ch, FileChannel):
         return read_files(resource, ch, batch_date, landing)
     if isinstance(ch, DatabaseChannel):
         raise TypeError("database channels need the previous watermark: call read_database()")
-    return read_api(resource, ch, batch_date)
+    return read_api(resource, ch, batch_date, variables)
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -490,8 +496,9 @@ def parse_json_records(records: object, source: str, columns: list[str]) -> tupl
 # --- 前置库 -----------------------------------------------------------------------------------
 
 
-def database_url(ch: DatabaseChannel, landing: Path) -> str:
-    url = os.environ.get(ch.url_env)
+def database_url(ch: DatabaseChannel, landing: Path, variables: Mapping[str, str] | None = None) -> str:
+    """The 前置库 URL: the value of the channel's ``url_env`` in ``variables``, else its ``default_url``."""
+    url = (variables or {}).get(ch.url_env)
     if url:
         return url
     if ch.default_url:
@@ -500,7 +507,8 @@ def database_url(ch: DatabaseChannel, landing: Path) -> str:
 
 
 def read_database(
-    resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None
+    resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None,
+    variables: Mapping[str, str] | None = None,
 ) -> Delivery:
     """Rows whose watermark lies in [``watermark_low``, the next day 00:00) (no lower bound when None).
 
@@ -510,7 +518,7 @@ def read_database(
     ch = resource.channel
     assert isinstance(ch, DatabaseChannel)
     columns = source_columns(resource)
-    url = database_url(ch, landing)
+    url = database_url(ch, landing, variables)
     engine = sa.create_engine(url)
     wm = ch.watermark
     q = engine.dialect.identifier_preparer.quote
@@ -651,8 +659,9 @@ def scrub(text: str, url: str) -> str:
 RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
-def api_url(ch: ApiChannel) -> str:
-    return (os.environ.get(ch.url_env) if ch.url_env else None) or ch.url
+def api_url(ch: ApiChannel, variables: Mapping[str, str] | None = None) -> str:
+    """The API URL: the value of the channel's ``url_env`` in ``variables``, else its ``url``."""
+    return (variables or {}).get(ch.url_env or "") or ch.url
 
 
 def api_session(ch: ApiChannel) -> requests.Session:
@@ -672,16 +681,19 @@ def api_session(ch: ApiChannel) -> requests.Session:
     return session
 
 
-def read_api(resource: Resource, ch: ApiChannel, batch_date: dt.date) -> Delivery:
+def read_api(
+    resource: Resource, ch: ApiChannel, batch_date: dt.date, variables: Mapping[str, str] | None = None
+) -> Delivery:
     """Fetch every page for the batch date: retried (:func:`api_session`), bounded by
     ``max_pages`` and ``max_seconds`` per delivery; every error names the URL (credentials
-    hidden) and the page."""
+    hidden) and the page. URL and bearer token: the channel's ``url_env`` and ``auth_env`` in ``variables``."""
     columns = source_columns(resource)
-    url = api_url(ch)
+    url = api_url(ch, variables)
     shown = safe_url(url)
     headers = {}
-    if ch.auth_env and os.environ.get(ch.auth_env):
-        headers["Authorization"] = f"Bearer {os.environ[ch.auth_env]}"
+    token = (variables or {}).get(ch.auth_env or "")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     digest = hashlib.sha256()
     records: list[dict] = []
     page, total = 1, 1

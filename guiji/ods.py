@@ -8,6 +8,7 @@ gets a new batch with the next sequence number, and the old one stays as it was.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,25 +58,35 @@ def read_window(resource: Resource, batch_date: dt.date) -> str | None:
     return f"{batch_date:%Y-%m-%d} 00:00:00"
 
 
-def read_batch(resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None) -> Delivery:
+def read_batch(
+    resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None,
+    variables: Mapping[str, str] | None = None,
+) -> Delivery:
+    """The delivery through the resource's channel; ``variables``: the values of the variables the
+    channel names (``url_env``, ``auth_env``), see :mod:`guiji.channels`."""
     ch = resource.channel
     if isinstance(ch, FileChannel):
         return read_files(resource, ch, batch_date, landing)
     if isinstance(ch, DatabaseChannel):
-        return read_database(resource, batch_date, landing, watermark_low)
+        return read_database(resource, batch_date, landing, watermark_low, variables)
     assert isinstance(ch, ApiChannel)
-    return read_api(resource, ch, batch_date)
+    return read_api(resource, ch, batch_date, variables)
 
 
-def ingest(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path) -> IngestResult:
+def ingest(
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path,
+    variables: Mapping[str, str] | None = None,
+) -> IngestResult:
     """Read the delivery of ``resource`` for ``batch_date`` and store it as an ODS batch."""
-    result = receive(wh, resource, batch_date, landing)
+    result = receive(wh, resource, batch_date, landing, variables)
     if result.status == "new":
         store(wh, resource, result)
     return result
 
 
-def receive(wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Path) -> IngestResult:
+def receive(
+    wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Path, variables: Mapping[str, str] | None = None
+) -> IngestResult:
     """Read a delivery and decide what it is: no delivery, the batch already stored, or a new batch.
 
     A new batch comes back with its rows in the form the warehouse stores them, not yet written:
@@ -84,7 +95,7 @@ def receive(wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Pat
     low = read_window(resource, batch_date) if isinstance(resource.channel, DatabaseChannel) else None
     with wh.engine.connect() as conn:
         prev = latest_batch(wh, conn, resource, batch_date)
-    delivery = read_batch(resource, batch_date, landing, low)
+    delivery = read_batch(resource, batch_date, landing, low, variables)
     if isinstance(resource.channel, FileChannel) and not delivery.sources:
         return IngestResult("none", prev, [])
     if prev is not None and prev.content_hash == delivery.content_hash:

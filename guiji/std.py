@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,8 @@ from catalog.loader import Catalogue
 from catalog.models import Resource
 from guiji.ods import IngestResult, receive, store
 from guiji.standardize import Standardized, standardize
-from quality.expectations import data_docs_root, validate
-from quality.results import masked_failures, min_pass_rate, store_results, withheld_reason
+from quality.expectations import validate
+from quality.results import BLOCKING_MIN_PASS_RATE, masked_failures, store_results, withheld_reason
 from quality.rules import resource_rules
 from warehouse.ods import (
     Batch,
@@ -79,26 +80,30 @@ def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: 
 
 def standardize_batch(
     wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, *,
-    run_id: str = "manual", with_gx: bool = True,
+    run_id: str = "manual", with_gx: bool = True, min_pass_rate: float = BLOCKING_MIN_PASS_RATE,
+    docs: Path | None = None,
 ) -> StdResult:
     """Rebuild the std rows, quarantine and rule results of the latest batch of ``resource``.
 
     Rules are counted by the polars predicates; with ``with_gx`` Great Expectations validates
-    the same rows too and both counts are stored side by side.
+    the same rows too and both counts are stored side by side, and with ``docs`` (the Data Docs
+    folder, ``$GONGSHU_HOME/gx_docs``) the validation is rendered to ``<docs>/<resource>/<batch>.html``.
+    A blocking rule below ``min_pass_rate`` (``GONGSHU_BLOCKING_MIN_PASS_RATE``) withholds the batch.
     """
     with wh.engine.connect() as conn:
         batch = latest_batch(wh, conn, resource, batch_date)
         if batch is None:
             return StdResult(None, None)
         ods = read_ods(wh, conn, resource, batch.batch_id)
-    out, failures = _standardize(catalogue, resource, batch_date, batch, ods, with_gx)
+    out, failures = _standardize(catalogue, resource, batch_date, batch, ods, with_gx, min_pass_rate, docs)
     _write(wh, catalogue, resource, batch_date, out, failures, run_id)
     return out
 
 
 def collect(
     wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path, *,
-    run_id: str = "manual", with_gx: bool = True,
+    variables: Mapping[str, str] | None = None, run_id: str = "manual", with_gx: bool = True,
+    min_pass_rate: float = BLOCKING_MIN_PASS_RATE, docs: Path | None = None,
 ) -> tuple[IngestResult, StdResult]:
     """贴源层 and 标准层 of one delivery in one pass: what :func:`ingest` then
     :func:`standardize_batch` do, without reading the new batch back from the warehouse.
@@ -106,10 +111,12 @@ def collect(
     The ODS rows are written by a worker thread while the same rows, in their stored form, are
     standardised here; the std rows are written once the ODS batch has committed. A delivery that
     is not a new batch (none, or the same content again) rebuilds the std rows of the latest batch.
+    ``variables``: the values of the channel's variables (:mod:`guiji.channels`).
     """
-    received = receive(wh, resource, batch_date, landing)
+    received = receive(wh, resource, batch_date, landing, variables)
     if received.status != "new":
-        return received, standardize_batch(wh, catalogue, resource, batch_date, run_id=run_id, with_gx=with_gx)
+        return received, standardize_batch(wh, catalogue, resource, batch_date, run_id=run_id, with_gx=with_gx,
+                                           min_pass_rate=min_pass_rate, docs=docs)
     assert received.batch is not None and received.rows is not None
     # declared before the worker starts, so the two threads never declare a table at the same time
     batches_table(wh)
@@ -117,7 +124,8 @@ def collect(
     with ThreadPoolExecutor(1, thread_name_prefix="gongshu-ods") as pool:
         written = pool.submit(store, wh, resource, received)
         try:
-            out, failures = _standardize(catalogue, resource, batch_date, received.batch, received.rows, with_gx)
+            out, failures = _standardize(catalogue, resource, batch_date, received.batch, received.rows, with_gx,
+                                         min_pass_rate, docs)
         finally:
             written.result()  # the ODS batch is committed (or its error raised) before anything else is written
     _write(wh, catalogue, resource, batch_date, out, failures, run_id)
@@ -126,6 +134,7 @@ def collect(
 
 def _standardize(
     catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch: Batch, ods: pl.DataFrame, with_gx: bool,
+    min_pass_rate: float, docs: Path | None,
 ) -> tuple[StdResult, pl.DataFrame]:
     result = standardize(ods, catalogue, resource, batch_date)
     delivered, accepted, quarantined = ods.height, result.accepted.height, result.quarantined_rows
@@ -133,18 +142,18 @@ def _standardize(
         raise ReconciliationError(
             f"{batch.batch_id}: 交付 {batch.rows_delivered} 行, 读出 {delivered} 行, 接收 {accepted} + 隔离 {quarantined}"
         )
-    withheld = withheld_reason(result.rule_counts, min_pass_rate())
-    gx_counts, docs = None, None
+    withheld = withheld_reason(result.rule_counts, min_pass_rate)
+    gx_counts, page = None, None
     if with_gx and result.parsed is not None and result.parsed.height:
         rules = resource_rules(catalogue, resource, batch_date)
         gx_results, raw = validate(result.parsed, rules, resource.id,
-                                   docs=data_docs_root() / resource.id / f"{batch.batch_id}.html")
+                                   docs=docs / resource.id / f"{batch.batch_id}.html" if docs else None)
         gx_counts = {g.rule_id: (g.evaluated, g.failed) for g in gx_results}
-        docs = raw.get("data_docs")
+        page = raw.get("data_docs")
     failures = masked_failures(catalogue, resource, result.failures,
                                result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None
                                else pl.DataFrame(schema={"_row_no": pl.Int64}))
-    return StdResult(batch, result, delivered, gx_counts, docs, withheld), failures
+    return StdResult(batch, result, delivered, gx_counts, page, withheld), failures
 
 
 def _write(

@@ -11,7 +11,9 @@
     gongshu ticket import-reply 回复.xlsx | gongshu ticket extend ID --days 5 --approved-by 李四
 
 Errors are reported as one clear message (file, row, field where known) and exit code 2, never
-as a traceback.
+as a traceback. Settings come from the environment as for the code location
+(:func:`assets.resources.settings_from_env`), and the commands that open the warehouse, send mail or
+need the pseudonymisation key use the code location's own resources (:func:`resources`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import datetime as dt
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +43,30 @@ def _yesterday() -> dt.date:
     return dt.datetime.now(ZoneInfo("Asia/Shanghai")).date() - dt.timedelta(days=1)
 
 
+def settings():
+    """The settings of the environment (:class:`assets.resources.Settings`), checked."""
+    from assets.resources import settings_from_env
+
+    return settings_from_env()
+
+
+@contextmanager
+def resources(catalogue=None, configured=None) -> Iterator:
+    """The resources of the code location (:func:`assets.resources.resources_from_env`), initialised for
+    one command: the secrets (``EnvVar``) resolved as in a run, the warehouse disposed at the end."""
+    from dagster import build_resources
+
+    from assets.resources import resources_from_env
+
+    with build_resources(resources_from_env(catalogue, configured)) as built:
+        yield built
+
+
 def dagster_home() -> Path:
-    return Path(os.environ.get("DAGSTER_HOME") or (Path(".gongshu") / "dagster")).resolve()
+    """``DAGSTER_HOME``: the Dagster instance folder (``.gongshu/dagster`` by default)."""
+    from assets.resources import DEFAULT_HOME
+
+    return Path(os.environ.get("DAGSTER_HOME") or (Path(DEFAULT_HOME) / "dagster")).resolve()
 
 
 def cmd_instance(args: argparse.Namespace) -> int:
@@ -59,10 +85,10 @@ def cmd_instance(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from catalog.loader import catalogue_path, load_catalogue
+    from catalog.loader import load_catalogue
     from generator import generate
 
-    catalogue = load_catalogue(args.catalog or catalogue_path())
+    catalogue = load_catalogue(args.catalog or settings().catalogue_path)
     start = time.perf_counter()
     manifest = generate(catalogue, persons=args.persons, seed=args.seed, date=args.date, out=Path(args.out),
                         days=args.days, progress=not args.quiet)
@@ -78,18 +104,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd_instance(argparse.Namespace(quiet=True))
     from dagster import DagsterInstance
 
-    from catalog.loader import current_catalogue
+    from catalog.loader import cached_catalogue
     from pipelines.runs import NightlyRuns
 
-    current_catalogue()  # a broken catalogue stops here, with its one clear message
+    configured = settings()  # a malformed setting stops here, naming its variable
+    cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its one clear message
     days = run_dates(args)
-    level = log_level()
+    level = configured.log_level_number
     log = dagster_home() / "logs" / "gongshu-run.log"
     failed = 0
     with DagsterInstance.get() as instance, NightlyRuns(instance, log=log) as runs:
         for day in days:
             start = time.perf_counter()
-            run_id = runs.launch(day, console_logging())
+            run_id = runs.launch(day, console_logging(configured.log_level))
             try:
                 result = runs.wait(run_id, echo=lambda line: print(line, file=sys.stderr, flush=True), level=level)
             except KeyboardInterrupt:
@@ -115,33 +142,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def failed_deliveries(day: dt.date) -> list[str]:
     """Resources whose delivery for ``day`` could not be read (the run itself went on without them)."""
+    from catalog.loader import cached_catalogue
     from warehouse.std import night_problems
-    from warehouse.upgrade import open_warehouse
 
-    wh = open_warehouse()
-    try:
-        problems = night_problems(wh, day)
-    finally:
-        wh.dispose()
+    configured = settings()
+    with resources(cached_catalogue(configured.catalogue_path), configured) as r:
+        problems = night_problems(r.warehouse.get(), day)
     return problems.filter(problems.get_column("state") == "交付失败").get_column("resource_id").to_list()
 
 
-def log_level() -> int:
-    """``GONGSHU_LOG_LEVEL`` (default WARNING): the run events ``gongshu run`` prints; the full event
-    log of every run stays in the Dagster instance and the UI."""
-    import logging
-
-    name = os.environ.get("GONGSHU_LOG_LEVEL", "WARNING").upper()
-    level = logging.getLevelName(name)
-    if not isinstance(level, int):
-        raise ValueError(f"GONGSHU_LOG_LEVEL 应为 DEBUG、INFO、WARNING、ERROR 或 CRITICAL: {name!r}")
-    return level
-
-
-def console_logging() -> dict:
-    """The run's console logger at ``GONGSHU_LOG_LEVEL``: what the run worker writes to the code server's
-    output (the ``gongshu run`` log file, or the terminal of ``dagster dev`` for a re-execution)."""
-    level = os.environ.get("GONGSHU_LOG_LEVEL", "WARNING").upper()
+def console_logging(level: str) -> dict:
+    """The run's console logger at ``GONGSHU_LOG_LEVEL`` (default WARNING; also what ``gongshu run``
+    prints of the run's events, the full event log staying in the Dagster instance and the UI): what
+    the run worker writes to the code server's output (the ``gongshu run`` log file, or the terminal of
+    ``dagster dev`` for a re-execution)."""
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
@@ -156,25 +170,23 @@ def run_dates(args: argparse.Namespace) -> list[dt.date]:
 
 
 def print_summary(day: dt.date) -> None:
-    from assets.resources import landing_path, open_warehouse
-    from catalog.loader import current_catalogue
+    from catalog.loader import cached_catalogue
     from pipelines.summary import summary_lines
     from quality.freshness.calendar import city_zone
     from quality.freshness.render import freshness_lines, summary_time
     from quality.report.period import report_lines
 
-    wh = open_warehouse()
-    try:
-        catalogue = current_catalogue()
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        wh = r.warehouse.get()
         for line in summary_lines(wh, catalogue, day):
             print(line)
         for line in freshness_lines(wh, catalogue, summary_time(day, city_zone(catalogue))):
             print(line)
-        for line in report_lines(wh, catalogue, day):
+        for line in report_lines(wh, catalogue, day, configured.reports):
             print(line)
-    finally:
-        wh.dispose()
-    print(f"\n数仓: {wh.safe_url}\n交付目录: {landing_path().resolve()}\nDagster 实例: {dagster_home()}"
+    print(f"\n数仓: {wh.safe_url}\n交付目录: {configured.landing_path.resolve()}\nDagster 实例: {dagster_home()}"
           "\n界面: make ui → http://127.0.0.1:3000")
 
 
@@ -185,18 +197,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_score_detection(args: argparse.Namespace) -> int:
     """Compare the pipeline's findings with the generator's ground truth; exit 1 unless perfect."""
-    from assets.resources import open_warehouse
-    from catalog.loader import current_catalogue
+    from catalog.loader import cached_catalogue
     from quality.detection import findings, format_score, load_manifest, score
 
     _, truth = load_manifest(Path(args.manifest))
     dates = sorted(set(truth.get_column("batch_date").drop_nulls().to_list()))
-    catalogue = current_catalogue()
-    wh = open_warehouse()
-    try:
-        found = findings(wh, catalogue, dates, stale=stale_resources(wh, catalogue, max(dates)))
-    finally:
-        wh.dispose()
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        wh = r.warehouse.get()
+        found = findings(wh, catalogue, dates, stale=stale_resources(wh, catalogue, max(dates)),
+                         volume_ratio=configured.volume_min_ratio)
     s = score(truth, found)
     print(f"\n缺陷检出评估 · {args.manifest}")
     for line in format_score(s):
@@ -222,11 +233,8 @@ def stale_resources(wh, catalogue, day: dt.date) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Score the batch date, bring the 校核 tickets up to it, write and mail every department's report."""
-    from assets.resources import open_warehouse
-    from catalog.loader import current_catalogue
-    from desensitize.pseudonym import KEY_ENV, PseudonymKey
+    from catalog.loader import cached_catalogue
     from quality.config import load_config
-    from quality.mail import Mailer
     from quality.report.context import report_reference
     from quality.report.period import outcome_lines, produce_reports
     from quality.scorecard.period import run_scorecard
@@ -234,39 +242,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     from quality.scorecard.store import previous_totals
     from quality.tickets.sync import sync_tickets
 
-    catalogue = current_catalogue()
-    config = load_config(catalogue.root)
-    wh = open_warehouse()
-    try:
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    config = load_config(catalogue.root, configured.scorecard)
+    with resources(catalogue, configured) as r:
+        wh = r.warehouse.get()
         previous = previous_totals(wh, args.date)
         references = {d.code: report_reference(catalogue, d.code, args.date) for d in catalogue.departments}
         sync = sync_tickets(wh, catalogue, args.date, config, references)  # R counts them: first
         card = run_scorecard(wh, catalogue, args.date, config, run_id=f"cli-{time.strftime('%Y%m%dT%H%M%S')}")
         print(f"校核工单 · {args.date}: 新开 {len(sync.opened)} · 修复 {len(sync.fixed)} · 新超期 {len(sync.overdue)}")
         print(markdown_table(card, catalogue, previous))
-        key = PseudonymKey.from_env() if os.environ.get(KEY_ENV) else None
-        run = produce_reports(wh, catalogue, args.date, config, mailer=Mailer.from_env(wh), key=key,
-                              send=not args.no_send, resend=args.resend)
+        run = produce_reports(wh, catalogue, args.date, config, mailer=r.mailer.get(), key=r.pseudonym.get_or_none(),
+                              send=not args.no_send, resend=args.resend, root=configured.reports,
+                              engineers=configured.engineer_emails)
         for line in outcome_lines(run, catalogue):
             print(line)
-    finally:
-        wh.dispose()
     return 0
 
 
 def cmd_ticket(args: argparse.Namespace) -> int:
     """校核 tickets: answer, import a reply workbook, extend with approval, close, list."""
-    from assets.resources import open_warehouse
-    from catalog.loader import current_catalogue
+    from catalog.loader import cached_catalogue
+
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        return _ticket(args, r.warehouse.get(), catalogue, configured.scorecard)
+
+
+def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, str]) -> int:
     from quality.config import load_config
     from quality.freshness.calendar import city_zone
     from quality.tickets import commands as tk
     from quality.tickets.store import read_tickets
     from quality.tickets.transitions import ACTIVE, TicketError, TicketKind, TicketStatus
 
-    catalogue = current_catalogue()
     tz = city_zone(catalogue)
-    wh = open_warehouse()
     try:
         if args.action == "answer":
             t = tk.answer_ticket(wh, args.id, args.note, args.by, tz=tz)
@@ -278,7 +290,7 @@ def cmd_ticket(args: argparse.Namespace) -> int:
             for ticket_id, why in out.skipped:
                 print(f"  {ticket_id}: {why}")
         elif args.action == "extend":
-            t = tk.extend_ticket(wh, args.id, args.days, args.approved_by, load_config(catalogue.root),
+            t = tk.extend_ticket(wh, args.id, args.days, args.approved_by, load_config(catalogue.root, scorecard_env),
                                  note=args.note, tz=tz)
             print(f"校核单 {t['ticket_id']} 延期 {args.days} 个工作日 (合计 {t['extension_days']}), "
                   f"新期限 {t['due_date']}, 批准人 {t['extended_by']}; 状态: {TicketStatus(t['status']).label}")
@@ -297,16 +309,13 @@ def cmd_ticket(args: argparse.Namespace) -> int:
     except TicketError as exc:
         print(f"错误: {exc}", file=sys.stderr)
         return 2
-    finally:
-        wh.dispose()
     return 0
 
 
 def cmd_serve_api(args: argparse.Namespace) -> int:
-    from assets.resources import landing_path
     from pipelines.demo_api import make_server
 
-    server = make_server(Path(args.landing) if args.landing else landing_path(), args.host, args.port,
+    server = make_server(Path(args.landing) if args.landing else settings().landing_path, args.host, args.port,
                          os.environ.get(args.token_env) if args.token_env else None)
     print(f"示范数据接口: http://{args.host}:{server.server_address[1]}", flush=True)
     try:
@@ -319,14 +328,14 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    from catalog.loader import catalogue_path, load_catalogue
+    from catalog.loader import load_catalogue
     from catalog.schema import write_schemas
 
     if args.action == "schema":
         for path in write_schemas(Path(args.out)):
             print(f"已写出 {path}")
         return 0
-    cat = load_catalogue(args.folder or catalogue_path())
+    cat = load_catalogue(args.folder or settings().catalogue_path)
     print(f"目录有效: {cat.city.city.name} · {len(cat.departments)} 个部门 · {len(cat.libraries)} 个基础库 · "
           f"{len(cat.resources)} 个资源 · {sum(len(lib.elements) for lib in cat.libraries)} 个数据元")
     return 0
@@ -414,11 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "date", "unset") is None and not getattr(args, "manifest", None):
         args.date = _yesterday()
-    if getattr(args, "out", "unset") is None and args.command == "generate":
-        from assets.resources import landing_path
-
-        args.out = str(landing_path())
     try:
+        if getattr(args, "out", "unset") is None and args.command == "generate":
+            args.out = str(settings().landing_path)
         return args.func(args)
     except KeyboardInterrupt:
         return 130

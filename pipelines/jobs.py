@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import (
     AssetSelection,
     DailyPartitionsDefinition,
@@ -14,17 +12,17 @@ from dagster import (
     multiprocess_executor,
 )
 
+from assets.resources import Settings
+
 NIGHTLY_JOB = "nightly_guiji"
 
 
 def build_jobs_and_schedules(
-    partitions: DailyPartitionsDefinition,
+    partitions: DailyPartitionsDefinition, settings: Settings | None = None,
 ) -> tuple[list[JobDefinition], list[ScheduleDefinition]]:
     # Two worker processes by default (the reference machine has two cores); PostgreSQL
     # deployments raise GONGSHU_MAX_CONCURRENT, SQLite serialises writers anyway.
-    executor = multiprocess_executor.configured(
-        {"max_concurrent": int(os.environ.get("GONGSHU_MAX_CONCURRENT", "2"))}
-    )
+    executor = multiprocess_executor.configured({"max_concurrent": (settings or Settings()).max_concurrent})
     nightly = define_asset_job(
         NIGHTLY_JOB,
         selection=AssetSelection.key_prefixes(["ods"], ["std"], ["base"], ["share"], ["quality"]),

@@ -20,7 +20,6 @@ import datetime as dt
 import glob
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,20 +43,16 @@ from dagster import (
 
 from assets.freshness import freshness_check_keys
 from assets.keys import base_key, ods_key, std_key
-from assets.resources import LandingResource, MailerResource, WarehouseResource
+from assets.resources import LandingResource, MailerResource, Settings, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import FileChannel, Resource
 from quality.freshness import calendar
 from quality.freshness.evaluate import Status
 from quality.freshness.render import recovered_notice, stale_notice
 from quality.freshness.store import outdated_by, read_freshness
-from quality.mail import MailError, engineer_emails
+from quality.mail import MailError
 from quality.templating import render
 from warehouse.store import Warehouse
-
-FRESHNESS_INTERVAL_S = int(os.environ.get("GONGSHU_FRESHNESS_INTERVAL", "300"))
-ARRIVAL_INTERVAL_S = int(os.environ.get("GONGSHU_ARRIVAL_INTERVAL", "60"))
-
 
 # --- stale data --------------------------------------------------------------------------------
 
@@ -77,20 +72,20 @@ def _known(cursor: dict) -> dict[str, str]:
     return {rid: Status.stale.value for rid in cursor.get("notified", {})}
 
 
-def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
+def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = None) -> SensorDefinition:
     checks = freshness_check_keys(catalogue)
     ids = [r.id for r in catalogue.resources]
 
     @sensor(
         name="stale_data_sensor",
-        minimum_interval_seconds=FRESHNESS_INTERVAL_S,
+        minimum_interval_seconds=(settings or Settings()).freshness_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
         target=AssetSelection.checks(*checks),
         description="时效通知: 读取 freshness 检查写入的 quality.freshness, 资源超期或恢复时通知数源部门与数据工程师"
                     "(每次变化一次); 存储的应交付时间或超期时点已过时, 请求单独运行 freshness 检查。",
     )
     def stale_data_sensor(
-        context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource
+        context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource, settings: Settings
     ) -> SensorResult:
         now = calendar.clock()  # the module's clock: tests set it
         state = read_freshness(warehouse.get()).filter(pl.col("resource_id").is_in(ids))
@@ -104,7 +99,7 @@ def build_stale_data_sensor(catalogue: Catalogue) -> SensorDefinition:
                 status[rid] = current
                 continue
             dept = catalogue.department(catalogue.resource(rid).department)
-            to = [*dept.emails, *engineer_emails()]
+            to = [*dept.emails, *settings.engineer_emails]
             if not to:
                 context.log.warning(f"{rid} {Status(current).label}, 但部门与 GONGSHU_ENGINEER_EMAILS 均无收件人")
                 status[rid] = current
@@ -188,8 +183,8 @@ def build_run_failure_alert() -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description="运行失败或阻断性质量检查未通过时, 邮件通知数据工程师 (GONGSHU_ENGINEER_EMAILS)。",
     )
-    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource) -> None:
-        to = engineer_emails()
+    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource, settings: Settings) -> None:
+        to = settings.engineer_emails
         if not to:
             context.log.warning("GONGSHU_ENGINEER_EMAILS 未设置, 无法发送运行失败告警")
             return
@@ -312,14 +307,16 @@ def arrival_requests(
 
 
 def build_file_arrival_sensor(
-    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition
+    catalogue: Catalogue, resource: Resource, partitions: DailyPartitionsDefinition, settings: Settings | None = None,
 ) -> SensorDefinition:
+    settings = settings or Settings()
+    settle = settings.arrival_settle_s
     lib = catalogue.library(resource.library)
     dept = catalogue.department(resource.department)
 
     @sensor(
         name=f"file_arrival_{resource.id}",
-        minimum_interval_seconds=ARRIVAL_INTERVAL_S,
+        minimum_interval_seconds=settings.arrival_interval_s,
         target=AssetSelection.assets(ods_key(resource), std_key(resource), base_key(lib)),
         description=f"文件到达即归集: {dept.name}「{resource.name}」的交付落入 {resource.channel.path} 后, "
                     f"立即为该批次日期运行贴源层、标准层与{lib.name}, 不等夜间作业。",
@@ -328,7 +325,6 @@ def build_file_arrival_sensor(
         context: SensorEvaluationContext, landing: LandingResource, warehouse: WarehouseResource
     ) -> SensorResult:
         seen = _load(context.cursor)
-        settle = float(os.environ.get("GONGSHU_ARRIVAL_SETTLE_SECONDS", "30"))
         requests, seen = arrival_requests(resource, partitions, landing.root(), seen, calendar.clock(), warehouse.get(),
                                           settle_s=settle)
         return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
@@ -342,9 +338,11 @@ def file_channel_resources(catalogue: Catalogue) -> Iterator[Resource]:
             if isinstance(r.channel, FileChannel) and any(t in r.channel.path for t in _DATE_TOKENS))
 
 
-def build_sensors(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[SensorDefinition]:
+def build_sensors(
+    catalogue: Catalogue, partitions: DailyPartitionsDefinition, settings: Settings | None = None,
+) -> list[SensorDefinition]:
     return [
-        build_stale_data_sensor(catalogue),
+        build_stale_data_sensor(catalogue, settings),
         build_run_failure_alert(),
-        *(build_file_arrival_sensor(catalogue, r, partitions) for r in file_channel_resources(catalogue)),
+        *(build_file_arrival_sensor(catalogue, r, partitions, settings) for r in file_channel_resources(catalogue)),
     ]

@@ -8,7 +8,6 @@ fields. Read by the tickets (deadlines), the scorecard (weights) and the reports
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -71,8 +70,10 @@ class ScorecardConfig(BaseModel):
 
 
 def load_config(catalogue_root: Path | None = None, env: Mapping[str, str] | None = None) -> ScorecardConfig:
-    """The configuration: YAML (``GONGSHU_SCORECARD_CONFIG`` or the catalogue's ``scorecard.yaml``), then env."""
-    env = os.environ if env is None else env
+    """The configuration: YAML (``GONGSHU_SCORECARD_CONFIG`` or the catalogue's ``scorecard.yaml``), then
+    ``GONGSHU_SCORECARD_<FIELD>``: both from ``env``, the ``GONGSHU_SCORECARD_*`` variables the edge's
+    settings hold (none given: the catalogue's file and the defaults)."""
+    env = env or {}
     data: dict = {}
     path = Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else (catalogue_root / CONFIG_FILE if catalogue_root else None)
     if path is not None and path.exists():

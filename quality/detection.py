@@ -65,9 +65,13 @@ def _read(wh: Warehouse, conn, layer: str, table: str, sql: str, schema: dict) -
     return wh.read(conn, sql, schema)
 
 
-def findings(wh: Warehouse, catalogue: Catalogue, dates: list[dt.date], stale: list[str] | None = None) -> pl.DataFrame:
-    """Everything the pipeline flagged for the given batch dates, as (class, resource_id, batch_date, row)."""
-    from quality.volume import assess, previous_volumes
+def findings(wh: Warehouse, catalogue: Catalogue, dates: list[dt.date], stale: list[str] | None = None,
+             volume_ratio: float | None = None) -> pl.DataFrame:
+    """Everything the pipeline flagged for the given batch dates, as (class, resource_id, batch_date, row);
+    a delivery is truncated below ``volume_ratio`` (``GONGSHU_VOLUME_MIN_RATIO``) of its recent median."""
+    from quality.volume import MIN_RATIO, assess, previous_volumes
+
+    ratio = MIN_RATIO if volume_ratio is None else volume_ratio
 
     d0, d1 = min(dates), max(dates)
     parts = []
@@ -106,7 +110,7 @@ def findings(wh: Warehouse, catalogue: Catalogue, dates: list[dt.date], stale: l
                 rows = wh.scalar(conn, f"SELECT rows_delivered FROM {wh.qualified('ods', 'batches')} WHERE "
                                  "resource_id = :r AND batch_date = :d ORDER BY seq DESC LIMIT 1",
                                  {"r": res.id, "d": day})
-                if not assess(int(rows), previous_volumes(wh, conn, res, day)).ok:
+                if not assess(int(rows), previous_volumes(wh, conn, res, day), ratio).ok:
                     parts.append(pl.DataFrame([{"class": "truncated", "resource_id": res.id, "batch_date": day,
                                                 "row": None}], schema=FINDING_SCHEMA))
     for rid in stale or []:

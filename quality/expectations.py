@@ -9,25 +9,20 @@ so the test that both engines count the same failures compares two implementatio
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("GE_USAGE_STATS", "false")
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
-import datetime as dt  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import polars as pl  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-
-from quality.rules import Kind, Rule  # noqa: E402
+from quality.rules import Kind, Rule
 
 ID_W = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
 USCC_ALPHA = "0123456789ABCDEFGHJKLMNPQRTUWXY"
@@ -282,11 +277,6 @@ def _context():
         analytics_enabled=False,
     )
     return gx.get_context(mode="ephemeral", project_config=config)
-
-
-def data_docs_root() -> Path:
-    """``$GONGSHU_HOME/gx_docs``: one Data Docs page per validated batch (``.gongshu/gx_docs`` by default)."""
-    return Path(os.environ.get("GONGSHU_HOME") or ".gongshu") / "gx_docs"
 
 
 def _strip_values(result) -> None:

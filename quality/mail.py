@@ -1,13 +1,13 @@
 """Outgoing mail: SMTP when configured, an outbox folder otherwise; every send audited.
 
-    mailer = Mailer.from_env(warehouse)
+    mailer = Mailer(warehouse, SmtpSettings("mail.gov.example", 465, "ssl", "gongshu", password), outbox)
     record = mailer.send(["sjzl@swj.example"], "【数据时效】…", html, [Attachment("失败记录.xlsx", data)])
 
-SMTP is used when ``GONGSHU_SMTP_HOST`` is set (with ``GONGSHU_SMTP_PORT``, ``GONGSHU_SMTP_TLS``
-= none | starttls | ssl, ``GONGSHU_SMTP_USER``, ``GONGSHU_SMTP_PASSWORD``, ``GONGSHU_SMTP_FROM``,
-``GONGSHU_SMTP_TIMEOUT``); otherwise each message is written to ``$GONGSHU_HOME/outbox`` as one
-``.eml`` file (attachments also beside it, in ``<name>.files/``, for readers without a mail client).
-Every attempt, delivered or failed, becomes one row of ``audit.deliveries``.
+SMTP is used when a server is given (the edge's ``MailerResource`` fills it from ``GONGSHU_SMTP_HOST``,
+``_PORT``, ``_TLS`` = none | starttls | ssl, ``_USER``, ``_PASSWORD``, ``_FROM``, ``_TIMEOUT``); otherwise
+each message is written to the outbox folder (``$GONGSHU_HOME/outbox``) as one ``.eml`` file
+(attachments also beside it, in ``<name>.files/``, for readers without a mail client). Every attempt,
+delivered or failed, becomes one row of ``audit.deliveries``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import html as htmllib
 import mimetypes
-import os
 import re
 import smtplib
 import ssl
@@ -30,7 +29,7 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
-from warehouse.store import DEFAULT_DIR, Column, Warehouse
+from warehouse.store import Column, Warehouse
 
 DELIVERIES = "deliveries"
 DELIVERY_SCHEMA: dict[str, pl.DataType] = {
@@ -68,6 +67,16 @@ class Attachment:
         return cls(path.name, path.read_bytes(), guessed)
 
 
+TLS_MODES = ("none", "starttls", "ssl")
+
+
+def port_and_tls(port: int | None, tls: str | None) -> tuple[int, str]:
+    """The usual pairing when only one is given: 465 ↔ ssl, 587 ↔ starttls, otherwise 25 and none."""
+    tls = (tls or "").lower()
+    port = port or {"ssl": 465, "starttls": 587}.get(tls, 25)
+    return port, tls or {465: "ssl", 587: "starttls"}.get(port, "none")
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str
@@ -77,21 +86,9 @@ class SmtpSettings:
     password: str | None = field(default=None, repr=False)
     timeout_s: float = 30.0
 
-    @classmethod
-    def from_env(cls) -> SmtpSettings | None:
-        """The server from ``GONGSHU_SMTP_*``, or None when ``GONGSHU_SMTP_HOST`` is unset."""
-        host = os.environ.get("GONGSHU_SMTP_HOST")
-        if not host:
-            return None
-        tls = (os.environ.get("GONGSHU_SMTP_TLS") or "").lower()
-        port = int(os.environ.get("GONGSHU_SMTP_PORT") or {"ssl": 465, "starttls": 587}.get(tls, 25))
-        if not tls:
-            tls = {465: "ssl", 587: "starttls"}.get(port, "none")
-        if tls not in ("none", "starttls", "ssl"):
-            raise ValueError(f"GONGSHU_SMTP_TLS 应为 none、starttls 或 ssl, 得到 {tls!r}")
-        return cls(host, port, tls, os.environ.get("GONGSHU_SMTP_USER") or None,
-                   os.environ.get("GONGSHU_SMTP_PASSWORD") or None,
-                   float(os.environ.get("GONGSHU_SMTP_TIMEOUT") or 30))
+    def __post_init__(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"SMTP 加密方式应为 none、starttls 或 ssl, 得到 {self.tls!r}")
 
 
 @dataclass(frozen=True)
@@ -118,16 +115,8 @@ class DeliveryRecord:
                 "attachments": "; ".join(self.attachments) or None}
 
 
-def default_outbox() -> Path:
-    return Path(os.environ.get("GONGSHU_HOME") or DEFAULT_DIR) / "outbox"
-
-
-def engineer_emails() -> list[str]:
-    """``GONGSHU_ENGINEER_EMAILS``: the bureau's data engineers (comma, semicolon or space separated)."""
-    return _addresses(os.environ.get("GONGSHU_ENGINEER_EMAILS", ""))
-
-
-def _addresses(value: str | Sequence[str]) -> list[str]:
+def addresses(value: str | Sequence[str]) -> list[str]:
+    """Mail addresses, comma, semicolon or space separated (``GONGSHU_ENGINEER_EMAILS``), each once."""
     parts = re.split(r"[,;\s]+", value) if isinstance(value, str) else list(value)
     out: list[str] = []
     for p in parts:
@@ -187,14 +176,12 @@ class Mailer:
 
     def __init__(self, warehouse: Warehouse, smtp: SmtpSettings | None = None, outbox: Path | None = None,
                  sender: str | None = None):
+        if smtp is None and outbox is None:
+            raise ValueError("邮件既无 SMTP 服务器也无发件箱目录")
         self.warehouse = warehouse
         self.smtp = smtp
-        self.outbox = Path(outbox) if outbox else default_outbox()
+        self.outbox = Path(outbox) if outbox else None
         self.sender = sender or (smtp.user if smtp and smtp.user and "@" in smtp.user else "gongshu@localhost")
-
-    @classmethod
-    def from_env(cls, warehouse: Warehouse, outbox: Path | None = None) -> Mailer:
-        return cls(warehouse, SmtpSettings.from_env(), outbox, os.environ.get("GONGSHU_SMTP_FROM") or None)
 
     @property
     def transport(self) -> str:
@@ -211,7 +198,7 @@ class Mailer:
         reference: str | None = None,
     ) -> DeliveryRecord:
         """Deliver one message and return its audit record; raises :class:`MailError` if it failed."""
-        recipients = _addresses(to)
+        recipients = addresses(to)
         if not recipients:
             raise ValueError("没有收件人")
         now = dt.datetime.now(dt.UTC)
@@ -255,6 +242,7 @@ class Mailer:
 
     def _write(self, msg: EmailMessage, data: bytes, attachments: Sequence[Attachment], now: dt.datetime,
                category: str, delivery_id: str) -> str:
+        assert self.outbox is not None
         self.outbox.mkdir(parents=True, exist_ok=True)
         stem = f"{now:%Y%m%dT%H%M%S}_{re.sub(r'[^A-Za-z0-9_-]', '_', category)}_{delivery_id[:12]}"
         path = self.outbox / f"{stem}.eml"

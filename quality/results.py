@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import polars as pl
 import sqlalchemy as sa
@@ -30,10 +29,9 @@ FAILURE_TABLE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def min_pass_rate() -> float:
-    """``GONGSHU_BLOCKING_MIN_PASS_RATE``: below this a blocking rule keeps a batch out of the base
-    library (default 0.9)."""
-    return float(os.environ.get("GONGSHU_BLOCKING_MIN_PASS_RATE", "0.9"))
+# Below this pass rate a blocking rule keeps a batch out of the base library; the default of
+# ``GONGSHU_BLOCKING_MIN_PASS_RATE``, which the edge's settings hand to the 标准层 and the checks.
+BLOCKING_MIN_PASS_RATE = 0.9
 
 
 def withheld_reason(rule_counts: pl.DataFrame, threshold: float) -> str | None:

@@ -1,13 +1,13 @@
 """Volume check (记录完整性): a delivery far smaller than its recent deliveries is suspicious.
 
 Compared with the median row count of the resource's last deliveries (other batch dates); below
-``ratio`` × median it warns. A truncated file is the usual cause.
+``ratio`` × median it warns (``GONGSHU_VOLUME_MIN_RATIO``, default :data:`MIN_RATIO`). A truncated
+file is the usual cause.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import statistics
 from dataclasses import dataclass
 
@@ -17,11 +17,7 @@ from catalog.models import Resource
 from warehouse.store import Warehouse
 
 HISTORY = 7
-
-
-def volume_ratio() -> float:
-    """``GONGSHU_VOLUME_MIN_RATIO``: warn below this share of the recent median (default 0.5)."""
-    return float(os.environ.get("GONGSHU_VOLUME_MIN_RATIO", "0.5"))
+MIN_RATIO = 0.5  # warn below this share of the recent median
 
 
 @dataclass(frozen=True)
@@ -40,10 +36,10 @@ class Volume:
         return self.rows / self.median if self.median else None
 
 
-def assess(rows: int, previous: list[int], ratio: float | None = None) -> Volume:
+def assess(rows: int, previous: list[int], ratio: float = MIN_RATIO) -> Volume:
     """Pure: compare ``rows`` with the median of ``previous`` (none yet: nothing to compare)."""
     prev = tuple(previous[-HISTORY:])
-    return Volume(rows, prev, statistics.median(prev) if prev else None, volume_ratio() if ratio is None else ratio)
+    return Volume(rows, prev, statistics.median(prev) if prev else None, ratio)
 
 
 def previous_volumes(wh: Warehouse, conn, resource: Resource, batch_date: dt.date) -> list[int]:

@@ -85,27 +85,29 @@ def test_no_files_means_no_delivery(cat, tmp_path: Path) -> None:
     assert d.sources == [] and d.rows == 0
 
 
-def test_the_api_is_read_page_by_page(cat, tmp_path: Path, monkeypatch) -> None:
+def test_the_api_is_read_page_by_page(cat, tmp_path: Path) -> None:
     records = [{"code": f"C{i}", "title": f"T{i}", "capital": i} for i in range(5)]
     citykit.write_api(tmp_path, DAY, records)
     server, base = serve_in_thread(tmp_path, token="s3cret")
-    monkeypatch.setenv("SHANHAI_QIYE_URL", f"{base}/qiye")
+    variables = {"SHANHAI_QIYE_URL": f"{base}/qiye"}  # the channel's url_env, as the edge hands it over
     res = cat.resource("gongshang_qiye")
     try:
         with pytest.raises(DeliveryError, match="HTTP 401"):
-            read_api(res, res.channel, DAY)
-        monkeypatch.setenv("TEST_TOKEN", "s3cret")
+            read_api(res, res.channel, DAY, variables)
         ch = res.channel.model_copy(update={"auth_env": "TEST_TOKEN"})
-        d = read_api(res, ch, DAY)
+        with pytest.raises(DeliveryError, match="HTTP 401"):
+            read_api(res, ch, DAY, variables)  # the token's variable is not set
+        variables["TEST_TOKEN"] = "s3cret"
+        d = read_api(res, ch, DAY, variables)
         assert d.frame.get_column("code").to_list() == [f"C{i}" for i in range(5)]  # page_size 2: three pages
         assert d.frame.get_column("capital").to_list() == [str(i) for i in range(5)]
-        assert read_api(res, ch, DAY + dt.timedelta(days=1)).rows == 0  # 404: nothing that day
+        assert read_api(res, ch, DAY + dt.timedelta(days=1), variables).rows == 0  # 404: nothing that day
     finally:
         server.shutdown()
         server.server_close()
 
 
-def test_the_api_retries_server_errors_then_succeeds(cat, monkeypatch) -> None:
+def test_the_api_retries_server_errors_then_succeeds(cat) -> None:
     calls = []
 
     class Flaky(BaseHTTPRequestHandler):
@@ -126,33 +128,31 @@ def test_the_api_retries_server_errors_then_succeeds(cat, monkeypatch) -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("SHANHAI_QIYE_URL", f"http://127.0.0.1:{server.server_address[1]}/qiye")
+    variables = {"SHANHAI_QIYE_URL": f"http://127.0.0.1:{server.server_address[1]}/qiye"}
     res = cat.resource("gongshang_qiye")
     try:
-        assert read_api(res, res.channel, DAY).rows == 1
+        assert read_api(res, res.channel, DAY, variables).rows == 1
         assert len(calls) == 2
     finally:
         server.shutdown()
         server.server_close()
 
 
-def test_an_unreachable_api_is_a_delivery_error_naming_the_url(cat, monkeypatch) -> None:
-    monkeypatch.setenv("SHANHAI_QIYE_URL", "http://127.0.0.1:9/qiye")
+def test_an_unreachable_api_is_a_delivery_error_naming_the_url(cat) -> None:
     res = cat.resource("gongshang_qiye")
     with pytest.raises(DeliveryError, match=r"接口 http://127.0.0.1:9/qiye 第 1 页在 2 次尝试后仍失败"):
-        read_api(res, res.channel, DAY)
+        read_api(res, res.channel, DAY, {"SHANHAI_QIYE_URL": "http://127.0.0.1:9/qiye"})
 
 
-def test_an_unreachable_database_is_a_delivery_error_without_the_password(cat, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("SHANHAI_SB_URL", "postgresql+psycopg://sb:topsecret@127.0.0.1:1/qzk")
+def test_an_unreachable_database_is_a_delivery_error_without_the_password(cat, tmp_path: Path) -> None:
     res = cat.resource("shebao_canbao")
     with pytest.raises(DeliveryError) as info:
-        read_database(res, DAY, tmp_path, None)
+        read_database(res, DAY, tmp_path, None, {"SHANHAI_SB_URL": "postgresql+psycopg://sb:topsecret@127.0.0.1:1/qzk"})
     assert "topsecret" not in str(info.value) and "前置库" in str(info.value)
 
 
 def test_a_typed_qianzhiku_is_read_as_text_and_by_the_day_of_its_watermark(
-    cat, warehouse_url: str, tmp_path: Path, monkeypatch
+    cat, warehouse_url: str, tmp_path: Path
 ) -> None:
     """The 前置库 holds typed columns (a number, a timestamp watermark) on SQLite or PostgreSQL."""
     import sqlalchemy as sa
@@ -167,15 +167,16 @@ def test_a_typed_qianzhiku_is_read_as_text_and_by_the_day_of_its_watermark(
             {"z": citykit.PEOPLE[2][0], "n": "赵强", "t": 13912345678, "u": dt.datetime(2026, 10, 10, 0, 0)},
         ])
     engine.dispose()
-    monkeypatch.setenv("SHANHAI_SB_URL", warehouse_url)
+    variables = {"SHANHAI_SB_URL": warehouse_url}
     res = cat.resource("shebao_canbao")
-    first = read_database(res, DAY, tmp_path, None)
+    first = read_database(res, DAY, tmp_path, None, variables)
     assert first.frame.get_column("ZJHM").to_list() == [citykit.PEOPLE[0][0], citykit.PEOPLE[1][0]]
     assert first.frame.get_column("TEL").to_list() == ["13812345678", None]  # text, not a lost value
     assert first.watermark_high.startswith("2026-10-09 23:59:59")
-    second = read_database(res, DAY + dt.timedelta(days=1), tmp_path, read_window(res, DAY + dt.timedelta(days=1)))
+    second = read_database(res, DAY + dt.timedelta(days=1), tmp_path, read_window(res, DAY + dt.timedelta(days=1)),
+                           variables)
     assert second.frame.get_column("NAME").to_list() == ["赵强"]  # only the rows of its own day
-    again = read_database(res, DAY, tmp_path, None)
+    again = read_database(res, DAY, tmp_path, None, variables)
     assert again.content_hash == first.content_hash  # the same partition reads the same rows
 
 
@@ -190,7 +191,7 @@ def test_the_row_digest_tells_null_from_empty_field_boundaries_and_order_apart()
     assert len({frame_digest(base), *(frame_digest(v) for v in variants)}) == 4
 
 
-def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat, tmp_path: Path, monkeypatch) -> None:
+def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat, tmp_path: Path) -> None:
     import sqlalchemy as sa
 
     rows = [(p[0], p[1], f"13{i}00000000", f"2026-10-09 0{i}:00:00") for i, p in enumerate(citykit.PEOPLE)]
@@ -202,8 +203,8 @@ def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat,
             conn.execute(sa.text('INSERT INTO "CB" VALUES (:z, :n, :t, :u)'),
                          [{"z": z, "n": n, "t": t, "u": u} for z, n, t, u in ordered])
         engine.dispose()
-        monkeypatch.setenv("SHANHAI_SB_URL", f"sqlite:///{tmp_path / name}")
-        reads.append(read_database(cat.resource("shebao_canbao"), DAY, tmp_path, None))
+        variables = {"SHANHAI_SB_URL": f"sqlite:///{tmp_path / name}"}
+        reads.append(read_database(cat.resource("shebao_canbao"), DAY, tmp_path, None, variables))
     fwd, rev = reads
     assert fwd.frame.drop("_source").equals(rev.frame.drop("_source"))
     assert fwd.content_hash == rev.content_hash
@@ -338,13 +339,19 @@ def _page(total_pages: int, n: int = 1) -> bytes:
 
 
 @pytest.fixture
-def api(cat, monkeypatch):
+def variables() -> dict[str, str]:
+    """The values of the channels' variables (``url_env``, ``auth_env``), as the edge hands them over."""
+    return {}
+
+
+@pytest.fixture
+def api(cat, variables):
     servers = []
 
     def start(respond) -> _Api:
         server = _Api(respond)
         servers.append(server)
-        monkeypatch.setenv("SHANHAI_QIYE_URL", server.url)
+        variables["SHANHAI_QIYE_URL"] = server.url
         return server
 
     yield start
@@ -352,20 +359,20 @@ def api(cat, monkeypatch):
         s.close()
 
 
-def test_an_api_paging_without_end_stops_at_the_page_limit(cat, api) -> None:
+def test_an_api_paging_without_end_stops_at_the_page_limit(cat, api, variables) -> None:
     server = api(lambda page: (200, {}, _page(page + 1)))  # always one more page
     res = cat.resource("gongshang_qiye")
     ch = res.channel.model_copy(update={"max_pages": 5})
     with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 5 页: 接口声明共 6 页, 超过每次交付的页数上限 5 页"):
-        read_api(res, ch, DAY)
+        read_api(res, ch, DAY, variables)
     assert server.calls == [1, 2, 3, 4, 5]
     server = api(lambda page: (200, {}, _page(50_000)))  # announced up front: not a page more is read
     with pytest.raises(DeliveryError, match="第 1 页: 接口声明共 50000 页"):
-        read_api(res, ch, DAY)
+        read_api(res, ch, DAY, variables)
     assert server.calls == [1]
 
 
-def test_an_api_delivery_stops_at_its_time_budget(cat, api) -> None:
+def test_an_api_delivery_stops_at_its_time_budget(cat, api, variables) -> None:
     import time
 
     def slow(page):
@@ -377,42 +384,42 @@ def test_an_api_delivery_stops_at_its_time_budget(cat, api) -> None:
     ch = res.channel.model_copy(update={"max_seconds": 1.0})
     start = time.monotonic()
     with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 \d 页: 超过每次交付的时间上限 1 秒"):
-        read_api(res, ch, DAY)
+        read_api(res, ch, DAY, variables)
     assert time.monotonic() - start < 2.5 and server.calls[:3] == [1, 2, 3] and len(server.calls) <= 5
 
 
-def test_malformed_json_is_a_delivery_error_naming_url_and_page(cat, api) -> None:
+def test_malformed_json_is_a_delivery_error_naming_url_and_page(cat, api, variables) -> None:
     server = api(lambda page: (200, {}, _page(3) if page == 1 else b'{"total_pages": 3, "items": [{'))
     res = cat.resource("gongshang_qiye")
     with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 2 页返回的不是合法 JSON: Expecting"):
-        read_api(res, res.channel, DAY)
+        read_api(res, res.channel, DAY, variables)
     server = api(lambda page: (200, {}, b'["not", "an", "object"]'))
     with pytest.raises(DeliveryError, match=rf"接口 {server.url} 第 1 页返回内容不符合约定"):
-        read_api(res, res.channel, DAY)
+        read_api(res, res.channel, DAY, variables)
 
 
-def test_the_api_waits_as_long_as_a_429_asks_then_reads_on(cat, api) -> None:
+def test_the_api_waits_as_long_as_a_429_asks_then_reads_on(cat, api, variables) -> None:
     import time
 
     server = api(lambda page: (429, {"Retry-After": "1"}, b"") if len(server.calls) == 1 else (200, {}, _page(1)))
     res = cat.resource("gongshang_qiye")
     start = time.monotonic()
-    assert read_api(res, res.channel, DAY).rows == 1
+    assert read_api(res, res.channel, DAY, variables).rows == 1
     assert server.calls == [1, 1] and time.monotonic() - start >= 0.9
 
 
-def test_credentials_in_an_api_url_never_appear_in_errors_logs_or_sources(cat, api, monkeypatch, caplog) -> None:
-    monkeypatch.setenv("SHANHAI_QIYE_URL", "http://apiuser:pw-s3cret@127.0.0.1:9/qiye?access_token=tok-s3cret&x=1")
+def test_credentials_in_an_api_url_never_appear_in_errors_logs_or_sources(cat, api, variables, caplog) -> None:
+    variables["SHANHAI_QIYE_URL"] = "http://apiuser:pw-s3cret@127.0.0.1:9/qiye?access_token=tok-s3cret&x=1"
     res = cat.resource("gongshang_qiye")
     with caplog.at_level("DEBUG"), pytest.raises(DeliveryError) as info:
-        read_api(res, res.channel, DAY)
+        read_api(res, res.channel, DAY, variables)
     msg = str(info.value)
     assert "s3cret" not in msg and "apiuser" not in msg
     assert any("Retrying" in r.getMessage() for r in caplog.records)  # urllib3 logs every retry, query included
     assert not any("s3cret" in r.getMessage() for r in caplog.records)
     assert msg.startswith("接口 http://127.0.0.1:9/qiye?access_token=***&x=1 第 1 页在 2 次尝试后仍失败")
     server = api(lambda page: (200, {}, _page(1)))
-    monkeypatch.setenv("SHANHAI_QIYE_URL", server.url.replace("http://", "http://apiuser:pw-s3cret@") + "?token=tok-s3cret")
-    d = read_api(res, res.channel, DAY)
+    variables["SHANHAI_QIYE_URL"] = server.url.replace("http://", "http://apiuser:pw-s3cret@") + "?token=tok-s3cret"
+    d = read_api(res, res.channel, DAY, variables)
     assert d.sources == [f"{server.url.removeprefix('http://')}?date={DAY}"]
     assert not d.frame.get_column("_source").str.contains("s3cret|apiuser").any()

@@ -114,7 +114,7 @@ def test_a_file_whose_records_cannot_be_split_fails_its_batch_with_its_size(ware
     broken = b"PK\x03\x04 this is\nnot a\nworkbook"
     (landing / "gs" / f"{DAY:%Y%m%d}" / "xuke.xlsx").write_bytes(broken)
     for r in cat.resources:
-        collect(warehouse, cat, r, DAY, landing)
+        collect(warehouse, cat, r, DAY, landing, variables=os.environ)
     received, std = collect(warehouse, cat, cat.resource("gongshang_xuke"), DAY, landing)
     b = batch_row(warehouse, "gongshang_xuke")
     assert (b["rows_delivered"], b["unreadable_bytes"], b["unreadable_lines"], b["status"]) == (0, len(broken), 3, "failed")
@@ -143,7 +143,7 @@ def test_no_credential_of_a_channel_url_is_stored_anywhere(warehouse: Warehouse,
     engine.dispose()
     monkeypatch.setenv("SHANHAI_SB_URL", qzk.set(password="db-s3cret").render_as_string(hide_password=False))
     for r in cat.resources:
-        collect(warehouse, cat, r, DAY, landing)
+        collect(warehouse, cat, r, DAY, landing, variables=os.environ)
     for lib in cat.libraries:
         merge_library(warehouse, cat, lib.code, DAY)
     found = []

@@ -14,7 +14,7 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, instance_for_test, 
 from assets.factory import build_resource_assets
 from assets.freshness import CHECK_NAME, build_freshness_checks
 from assets.keys import daily_partitions
-from assets.resources import LandingResource, WarehouseResource
+from assets.resources import LandingResource, Settings, WarehouseResource
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from quality.freshness import calendar
 from quality.freshness.evaluate import LastDelivery
@@ -108,7 +108,8 @@ def test_the_freshness_check_runs_in_a_partitioned_run_and_writes_the_state(tmp_
     with instance_for_test() as instance:
         result = materialize(
             [ods, checks], partition_key=day.isoformat(), instance=instance, selection=AssetSelection.assets(key),
-            resources={"warehouse": WarehouseResource(url=url), "landing": LandingResource(path=str(landing))},
+            resources={"warehouse": WarehouseResource(url=url), "landing": LandingResource(path=str(landing)),
+                       "settings": Settings(home=str(tmp_path / "home"))},
         )
         assert result.success
         [ev] = [e for e in result.get_asset_check_evaluations() if e.check_name == CHECK_NAME]

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from dagster import build_resources
 
-from assets.resources import MailerResource, WarehouseResource
+from assets.resources import MailerResource, Settings, SettingsError, WarehouseResource, resources_from_env
 from quality.mail import (
     Attachment,
     Mailer,
     MailError,
     SmtpSettings,
-    engineer_emails,
     html_to_text,
     read_deliveries,
 )
@@ -97,13 +97,16 @@ def test_with_smtp_configured_the_message_goes_to_the_server_after_login(
     monkeypatch.setenv("GONGSHU_SMTP_USER", "gongshu")
     monkeypatch.setenv("GONGSHU_SMTP_PASSWORD", "s3cret")
     monkeypatch.setenv("GONGSHU_SMTP_FROM", "gongshu@bureau.example")
+    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path))
+    monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     outbox = tmp_path / "outbox"
-    mailer = Mailer.from_env(wh, outbox)
-    assert repr(mailer.smtp).count("s3cret") == 0  # the password never shows in logs
+    with build_resources(resources_from_env()) as built:  # the code location's mailer, as a run has it
+        mailer = built.mailer.get()
+        assert repr(mailer.smtp).count("s3cret") == 0  # the password never shows in logs
 
-    record = mailer.send(["xxzx@rsj.example", "dev@bureau.example"], "【公数告警】运行失败", HTML,
-                         [Attachment("明细.csv", "证件号,原因\n".encode(), "text/csv")], category="run_failure")
+        record = mailer.send(["xxzx@rsj.example", "dev@bureau.example"], "【公数告警】运行失败", HTML,
+                             [Attachment("明细.csv", "证件号,原因\n".encode(), "text/csv")], category="run_failure")
 
     [env] = inbox.envelopes
     assert env.mail_from == "gongshu@bureau.example"
@@ -131,35 +134,34 @@ def test_a_refused_login_raises_and_is_audited_as_failed(smtp_server, tmp_path: 
 
 
 def test_smtp_settings_come_from_the_environment_with_tls_following_the_port(monkeypatch) -> None:
-    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
-    assert SmtpSettings.from_env() is None
-    monkeypatch.setenv("GONGSHU_SMTP_HOST", "mail.gov.example")
-    for var in ("GONGSHU_SMTP_PORT", "GONGSHU_SMTP_TLS", "GONGSHU_SMTP_USER", "GONGSHU_SMTP_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    assert (SmtpSettings.from_env().port, SmtpSettings.from_env().tls) == (25, "none")
-    monkeypatch.setenv("GONGSHU_SMTP_PORT", "465")
-    assert SmtpSettings.from_env().tls == "ssl"
-    monkeypatch.setenv("GONGSHU_SMTP_PORT", "587")
-    assert SmtpSettings.from_env().tls == "starttls"
-    monkeypatch.delenv("GONGSHU_SMTP_PORT")
-    monkeypatch.setenv("GONGSHU_SMTP_TLS", "ssl")
-    assert SmtpSettings.from_env().port == 465
-    monkeypatch.setenv("GONGSHU_SMTP_TLS", "maybe")
-    with pytest.raises(ValueError, match="GONGSHU_SMTP_TLS"):
-        SmtpSettings.from_env()
+    def smtp(**env: str) -> SmtpSettings | None:
+        """The server of the code location's mailer, built from these GONGSHU_SMTP_* variables."""
+        for var in ("HOST", "PORT", "TLS", "USER", "PASSWORD"):
+            monkeypatch.delenv(f"GONGSHU_SMTP_{var}", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(f"GONGSHU_SMTP_{k.upper()}", v)
+        with build_resources({"mailer": resources_from_env()["mailer"]}) as built:
+            return built.mailer.get().smtp
+
+    assert smtp() is None  # no server: the outbox
+    assert (smtp(host="mail.gov.example").port, smtp(host="mail.gov.example").tls) == (25, "none")
+    assert smtp(host="mail.gov.example", port="465").tls == "ssl"
+    assert smtp(host="mail.gov.example", port="587").tls == "starttls"
+    assert smtp(host="mail.gov.example", tls="ssl").port == 465
+    with pytest.raises(SettingsError, match="GONGSHU_SMTP_TLS='maybe'"):  # stops the code location's load
+        Settings.from_env({"GONGSHU_SMTP_HOST": "mail.gov.example", "GONGSHU_SMTP_TLS": "maybe"})
 
 
-def test_recipients_are_split_deduplicated_and_required(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", "a@x.cn, b@x.cn;a@x.cn  c@x.cn")
-    assert engineer_emails() == ["a@x.cn", "b@x.cn", "c@x.cn"]
+def test_recipients_are_split_deduplicated_and_required(tmp_path: Path) -> None:
+    settings = Settings.from_env({"GONGSHU_ENGINEER_EMAILS": "a@x.cn, b@x.cn;a@x.cn  c@x.cn"})
+    assert settings.engineer_emails == ["a@x.cn", "b@x.cn", "c@x.cn"]
     mailer = Mailer(Warehouse(f"sqlite:///{tmp_path / 'w.db'}"), outbox=tmp_path / "o")
     with pytest.raises(ValueError, match="没有收件人"):
         mailer.send(" ; ", "s", HTML)
     assert not (tmp_path / "o").exists()
 
 
-def test_the_dagster_resource_writes_to_its_outbox_through_its_warehouse(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
+def test_the_dagster_resource_writes_to_its_outbox_through_its_warehouse(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     resource = MailerResource(warehouse=WarehouseResource(url=url), outbox=str(tmp_path / "outbox"))
     resource.get().send("dev@bureau.example", "测试", HTML)

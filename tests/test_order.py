@@ -10,6 +10,7 @@ on one date, and a re-delivery of an earlier date after later dates were merged.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,7 +124,7 @@ def warehouses(warehouse_url: str, tmp_path: Path) -> Iterator[Warehouses]:
 def run_date(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> None:
     """One partition as the nightly job runs it: every resource's 归集, then every library's merge."""
     for r in cat.resources:
-        collect(wh, cat, r, day, landing, with_gx=False)
+        collect(wh, cat, r, day, landing, variables=os.environ, with_gx=False)
     for lib in cat.libraries:
         merge_library(wh, cat, lib.code, day)
 

@@ -4,6 +4,7 @@ reconciliation, idempotent reruns and crash safety."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +29,7 @@ DAY2 = dt.date(2026, 10, 10)
 def run_day(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> dict:
     out = {}
     for r in cat.resources:
-        ingest(wh, cat, r, day, landing)
+        ingest(wh, cat, r, day, landing, os.environ)
         out[r.id] = standardize_batch(wh, cat, r, day)
     for lib in cat.libraries:
         out[lib.code] = merge_library(wh, cat, lib.code, day)
@@ -183,7 +184,7 @@ def test_one_pass_collect_writes_what_ingest_then_standardize_write(warehouse: W
     _clear(warehouse)
     outs = {}
     for r in cat.resources:
-        outs[r.id] = collect(warehouse, cat, r, DAY1, landing)
+        outs[r.id] = collect(warehouse, cat, r, DAY1, landing, variables=os.environ)
     for lib in cat.libraries:
         merge_library(warehouse, cat, lib.code, DAY1)
     assert _without_receipt_time(dump(warehouse)) == separate
@@ -222,7 +223,7 @@ def test_a_crash_after_the_ods_commit_is_finished_by_the_next_run(warehouse: War
     res = cat.resource("huzheng_renkou")
     expected = {}
     for r in cat.resources:
-        ingest(warehouse, cat, r, DAY1, landing)
+        ingest(warehouse, cat, r, DAY1, landing, os.environ)
         expected[r.id] = standardize_batch(warehouse, cat, r, DAY1)
     before = dump(warehouse)
     _clear(warehouse)
@@ -237,7 +238,7 @@ def test_a_crash_after_the_ods_commit_is_finished_by_the_next_run(warehouse: War
     assert warehouse.exists("ods", res.id) and not warehouse.exists("std", res.id)
     monkeypatch.setattr(std_mod, "_write", real_write)
     for r in cat.resources:
-        received, out = collect(warehouse, cat, r, DAY1, landing)
+        received, out = collect(warehouse, cat, r, DAY1, landing, variables=os.environ)
         assert out.accepted == expected[r.id].accepted and out.quarantined == expected[r.id].quarantined
     assert collect(warehouse, cat, res, DAY1, landing)[0].status == "unchanged"
     assert _without_receipt_time(dump(warehouse)) == _without_receipt_time(before)
@@ -288,7 +289,7 @@ def test_a_crash_mid_merge_leaves_every_table_as_it_was(warehouse: Warehouse, ci
     rows = [[p, n + "改", s, b] for p, n, s, b in PEOPLE]
     citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
     for r in cat.resources:
-        ingest(warehouse, cat, r, DAY2, landing)
+        ingest(warehouse, cat, r, DAY2, landing, os.environ)
         standardize_batch(warehouse, cat, r, DAY2)
     before = dump(warehouse)
 
@@ -420,15 +421,15 @@ def run_day_in_parallel(url: str, cat: Catalogue, landing: Path, day: dt.date, w
     """The nightly job's order with ``workers`` steps at a time, each step with its own warehouse
     (as each step process of the job opens its own): every resource's one-pass step, then each
     library's merge once its resources are done."""
-    def step(fn, *args) -> None:
+    def step(fn, *args, **kw) -> None:
         wh = Warehouse(url)
         try:
-            fn(wh, cat, *args)
+            fn(wh, cat, *args, **kw)
         finally:
             wh.dispose()
 
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda r: step(collect, r, day, landing), cat.resources))
+        list(pool.map(lambda r: step(collect, r, day, landing, variables=os.environ), cat.resources))
         list(pool.map(lambda lib: step(merge_library, lib.code, day), cat.libraries))
 
 
@@ -443,7 +444,7 @@ def test_steps_two_at_a_time_on_a_new_warehouse_build_what_one_at_a_time_builds(
     parallel_base = {lib.code: current(warehouse, cat, lib.code) for lib in cat.libraries}
     _clear(warehouse)
     for r in cat.resources:
-        collect(warehouse, cat, r, DAY1, landing)
+        collect(warehouse, cat, r, DAY1, landing, variables=os.environ)
     for lib in cat.libraries:
         merge_library(warehouse, cat, lib.code, DAY1)
     assert _without_receipt_time({t: rows for t, rows in dump(warehouse).items() if not t.startswith("base")}) == parallel

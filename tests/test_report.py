@@ -22,7 +22,7 @@ from assets.scorecard import build_scorecard_asset
 from assets.tickets import build_tickets_asset
 from desensitize.pseudonym import PseudonymKey, token_of
 from quality.config import ScorecardConfig
-from quality.mail import Mailer, read_deliveries
+from quality.mail import Mailer, SmtpSettings, read_deliveries
 from quality.report.context import build_report, report_reference
 from quality.report.deliver import REPORT_CATEGORY
 from quality.report.inputs import load_inputs
@@ -39,6 +39,7 @@ from warehouse.store import Warehouse
 
 KEY = PseudonymKey(b"test-only-pseudonym-key-0123456789")
 CONFIG = ScorecardConfig()
+ENGINEERS = ["dev@bureau.example"]  # GONGSHU_ENGINEER_EMAILS
 
 smtp_server = test_mailer.smtp_server  # fixture: a local aiosmtpd server
 MOBILES = ["13800000001", "13900000002", "1370000003", "13700000003"]
@@ -160,16 +161,14 @@ def test_no_raw_identifier_reaches_the_html_the_workbook_or_the_mail(city, tmp_p
 
 
 def test_reports_are_mailed_through_smtp_when_configured_with_the_workbook_attached(
-    city, smtp_server, tmp_path: Path, monkeypatch
+    city, smtp_server, tmp_path: Path
 ) -> None:
     inbox, port = smtp_server
-    for k, v in {"GONGSHU_SMTP_HOST": "127.0.0.1", "GONGSHU_SMTP_PORT": str(port), "GONGSHU_SMTP_TLS": "none",
-                 "GONGSHU_SMTP_USER": "gongshu", "GONGSHU_SMTP_PASSWORD": "s3cret",
-                 "GONGSHU_SMTP_FROM": "gongshu@bureau.example", "GONGSHU_ENGINEER_EMAILS": "dev@bureau.example"}.items():
-        monkeypatch.setenv(k, v)
     cat, landing = city
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
-    run = night(wh, cat, landing, tmp_path, mailer=Mailer.from_env(wh, tmp_path / "outbox"))
+    smtp = SmtpSettings("127.0.0.1", port, "none", "gongshu", "s3cret")
+    run = night(wh, cat, landing, tmp_path, mailer=Mailer(wh, smtp, tmp_path / "outbox", "gongshu@bureau.example"),
+                engineers=ENGINEERS)
 
     assert [o.delivery for o in run.outcomes] == ["sent (smtp)"] * 4
     mails = [(tuple(e.rcpt_tos), email.message_from_bytes(e.original_content, policy=default_policy))
@@ -195,12 +194,11 @@ def test_reports_are_mailed_through_smtp_when_configured_with_the_workbook_attac
     wh.dispose()
 
 
-def test_without_smtp_each_report_is_an_eml_in_the_outbox_and_is_sent_once(city, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
-    monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", "dev@bureau.example")
+def test_without_smtp_each_report_is_an_eml_in_the_outbox_and_is_sent_once(city, tmp_path: Path) -> None:
     cat, landing = city
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
-    run = night(wh, cat, landing, tmp_path, mailer=Mailer.from_env(wh, tmp_path / "outbox"))
+    outbox = Mailer(wh, None, tmp_path / "outbox")
+    run = night(wh, cat, landing, tmp_path, mailer=outbox, engineers=ENGINEERS)
     emls = sorted((tmp_path / "outbox").glob("*quality_report*.eml"))
     assert len(emls) == 4 and [o.delivery for o in run.outcomes] == ["sent (outbox)"] * 4
     subjects = sorted(str(email.message_from_bytes(p.read_bytes(), policy=default_policy)["Subject"]) for p in emls)
@@ -210,12 +208,12 @@ def test_without_smtp_each_report_is_an_eml_in_the_outbox_and_is_sent_once(city,
     lines = "\n".join(outcome_lines(run, cat))
     assert "户政中心" in lines and "已发送(发件箱)" in lines and "huzheng.html, huzheng.xlsx" in lines
 
-    again = produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
-                               root=tmp_path / "reports")
+    again = produce_reports(wh, cat, DAY1, CONFIG, mailer=outbox, key=KEY, root=tmp_path / "reports",
+                            engineers=ENGINEERS)
     assert [o.delivery for o in again.outcomes] == ["already sent"] * 4
     assert len(list((tmp_path / "outbox").glob("*quality_report*.eml"))) == 4
-    produce_reports(wh, cat, DAY1, CONFIG, mailer=Mailer.from_env(wh, tmp_path / "outbox"), key=KEY,
-                       root=tmp_path / "reports", resend=True)
+    produce_reports(wh, cat, DAY1, CONFIG, mailer=outbox, key=KEY, root=tmp_path / "reports",
+                    engineers=ENGINEERS, resend=True)
     assert len(list((tmp_path / "outbox").glob("*quality_report*.eml"))) == 8
     assert read_deliveries(wh, REPORT_CATEGORY).height == 8
     summary = "\n".join(report_lines(wh, cat, DAY1, tmp_path / "reports"))
@@ -238,13 +236,12 @@ def test_a_department_with_nothing_wrong_gets_a_short_report_with_its_charts(cit
     wh.dispose()
 
 
-def test_an_overdue_ticket_escalates_in_the_next_report_and_to_the_engineers(city, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", "dev@bureau.example")
+def test_an_overdue_ticket_escalates_in_the_next_report_and_to_the_engineers(city, tmp_path: Path) -> None:
     cat, landing = city
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
-    night(wh, cat, landing, tmp_path)
+    night(wh, cat, landing, tmp_path, engineers=ENGINEERS)
     due = dt.date(2026, 10, 13)
-    run = night(wh, cat, landing, tmp_path, due, deliver=False)  # nothing delivered since: overdue, and stale
+    run = night(wh, cat, landing, tmp_path, due, deliver=False, engineers=ENGINEERS)  # nothing since: overdue, stale
 
     text = text_of(html_of(run, "huzheng"))
     # R = 100·0/1 − 5·1 → 0; 时效性 0 (a 每日 resource last delivered 09-30 is stale since 10-09):
@@ -264,7 +261,7 @@ def test_an_overdue_ticket_escalates_in_the_next_report_and_to_the_engineers(cit
     [form] = [r for r in sheet(run, "huzheng", REPLY_SHEET)[3:]]
     assert form[8] == "已超期"
     # two working days later (Wed 10-14, Thu 10-15) the report says by how much it is late
-    later = night(wh, cat, landing, tmp_path, dt.date(2026, 10, 15), deliver=False)
+    later = night(wh, cat, landing, tmp_path, dt.date(2026, 10, 15), deliver=False, engineers=ENGINEERS)
     assert "2026-09-30 2026-10-13 已超期 2 个工作日" in text_of(html_of(later, "huzheng"))
     wh.dispose()
 
@@ -292,10 +289,10 @@ def test_a_department_answers_by_filling_in_the_workbook_it_received(city, tmp_p
 
 
 def test_tickets_then_scorecard_then_reports_are_dagster_assets_after_every_base_library(
-    city, tmp_path: Path, monkeypatch
+    city, tmp_path: Path
 ) -> None:
     from assets.keys import base_key, daily_partitions
-    from assets.resources import MailerResource, PseudonymKeyResource, WarehouseResource
+    from assets.resources import MailerResource, PseudonymKeyResource, Settings, WarehouseResource
 
     cat, landing = city
     url = f"sqlite:///{tmp_path / 'w.db'}"
@@ -314,15 +311,13 @@ def test_tickets_then_scorecard_then_reports_are_dagster_assets_after_every_base
     assert {d.asset_key for d in rspec.deps} == {AssetKey(["quality", "scorecard"]), ticket_key}
     assert rspec.group_name == "quality"
 
-    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("GONGSHU_SMTP_HOST", raising=False)
-    monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", "dagster-test-key-0123456789")
     warehouse = WarehouseResource(url=url)
     alone = materialize([card], partition_key=DAY1.isoformat(), resources={"warehouse": warehouse})
     assert alone.success and read_tickets(wh).height == 0  # the scorecard computes; it opens no ticket
     result = materialize([tickets, card, reports], partition_key=DAY1.isoformat(), resources={
         "warehouse": warehouse, "mailer": MailerResource(warehouse=warehouse, outbox=str(tmp_path / "outbox")),
-        "pseudonym": PseudonymKeyResource()})
+        "pseudonym": PseudonymKeyResource(key="dagster-test-key-0123456789"),
+        "settings": Settings(home=str(tmp_path / "home"))})
     assert result.success
     tmeta = result.asset_materializations_for_node(tickets.node_def.name)[0].metadata
     assert (tmeta["新开校核单"].value, tmeta["待校核"].value, tmeta["新超期(已上报)"].value) == (3, 3, 0)

@@ -31,7 +31,7 @@ from dagster import (
 from assets.factory import build_assets
 from assets.freshness import CHECK_NAME, build_freshness_checks, freshness_check_keys
 from assets.keys import daily_partitions, ods_key
-from assets.resources import LandingResource, MailerResource, WarehouseResource
+from assets.resources import LandingResource, WarehouseResource, resources_from_env
 from catalog.loader import DEMO_CATALOGUE, Catalogue, load_catalogue
 from pipelines import sensors
 from quality.freshness import calendar
@@ -73,10 +73,22 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def env(monkeypatch, tmp_path: Path) -> Path:
+    """No SMTP server: mail goes to ``$GONGSHU_HOME/outbox`` (returned); the engineers are set."""
     for var in ("GONGSHU_SMTP_HOST", "GONGSHU_SMTP_PORT", "GONGSHU_SMTP_USER", "GONGSHU_SMTP_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GONGSHU_ENGINEER_EMAILS", ENGINEERS)
+    monkeypatch.setenv("GONGSHU_HOME", str(tmp_path))
     return tmp_path / "outbox"
+
+
+@pytest.fixture
+def resources_for(monkeypatch, env):
+    """The code location's resources, built from the environment as it is now, on the warehouse at a URL."""
+    def build(url: str) -> dict:
+        monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", url)
+        return resources_from_env()
+
+    return build
 
 
 def deliver(wh: Warehouse, catalogue: Catalogue, resource_id: str, day: str, seq: int = 1, rows: int = 100) -> None:
@@ -93,11 +105,6 @@ def deliver(wh: Warehouse, catalogue: Catalogue, resource_id: str, day: str, seq
     with wh.begin() as conn:
         wh.create(conn, table)
         wh.insert(conn, table, pl.DataFrame([record], schema=BATCH_SCHEMA))
-
-
-def resources_for(url: str, outbox: Path) -> dict:
-    wh = WarehouseResource(url=url)
-    return {"warehouse": wh, "mailer": MailerResource(warehouse=wh, outbox=str(outbox)), "landing": LandingResource()}
 
 
 def tick(sensor_def, instance: DagsterInstance, cursor: str | None, resources: dict,
@@ -131,16 +138,17 @@ def holiday_deliveries(wh: Warehouse, catalogue: Catalogue) -> None:
     deliver(wh, catalogue, "swj_nsrdj", "2026-09-21")  # weekly: due 09-29, allowed 09-29: late by 09-30
 
 
-def stale_defs(catalogue: Catalogue, url: str, outbox: Path) -> Definitions:
+def stale_defs(catalogue: Catalogue, resources: dict) -> Definitions:
     """The demo's assets, the freshness check and the stale-data sensor, as the code location holds them."""
-    return Definitions(assets=build_assets(catalogue, daily_partitions(catalogue)),
+    return Definitions(assets=build_assets(catalogue, daily_partitions(catalogue), resources["settings"]),
                        asset_checks=[build_freshness_checks(catalogue)],
-                       sensors=[sensors.build_stale_data_sensor(catalogue)], resources=resources_for(url, outbox))
+                       sensors=[sensors.build_stale_data_sensor(catalogue)], resources=resources)
 
 
-def watch(defs: Definitions, instance: DagsterInstance, cursor: str | None, url: str, outbox: Path):
-    """One tick of the stale-data sensor; returns (result, new cursor)."""
-    return tick(defs.resolve_sensor_def("stale_data_sensor"), instance, cursor, resources_for(url, outbox), defs)
+def watch(defs: Definitions, instance: DagsterInstance, cursor: str | None, resources: dict):
+    """One tick of the stale-data sensor with the resources as the environment holds them now; returns
+    (result, new cursor)."""
+    return tick(defs.resolve_sensor_def("stale_data_sensor"), instance, cursor, resources, defs)
 
 
 def run_check(defs: Definitions, instance: DagsterInstance) -> None:
@@ -155,14 +163,14 @@ def stale(cursor: str) -> set[str]:
 
 
 def test_the_check_judges_the_holiday_and_the_sensor_notifies_the_weekly_resource_late_by_a_working_day_once(
-    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock
+    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock, resources_for
 ) -> None:
     wh = Warehouse(warehouse_url)
     holiday_deliveries(wh, demo)
-    defs = stale_defs(demo, warehouse_url, env)
+    defs = stale_defs(demo, resources_for(warehouse_url))
 
     # nothing stored yet: the sensor evaluates nothing itself, it asks for the freshness check
-    first, cursor = watch(defs, instance, None, warehouse_url, env)
+    first, cursor = watch(defs, instance, None, resources_for(warehouse_url))
     [request] = first.run_requests
     assert request.asset_check_keys == freshness_check_keys(demo) and request.asset_selection == []
     assert request.run_key == "freshness:new:" + ",".join(sorted(r.id for r in demo.resources))
@@ -189,7 +197,7 @@ def test_the_check_judges_the_holiday_and_the_sensor_notifies_the_weekly_resourc
     assert state["gaj_hjrk"]["status"] == "late" and state["zrzy_bzdz"]["status"] == "fresh"
 
     # the next tick reads it: one notice, to the department and the engineers, in the outbox and in audit
-    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    result, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
     assert result.run_requests == []
     [msg] = mails(env)
     assert msg["Subject"] == "【数据时效】市税务局「纳税人登记信息」已超期未更新 (更新周期 每周)"
@@ -203,38 +211,38 @@ def test_the_check_judges_the_holiday_and_the_sensor_notifies_the_weekly_resourc
 
     # no change, no mail and no run: later ticks, and a restarted daemon reading the stored cursor
     clock.now = at("2026-10-05 12:05")
-    quiet, cursor2 = watch(defs, instance, cursor, warehouse_url, env)
+    quiet, cursor2 = watch(defs, instance, cursor, resources_for(warehouse_url))
     assert quiet.run_requests == [] and "新通知 无" in quiet.skip_message
     clock.now = at("2026-10-08 23:59")
-    again, _ = watch(defs, instance, cursor2, warehouse_url, env)
+    again, _ = watch(defs, instance, cursor2, resources_for(warehouse_url))
     assert again.run_requests == [] and len(mails(env)) == 1 and read_deliveries(wh).height == 1
     # the stored deadline of the daily resources and rsj (10-09 00:00) has passed: the check is due again
     clock.now = at("2026-10-09 00:05")
-    due, _ = watch(defs, instance, cursor2, warehouse_url, env)
+    due, _ = watch(defs, instance, cursor2, resources_for(warehouse_url))
     [request] = due.run_requests
     assert request.run_key == "freshness:2026-10-08T16:00:00" and len(mails(env)) == 1
     wh.dispose()
 
 
 def test_after_the_holiday_a_resource_turning_stale_or_fresh_again_is_notified_once_each_time(
-    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock
+    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock, resources_for
 ) -> None:
     wh = Warehouse(warehouse_url)
     holiday_deliveries(wh, demo)
-    defs = stale_defs(demo, warehouse_url, env)
-    _, cursor = watch(defs, instance, None, warehouse_url, env)
+    defs = stale_defs(demo, resources_for(warehouse_url))
+    _, cursor = watch(defs, instance, None, resources_for(warehouse_url))
     run_check(defs, instance)
-    _, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    _, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
     assert stale(cursor) == {"swj_nsrdj"}
 
     for r in demo.resources:  # the daily batches of the holiday arrive on 10-09 at 02:05
         if r.update_cycle.value == "每日":
             deliver(wh, demo, r.id, "2026-10-08")
     clock.now = at("2026-10-09 09:00")
-    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    result, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
     assert len(result.run_requests) == 1  # rsj's deadline passed at midnight
     run_check(defs, instance)
-    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    result, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
     subjects = sorted(m["Subject"] for m in mails(env))
     assert len(subjects) == 2 and "市人力社保局「社会保险参保信息」" in subjects[0]  # rsj: allowed until 10-08
     assert stale(cursor) == {"swj_nsrdj", "rsj_sbcb"}
@@ -243,44 +251,44 @@ def test_after_the_holiday_a_resource_turning_stale_or_fresh_again_is_notified_o
     deliver(wh, demo, "swj_nsrdj", "2026-10-08")  # swj delivers; its run evaluates the check
     run_check(defs, instance)
     clock.now = at("2026-10-09 09:05")
-    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    result, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
     assert stale(cursor) == {"rsj_sbcb"} and "新通知 swj_nsrdj 正常" in result.skip_message
     [back] = [m for m in mails(env) if "已恢复更新" in m["Subject"]]
     assert back["Subject"] == "【数据时效】市税务局「纳税人登记信息」已恢复更新 (更新周期 每周)"
     assert "swj_nsrdj.20261008.1" in back.get_body(("html",)).get_content()
     assert latest_check(instance, demo, "swj_nsrdj").passed
     assert read_freshness(wh).filter(pl.col("resource_id") == "swj_nsrdj")["status"].item() == "fresh"
-    _, cursor = watch(defs, instance, cursor, warehouse_url, env)  # nothing changed: nothing sent
+    _, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))  # nothing changed: nothing sent
     assert len(mails(env)) == 3
 
     clock.now = at("2026-10-20 09:00")  # a new stale spell for swj is news again (rsj is still stale)
-    result, cursor = watch(defs, instance, cursor, warehouse_url, env)
+    result, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
     assert len(result.run_requests) == 1
     run_check(defs, instance)
-    watch(defs, instance, cursor, warehouse_url, env)
+    watch(defs, instance, cursor, resources_for(warehouse_url))
     refs = read_deliveries(wh, "freshness")["reference"].to_list()
     assert refs.count("swj_nsrdj") == 3 and refs.count("rsj_sbcb") == 1  # stale, fresh again, stale; stale
     wh.dispose()
 
 
 def test_a_failed_send_is_not_marked_and_is_retried_on_the_next_tick(
-    demo: Catalogue, instance: DagsterInstance, tmp_path: Path, env: Path, clock, monkeypatch
+    demo: Catalogue, instance: DagsterInstance, tmp_path: Path, env: Path, clock, monkeypatch, resources_for
 ) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     wh = Warehouse(url)
     holiday_deliveries(wh, demo)
-    defs = stale_defs(demo, url, env)
-    _, cursor = watch(defs, instance, None, url, env)
+    defs = stale_defs(demo, resources_for(url))
+    _, cursor = watch(defs, instance, None, resources_for(url))
     run_check(defs, instance)
     monkeypatch.setenv("GONGSHU_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("GONGSHU_SMTP_PORT", "9")  # nothing listens there
     monkeypatch.setenv("GONGSHU_SMTP_TIMEOUT", "2")
-    result, cursor = watch(defs, instance, cursor, url, env)
+    result, cursor = watch(defs, instance, cursor, resources_for(url))
     assert "发送失败 swj_nsrdj" in result.skip_message and stale(cursor) == set()
     assert read_deliveries(wh).select("status", "transport").rows() == [("failed", "smtp")]
 
     monkeypatch.delenv("GONGSHU_SMTP_HOST")  # the outbox works
-    watch(defs, instance, cursor, url, env)
+    watch(defs, instance, cursor, resources_for(url))
     assert read_deliveries(wh)["status"].to_list() == ["failed", "sent"] and len(mails(env)) == 1
     wh.dispose()
 
@@ -302,13 +310,12 @@ def _boom() -> None:
 
 
 def test_run_failures_and_failed_blocking_checks_alert_the_engineers(
-    instance: DagsterInstance, tmp_path: Path, env: Path
+    instance: DagsterInstance, tmp_path: Path, env: Path, resources_for
 ) -> None:
     defs = Definitions(assets=[_checked, _boom], jobs=[define_asset_job("checked", [_checked]),
                                                        define_asset_job("boom", [_boom])])
     alert = sensors.build_run_failure_alert()
-    res = {"mailer": MailerResource(warehouse=WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}"),
-                                    outbox=str(env))}
+    res = resources_for(f"sqlite:///{tmp_path / 'w.db'}")
     _, cursor = tick(alert, instance, None, res)  # the first tick only remembers where the log ends
     checked = defs.resolve_job_def("checked").execute_in_process(instance=instance, raise_on_error=False)
     boom = defs.resolve_job_def("boom").execute_in_process(instance=instance, raise_on_error=False)

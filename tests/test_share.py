@@ -12,10 +12,8 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
-from assets.resources import WarehouseResource
+from assets.resources import OpenDataResource, WarehouseResource, resources_from_env
 from assets.share import (
-    OpenDataResource,
-    PseudonymKeyResource,
     build_share_assets,
     build_share_output,
     leak_findings,
@@ -233,7 +231,7 @@ def test_share_assets_materialise_through_dagster_with_metadata_and_passing_chec
               if a.key in (AssetKey(["share", "people_restricted"]), AssetKey(["share", "people_open"]))]
     with DagsterInstance.ephemeral() as instance:
         result = materialize(assets, partition_key=DAY1.isoformat(), instance=instance, resources={
-            "warehouse": WarehouseResource(url=url), "pseudonym": PseudonymKeyResource(),
+            "warehouse": WarehouseResource(url=url), "pseudonym": resources_from_env()["pseudonym"],
             "open_data": OpenDataResource(path=str(open_root))})
         assert result.success
         md = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("share__people_restricted")
@@ -302,7 +300,7 @@ def test_a_dagster_run_without_the_key_fails_the_keyed_share_asset_after_the_bas
     with DagsterInstance.ephemeral() as instance:
         result = materialize(assets, partition_key=DAY1.isoformat(), instance=instance, raise_on_error=False,
                              resources={"warehouse": WarehouseResource(url=warehouse.url),
-                                        "pseudonym": PseudonymKeyResource(),
+                                        "pseudonym": resources_from_env()["pseudonym"],  # as the code location
                                         "open_data": OpenDataResource(path=str(open_root))})
         done = {m.asset_key for m in result.get_asset_materialization_events()
                 for m in [m.event_specific_data.materialization]}

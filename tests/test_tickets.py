@@ -5,6 +5,7 @@ extended with an approver."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -46,7 +47,7 @@ HEADER = ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"]
 def run_day(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> None:
     """归集 of one batch date as the nightly job does it: ODS, 标准层, base libraries, 一数一源, references."""
     for r in cat.resources:
-        ingest(wh, cat, r, day, landing)
+        ingest(wh, cat, r, day, landing, os.environ)
         standardize_batch(wh, cat, r, day, with_gx=False)
     for lib in cat.libraries:
         merge_library(wh, cat, lib.code, day)

@@ -11,7 +11,6 @@ SQLite uses executemany inside the caller's transaction.
 from __future__ import annotations
 
 import io
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -26,19 +25,13 @@ from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection, Engine
 
 LAYERS = ("ods", "std", "base", "quality", "share", "audit")
-DEFAULT_DIR = Path(".gongshu")
 _COPY_CHUNK_ROWS = 200_000
 LAYOUT_LOCK = 0x676F6E67  # first key of the advisory locks of layout changes on PostgreSQL ("gong")
 
 
-def default_url() -> str:
-    """``GONGSHU_WAREHOUSE_URL`` or a SQLite file under ``.gongshu/``."""
-    url = os.environ.get("GONGSHU_WAREHOUSE_URL")
-    if url:
-        return url
-    home = Path(os.environ.get("GONGSHU_HOME", DEFAULT_DIR))
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(home / 'warehouse.db').resolve()}"
+def sqlite_url(folder: Path) -> str:
+    """The embedded warehouse: ``warehouse.db`` in ``folder`` (the home folder when no URL is configured)."""
+    return f"sqlite:///{(Path(folder) / 'warehouse.db').resolve()}"
 
 
 def sql_type(dtype: pl.DataType) -> sa.types.TypeEngine:
@@ -70,8 +63,8 @@ def columns_of(schema: pl.Schema | dict[str, pl.DataType], not_null: Sequence[st
 class Warehouse:
     """Storage of every layer behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str | None = None, *, echo: bool = False):
-        self.url = url or default_url()
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = url
         kwargs: dict = {"echo": echo, "future": True}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 120}

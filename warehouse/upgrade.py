@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from warehouse.base import MERGE_LOG
 from warehouse.ods import BATCHES, prepare_batches
 from warehouse.std import RECONCILIATION
-from warehouse.store import Warehouse, default_url
+from warehouse.store import Warehouse
 
 
 def upgrade_warehouse(wh: Warehouse) -> None:
@@ -59,11 +59,11 @@ def _number_lineage(wh: Warehouse, conn: sa.Connection, name: str) -> None:
         conn.execute(sa.text(f"ALTER TABLE {base} RENAME COLUMN {wh.quote(c + '_no')} TO {wh.quote(c)}"))
 
 
-def open_warehouse(url: str | None = None) -> Warehouse:
-    """The warehouse at ``url`` (default: ``GONGSHU_WAREHOUSE_URL`` or the SQLite default), a
-    warehouse written by an earlier version brought up to date first. Every entry point (the
-    Dagster resource, the ``gongshu`` commands) opens the warehouse through here."""
+def open_warehouse(url: str) -> Warehouse:
+    """The warehouse at ``url``, a warehouse written by an earlier version brought up to date first.
+    Every entry point (the Dagster resource, which the ``gongshu`` commands build too) opens the
+    warehouse through here."""
 
-    wh = Warehouse(url or default_url())
+    wh = Warehouse(url)
     upgrade_warehouse(wh)
     return wh

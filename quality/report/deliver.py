@@ -5,18 +5,18 @@ and the notice to the data engineers about newly overdue tickets."""
 from __future__ import annotations
 
 import datetime as dt
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
 from catalog.loader import Catalogue
 from catalog.models import Labelled
-from quality.mail import Attachment, Mailer, MailError, engineer_emails, read_deliveries
+from quality.mail import Attachment, Mailer, MailError, read_deliveries
 from quality.report.context import DepartmentReport
 from quality.templating import render
 from quality.tickets.transitions import TicketKind
-from warehouse.store import DEFAULT_DIR, Warehouse
+from warehouse.store import Warehouse
 
 REPORT_CATEGORY = "quality_report"
 ESCALATION_CATEGORY = "ticket_escalation"
@@ -46,13 +46,9 @@ def delivery_label(status: str) -> str:
         return status
 
 
-def reports_root() -> Path:
-    """``$GONGSHU_HOME/reports`` (``.gongshu/reports`` by default)."""
-    return Path(os.environ.get("GONGSHU_HOME") or DEFAULT_DIR) / "reports"
-
-
-def write_files(report: DepartmentReport, html: str, xlsx: bytes, root: Path | None = None) -> tuple[Path, Path]:
-    folder = (root or reports_root()) / report.period.isoformat()
+def write_files(report: DepartmentReport, html: str, xlsx: bytes, root: Path) -> tuple[Path, Path]:
+    """``<root>/<date>/<dept>.html|.xlsx`` (root: ``$GONGSHU_HOME/reports``)."""
+    folder = root / report.period.isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / f"{report.department.code}.html", folder / f"{report.department.code}.xlsx"
     for path, data in zip(paths, (html.encode("utf-8"), xlsx), strict=True):
@@ -77,11 +73,12 @@ def subject(report: DepartmentReport) -> str:
 
 
 def deliver(wh: Warehouse, mailer: Mailer, report: DepartmentReport, html: str, xlsx: bytes, *,
-            resend: bool = False) -> str:
-    """Mail one report (XLSX attached unless there is nothing to list); once per reference unless ``resend``."""
+            resend: bool = False, engineers: Sequence[str] = ()) -> str:
+    """Mail one report (XLSX attached unless there is nothing to list); once per reference unless ``resend``.
+    A department without an address in the catalogue: to the data ``engineers``."""
     if not resend and already_sent(wh, REPORT_CATEGORY, report.reference):
         return Delivery.already_sent
-    to = list(report.department.emails) or engineer_emails()
+    to = list(report.department.emails) or list(engineers)
     if not to:
         return Delivery.no_recipients
     attachments = [] if report.all_clear else [Attachment(report.xlsx_name, xlsx, XLSX_MIME)]
@@ -105,10 +102,10 @@ def escalation_mail(catalogue: Catalogue, day: dt.date, tickets: pl.DataFrame) -
 
 
 def escalate(wh: Warehouse, catalogue: Catalogue, day: dt.date, overdue: pl.DataFrame, mailer: Mailer | None, *,
-             send: bool = True, resend: bool = False) -> str:
-    """Mail the newly ``overdue`` tickets to the data engineers, once per day; returns the delivery status."""
+             send: bool = True, resend: bool = False, engineers: Sequence[str] = ()) -> str:
+    """Mail the newly ``overdue`` tickets to the data ``engineers``, once per day; returns the delivery status."""
     reference = f"escalation-{catalogue.city.city.code}-{day:%Y%m%d}"
-    to = engineer_emails()
+    to = list(engineers)
     if not (send and mailer):
         return Delivery.not_sent
     if not to:

@@ -4,6 +4,7 @@ summary and the CLI print about them."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from quality.report.deliver import (
     deliver,
     delivery_label,
     escalate,
-    reports_root,
     write_files,
 )
 from quality.report.inputs import load_inputs
@@ -57,10 +57,10 @@ class ReportRun:
 def produce_reports(
     wh: Warehouse, catalogue: Catalogue, day: dt.date, config: ScorecardConfig, *,
     mailer: Mailer | None = None, key: PseudonymKey | None = None, send: bool = True, resend: bool = False,
-    root: Path | None = None, issued: dt.datetime | None = None,
+    root: Path, engineers: Sequence[str] = (), issued: dt.datetime | None = None,
 ) -> ReportRun:
-    """Render, write and (if ``send``) mail every department's report for ``day``; escalate newly overdue
-    tickets to the data engineers. Needs the period's tickets and scorecard (the ``quality/tickets`` and
+    """Render, write (under ``root``) and (if ``send``) mail every department's report for ``day``; escalate
+    newly overdue tickets to the data ``engineers`` (``GONGSHU_ENGINEER_EMAILS``). Needs the period's tickets and scorecard (the ``quality/tickets`` and
     ``quality/scorecard`` assets)."""
     inputs = load_inputs(wh, catalogue, day, key)
     outcomes = []
@@ -68,7 +68,8 @@ def produce_reports(
         report = build_report(catalogue, dept.code, inputs, config, issued)
         html, xlsx = render_html(report), render_xlsx(report)
         html_path, xlsx_path = write_files(report, html, xlsx, root)
-        status = deliver(wh, mailer, report, html, xlsx, resend=resend) if send and mailer else Delivery.not_sent
+        status = deliver(wh, mailer, report, html, xlsx, resend=resend, engineers=engineers) \
+            if send and mailer else Delivery.not_sent
         s = report.context["score"]
         counts = report.context["ticket_counts"]
         outcomes.append(ReportOutcome(dept.code, report.reference, html_path, xlsx_path,
@@ -76,8 +77,8 @@ def produce_reports(
                                       report.failures.height, report.conflicts.height, counts["open"],
                                       counts["overdue"], status))
     escalated = inputs.tickets.filter((pl.col("escalated_on") == day) & (pl.col("status") == TicketStatus.overdue))
-    escalation = escalate(wh, catalogue, day, escalated, mailer, send=send, resend=resend) if escalated.height \
-        else "none"
+    escalation = escalate(wh, catalogue, day, escalated, mailer, send=send, resend=resend, engineers=engineers) \
+        if escalated.height else "none"
     return ReportRun(day, outcomes, escalated.height, escalation)
 
 
@@ -97,9 +98,9 @@ def outcome_lines(run: ReportRun, catalogue: Catalogue) -> list[str]:
     return lines
 
 
-def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path | None = None) -> list[str]:
+def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path) -> list[str]:
     """The reports written for ``day`` (files on disk, scores stored, deliveries audited), for the summary."""
-    folder = (root or reports_root()) / day.isoformat()
+    folder = root / day.isoformat()
     if not folder.exists():
         return []
     run = latest_run(wh, day).filter(pl.col("level") == "department")
