@@ -312,7 +312,8 @@ def test_tickets_then_scorecard_then_reports_are_dagster_assets_after_every_base
     assert rspec.group_name == "quality"
 
     warehouse = WarehouseResource(url=url)
-    alone = materialize([card], partition_key=DAY1.isoformat(), resources={"warehouse": warehouse})
+    alone = materialize([card], partition_key=DAY1.isoformat(), resources={"warehouse": warehouse,
+                                                                            "settings": Settings(home=str(tmp_path / "home"))})
     assert alone.success and read_tickets(wh).height == 0  # the scorecard computes; it opens no ticket
     result = materialize([tickets, card, reports], partition_key=DAY1.isoformat(), resources={
         "warehouse": warehouse, "mailer": MailerResource(warehouse=warehouse, outbox=str(tmp_path / "outbox")),
