@@ -21,8 +21,13 @@ def build_jobs_and_schedules(
     partitions: DailyPartitionsDefinition, settings: Settings | None = None,
 ) -> tuple[list[JobDefinition], list[ScheduleDefinition]]:
     # Two worker processes by default (the reference machine has two cores); PostgreSQL
-    # deployments raise GONGSHU_MAX_CONCURRENT, SQLite serialises writers anyway.
-    executor = multiprocess_executor.configured({"max_concurrent": (settings or Settings()).max_concurrent})
+    # deployments raise GONGSHU_MAX_CONCURRENT, SQLite serialises writers anyway. Steps start from a
+    # forkserver that has imported the code location once (Dagster preloads the job's module), so a
+    # step pays a fork, not a fresh interpreter importing dagster, polars and GX (~5 s each).
+    executor = multiprocess_executor.configured({
+        "max_concurrent": (settings or Settings()).max_concurrent,
+        "start_method": {"forkserver": {}},
+    })
     nightly = define_asset_job(
         NIGHTLY_JOB,
         selection=AssetSelection.key_prefixes(["ods"], ["std"], ["base"], ["share"], ["quality"]),
