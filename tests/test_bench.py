@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.postgres
+@pytest.mark.e2e
 def test_the_guiji_benchmark_accounts_for_every_delivered_record(pg_url: str, tmp_path: Path) -> None:
     """It runs two steps at a time like the nightly job, and the records its pipeline read are
     exactly those the raw-COPY reference loaded (``pg_url`` only checks that the server is there:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 GONGSHU = str(Path(sys.executable).parent / "gongshu")
 DATE = "2026-11-20"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def gongshu(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 GONGSHU = str(Path(sys.executable).parent / "gongshu")
 DAY = dt.date(2026, 10, 9)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def gongshu(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from warehouse.std import night_problems
 from warehouse.store import Warehouse
 
 DAY = dt.date(2026, 10, 9)
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
