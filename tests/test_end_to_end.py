@@ -51,17 +51,31 @@ def second_city(tmp_path: Path, warehouse_url: str):
     server.server_close()
 
 
-def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(second_city) -> None:
-    out = gongshu(["run", "--date", DAY.isoformat()], second_city)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "成功" in out.stdout and "Traceback" not in out.stderr
-    # the summary: every resource reconciled, every library filled
-    assert "huzheng/renkou 常住人口" in out.stdout and "✗" not in out.stdout
-    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
-    assert lines["人口库"].split()[1:] == ["3", "3"]
-    assert lines["证照库"].split()[1:] == ["3", "3"]
+def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(second_city, monkeypatch) -> None:
+    """The code location built from the second city's catalogue, its nightly job run in process: every
+    resource reconciled, every library filled, masked previews and GX Data Docs in the metadata, and a
+    rerun of the partition changes nothing."""
+    from catalog.loader import load_catalogue
+    from pipelines.definitions import build_definitions
+    from pipelines.jobs import NIGHTLY_JOB
+    from pipelines.summary import summary_lines
+    from warehouse.store import Warehouse
 
-    with DagsterInstance.from_config(second_city["DAGSTER_HOME"]) as instance:
+    for name, value in second_city.items():
+        if name.startswith(("GONGSHU_", "SHANHAI_")):
+            monkeypatch.setenv(name, value)
+    job = build_definitions().resolve_job_def(NIGHTLY_JOB)
+    wh = Warehouse(second_city["GONGSHU_WAREHOUSE_URL"])
+    with DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        assert result.success and not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED]
+        # the summary: every resource reconciled, every library filled
+        summary = summary_lines(wh, load_catalogue(Path(second_city["GONGSHU_CATALOG"])), DAY)
+        assert any("huzheng/renkou 常住人口" in line for line in summary) and not any("✗" in line for line in summary)
+        lines = {line.split()[0]: line for line in summary if line.strip()}
+        assert lines["人口库"].split()[1:] == ["3", "3"]
+        assert lines["证照库"].split()[1:] == ["3", "3"]
+
         ev = instance.get_latest_materialization_event(AssetKey(["std", "huzheng", "renkou"]))
         md = ev.asset_materialization.metadata
         assert md["对账"].value == "3 = 3 + 0"
@@ -89,18 +103,37 @@ def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(secon
         assert "Expectation Suite: huzheng_renkou" in text and "Evaluated Expectations" in text
         assert all(p[0] not in text for p in PEOPLE)
 
-    again = gongshu(["run", "--date", DAY.isoformat(), "--no-summary"], second_city)
-    assert again.returncode == 0, again.stderr
+        # re-running the partition changes nothing: the same summary, no new entity
+        before = _tables(wh)
+        again = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        assert again.success
+        assert summary_lines(wh, load_catalogue(Path(second_city["GONGSHU_CATALOG"])), DAY) == summary
+        base = instance.get_latest_materialization_event(AssetKey(["base", "people"])).asset_materialization
+        assert base.metadata["新增实体"].value == 0
+        assert _tables(wh) == before
+    wh.dispose()
 
 
-def test_a_broken_catalogue_stops_the_command_with_one_clear_message(second_city, tmp_path: Path) -> None:
+def _tables(wh) -> dict[str, int]:
+    """Row counts of every base-library table (a rerun must not change them)."""
+    import sqlalchemy as sa
+
+    with wh.engine.connect() as conn:
+        return {name: conn.execute(sa.text(f"SELECT COUNT(*) FROM {wh.qualified('base', name)}")).scalar_one()
+                for name in wh.layer_tables("base")}
+
+
+def test_a_broken_catalogue_stops_the_command_with_one_clear_message(second_city, monkeypatch, capsys) -> None:
+    from pipelines.cli import main
+
     folder = Path(second_city["GONGSHU_CATALOG"])
     res = folder / "resources" / "huzheng_renkou.yaml"
     res.write_text(res.read_text(encoding="utf-8").replace("element: full_name", "element: fullname"), encoding="utf-8")
-    out = gongshu(["catalog", "check"], second_city)
-    assert out.returncode == 2
-    assert "huzheng_renkou.yaml: fields.1.element: 'fullname' 不是 人口库 的数据元" in out.stderr
-    assert "Traceback" not in out.stderr
+    monkeypatch.setenv("GONGSHU_CATALOG", str(folder))
+    assert main(["catalog", "check"]) == 2
+    err = capsys.readouterr().err
+    assert "huzheng_renkou.yaml: fields.1.element: 'fullname' 不是 人口库 的数据元" in err
+    assert "Traceback" not in err
 
 
 # --- runs that Dagster owns ----------------------------------------------------------------------
@@ -138,8 +171,12 @@ def test_a_run_of_gongshu_run_is_re_executed_from_the_ui(second_city, monkeypatc
     from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
     from dagster_graphql.test.utils import execute_dagster_graphql
 
-    out = gongshu(["run", "--date", DAY.isoformat(), "--no-summary"], second_city)
+    out = gongshu(["run", "--date", DAY.isoformat()], second_city)
     assert out.returncode == 0, out.stdout + out.stderr
+    # the command waits for the run, prints a line for it and the night's summary
+    assert f"归集 {DAY}" in out.stdout and "成功" in out.stdout and "Traceback" not in out.stderr
+    summary = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+    assert summary["人口库"].split()[1:] == ["3", "3"] and "✗" not in out.stdout
     for name, value in second_city.items():  # the UI's code server loads the same city
         if name.startswith(("GONGSHU_", "DAGSTER_", "SHANHAI_")):
             monkeypatch.setenv(name, value)
