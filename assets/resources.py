@@ -203,6 +203,12 @@ class WarehouseResource(ConfigurableResource):
             self._wh = open_warehouse(self.url)
         return self._wh
 
+    def discard(self) -> None:
+        """Close the warehouse's connections (after a transient error: a retry starts on new ones)."""
+        if self._wh is not None:
+            self._wh.dispose()
+            self._wh = None
+
     def teardown_after_execution(self, context) -> None:
         if self._wh is not None:
             self._wh.dispose()
