@@ -3,6 +3,7 @@
 #   make test    set up with dev extras and run the whole test suite
 #   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
 #   make bench   benchmarks (not part of make test)
+#   make migration MSG="..."  a new warehouse migration in warehouse/migrations/versions/
 
 PY      ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
@@ -24,7 +25,7 @@ BENCH_PERSONS ?= 1000000
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
 WITH_KEY  = GONGSHU_PSEUDONYM_KEY="$${GONGSHU_PSEUDONYM_KEY:-$$(cat "$(DEMO_KEY)")}"
 
-.PHONY: install demo test ui bench lint clean demo-key
+.PHONY: install demo test ui bench lint clean demo-key migration
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
@@ -59,6 +60,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)
 	$(BIN)/python benchmarks/bench_masking.py --rows $(BENCH_PERSONS)
 	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS)
+
+migration: install
+	@test -n "$(MSG)" || { echo "用法: make migration MSG=\"迁移说明\""; exit 1; }
+	$(BIN)/python -m warehouse.migrations revision -m "$(MSG)"
 
 lint: install
 	$(BIN)/ruff check .

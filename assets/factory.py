@@ -8,6 +8,8 @@ report what they did as MaterializeResult metadata.
 
 
 import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
 
 import polars as pl
 from dagster import (
@@ -18,9 +20,15 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSpec,
+    Backoff,
+    DagsterError,
     DailyPartitionsDefinition,
+    Failure,
+    Jitter,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
+    RetryRequested,
     TableColumn,
     TableSchema,
     asset,
@@ -53,10 +61,51 @@ from quality.volume import HISTORY, assess, previous_volumes
 from warehouse.base import base_schema, lineage, read_current
 from warehouse.ods import ods_schema, read_ods, record_delivery
 from warehouse.std import night_problems, std_schema
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, is_transient
 
 PREVIEW_ROWS = 5
 CHANNEL_KIND = {"csv": "csv", "xlsx": "excel", "json": "json"}
+T = TypeVar("T")
+
+RETRY_POLICY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+"""The 归集 steps' retries: 3 more attempts, after about 2, 6 and 14 s (±2 s). Only a transient
+database error is retried (:func:`retry_transient`); the policy itself covers what fails outside the
+step's body (a step process that died)."""
+
+
+def retry_transient(context: AssetExecutionContext, warehouse: WarehouseResource, work: Callable[[], T]) -> T:
+    """Run a 归集 step's ``work``: a transient database error (:func:`warehouse.store.is_transient`:
+    connection lost, serialization failure or deadlock, SQLite locked) asks Dagster to run the step
+    again after :data:`RETRY_POLICY`'s backoff; anything else — a data error, a bug — fails the step
+    at once, past the policy (``Failure(allow_retries=False)``).
+
+    A step run again starts from a clean state: every write of the 归集 is one transaction that
+    commits whole or not at all (the ODS batch with its ``ods.batches`` row, a batch's std rows with
+    its quarantine, reconciliation and rule results, a library's merge with its log entry), and each
+    is idempotent — the delivery already stored is found ``unchanged`` and its 标准层 rebuilt, std
+    rows and rule results of a batch are replaced, a library merged with the same batches for the
+    date is left as it is. What the failed attempt had not committed is gone; what it had is not
+    done twice.
+    """
+    try:
+        return work()
+    except DagsterError:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise Failure(description=f"{type(exc).__name__}: {_first_line(exc)}", allow_retries=False) from exc
+        attempt = context.retry_number + 1
+        wait = RETRY_POLICY.calculate_delay(attempt)
+        if attempt <= RETRY_POLICY.max_retries:
+            context.log.warning(f"暂时性数据库错误, {wait:.1f} 秒后重试 (第 {attempt}/{RETRY_POLICY.max_retries} 次): "
+                                f"{type(exc).__name__}: {_first_line(exc)}")
+        warehouse.discard()  # the retry opens new connections
+        raise RetryRequested(max_retries=RETRY_POLICY.max_retries, seconds_to_wait=wait) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's first line (the driver's message; SQLAlchemy appends the statement and its values)."""
+    return (str(exc).strip().splitlines() or [""])[0][:500]
 
 
 
@@ -155,9 +204,15 @@ def build_resource_assets(
         check_specs=[delivery_spec, volume_spec, *std_specs],
         partitions_def=partitions,
         can_subset=True,
+        retry_policy=RETRY_POLICY,
     )
     def _collect(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource,
                  settings: Settings):
+        # the results are yielded once the whole step has succeeded, so a retried attempt reports nothing twice
+        yield from retry_transient(context, warehouse, lambda: list(_steps(context, warehouse, landing, settings)))
+
+    def _steps(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource,
+               settings: Settings):
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
         selected = context.selected_asset_keys
@@ -322,6 +377,7 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
         kinds={"polars", "sql"},
         owners=[f"team:{d}" for d in sorted({r.department for r in resources})],
         tags={"layer": "base"},
+        retry_policy=RETRY_POLICY,
         description=(
             f"{lib.name}: 以{'+'.join(lib.key)}为主键, 每个数据元只取其权威部门的值(一数一源), "
             "每个值记录来源批次与行号; 值变化时新增版本(valid_from/valid_to), 不删除历史。\n\n权威来源:\n"
@@ -329,6 +385,9 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
         ),
     )
     def _base(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        return retry_transient(context, warehouse, lambda: _merge(context, warehouse))
+
+    def _merge(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
         r = merge_library(wh, catalogue, lib.code, batch_date)

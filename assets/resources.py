@@ -35,8 +35,8 @@ from quality.config import ENV_PREFIX as SCORECARD_PREFIX
 from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
 from quality.results import BLOCKING_MIN_PASS_RATE
 from quality.volume import MIN_RATIO
+from warehouse.migrations import open_warehouse
 from warehouse.store import Warehouse, sqlite_url
-from warehouse.upgrade import open_warehouse
 
 DEFAULT_HOME = ".gongshu"  # GONGSHU_HOME when unset: the one default of the home folder
 WAREHOUSE_URL = "GONGSHU_WAREHOUSE_URL"  # secrets: EnvVar fields of the resources below
@@ -202,6 +202,12 @@ class WarehouseResource(ConfigurableResource):
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # the home folder, on first use
             self._wh = open_warehouse(self.url)
         return self._wh
+
+    def discard(self) -> None:
+        """Close the warehouse's connections (after a transient error: a retry starts on new ones)."""
+        if self._wh is not None:
+            self._wh.dispose()
+            self._wh = None
 
     def teardown_after_execution(self, context) -> None:
         if self._wh is not None:

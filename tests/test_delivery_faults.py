@@ -159,24 +159,3 @@ def test_no_credential_of_a_channel_url_is_stored_anywhere(warehouse: Warehouse,
     assert found == []
     assert sources["gongshang_qiye"] == f"{api.host}:{api.port}/qiye?date={DAY}"
     assert sources["shebao_canbao"] == f"CB@{qzk.database}"
-
-
-def test_the_batches_of_an_earlier_version_get_the_new_columns_as_ok(warehouse: Warehouse, city) -> None:
-    from assets.resources import open_warehouse
-
-    cat, landing = city
-    citykit.deliver_day1(landing, DAY)
-    collect(warehouse, cat, cat.resource("huzheng_renkou"), DAY, landing)
-    with warehouse.begin() as conn:
-        for column in ("unreadable_bytes", "unreadable_lines", "status"):
-            conn.execute(sa.text(f"ALTER TABLE {warehouse.qualified('ods', 'batches')} DROP COLUMN {column}"))
-    warehouse.dispose()
-    upgraded = open_warehouse(warehouse.url)
-    try:
-        assert batch_row(upgraded, "huzheng_renkou") == {
-            "rows_delivered": 3, "rows_unparseable": 0, "problems": None, "unreadable_bytes": 0,
-            "unreadable_lines": 0, "status": "ok"}
-        received, _ = collect(upgraded, cat, cat.resource("zhengzhao_zheng"), DAY, landing)
-        assert received.status == "new" and batch_row(upgraded, "zhengzhao_zheng")["status"] == "ok"
-    finally:
-        upgraded.dispose()

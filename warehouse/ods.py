@@ -55,12 +55,6 @@ BATCH_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-ADDED_COLUMNS = {
-    "unreadable_bytes": ("BIGINT", "0"), "unreadable_lines": ("BIGINT", "0"), "status": ("TEXT", f"'{BATCH_OK}'"),
-}
-"""Columns of ``ods.batches`` added after its first release: (type, value of the batches before them)."""
-
-
 def batches_table(wh: Warehouse) -> sa.Table:
     return wh.table(
         "ods", BATCHES, [Column(n, t) for n, t in BATCH_SCHEMA.items()],
@@ -138,36 +132,20 @@ def number_batch(wh: Warehouse, conn: sa.Connection) -> int:
 
 
 def prepare_batches(wh: Warehouse, conn: sa.Connection) -> None:
-    """``ods.batches`` with its batch numbers — the column, its unique index and, on PostgreSQL,
-    the sequence — and the columns added since (:data:`ADDED_COLUMNS`), in the caller's short
-    transaction. Cheap when they are there.
+    """``ods.batches`` with what numbers its batches — the unique index of ``batch_no`` and, on
+    PostgreSQL, the sequence — in the caller's short transaction. Cheap when they are there.
 
-    A warehouse written before batches were numbered gets the column and the numbers 1…n for its
-    batches in the order they were received; the sequence then continues after the highest.
-    Concurrent callers (steps in parallel processes) take turns: SQLite writers hold the database
-    lock, PostgreSQL ones a transaction-level advisory lock, so two never create the same thing.
+    A warehouse of an earlier layout was brought to this one when it was opened
+    (:mod:`warehouse.migrations`, revisions 0002 and 0003). Concurrent callers (steps in parallel
+    processes) take turns: SQLite writers hold the database lock, PostgreSQL ones a transaction-level
+    advisory lock, so two never create the same thing.
     """
     wh.lock_layout(conn)
     wh.create(conn, batches_table(wh))
-    batches = wh.qualified("ods", BATCHES)
-    schema, name = wh.table_ref("ods", BATCHES)
     if wh.is_postgres:
         conn.execute(sa.text(f"CREATE SEQUENCE IF NOT EXISTS {BATCH_NO_SEQ}"))
-    if "batch_no" not in {c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)}:
-        conn.execute(sa.text(f"ALTER TABLE {batches} ADD COLUMN batch_no BIGINT"))
-        conn.execute(sa.text(
-            f"UPDATE {batches} SET batch_no = (SELECT n FROM (SELECT batch_id, ROW_NUMBER() OVER "
-            f"(ORDER BY received_at, batch_id) AS n FROM {batches}) numbered WHERE numbered.batch_id = {batches}.batch_id)"))
-        top = wh.scalar(conn, f"SELECT MAX(batch_no) FROM {batches}")
-        if wh.is_postgres and top:
-            conn.execute(sa.text(f"SELECT setval('{BATCH_NO_SEQ}', :n)"), {"n": int(top)})
-    have = {c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)}
-    for column, (sql_type, before) in ADDED_COLUMNS.items():
-        if column not in have:
-            conn.execute(sa.text(f"ALTER TABLE {batches} ADD COLUMN {column} {sql_type}"))
-            conn.execute(sa.text(f"UPDATE {batches} SET {column} = {before}"))
     index = "ux_batches_no" if wh.is_postgres else "ux_ods__batches_no"
-    conn.execute(sa.text(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {batches} (batch_no)"))
+    conn.execute(sa.text(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {wh.qualified('ods', BATCHES)} (batch_no)"))
 
 
 def batch_numbers(wh: Warehouse, conn: sa.Connection) -> pl.DataFrame:

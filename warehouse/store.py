@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import psycopg
 import sqlalchemy as sa
 from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg.copy import QueuedLibpqWriter
@@ -27,6 +28,54 @@ from sqlalchemy.engine import Connection, Engine
 LAYERS = ("ods", "std", "base", "quality", "share", "audit")
 _COPY_CHUNK_ROWS = 200_000
 LAYOUT_LOCK = 0x676F6E67  # first key of the advisory locks of layout changes on PostgreSQL ("gong")
+
+
+# PostgreSQL SQLSTATEs of errors that may pass when the same work is tried again: a serialization
+# failure and a deadlock (the other transaction won), the server shutting down or not yet accepting
+# connections; and class 08, connection exceptions.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a database error that may pass on its
+    own — the connection lost, a serialization failure or deadlock on PostgreSQL, the database locked
+    or busy on SQLite — so that the same work may succeed if tried again. A data error or a bug is not.
+
+    Looks at SQLAlchemy's wrapper (``connection_invalidated``: the pool saw a disconnect) and at the
+    driver's error inside it (psycopg and ADBC carry a ``sqlstate``; sqlite3 an error code and message).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, sa.exc.DisconnectionError):
+            return True
+        driver = e.orig if isinstance(e, sa.exc.DBAPIError) else e
+        if driver is not None and _transient_driver_error(driver):
+            return True
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, sa.exc.DBAPIError):
+            todo.append(e.orig)
+    return False
+
+
+def _transient_driver_error(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.OperationalError):
+        name = getattr(e, "sqlite_errorname", "")
+        text = str(e).lower()
+        return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text \
+            or "database table is locked" in text or "busy" in text
+    state = getattr(e, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state in TRANSIENT_SQLSTATES or state.startswith("08")
+    # psycopg raises an OperationalError without a SQLSTATE when the connection itself failed (the
+    # server closed it, could not be reached): nothing the server answered, so nothing about the data
+    return isinstance(e, psycopg.OperationalError) and not state
 
 
 def sqlite_url(folder: Path) -> str:
