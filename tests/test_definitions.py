@@ -77,7 +77,7 @@ def test_the_code_location_matches_its_reviewed_snapshot(monkeypatch) -> None:
                                             "tests/snapshots/definitions.yaml (committed)", "the code location"))
         pytest.fail("The code location differs from its reviewed snapshot: run `make snapshot` and review the "
                     f"diff (git diff tests/snapshots/definitions.yaml).\n{diff}", pytrace=False)
-    assert "/work/" not in rendered and "snapshot-placeholder" not in rendered and "tmp" not in rendered
+    assert str(REPO) not in rendered and "/tmp/" not in rendered and "snapshot-placeholder" not in rendered
 
 
 def _changed_lines(before: str, after: str) -> list[tuple[str, str]]:
