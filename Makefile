@@ -1,6 +1,9 @@
 # gongshu (公数) — everything a fresh machine with Python 3.11 and make needs.
 #   make demo    set up, generate the demo city, run the nightly 归集 on SQLite, print a summary
-#   make test    set up with dev extras and run the whole test suite
+#   make test    set up with dev extras, lint, and run the whole test suite (both rings)
+#   make test-core   the fast core ring: pure functions, storage on SQLite and PostgreSQL (pytest -m "not e2e")
+#   make test-e2e    the end-to-end ring: generated cities through the real nightly job (pytest -m e2e)
+#   make snapshot    rewrite tests/snapshots/definitions.yaml (the reviewed code location); review its git diff
 #   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
 #   make bench   benchmarks (not part of make test)
 #   make migration MSG="..."  a new warehouse migration in warehouse/migrations/versions/
@@ -25,7 +28,7 @@ BENCH_PERSONS ?= 1000000
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
 WITH_KEY  = GONGSHU_PSEUDONYM_KEY="$${GONGSHU_PSEUDONYM_KEY:-$$(cat "$(DEMO_KEY)")}"
 
-.PHONY: install demo test ui bench lint clean demo-key migration
+.PHONY: install demo test test-core test-e2e snapshot ui bench lint clean demo-key migration
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
@@ -51,6 +54,15 @@ demo: install demo-key
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-core: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+test-e2e: install
+	$(BIN)/python -m pytest -m e2e
+
+snapshot: install
+	$(BIN)/gongshu definitions-snapshot --out tests/snapshots/definitions.yaml
 
 ui: install demo-key
 	$(BIN)/gongshu instance

@@ -284,10 +284,10 @@ def settings_from_env() -> Settings:
     return Settings.from_env(os.environ)
 
 
-def secret(name: str) -> EnvVar | None:
+def secret(name: str, environ: Mapping[str, str] | None = None) -> EnvVar | None:
     """``EnvVar(name)`` when the variable is set (Dagster shows the name and resolves the value in the
-    run), None when it is not: the setting's default applies."""
-    return EnvVar(name) if os.environ.get(name) else None
+    run), None when it is not: the setting's default applies. ``environ``: this process's by default."""
+    return EnvVar(name) if (os.environ if environ is None else environ).get(name) else None
 
 
 def channel_variables(catalogue: Catalogue) -> list[str]:
@@ -300,13 +300,16 @@ def channel_variables(catalogue: Catalogue) -> list[str]:
     return sorted(names)
 
 
-def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | None = None
-                       ) -> dict[str, ConfigurableResource]:
+def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | None = None,
+                       environ: Mapping[str, str] | None = None) -> dict[str, ConfigurableResource]:
     """Every resource of the code location, from the environment (``settings``: already read from it);
-    the ``gongshu`` commands build the same. ``catalogue`` names the channels' variables."""
-    settings = settings or settings_from_env()
-    warehouse = WarehouseResource(url=secret(WAREHOUSE_URL) or sqlite_url(settings.home_path))
-    variables = {n: EnvVar(n) for n in channel_variables(catalogue) if os.environ.get(n)} if catalogue else {}
+    the ``gongshu`` commands build the same. ``catalogue`` names the channels' variables. ``environ``:
+    the variables that decide which secrets are set (this process's by default; the reviewed snapshot
+    of the code location passes its own, pipelines/snapshot.py)."""
+    environ = os.environ if environ is None else environ
+    settings = settings or Settings.from_env(environ)
+    warehouse = WarehouseResource(url=secret(WAREHOUSE_URL, environ) or sqlite_url(settings.home_path))
+    variables = {n: EnvVar(n) for n in channel_variables(catalogue) if environ.get(n)} if catalogue else {}
     return {
         "settings": settings,
         "warehouse": warehouse,
@@ -314,8 +317,8 @@ def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | 
         "mailer": MailerResource(
             warehouse=warehouse, outbox=str(settings.outbox), smtp_host=settings.smtp_host,
             smtp_port=settings.smtp_port, smtp_tls=settings.smtp_tls, smtp_user=settings.smtp_user,
-            smtp_password=secret(SMTP_PASSWORD), smtp_timeout_s=settings.smtp_timeout_s, sender=settings.smtp_from,
+            smtp_password=secret(SMTP_PASSWORD, environ), smtp_timeout_s=settings.smtp_timeout_s, sender=settings.smtp_from,
         ),
-        "pseudonym": PseudonymKeyResource(key=secret(KEY_ENV), algorithm=settings.pseudonym_algorithm),
+        "pseudonym": PseudonymKeyResource(key=secret(KEY_ENV, environ), algorithm=settings.pseudonym_algorithm),
         "open_data": OpenDataResource(path=str(settings.open_data)),
     }

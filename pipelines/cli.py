@@ -6,6 +6,7 @@
     gongshu serve-api                        # the demo departments' paged JSON API
     gongshu catalog check [FOLDER] | gongshu catalog schema --out docs/
     gongshu instance                         # write $DAGSTER_HOME/dagster.yaml
+    gongshu definitions-snapshot [--out tests/snapshots/definitions.yaml]   # the reviewed code location
     gongshu report --date 2026-11-21         # scorecard, 校核 tickets and department reports (and mail)
     gongshu ticket answer JH-GAJ-20261121-0001 --note "已核实并更正" --by 张三
     gongshu ticket import-reply 回复.xlsx | gongshu ticket extend ID --days 5 --approved-by 李四
@@ -341,6 +342,22 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_definitions_snapshot(args: argparse.Namespace) -> int:
+    """The reviewed snapshot of the code location (pipelines.snapshot): the demo catalogue with default
+    settings, whatever this environment's GONGSHU_* variables hold; printed, or written to ``--out``."""
+    from pipelines.snapshot import canonical_snapshot
+
+    text = canonical_snapshot()
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8", newline="\n")
+        print(f"已写出代码位置快照 {out} (请用 git diff 审阅变化)")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gongshu", description="公数: 公共数据平台归集、质量、脱敏流水线")
     sub = p.add_subparsers(dest="command", required=True)
@@ -412,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--department", default=None)
     tl.add_argument("--status", action="append", choices=["open", "overdue", "answered", "fixed", "closed"])
     t.set_defaults(func=cmd_ticket)
+
+    ds = sub.add_parser("definitions-snapshot",
+                        help="输出代码位置快照 (资产、检查、作业、调度、传感器、资源; 示范目录与默认设置)")
+    ds.add_argument("--out", default=None, help="写入该文件 (默认: 打印)")
+    ds.set_defaults(func=cmd_definitions_snapshot)
 
     i = sub.add_parser("instance", help="写出 $DAGSTER_HOME/dagster.yaml")
     i.add_argument("--quiet", action="store_true")

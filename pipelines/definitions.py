@@ -9,6 +9,7 @@ commands use (:func:`assets.resources.resources_from_env`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 from dagster import Definitions
 
@@ -28,9 +29,10 @@ from pipelines.sensors import build_sensors
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 
 
-def build_definitions(settings: Settings | None = None) -> Definitions:
-    """The code location of the configured catalogue (``settings``: read from the environment if not given)."""
-    settings = settings or settings_from_env()
+def build_definitions(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> Definitions:
+    """The code location of the configured catalogue (``settings``: read from the environment if not given;
+    ``environ``: the variables that decide which secrets are set, this process's by default)."""
+    settings = settings or (settings_from_env() if environ is None else Settings.from_env(environ))
     catalogue = cached_catalogue(settings.catalogue_path)
     partitions = daily_partitions(catalogue)
     assets = build_assets(catalogue, partitions, settings) + build_share_assets(catalogue, partitions)
@@ -43,7 +45,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         jobs=jobs,
         schedules=schedules,
         sensors=build_sensors(catalogue, partitions, settings),
-        resources=resources_from_env(catalogue, settings),
+        resources=resources_from_env(catalogue, settings, environ),
     )
 
 

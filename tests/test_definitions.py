@@ -1,20 +1,26 @@
-"""The Dagster code location built from the demo catalogue: keys, groups, owners, schedule."""
+"""The Dagster code location built from the demo catalogue: keys, groups, owners, schedule; it loads as
+Dagster loads it (tests/codelocation.py) and matches its reviewed snapshot (tests/snapshots/definitions.yaml)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import difflib
+import functools
 from pathlib import Path
 
+import pytest
+import yaml
 from dagster import AssetKey
 
 from assets.factory import build_assets
 from assets.keys import daily_partitions
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
+from pipelines import cli
 from pipelines.jobs import NIGHTLY_JOB, build_jobs_and_schedules
+from pipelines.snapshot import canonical_definitions, canonical_snapshot
+from tests.codelocation import validate
 
 REPO = Path(__file__).resolve().parent.parent
+SNAPSHOT = REPO / "tests" / "snapshots" / "definitions.yaml"
 
 
 def test_every_resource_and_library_becomes_assets_grouped_by_base_library() -> None:
@@ -45,12 +51,71 @@ def test_the_nightly_job_runs_at_two_in_the_city_time_zone_for_the_previous_day(
     assert parts.timezone == "Asia/Shanghai"
 
 
-def test_dagster_validates_the_code_location(tmp_path: Path) -> None:
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "GONGSHU_HOME": str(tmp_path)}
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "validation successful" in (out.stdout + out.stderr).lower()
+def test_dagster_loads_the_code_location_of_the_workspace() -> None:
+    """What ``dagster definitions validate -w workspace.yaml`` checks, in-process (tests/codelocation.py)."""
+    outcome = validate(REPO / "workspace.yaml")
+    assert outcome.ok, "\n".join(loc.error or "" for loc in outcome.locations.values()) or outcome.partitions_error
+    location = outcome.locations["gongshu"]
+    expected = canonical_definitions().get_repository_def().assets_defs_by_key
+    assert set(location.asset_keys) == {k.to_user_string() for k in expected}
+
+
+@functools.cache
+def _snapshot(**changes) -> str:
+    return canonical_snapshot(**changes)
+
+
+def test_the_code_location_matches_its_reviewed_snapshot(monkeypatch) -> None:
+    # the environment of the test run cannot change the snapshot: demo catalogue, default settings
+    monkeypatch.setenv("GONGSHU_MAX_CONCURRENT", "9")
+    monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", "sqlite:///elsewhere.db")
+    monkeypatch.delenv("GONGSHU_PSEUDONYM_KEY", raising=False)
+    rendered = _snapshot()
+    committed = SNAPSHOT.read_text(encoding="utf-8")
+    if rendered != committed:
+        diff = "".join(difflib.unified_diff(committed.splitlines(keepends=True), rendered.splitlines(keepends=True),
+                                            "tests/snapshots/definitions.yaml (committed)", "the code location"))
+        pytest.fail("The code location differs from its reviewed snapshot: run `make snapshot` and review the "
+                    f"diff (git diff tests/snapshots/definitions.yaml).\n{diff}", pytrace=False)
+    assert str(REPO) not in rendered and "/tmp/" not in rendered and "snapshot-placeholder" not in rendered
+
+
+def _changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    """(removed, added) lines, in order."""
+    diff = [d for d in difflib.ndiff(before.splitlines(), after.splitlines()) if d[:2] in ("- ", "+ ")]
+    removed = [d[2:].strip() for d in diff if d.startswith("- ")]
+    added = [d[2:].strip() for d in diff if d.startswith("+ ")]
+    return list(zip(removed, added, strict=True))
+
+
+@pytest.mark.parametrize(("change", "lines"), [
+    # the nightly job's executor and the settings resource
+    ({"max_concurrent": 4}, [("max_concurrent: 2", "max_concurrent: 4")] * 2),
+    ({"blocking_min_pass_rate": 0.8}, [("blocking_min_pass_rate: 0.9", "blocking_min_pass_rate: 0.8")]),
+    # the stale-data sensor's interval and the settings resource
+    ({"freshness_interval_s": 600}, [("minimum_interval_seconds: 300", "minimum_interval_seconds: 600"),
+                                     ("freshness_interval_s: 300", "freshness_interval_s: 600")]),
+])
+def test_a_changed_setting_changes_exactly_its_lines_of_the_snapshot(change, lines) -> None:
+    assert _changed_lines(_snapshot(), _snapshot(**change)) == lines
+
+
+def test_the_snapshot_shows_the_executor_the_schedule_and_secrets_by_name_only() -> None:
+    data = yaml.safe_load(_snapshot())
+    nightly = data["jobs"][NIGHTLY_JOB]
+    assert nightly["executor"] == {"name": "multiprocess", "config": {
+        "max_concurrent": 2, "retries": {"enabled": {}}, "start_method": {"forkserver": {}}}}
+    assert "ods/gaj/hjrk" in nightly["selection"]["assets"]
+    assert data["schedules"]["nightly_guiji_schedule"]["cron"] == "0 2 * * *"
+    assert data["resources"]["warehouse"]["env_vars"] == {"url": "GONGSHU_WAREHOUSE_URL"}
+    assert data["resources"]["pseudonym"]["env_vars"] == {"key": "GONGSHU_PSEUDONYM_KEY"}
+    assert data["assets"]["ods/gaj/hjrk"]["owners"] == ["team:gaj"]
+
+
+def test_the_command_prints_or_writes_the_snapshot(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "snap" / "definitions.yaml"
+    assert cli.main(["definitions-snapshot", "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == _snapshot()
+    assert "已写出代码位置快照" in capsys.readouterr().out
+    assert cli.main(["definitions-snapshot"]) == 0
+    assert capsys.readouterr().out == _snapshot()

@@ -5,9 +5,6 @@ the environment."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from assets.resources import Settings, SettingsError, channel_variables, resourc
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from pipelines import cli
 from pipelines.definitions import build_definitions
+from tests.codelocation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 # The modules that may read the environment: where the settings and resources are built, and the
@@ -123,7 +121,7 @@ def test_an_unset_secret_leaves_its_default_and_the_run_resolves_a_set_one(monke
         pass
 
 
-def test_a_malformed_setting_stops_the_code_location_loading_and_names_the_variable(tmp_path: Path) -> None:
+def test_a_malformed_setting_stops_the_code_location_loading_and_names_the_variable(monkeypatch) -> None:
     bad = {"GONGSHU_BLOCKING_MIN_PASS_RATE": "abc", "GONGSHU_SMTP_TLS": "maybe",
            "GONGSHU_WAREHOUSE_URL": "not a url with wh-s3cret"}
     with pytest.raises(SettingsError) as info:
@@ -132,12 +130,18 @@ def test_a_malformed_setting_stops_the_code_location_loading_and_names_the_varia
     assert all(name in message for name in bad) and "s3cret" not in message  # never a secret's value
     assert "GONGSHU_SMTP_TLS='maybe': 应为 none、starttls、ssl" in message
 
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "GONGSHU_HOME": str(tmp_path), **bad,
-           "PYTHONPATH": str(REPO)}
-    out = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m",
-                          "pipelines.definitions"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0
-    assert "SettingsError: 环境变量设置有误: GONGSHU_BLOCKING_MIN_PASS_RATE='abc'" in out.stdout + out.stderr
+    # the code location as `dagster definitions validate -m pipelines.definitions` loads it, in-process
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    outcome = validate(module_name="pipelines.definitions")
+    assert not outcome.ok
+    (location,) = outcome.locations.values()
+    assert location.error_class == "SettingsError"
+    assert location.error_message.startswith(
+        "assets.resources.SettingsError: 环境变量设置有误: GONGSHU_BLOCKING_MIN_PASS_RATE='abc'")
+    # one message naming every variable, no traceback in it and never a secret's value
+    assert all(name in location.error_message for name in bad) and "s3cret" not in location.error
+    assert "Traceback" not in location.error_message and location.error_message.count("\n") <= 1
 
 
 def test_the_commands_build_the_same_resources_as_the_code_location(monkeypatch, tmp_path: Path) -> None:
