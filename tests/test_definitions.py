@@ -15,7 +15,7 @@ from assets.factory import build_assets
 from assets.keys import daily_partitions
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from pipelines import cli
-from pipelines.jobs import NIGHTLY_JOB, build_jobs_and_schedules
+from pipelines.jobs import FORKSERVER_PRELOAD, NIGHTLY_JOB, build_jobs_and_schedules
 from pipelines.snapshot import canonical_definitions, canonical_snapshot
 from tests.codelocation import validate
 
@@ -104,7 +104,9 @@ def test_the_snapshot_shows_the_executor_the_schedule_and_secrets_by_name_only()
     data = yaml.safe_load(_snapshot())
     nightly = data["jobs"][NIGHTLY_JOB]
     assert nightly["executor"] == {"name": "multiprocess", "config": {
-        "max_concurrent": 2, "retries": {"enabled": {}}, "start_method": {"forkserver": {}}}}
+        "max_concurrent": 2, "retries": {"enabled": {}},
+        "start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}}}
+    assert "pipelines.definitions" in FORKSERVER_PRELOAD and "great_expectations" in FORKSERVER_PRELOAD
     assert "ods/gaj/hjrk" in nightly["selection"]["assets"]
     assert data["schedules"]["nightly_guiji_schedule"]["cron"] == "0 2 * * *"
     assert data["resources"]["warehouse"]["env_vars"] == {"url": "GONGSHU_WAREHOUSE_URL"}
