@@ -2,7 +2,7 @@
 #   make demo    set up, generate the demo city, run the nightly 归集 on SQLite, print a summary
 #   make test    set up with dev extras and run the whole test suite
 #   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
-#   make bench   benchmarks (not part of make test)
+#   make bench   benchmarks (not part of make test); the nightly job's figures also in .gongshu/bench-guiji.json
 
 PY      ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
@@ -58,7 +58,7 @@ ui: install demo-key
 bench: install
 	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)
 	$(BIN)/python benchmarks/bench_masking.py --rows $(BENCH_PERSONS)
-	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS)
+	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS) --json "$(GONGSHU_HOME)/bench-guiji.json"
 
 lint: install
 	$(BIN)/ruff check .
