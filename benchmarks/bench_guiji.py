@@ -340,6 +340,7 @@ class Night:
     night_s: float  # RUN_STARTING → RUN_SUCCESS (or failure) in the event log
     worker_startup_s: float  # RUN_STARTING → the first step process launched
     guiji_s: float  # first ods+std step start → last base-library merge end
+    guiji_others: list[str]  # steps of later stages the executor ran within that span (their deps allowed it)
     steps: list[StepTime]
     stages: dict[str, float]  # summed step seconds per stage
     guiji_path: list[str]
@@ -437,10 +438,12 @@ def night_from_events(instance, run_id: str) -> Night:
     ods = [st for st in guiji.values() if st.stage == "ods+std"]
     merges = [st for st in guiji.values() if st.stage == "base"]
     guiji_s = max(st.end for st in merges) - min(st.start for st in ods) if ods and merges else 0.0
+    guiji_end = max((st.end for st in merges), default=0.0)
+    others = [st.key for st in steps.values() if st.stage not in ("ods+std", "base") and st.start < guiji_end]
     launches = [m["STEP_WORKER_STARTING"] for m in marks.values() if "STEP_WORKER_STARTING" in m]
     gpath, gs = longest_path(guiji, upstream)
     npath, ns = longest_path(steps, upstream)
-    return Night(run_id, run.status.value, 0.0, 0.0, end - origin, min(launches, default=0.0), guiji_s,
+    return Night(run_id, run.status.value, 0.0, 0.0, end - origin, min(launches, default=0.0), guiji_s, others,
                  sorted(steps.values(), key=lambda st: st.start), stages, gpath, gs, npath, ns, run_worker_pid=pid)
 
 
@@ -481,8 +484,6 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
               catalogue_path: Path) -> Night:
     """Launch ``nightly_guiji`` for ``day`` through a fresh Dagster instance and the code location, as
     ``gongshu run`` does, into the warehouse at ``url``; wait for it; its figures."""
-    import argparse as _argparse
-
     from dagster import DagsterInstance
 
     from pipelines.cli import cmd_instance, console_logging
@@ -503,7 +504,7 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
             **variables,
         }
         with environment(env):
-            cmd_instance(_argparse.Namespace(quiet=True))  # $DAGSTER_HOME/dagster.yaml, as `gongshu run` writes it
+            cmd_instance(argparse.Namespace(quiet=True))  # $DAGSTER_HOME/dagster.yaml, as `gongshu run` writes it
             level = settings_from_env().log_level
             log = Path(env["DAGSTER_HOME"]) / "logs" / "gongshu-run.log"
             with DagsterInstance.get() as instance:
@@ -583,6 +584,7 @@ def main() -> int:
         server.server_close()
     figures = report(args, nights, refs, floors)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, ensure_ascii=False, indent=2), encoding="utf-8")
     return 0
 
@@ -616,6 +618,9 @@ def report(args: argparse.Namespace, nights: list[Night], refs: dict[int, list[t
     print(f"  {'  其中 运行进程启动 (至首个步骤)':<34} {startup:8.2f} s  (各轮 {each(n.worker_startup_s for n in nights)} s)")
     print(f"  {'归集 (首个 ods 步骤 → 最后合并)':<34} {guiji_s:8.2f} s  {delivered / guiji_s:>12,.0f} 行/s  "
           f"(各轮 {each(n.guiji_s for n in nights)} s)")
+    if slowest.guiji_others:
+        print(f"    其间执行器还运行了 {len(slowest.guiji_others)} 个后续阶段的步骤 (依赖已满足): "
+              + ", ".join(slowest.guiji_others))
     print("  步骤时长合计, 按阶段:")
     for stage, label in STAGES.items():
         s = med(n.stages[stage] for n in nights)
