@@ -29,7 +29,8 @@ columns), over one connection and over ``--workers`` connections — and the wri
 stored in ods, std and the base libraries, COPY'd back as it is stored into empty tables with the same
 keys and indexes (what writing these layers costs with no client work at all). Prints the ratios
 night / 归集, 归集 / reference and 归集 / floor. ``--runs`` repeats everything on fresh databases and
-prints medians with every single figure. Creates and drops its own databases and Dagster instances.
+prints medians with every single figure. Creates and drops its own databases and Dagster instances
+(and the generated city, unless ``--landing`` names where to keep it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -297,6 +299,14 @@ class RssSampler:
         return single, total, len(seen)
 
 
+def wait_for_children(timeout_s: float = 30.0) -> None:
+    """Until no process started by this one is left (``timeout_s`` at most)."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(descendants(process_table(), me)) > 1:
+        time.sleep(0.2)
+
+
 # --- the night: launched through the instance and the code location, as `gongshu run` does --------------
 
 
@@ -489,7 +499,8 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
     from pipelines.cli import cmd_instance, console_logging
     from pipelines.runs import NightlyRuns
 
-    with tempfile.TemporaryDirectory(prefix="gongshu_bench_night_") as tmp:
+    tmp = tempfile.mkdtemp(prefix="gongshu_bench_night_")
+    try:
         env = {
             "DAGSTER_HOME": str(Path(tmp) / "dagster"),
             "GONGSHU_HOME": str(Path(tmp) / "home"),
@@ -520,10 +531,15 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
             if night.status != "SUCCESS":
                 tail = log.read_text(encoding="utf-8", errors="replace")[-4000:] if log.exists() else ""
                 print(f"运行 {run_id} 未成功 ({night.status}); 进程输出末尾:\n{tail}", file=sys.stderr)
-        night.code_location_s, night.launch_to_end_s = loaded, seen
-        single, total, night.processes = rss.peak(night.run_worker_pid)
-        night.rss_single_mb, night.rss_sum_mb = single / 2**20, total / 2**20
-        night.cpu_busy_s = None if busy0 is None or busy1 is None else busy1 - busy0
+    finally:
+        # the code server stops after the block and, stopping, may still touch the instance's storage:
+        # the folder goes once no process of ours is left
+        wait_for_children()
+        shutil.rmtree(tmp, ignore_errors=True)
+    night.code_location_s, night.launch_to_end_s = loaded, seen
+    single, total, night.processes = rss.peak(night.run_worker_pid)
+    night.rss_single_mb, night.rss_sum_mb = single / 2**20, total / 2**20
+    night.cpu_busy_s = None if busy0 is None or busy1 is None else busy1 - busy0
     return night
 
 
@@ -582,6 +598,8 @@ def main() -> int:
     finally:
         server.shutdown()
         server.server_close()
+        if not args.landing:  # generated for this bench alone (--landing keeps it for the next)
+            shutil.rmtree(landing, ignore_errors=True)
     figures = report(args, nights, refs, floors)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
