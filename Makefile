@@ -5,7 +5,7 @@
 #   make test-e2e    the end-to-end ring: generated cities through the real nightly job (pytest -m e2e)
 #   make snapshot    rewrite tests/snapshots/definitions.yaml (the reviewed code location); review its git diff
 #   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
-#   make bench   benchmarks (not part of make test)
+#   make bench   benchmarks (not part of make test); the nightly job's figures also in .gongshu/bench-guiji.json
 #   make migration MSG="..."  a new warehouse migration in warehouse/migrations/versions/
 
 PY      ?= $(shell command -v python3.11 || command -v python3)
@@ -71,7 +71,7 @@ ui: install demo-key
 bench: install
 	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)
 	$(BIN)/python benchmarks/bench_masking.py --rows $(BENCH_PERSONS)
-	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS)
+	$(BIN)/python benchmarks/bench_guiji.py --persons $(BENCH_PERSONS) --json "$(GONGSHU_HOME)/bench-guiji.json"
 
 migration: install
 	@test -n "$(MSG)" || { echo "用法: make migration MSG=\"迁移说明\""; exit 1; }

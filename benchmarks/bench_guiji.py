@@ -1,58 +1,71 @@
-"""Benchmark: 归集 of a generated city into the base libraries on PostgreSQL, against raw COPY.
+"""Benchmark: the real nightly job ``nightly_guiji`` on a generated city in PostgreSQL, against raw COPY.
 
-    python benchmarks/bench_guiji.py --persons 1000000 [--runs 3] [--workers 2] [--landing DIR] [--pg-url postgresql+psycopg://...]
+    python benchmarks/bench_guiji.py --persons 1000000 [--runs 3] [--workers 2] [--landing DIR]
+                                     [--pg-url postgresql+psycopg://...] [--json PATH]
 
-Runs the 归集 as the nightly job does: one step per resource, each library's merge once its
-resources are done, ``--workers`` steps at a time (default GONGSHU_MAX_CONCURRENT or 2, the job's
-executor). Prints the wall time, the summed step time per stage, the critical path (the longest
-chain of dependent steps, which no number of workers shortens), the machine's busy CPU seconds
-(gongshu and PostgreSQL) and peak RSS, then the reference measured in the same run: every
-delivered record COPY'd as text columns into PostgreSQL (each channel's records rendered to UTF-8
-CSV beforehand, outside the timing: raw COPY cannot load the defective files themselves — GBK with
-broken bytes, rows with the wrong number of columns), over one connection and over ``--workers``
-connections, and the ratios pipeline / reference. Then the
-write floor: what the 归集 stored in ods, std and the base libraries, COPY'd back as it is stored
-into empty tables with the same keys and indexes — what writing these layers as they are stored
-costs with no client work at all — and the ratios floor / reference and pipeline / floor. Creates and
-drops its own databases.
+Generates the city (or reuses ``--landing``), serves its API channel, creates a database, and launches
+the nightly job through a Dagster instance (a temporary ``DAGSTER_HOME`` with the repo's
+``dagster.yaml``) and the code location of ``workspace.yaml``, exactly as ``gongshu run`` does
+(:class:`pipelines.runs.NightlyRuns`): the code server's run worker executes the job with the job's own
+multiprocess executor (forkserver, ``--workers`` = ``GONGSHU_MAX_CONCURRENT`` steps at a time), GX,
+share outputs, scorecard and reports included. Settings reach the code location as they do in
+production, through the environment (``GONGSHU_WAREHOUSE_URL``, ``GONGSHU_LANDING``, ``GONGSHU_HOME``, …).
+
+Every figure of the night comes from the run's event log: the whole night (RUN_STARTING → RUN_SUCCESS)
+and the run worker's start-up before its first step; the 归集 (first ods+std step start → last
+base-library merge end); step time summed per stage; the five slowest steps; the critical path (the
+longest chain of dependent steps, from the step durations and the run's execution plan: no number of
+workers shortens it), for the 归集 and for the night; and the step processes' start-up
+(STEP_WORKER_STARTING → STEP_START). Rows delivered, accepted and quarantined per layer come from the
+warehouse's audit tables (``ods.batches``, ``audit.reconciliation``) and the base libraries. A background
+thread samples ``/proc`` for the run worker and its descendants (forkserver, step processes): the
+largest single process and the largest sum, as peak RSS. The machine's busy CPU seconds over the night
+come from ``/proc/stat`` (gongshu and PostgreSQL and anything else).
+
+Beside it, in the same run: the raw-COPY reference — every delivered record COPY'd as text columns
+into PostgreSQL (each channel's records rendered to UTF-8 CSV beforehand, outside the timing: raw COPY
+cannot load the defective files themselves — GBK with broken bytes, rows with the wrong number of
+columns), over one connection and over ``--workers`` connections — and the write floor: what the 归集
+stored in ods, std and the base libraries, COPY'd back as it is stored into empty tables with the same
+keys and indexes (what writing these layers costs with no client work at all). Prints the ratios
+night / 归集, 归集 / reference and 归集 / floor. ``--runs`` repeats everything on fresh databases and
+prints medians with every single figure. Creates and drops its own databases and Dagster instances
+(and the generated city, unless ``--landing`` names where to keep it).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
-import resource as rusage
+import secrets
+import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from assets.resources import settings_from_env  # noqa: E402
+from assets.resources import WAREHOUSE_URL, settings_from_env  # noqa: E402
 from catalog.loader import Catalogue, load_catalogue  # noqa: E402
-from guiji.base import merge_library
-from guiji.ods import read_batch
-from guiji.std import collect
+from desensitize.pseudonym import KEY_ENV  # noqa: E402
+from guiji.ods import read_batch  # noqa: E402
 from pipelines.demo_api import serve_in_thread  # noqa: E402
-from quality.conflicts import check_library_consistency  # noqa: E402
-from quality.expectations import validate, warm_up  # noqa: E402
-from quality.references import check_references  # noqa: E402
-from quality.rules import evaluated, failing, resource_rules  # noqa: E402
 from warehouse.store import Warehouse  # noqa: E402
 
 PG_ADMIN = os.environ.get("GONGSHU_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def peak_rss_mb() -> float:
-    return rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class TempDatabase:
@@ -205,117 +218,332 @@ def cpu_busy() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_self() -> float:
-    r = rusage.getrusage(rusage.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+
+# --- the processes of the run: peak RSS ----------------------------------------------------------------
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-@dataclass
-class Step:
-    kind: str  # "ods+std" or "base"
-    name: str  # resource id or library code
-    seconds: float
-
-
-@dataclass
-class Guiji:
-    seconds: float
-    steps: list[Step]
-    # The longest chain of dependent steps (a library's longest resource step, then its merge):
-    # no number of workers makes the 归集 shorter than this.
-    critical: list[Step]
-    cpu_busy: float | None  # machine-wide busy CPU seconds over the 归集
-    cpu_client: float  # of which this process (gongshu)
-    delivered: int
-    accepted: int
-    parsed: list[tuple]
-
-
-def run_guiji(catalogue: Catalogue, landing: Path, day: dt.date, url: str, workers: int,
-              variables: dict[str, str]) -> Guiji:
-    """The 归集 as the nightly job runs it: one step per resource (ODS written while the rows are
-    standardised), each library's merge once its resources are done, ``workers`` steps at a time
-    (the job's executor runs GONGSHU_MAX_CONCURRENT, default 2). Each step opens its own
-    warehouse, as each step of the job does. Without GX: that is the quality stage, timed apart.
-    """
-    origin = time.perf_counter()
-    delivered = accepted = 0
-    parsed: list[tuple] = []
-    steps: list[Step] = []
-
-    def step(kind: str, name: str, work):
-        wh = Warehouse(url)
-        t = time.perf_counter()
+def process_table() -> dict[int, tuple[int, int]]:
+    """Every process of the machine: pid → (parent pid, resident bytes), from /proc/*/stat."""
+    table: dict[int, tuple[int, int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
         try:
-            out = work(wh)
-        finally:
-            wh.dispose()
-        return Step(kind, name, time.perf_counter() - t), out
-
-    def ods_std(res):
-        return step("ods+std", res.id, lambda wh: collect(wh, catalogue, res, day, landing, variables=variables,
-                                                          with_gx=False))
-
-    def merge(lib):
-        return step("base", lib.code, lambda wh: merge_library(wh, catalogue, lib.code, day))
-
-    waiting = {lib.code: {r.id for r in catalogue.resources_of(lib.code)} for lib in catalogue.libraries}
-    busy0, self0 = cpu_busy(), cpu_self()
-    with ThreadPoolExecutor(workers, thread_name_prefix="gongshu-step") as pool:
-        pending: set[Future] = {pool.submit(ods_std, res) for res in catalogue.resources}
-        pending |= {pool.submit(merge, lib) for lib in catalogue.libraries if not waiting[lib.code]}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                st, out = f.result()
-                steps.append(st)
-                if st.kind == "base":
-                    continue
-                r, s = out
-                if r.batch and s.result is not None and s.result.parsed is not None:
-                    delivered += s.delivered
-                    accepted += s.accepted
-                    parsed.append((catalogue.resource(st.name), s.result.parsed))
-                lib = catalogue.library(catalogue.resource(st.name).library)
-                waiting[lib.code].discard(st.name)
-                if not waiting[lib.code]:
-                    pending.add(pool.submit(merge, lib))
-    seconds = time.perf_counter() - origin
-    busy1, self1 = cpu_busy(), cpu_self()
-    by_name = {(st.kind, st.name): st for st in steps}
-    chains = []
-    for lib in catalogue.libraries:
-        feeders = [by_name[("ods+std", r.id)] for r in catalogue.resources_of(lib.code)]
-        longest = max(feeders, key=lambda st: st.seconds, default=None)
-        m = by_name[("base", lib.code)]
-        chains.append([longest, m] if longest else [m])
-    critical = max(chains, key=lambda c: sum(st.seconds for st in c))
-    return Guiji(seconds, steps, critical, None if busy0 is None or busy1 is None else busy1 - busy0,
-                 self1 - self0, delivered, accepted, parsed)
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone since the listing
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state, ppid, …
+        table[int(name)] = (int(fields[1]), int(fields[21]) * PAGE)
+    return table
 
 
-def run_quality(catalogue: Catalogue, day: dt.date, url: str, parsed: list[tuple]) -> dict:
-    """GX on every resource's parsed rows against one polars pass of the same rules, then the
-    一数一源 and 关联 checks of every library."""
+def descendants(table: dict[int, tuple[int, int]], root: int) -> list[int]:
+    """``root`` and every process below it in ``table``."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+    return out
+
+
+class RssSampler:
+    """Samples, every ``interval`` seconds in a background thread, the resident memory of every process
+    below this one (the code server, the run worker it starts, the worker's forkserver and step
+    processes); :meth:`peak` then picks out a subtree, the run worker's, by its pid."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.samples: list[dict[int, tuple[int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            table = process_table()
+            self.samples.append({pid: table[pid] for pid in descendants(table, me) if pid != me})
+            self._stop.wait(self.interval)
+
+    def peak(self, root: int | None) -> tuple[int, int, int]:
+        """Bytes of the largest single process and of the largest sum at one sample, over ``root`` and
+        its descendants (every process sampled when ``root`` is None), and how many processes were seen."""
+        single = total = 0
+        seen: set[int] = set()
+        for sample in self.samples:
+            pids = list(sample) if root is None else descendants(sample, root)
+            if not pids:
+                continue
+            seen.update(pids)
+            single = max(single, max(sample[p][1] for p in pids))
+            total = max(total, sum(sample[p][1] for p in pids))
+        return single, total, len(seen)
+
+
+def wait_for_children(timeout_s: float = 30.0) -> None:
+    """Until no process started by this one is left (``timeout_s`` at most)."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(descendants(process_table(), me)) > 1:
+        time.sleep(0.2)
+
+
+# --- the night: launched through the instance and the code location, as `gongshu run` does --------------
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in this process's environment for the block (the code server and every process it
+    starts inherit them), the previous values restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class StepTime:
+    key: str
+    stage: str
+    start: float  # seconds since the run's RUN_STARTING
+    end: float
+    startup: float | None  # STEP_WORKER_STARTING → STEP_START: the step process's start-up
+    spawn: float | None  # of which STEP_WORKER_STARTING → STEP_WORKER_STARTED: the fork, until the process reports
+    status: str
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Night:
+    run_id: str
+    status: str
+    code_location_s: float  # the code server's start and the load of the code location (before the run)
+    launch_to_end_s: float  # as this process saw it: launch() → the run finished
+    night_s: float  # RUN_STARTING → RUN_SUCCESS (or failure) in the event log
+    worker_startup_s: float  # RUN_STARTING → the first step process launched
+    guiji_s: float  # first ods+std step start → last base-library merge end
+    guiji_others: list[str]  # steps of later stages the executor ran within that span (their deps allowed it)
+    steps: list[StepTime]
+    stages: dict[str, float]  # summed step seconds per stage
+    guiji_path: list[str]
+    guiji_path_s: float
+    night_path: list[str]
+    night_path_s: float
+    rows: dict[str, object] = field(default_factory=dict)
+    rss_single_mb: float = 0.0
+    rss_sum_mb: float = 0.0
+    processes: int = 0
+    run_worker_pid: int | None = None
+    cpu_busy_s: float | None = None
+
+
+STAGES = {  # stage → label, in the order printed
+    "ods+std": "ods+std 各资源步骤 (读取, 入库, 标准化+GX+隔离)",
+    "base": "base 各库合并 (一数一源)",
+    "checks": "质量检查步骤 (时效, 关联一致性)",
+    "share": "share 共享/开放数据 (脱敏)",
+    "quality": "quality 校核工单与评分",
+    "reports": "reports 部门质量报告",
+}
+
+
+def stage_of(step_key: str) -> str:
+    """The stage of a step of the nightly job, by its key (``guiji_<resource>`` reads and stores one
+    resource's ODS and 标准层 in one step, GX included; ``base__<library>`` merges a library)."""
+    if step_key.startswith("guiji_"):
+        return "ods+std"
+    if step_key.endswith("_referential") or step_key.endswith("_freshness"):
+        return "checks"
+    if step_key.startswith("base__"):
+        return "base"
+    if step_key.startswith("share__"):
+        return "share"
+    if step_key == "quality__department_reports":
+        return "reports"
+    return "quality"
+
+
+def longest_path(steps: dict[str, StepTime], upstream: dict[str, set[str]]) -> tuple[list[str], float]:
+    """The chain of dependent steps (among ``steps``) whose durations add up to the most."""
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def chain(key: str) -> tuple[float, list[str]]:
+        if key not in best:
+            before = [chain(u) for u in upstream.get(key, set()) if u in steps]
+            s, path = max(before, default=(0.0, []), key=lambda c: c[0])
+            best[key] = (s + steps[key].seconds, [*path, key])
+        return best[key]
+
+    s, path = max((chain(k) for k in steps), default=(0.0, []), key=lambda c: c[0])
+    return path, s
+
+
+def night_from_events(instance, run_id: str) -> Night:
+    """The figures of a finished run, from its event log and its execution plan."""
+    from dagster import DagsterEventType as E
+
+    run = instance.get_run_by_id(run_id)
+    entries = [e for e in instance.all_logs(run_id) if e.dagster_event is not None]
+    first = {}
+    for e in entries:
+        first.setdefault(e.dagster_event.event_type, e.timestamp)
+    origin = first.get(E.RUN_STARTING, entries[0].timestamp)
+    end = next((first[t] for t in (E.RUN_SUCCESS, E.RUN_FAILURE, E.RUN_CANCELED) if t in first), entries[-1].timestamp)
+    marks: dict[str, dict[str, float]] = {}
+    pid = None
+    for e in entries:
+        ev = e.dagster_event
+        if e.step_key:
+            step = marks.setdefault(e.step_key, {})
+            name = ev.event_type_value
+            if ev.event_type in (E.STEP_SUCCESS, E.STEP_FAILURE, E.STEP_SKIPPED):
+                step["end"], step["status"] = e.timestamp - origin, name  # type: ignore[assignment]
+            else:
+                step.setdefault(name, e.timestamp - origin)
+        elif pid is None and ev.event_type == E.ENGINE_EVENT and ev.engine_event_data:
+            value = ev.engine_event_data.metadata.get("pid")  # "Started process for run (pid: N)."
+            if value is not None and str(value.value).isdigit():
+                pid = int(value.value)
+    steps = {}
+    for key, m in marks.items():
+        if "STEP_START" not in m or "end" not in m:
+            continue
+        launched, reported = m.get("STEP_WORKER_STARTING"), m.get("STEP_WORKER_STARTED")
+        steps[key] = StepTime(key, stage_of(key), m["STEP_START"], m["end"],
+                              None if launched is None else m["STEP_START"] - launched,
+                              None if launched is None or reported is None else reported - launched,
+                              str(m["status"]))
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    upstream = {s.key: {h.step_key for i in s.inputs for h in i.upstream_output_handles} for s in plan.steps}
+    stages = {stage: sum(st.seconds for st in steps.values() if st.stage == stage) for stage in STAGES}
+    guiji = {k: st for k, st in steps.items() if st.stage in ("ods+std", "base")}
+    ods = [st for st in guiji.values() if st.stage == "ods+std"]
+    merges = [st for st in guiji.values() if st.stage == "base"]
+    guiji_s = max(st.end for st in merges) - min(st.start for st in ods) if ods and merges else 0.0
+    guiji_end = max((st.end for st in merges), default=0.0)
+    others = [st.key for st in steps.values() if st.stage not in ("ods+std", "base") and st.start < guiji_end]
+    launches = [m["STEP_WORKER_STARTING"] for m in marks.values() if "STEP_WORKER_STARTING" in m]
+    gpath, gs = longest_path(guiji, upstream)
+    npath, ns = longest_path(steps, upstream)
+    return Night(run_id, run.status.value, 0.0, 0.0, end - origin, min(launches, default=0.0), guiji_s, others,
+                 sorted(steps.values(), key=lambda st: st.start), stages, gpath, gs, npath, ns, run_worker_pid=pid)
+
+
+def layer_rows(url: str, catalogue: Catalogue, day: dt.date) -> dict[str, object]:
+    """Rows per layer for batch date ``day``, from the warehouse's audit tables: delivered (``ods.batches``),
+    accepted and quarantined (``audit.reconciliation``), current entities and versions per base library,
+    and the resources whose delivery failed or whose batch was withheld."""
+    from warehouse.std import night_problems
+
     wh = Warehouse(url)
-    quality = {"GX 校验": 0.0, "polars 单遍(同规则)": 0.0, "一数一源+关联": 0.0, "rows": 0}
-    for res, frame in parsed:
-        rules = resource_rules(catalogue, res, day)
-        quality["rows"] += frame.height
-        t = time.perf_counter()
-        validate(frame, rules, res.id)
-        quality["GX 校验"] += time.perf_counter() - t
-        t = time.perf_counter()
-        frame.select([evaluated(r).sum().alias(f"n{i}") for i, r in enumerate(rules)]
-                     + [failing(r).sum().alias(f"u{i}") for i, r in enumerate(rules)])
-        quality["polars 单遍(同规则)"] += time.perf_counter() - t
-    t = time.perf_counter()
-    for lib in catalogue.libraries:
-        check_library_consistency(wh, catalogue, lib.code, day)
-        check_references(wh, catalogue, lib.code, day)
-    quality["一数一源+关联"] += time.perf_counter() - t
-    wh.dispose()
-    return quality
+    try:
+        with wh.engine.connect() as conn:
+            ods = conn.execute(sa.text(
+                f"SELECT COUNT(*), COALESCE(SUM(rows_delivered), 0), COALESCE(SUM(rows_unparseable), 0), "
+                f"COUNT(*) FILTER (WHERE status = 'failed') FROM {wh.qualified('ods', 'batches')} "
+                "WHERE batch_date = :d"), {"d": day}).one()
+            std = conn.execute(sa.text(
+                f"SELECT COALESCE(SUM(rows_delivered), 0), COALESCE(SUM(rows_accepted), 0), "
+                f"COALESCE(SUM(rows_quarantined), 0) FROM {wh.qualified('audit', 'reconciliation')} "
+                "WHERE batch_date = :d"), {"d": day}).one()
+            base = {}
+            for lib in catalogue.libraries:
+                if wh.exists("base", lib.code):
+                    t = wh.qualified("base", lib.code)
+                    base[lib.code] = {"current": wh.scalar(conn, f"SELECT COUNT(*) FROM {t} WHERE valid_to IS NULL"),
+                                      "versions": wh.scalar(conn, f"SELECT COUNT(*) FROM {t}")}
+        problems = night_problems(wh, day)
+    finally:
+        wh.dispose()
+    return {
+        "batches": int(ods[0]), "failed_batches": int(ods[3]), "delivered": int(ods[1]), "unparseable": int(ods[2]),
+        "std_delivered": int(std[0]), "accepted": int(std[1]), "quarantined": int(std[2]),
+        "base": base, "problems": {r["resource_id"]: r["state"] for r in problems.iter_rows(named=True)},
+    }
+
+
+def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: dict[str, str],
+              catalogue_path: Path) -> Night:
+    """Launch ``nightly_guiji`` for ``day`` through a fresh Dagster instance and the code location, as
+    ``gongshu run`` does, into the warehouse at ``url``; wait for it; its figures."""
+    from dagster import DagsterInstance
+
+    from pipelines.cli import cmd_instance, console_logging
+    from pipelines.runs import NightlyRuns
+
+    tmp = tempfile.mkdtemp(prefix="gongshu_bench_night_")
+    try:
+        env = {
+            "DAGSTER_HOME": str(Path(tmp) / "dagster"),
+            "GONGSHU_HOME": str(Path(tmp) / "home"),
+            "GONGSHU_LANDING": str(landing),
+            "GONGSHU_CATALOG": str(catalogue_path),
+            WAREHOUSE_URL: url,
+            "GONGSHU_MAX_CONCURRENT": str(workers),
+            KEY_ENV: os.environ.get(KEY_ENV) or secrets.token_urlsafe(32),
+            # the code server imports the code location of this checkout
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+            **variables,
+        }
+        with environment(env):
+            cmd_instance(argparse.Namespace(quiet=True))  # $DAGSTER_HOME/dagster.yaml, as `gongshu run` writes it
+            level = settings_from_env().log_level
+            log = Path(env["DAGSTER_HOME"]) / "logs" / "gongshu-run.log"
+            with DagsterInstance.get() as instance:
+                t = time.perf_counter()
+                with NightlyRuns(instance, log=log) as runs:
+                    loaded = time.perf_counter() - t
+                    with RssSampler() as rss:
+                        busy0, t = cpu_busy(), time.perf_counter()
+                        run_id = runs.launch(day, console_logging(level))
+                        runs.wait(run_id, echo=lambda line: print(line, file=sys.stderr, flush=True), poll_s=0.2)
+                        seen, busy1 = time.perf_counter() - t, cpu_busy()
+                night = night_from_events(instance, run_id)
+            if night.status != "SUCCESS":
+                tail = log.read_text(encoding="utf-8", errors="replace")[-4000:] if log.exists() else ""
+                print(f"运行 {run_id} 未成功 ({night.status}); 进程输出末尾:\n{tail}", file=sys.stderr)
+    finally:
+        # the code server stops after the block and, stopping, may still touch the instance's storage:
+        # the folder goes once no process of ours is left
+        wait_for_children()
+        shutil.rmtree(tmp, ignore_errors=True)
+    night.code_location_s, night.launch_to_end_s = loaded, seen
+    single, total, night.processes = rss.peak(night.run_worker_pid)
+    night.rss_single_mb, night.rss_sum_mb = single / 2**20, total / 2**20
+    night.cpu_busy_s = None if busy0 is None or busy1 is None else busy1 - busy0
+    return night
+
+
+# --- the bench ---------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -324,15 +552,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--pg-url", default=PG_ADMIN)
     ap.add_argument("--landing", default=None, help="reuse generated deliveries from this folder")
-    ap.add_argument("--runs", type=int, default=3, help="pipeline runs (each into a fresh database); medians are shown")
+    ap.add_argument("--runs", type=int, default=3, help="nights (each into a fresh database); medians are shown")
     ap.add_argument("--workers", type=int, default=settings_from_env().max_concurrent,
-                    help="steps at a time, as the nightly job's executor (GONGSHU_MAX_CONCURRENT, default 2)")
+                    help="the job's steps at a time: GONGSHU_MAX_CONCURRENT of the run (default: its value, or 2)")
+    ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args()
     from generator import generate
 
-    catalogue = load_catalogue(settings_from_env().catalogue_path)
+    catalogue_path = settings_from_env().catalogue_path.resolve()
+    catalogue = load_catalogue(catalogue_path)
     day = dt.date(2026, 11, 20)
-    landing = Path(args.landing) if args.landing else Path(tempfile.mkdtemp(prefix="gongshu_bench_"))
+    landing = (Path(args.landing) if args.landing else Path(tempfile.mkdtemp(prefix="gongshu_bench_"))).resolve()
     if not (landing / "manifest.json").exists():
         t = time.perf_counter()
         generate(catalogue, persons=args.persons, seed=args.seed, date=day, out=landing, days=1, progress=False)
@@ -340,18 +570,17 @@ def main() -> int:
     server, base = serve_in_thread(landing)
     from urllib.parse import urlparse
 
-    # the API channels' URL variables, as the code location's LandingResource hands them to the channels
+    # the API channels' URL variables, which the code location's LandingResource hands to the channels
     variables = {res.channel.url_env: base + urlparse(res.channel.url).path for res in catalogue.resources
                  if res.channel.kind == "api" and res.channel.url_env}
     # Single timings on this shared machine vary by ±30%, the reference most: every figure is the
     # median of --runs, each into fresh databases, with the reference measured twice per run,
     # between the runs, so a slow spell weighs on both sides alike.
     prepared = reference_data(catalogue, landing, day, variables)
-    warm_up()  # GX import and context, once per process, outside the timing
     streams = sorted({1, args.workers})
     refs: dict[int, list[tuple[float, int]]] = {n: [] for n in streams}
-    runs: list[Guiji] = []
-    floors, qualities = [], []
+    nights: list[Night] = []
+    floors: list[tuple[float, int, int]] = []
     try:
         for _ in range(args.runs):
             for _ in range(REFERENCES_PER_RUN):
@@ -360,61 +589,126 @@ def main() -> int:
                         refs[n].append(raw_copy_reference(prepared, url, n))
             with TempDatabase(args.pg_url) as url:
                 checkpoint(url)
-                g = run_guiji(catalogue, landing, day, url, args.workers, variables)
-                runs.append(g)
+                night = run_night(url, landing, day, args.workers, variables, catalogue_path)
+                nights.append(night)
+                if night.status != "SUCCESS":
+                    return 1
+                night.rows = layer_rows(url, catalogue, day)
                 floors.append(write_floor(url))
-                qualities.append(run_quality(catalogue, day, url, g.parsed))
-                g.parsed = []
     finally:
         server.shutdown()
+        server.server_close()
+        if not args.landing:  # generated for this bench alone (--landing keeps it for the next)
+            shutil.rmtree(landing, ignore_errors=True)
+    figures = report(args, nights, refs, floors)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, ensure_ascii=False, indent=2), encoding="utf-8")
+    return 0
+
+
+def report(args: argparse.Namespace, nights: list[Night], refs: dict[int, list[tuple[float, int]]],
+           floors: list[tuple[float, int, int]]) -> dict:
+    """Print the figures (medians of the runs, each run's beside them); all of them, as a dict for JSON."""
     med = statistics.median
+
+    def each(values, fmt="{:.2f}") -> str:
+        return ", ".join(fmt.format(v) for v in values)
+
+    streams = sorted(refs)
     ref_rows = refs[1][0][1]
     ref = {n: med(r[0] for r in refs[n]) for n in streams}
-    total = med(g.seconds for g in runs)
-    delivered, accepted = runs[0].delivered, runs[0].accepted
+    rows = nights[0].rows
+    delivered, accepted, quarantined = rows["delivered"], rows["accepted"], rows["quarantined"]
+    night_s, guiji_s = med(n.night_s for n in nights), med(n.guiji_s for n in nights)
     floor_s, floor_rows, floor_bytes = med(f[0] for f in floors), floors[0][1], floors[0][2]
-    quality = {k: med(q[k] for q in qualities) for k in qualities[0]}
-    quality["rows"] = int(quality["rows"])
-    print(f"\n归集基准 · PostgreSQL · {args.persons:,} 人 · 交付 {delivered:,} 行 (参照 COPY {ref_rows:,} 行) · "
-          + (f"{args.workers} 个步骤并行 (同夜间作业的执行器)" if args.workers > 1 else "步骤逐个执行")
-          + f" · {args.runs} 轮的中位数")
-    for kind in ("ods+std", "base"):
-        label = "ods+std 各资源步骤 (读取, 入库, 标准化+隔离)" if kind == "ods+std" else "base 各库合并 (一数一源)"
-        s = med(sum(st.seconds for st in g.steps if st.kind == kind) for g in runs)
-        print(f"  {label:<34} 步骤时长合计 {s:7.2f} s")
-    print(f"  {'归集 合计 (墙钟)':<34} {total:8.2f} s  {delivered / total:>12,.0f} 行/s  (接收 {accepted:,}; "
-          f"各轮 {', '.join(f'{g.seconds:.2f}' for g in runs)} s)")
-    crit = max(runs, key=lambda g: g.seconds).critical
-    crit_s = med(sum(st.seconds for st in g.critical) for g in runs)
-    print(f"  {'最长依赖链 (实测, 含争用)':<34} {crit_s:8.2f} s  ("
-          + " → ".join(f"{st.kind} {st.name}" for st in crit) + "; 各轮 "
-          + ", ".join(" + ".join(f"{st.seconds:.2f}" for st in g.critical) for g in runs) + " s)")
+    startup = med(n.worker_startup_s for n in nights)
+    gpath_s, npath_s = med(n.guiji_path_s for n in nights), med(n.night_path_s for n in nights)
+    slowest = max(nights, key=lambda n: n.night_s)
+
+    print(f"\n夜间作业基准 · PostgreSQL · {args.persons:,} 人 · 交付 {delivered:,} 行 (参照 COPY {ref_rows:,} 行) · "
+          f"nightly_guiji 经 Dagster 实例与代码位置运行 (同 gongshu run), 多进程执行器 {args.workers} 个步骤并行"
+          f" · {args.runs} 轮的中位数")
+    for n in nights:
+        print(f"  运行 {n.run_id} · {n.status} · 代码位置加载 {n.code_location_s:.1f} s · "
+              f"发起→结束 {n.launch_to_end_s:.2f} s · {len(n.steps)} 个步骤")
+    print(f"  {'整夜 (RUN_STARTING → RUN_SUCCESS)':<34} {night_s:8.2f} s  (各轮 {each(n.night_s for n in nights)} s)")
+    print(f"  {'  其中 运行进程启动 (至首个步骤)':<34} {startup:8.2f} s  (各轮 {each(n.worker_startup_s for n in nights)} s)")
+    print(f"  {'归集 (首个 ods 步骤 → 最后合并)':<34} {guiji_s:8.2f} s  {delivered / guiji_s:>12,.0f} 行/s  "
+          f"(各轮 {each(n.guiji_s for n in nights)} s)")
+    if slowest.guiji_others:
+        print(f"    其间执行器还运行了 {len(slowest.guiji_others)} 个后续阶段的步骤 (依赖已满足): "
+              + ", ".join(slowest.guiji_others))
+    print("  步骤时长合计, 按阶段:")
+    for stage, label in STAGES.items():
+        s = med(n.stages[stage] for n in nights)
+        count = sum(1 for st in nights[0].steps if st.stage == stage)
+        print(f"    {label:<34} {s:8.2f} s  ({count} 步; 各轮 {each(n.stages[stage] for n in nights)} s)")
+    ups = [st.startup for n in nights for st in n.steps if st.startup is not None]
+    per_night = [sum(st.startup for st in n.steps if st.startup is not None) for n in nights]
+    spawns = [st.spawn for n in nights for st in n.steps if st.spawn is not None]
+    if ups:
+        print(f"  {'步骤进程启动 (WORKER_STARTING→START)':<34} {med(per_night):8.2f} s  合计 "
+              f"(每步中位 {med(ups):.2f} s, 其中 fork 至子进程报到 {med(spawns) if spawns else 0:.2f} s; "
+              f"最长 {max(ups):.2f} s; {len(ups) // len(nights)} 步)")
+    print(f"  {'最长依赖链 (归集, 实测含争用)':<34} {gpath_s:8.2f} s  ("
+          + " → ".join(f"{k} {slowest_step(slowest, k):.2f}" for k in slowest.guiji_path)
+          + f"; 各轮 {each(n.guiji_path_s for n in nights)} s)")
+    print(f"  {'最长依赖链 (整夜)':<34} {npath_s:8.2f} s  ("
+          + " → ".join(f"{k} {slowest_step(slowest, k):.2f}" for k in slowest.night_path) + ")")
+    top = sorted(slowest.steps, key=lambda st: -st.seconds)[:5]
+    print("  最慢 5 步: " + ", ".join(f"{st.key} {st.seconds:.2f} s" for st in top))
+    base_current = sum(v["current"] for v in rows["base"].values())
+    base_versions = sum(v["versions"] for v in rows["base"].values())
+    problems = "; ".join(f"{k} {v}" for k, v in rows["problems"].items())
+    print(f"  分层行数: ods 交付 {delivered:,} 行 ({rows['batches']} 批次, 无法解析 {rows['unparseable']:,}) · "
+          f"std 接收 {accepted:,}, 隔离 {quarantined:,} · base 现行实体 {base_current:,}, 历史版本 {base_versions:,}"
+          + (f" · {problems}" if problems else ""))
     for n in streams:
         label = "参照: 原样 COPY, 单连接" if n == 1 else f"参照: 原样 COPY, {n} 连接并行"
         print(f"  {label:<34} {ref[n]:8.2f} s  {ref_rows / ref[n]:>12,.0f} 行/s  "
-              f"({len(refs[n])} 次; 各次 {', '.join(f'{r[0]:.2f}' for r in refs[n])} s)")
-    for n in streams:
-        print(f"  比值 归集/参照({n} 连接) = {total / ref[n]:.2f}×  (目标 ≤ 4×; 各轮 "
-              f"{', '.join(f'{g.seconds / ref[n]:.1f}×' for g in runs)}); 最长依赖链/参照 = {crit_s / ref[n]:.2f}×")
+              f"({len(refs[n])} 次; 各次 {each(r[0] for r in refs[n])} s)")
     print(f"  {'写入下限: ods+std+base':<34} {floor_s:8.2f} s  {floor_rows / floor_s:>12,.0f} 行/s  "
           f"({floor_rows:,} 行, {floor_bytes / 1e6:,.0f} MB 二进制 COPY, 同表同索引, 单连接, 无客户端计算; "
-          f"各轮 {', '.join(f'{f[0]:.2f}' for f in floors)} s)")
-    print(f"  比值 写入下限/参照(1 连接) = {floor_s / ref[1]:.2f}×, 归集/写入下限 = {total / floor_s:.2f}×")
-    if all(g.cpu_busy is not None for g in runs):
-        busy = med(g.cpu_busy for g in runs)  # type: ignore[misc]
-        client = med(g.cpu_client for g in runs)
-        cores = os.cpu_count() or 1
-        print(f"  CPU: 归集期间整机忙 {busy:.1f} CPU·s (gongshu 进程 {client:.1f}, PostgreSQL 及其他 {busy - client:.1f}); "
-              f"{cores} 核全忙也需 ≥ {busy / cores:.1f} s = {busy / cores / ref[1]:.2f}× 参照(1 连接)")
-    per_m = 1_000_000 / max(quality["rows"], 1)
-    gx, pq = quality["GX 校验"], quality["polars 单遍(同规则)"]
-    print(f"\n质量阶段 · {quality['rows']:,} 行 (各资源已解析行)")
-    print(f"  GX 校验(记录)        {gx:8.2f} s  = {gx * per_m:.2f} s/百万行")
-    print(f"  参照: polars 单遍     {pq:8.2f} s  = {pq * per_m:.2f} s/百万行")
-    print(f"  比值 GX/polars = {gx / pq:.2f}×  (目标 ≤ 3×)")
-    print(f"  一数一源+关联一致性  {quality['一数一源+关联']:8.2f} s")
-    print(f"  峰值 RSS {peak_rss_mb():,.0f} MB")
-    return 0
+          f"各轮 {each(f[0] for f in floors)} s)")
+    print(f"  比值 整夜/归集 = {night_s / guiji_s:.2f}×  (各轮 {each((n.night_s / n.guiji_s for n in nights), '{:.2f}×')})")
+    for n in streams:
+        print(f"  比值 归集/参照({n} 连接) = {guiji_s / ref[n]:.2f}×  (目标 ≤ 4×; 各轮 "
+              f"{each((x.guiji_s / ref[n] for x in nights), '{:.1f}×')}); 最长依赖链/参照 = {gpath_s / ref[n]:.2f}×")
+    print(f"  比值 归集/写入下限 = {guiji_s / floor_s:.2f}×, 写入下限/参照(1 连接) = {floor_s / ref[1]:.2f}×")
+    busy = [n.cpu_busy_s for n in nights if n.cpu_busy_s is not None]
+    cores = os.cpu_count() or 1
+    if busy:
+        print(f"  CPU: 整夜期间整机忙 {med(busy):.1f} CPU·s (gongshu 各进程、PostgreSQL 及其他); "
+              f"{cores} 核全忙也需 ≥ {med(busy) / cores:.1f} s")
+    print(f"  峰值 RSS: 运行进程及其子进程 (forkserver, 步骤进程) 单个进程最大 {max(n.rss_single_mb for n in nights):,.0f} MB, "
+          f"同时合计最大 {max(n.rss_sum_mb for n in nights):,.0f} MB ({max(n.processes for n in nights)} 个进程)")
+    return {
+        "persons": args.persons, "workers": args.workers, "runs": args.runs,
+        "delivered": delivered, "accepted": accepted, "quarantined": quarantined, "raw_copy_rows": ref_rows,
+        "median": {
+            "night_s": night_s, "worker_startup_s": startup, "guiji_s": guiji_s,
+            "stages_s": {stage: med(n.stages[stage] for n in nights) for stage in STAGES},
+            "step_startup_s": med(per_night) if ups else None,
+            "guiji_critical_path_s": gpath_s, "night_critical_path_s": npath_s,
+            "raw_copy_s": {str(n): ref[n] for n in streams}, "write_floor_s": floor_s,
+            "cpu_busy_s": med(busy) if busy else None,
+        },
+        "ratios": {
+            "night_over_guiji": night_s / guiji_s,
+            **{f"guiji_over_raw_copy_{n}": guiji_s / ref[n] for n in streams},
+            "guiji_over_write_floor": guiji_s / floor_s,
+            "write_floor_over_raw_copy_1": floor_s / ref[1],
+        },
+        "reference": {str(n): [{"seconds": s, "rows": r} for s, r in refs[n]] for n in streams},
+        "write_floor": [{"seconds": s, "rows": r, "bytes": b} for s, r, b in floors],
+        "nights": [{**asdict(n), "steps": [{**asdict(st), "seconds": st.seconds} for st in n.steps]} for n in nights],
+        "cores": cores,
+    }
+
+
+def slowest_step(night: Night, key: str) -> float:
+    return next(st.seconds for st in night.steps if st.key == key)
 
 
 if __name__ == "__main__":
