@@ -8,10 +8,19 @@ reach the base library either way: the 标准层 quarantines them.
 """
 
 
-from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    PartitionsDefinition,
+    asset_check,
+)
 
 from assets.resources import WarehouseResource
 from catalog.loader import Catalogue
@@ -31,6 +40,27 @@ CHECK_NAME = {
     Dimension.accessibility: "accessibility",
 }
 SAMPLE_ROWS = 10
+R = TypeVar("R", AssetCheckResult, MaterializeResult)
+
+
+BATCH_DATE = "批次日期"
+
+
+def with_batch_date(result: R, day: str) -> R:
+    """``result`` (a check result, or a materialisation with its check results) with the batch date in
+    every check result's metadata: the checks tab lists results by run, and names the date so."""
+    if isinstance(result, AssetCheckResult):
+        return result.with_metadata({**(result.metadata or {}), BATCH_DATE: day})
+    if isinstance(result, MaterializeResult) and result.check_results:
+        return MaterializeResult(asset_key=result.asset_key, metadata=result.metadata,
+                                 check_results=[with_batch_date(c, day) for c in result.check_results],
+                                 data_version=result.data_version, tags=result.tags)
+    return result
+
+
+def percent(rate: float) -> MetadataValue:
+    """A rate as people read it, ``99.90 %`` (a bare float shows as 0.9989513591998064)."""
+    return MetadataValue.text(f"{rate:.2%}".replace("%", " %"))
 
 
 def rules_by_dimension(rules: list[Rule]) -> dict[Dimension, list[Rule]]:
@@ -40,14 +70,17 @@ def rules_by_dimension(rules: list[Rule]) -> dict[Dimension, list[Rule]]:
     return out
 
 
-def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKey) -> list[AssetCheckSpec]:
+def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKey,
+                    partitions: PartitionsDefinition | None = None) -> list[AssetCheckSpec]:
+    """One check per dimension of the resource's rules; partitioned like the asset, so each result
+    carries its batch date."""
     specs = []
     for dim, rules in rules_by_dimension(resource_rules(catalogue, resource)).items():
         # Not a Dagster-blocking check: a failed blocking rule withholds this resource's batch from
         # the merge (audit.reconciliation.withheld), while the rest of the night goes on.
         blocking = any(r.severity == Severity.blocking for r in rules)
         specs.append(AssetCheckSpec(
-            CHECK_NAME[dim], asset=asset_key,
+            CHECK_NAME[dim], asset=asset_key, partitions_def=partitions,
             description=f"{dim.value}: " + "; ".join(r.label + ("(阻断)" if r.severity == Severity.blocking else "")
                                                     for r in rules)
             + ("。阻断规则通过率低于阈值时, 该批次不合并入基础库, 其余资源照常归集。" if blocking else ""),
@@ -57,10 +90,11 @@ def std_check_specs(catalogue: Catalogue, resource: Resource, asset_key: AssetKe
 
 def std_check_results(
     resource: Resource, rule_counts: pl.DataFrame, failures: pl.DataFrame, gx_counts: dict | None,
-    data_docs: str | None = None, asset_key: AssetKey | None = None, *, threshold: float = BLOCKING_MIN_PASS_RATE,
+    data_docs_url: str | None = None, asset_key: AssetKey | None = None, *, threshold: float = BLOCKING_MIN_PASS_RATE,
 ) -> list[AssetCheckResult]:
     """One result per dimension: pass rates, failing counts, a masked sample, the GX agreement and a
-    link to the Great Expectations Data Docs page of the batch's validation. A blocking rule below
+    link to the Great Expectations Data Docs page of the batch's validation (``data_docs_url``, served
+    over HTTP by ``make ui``: :meth:`assets.resources.Settings.page_url`). A blocking rule below
     ``threshold`` (``GONGSHU_BLOCKING_MIN_PASS_RATE``) makes the dimension's check an ERROR."""
     out = []
     counts = rule_counts.with_columns(
@@ -97,17 +131,18 @@ def std_check_results(
             metadata={
                 "评估值数": int(rows.get_column("evaluated").sum()),
                 "不通过数": failed,
-                "最低通过率": float(rows.get_column("pass_rate").min()),
+                "最低通过率": percent(float(rows.get_column("pass_rate").min())),
                 "规则结果": MetadataValue.md("\n".join(lines)),
                 "不通过样例(已脱敏)": MetadataValue.md(sample_md),
                 "GX 与 polars 计数一致": agree if gx_counts is not None else "未运行 GX",
-                **({"GX Data Docs": MetadataValue.url(Path(data_docs).as_uri())} if data_docs else {}),
+                **({"GX Data Docs": MetadataValue.url(data_docs_url)} if data_docs_url else {}),
             },
         ))
     return out
 
 
-def consistency_check_spec(catalogue: Catalogue, lib, asset_key: AssetKey) -> AssetCheckSpec:
+def consistency_check_spec(catalogue: Catalogue, lib, asset_key: AssetKey,
+                           partitions: PartitionsDefinition | None = None) -> AssetCheckSpec:
     pairs = []
     for r in catalogue.resources_of(lib.code):
         for code in copies(catalogue, r):
@@ -115,7 +150,7 @@ def consistency_check_spec(catalogue: Catalogue, lib, asset_key: AssetKey) -> As
             if isinstance(auth, str):
                 pairs.append(f"{lib.element(code).name}: {catalogue.department(r.department).name} 对照 "
                              f"{catalogue.department(auth).name}")
-    return AssetCheckSpec("consistency", asset=asset_key,
+    return AssetCheckSpec("consistency", asset=asset_key, partitions_def=partitions,
                           description="一数一源(相同数据一致性): " + "; ".join(pairs))
 
 
@@ -134,7 +169,7 @@ def consistency_check_result(run) -> AssetCheckResult:
         metadata={
             "比对值数": compared,
             "一致值数": matched,
-            "一致率": matched / compared if compared else 1.0,
+            "一致率": percent(matched / compared if compared else 1.0),
             "今日冲突": run.conflicts_today.height,
             "新开冲突": run.changes.opened,
             "再次出现": run.changes.seen_again,
@@ -170,7 +205,7 @@ def reference_check(catalogue: Catalogue, lib, partitions, asset_key: AssetKey, 
         failed = run.failures.height
         return AssetCheckResult(
             passed=failed == 0, severity=AssetCheckSeverity.WARN,
-            metadata={"不通过数": failed, "结果": MetadataValue.md("\n".join(lines))},
+            metadata={"不通过数": failed, "结果": MetadataValue.md("\n".join(lines)), BATCH_DATE: context.partition_key},
         )
 
     return _referential

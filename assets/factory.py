@@ -39,12 +39,14 @@ from assets.checks import (
     SAMPLE_ROWS,
     consistency_check_result,
     consistency_check_spec,
+    percent,
     reference_check,
     std_check_results,
     std_check_specs,
+    with_batch_date,
 )
 from assets.freshness import freshness_policy
-from assets.keys import base_key, ods_key, std_key
+from assets.keys import base_key, labelled, library_label, ods_key, owner, resource_label, std_key
 from assets.resources import LandingResource, Settings, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
@@ -159,25 +161,26 @@ def build_resource_assets(
     elements = _resource_elements(catalogue, resource)
     okey, skey = ods_key(resource), std_key(resource)
     volume_spec = AssetCheckSpec(
-        "volume", asset=okey,
+        "volume", asset=okey, partitions_def=partitions,
         description=f"完整性(记录数): 交付行数不少于最近 {HISTORY} 次交付中位数的 "
                     f"{(settings or Settings()).volume_min_ratio:.0%}",
     )
     delivery_spec = AssetCheckSpec(
-        "delivery", asset=okey,
+        "delivery", asset=okey, partitions_def=partitions,
         description=f"可访问性: {ch.label}可以读取。读取失败时本资源本日不入库, 其余资源照常归集; "
         "重新运行该分区即补入。",
     )
-    std_specs = std_check_specs(catalogue, resource, skey)
+    std_specs = std_check_specs(catalogue, resource, skey, partitions)
     ods_spec = AssetSpec(
         key=okey,
         group_name=lib.code,
         kinds={kind, "polars"},
-        owners=[f"team:{resource.department}"],
+        owners=[owner(catalogue, resource.department)],
         tags={"department": resource.department, "layer": "ods", "update_cycle": resource.update_cycle.name},
         freshness_policy=freshness_policy(resource),
         skippable=True,
-        description=(
+        description=labelled(
+            resource_label(catalogue, resource, "ods"),
             f"贴源层: {dept.name}「{resource.name}」, {ch.label}归集, 更新周期{resource.update_cycle.value}。"
             "原样保存每一批次(只追加, 不修改), 附批次号、来源与行号。"
         ),
@@ -189,10 +192,11 @@ def build_resource_assets(
         deps=[okey],
         group_name=lib.code,
         kinds={"polars"},
-        owners=[f"team:{resource.department}"],
+        owners=[owner(catalogue, resource.department)],
         tags={"department": resource.department, "layer": "std"},
         skippable=True,
-        description=(
+        description=labelled(
+            resource_label(catalogue, resource, "std"),
             f"标准层: {dept.name}「{resource.name}」按数据元解析、类型化与规范化(全角转半角、去空格、日期格式、代码映射);"
             "无法解析或主键无效的行进入隔离区并注明原因。交付行数 = 接收行数 + 隔离行数。"
         ),
@@ -209,7 +213,8 @@ def build_resource_assets(
     def _collect(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource,
                  settings: Settings):
         # the results are yielded once the whole step has succeeded, so a retried attempt reports nothing twice
-        yield from retry_transient(context, warehouse, lambda: list(_steps(context, warehouse, landing, settings)))
+        results = retry_transient(context, warehouse, lambda: list(_steps(context, warehouse, landing, settings)))
+        yield from (with_batch_date(r, context.partition_key) for r in results)
 
     def _steps(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource,
                settings: Settings):
@@ -239,8 +244,7 @@ def build_resource_assets(
             out = standardize_batch(wh, catalogue, resource, batch_date, run_id=context.run_id, **checking)
         if skey in selected:
             assert out is not None
-            yield _std_result(context, wh, catalogue, resource, skey, std_specs, elements, out,
-                              settings.blocking_min_pass_rate)
+            yield _std_result(context, wh, catalogue, resource, skey, std_specs, elements, out, settings)
 
     return _collect
 
@@ -288,7 +292,7 @@ def _ods_result(
                                         metadata={"来源": b.sources}), AssetCheckResult(
             asset_key=key, check_name="volume", passed=vol.ok, severity=AssetCheckSeverity.WARN,
             metadata={"交付行数": vol.rows, "近期中位数": vol.median if vol.median is not None else "无历史",
-                      "占比": vol.share if vol.share is not None else "无历史",
+                      "占比": percent(vol.share) if vol.share is not None else "无历史",
                       "近期交付行数": ", ".join(str(x) for x in vol.previous) or "无"},
         )],
         metadata={
@@ -307,7 +311,7 @@ def _ods_result(
 
 def _std_result(
     context: AssetExecutionContext, wh: Warehouse, catalogue: Catalogue, resource: Resource, key: AssetKey,
-    check_specs: list[AssetCheckSpec], elements: dict[str, Element], out: StdResult, min_pass_rate: float,
+    check_specs: list[AssetCheckSpec], elements: dict[str, Element], out: StdResult, settings: Settings,
 ) -> MaterializeResult:
     if out.batch is None or out.result is None:
         return MaterializeResult(
@@ -326,8 +330,9 @@ def _std_result(
     )
     with wh.engine.connect() as conn:
         failures = read_failures(wh, conn, out.batch.batch_id, SAMPLE_ROWS * 20)
-    checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, out.data_docs, key,
-                               threshold=min_pass_rate)
+    docs_url = settings.page_url(out.data_docs) if out.data_docs else None
+    checks = std_check_results(resource, out.result.rule_counts, failures, out.gx_counts, docs_url, key,
+                               threshold=settings.blocking_min_pass_rate)
     (context.log.warning if out.batch.failed else context.log.info)(
         f"{out.batch.batch_id}: 对账 (交付 = 接收 + 隔离) {out.reconciliation}")
     if out.withheld:
@@ -371,21 +376,23 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
     @asset(
         key=base_key(lib),
         deps=[std_key(r) for r in resources],
-        check_specs=[consistency_check_spec(catalogue, lib, base_key(lib))] if has_copies else [],
+        check_specs=[consistency_check_spec(catalogue, lib, base_key(lib), partitions)] if has_copies else [],
         group_name=lib.code,
         partitions_def=partitions,
         kinds={"polars", "sql"},
-        owners=[f"team:{d}" for d in sorted({r.department for r in resources})],
+        owners=[owner(catalogue, d) for d in sorted({r.department for r in resources})],
         tags={"layer": "base"},
         retry_policy=RETRY_POLICY,
-        description=(
+        description=labelled(
+            library_label(lib),
             f"{lib.name}: 以{'+'.join(lib.key)}为主键, 每个数据元只取其权威部门的值(一数一源), "
             "每个值记录来源批次与行号; 值变化时新增版本(valid_from/valid_to), 不删除历史。\n\n权威来源:\n"
             + "\n".join(f"- {a}" for a in authorities)
         ),
     )
     def _base(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-        return retry_transient(context, warehouse, lambda: _merge(context, warehouse))
+        return with_batch_date(retry_transient(context, warehouse, lambda: _merge(context, warehouse)),
+                               context.partition_key)
 
     def _merge(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         wh = warehouse.get()

@@ -14,9 +14,11 @@ from dagster import (
     AssetCheckSpec,
     FreshnessPolicy,
     MetadataValue,
+    PartitionsDefinition,
     multi_asset_check,
 )
 
+from assets.checks import BATCH_DATE
 from assets.keys import ods_key
 from assets.resources import WarehouseResource
 from catalog.loader import Catalogue
@@ -82,17 +84,24 @@ def check_outcome(f: Freshness) -> tuple[bool, AssetCheckSeverity, str, dict]:
     return passed, severity, text, metadata
 
 
-def build_freshness_checks(catalogue: Catalogue) -> AssetChecksDefinition:
+def build_freshness_checks(catalogue: Catalogue, partitions: PartitionsDefinition | None = None
+                           ) -> AssetChecksDefinition:
     """The ``freshness`` check on every ODS asset: the one place freshness is evaluated and stored.
 
     Every run that materialises an ODS asset executes it for that resource; the stale-data sensor
     requests a run of it alone when a stored due time or deadline passes (pipelines/sensors.py).
+    Partitioned like the assets (``partitions``), a result in a nightly run names its batch date (an
+    unpartitioned check in a partitioned run was planned for the partition and evaluated for none,
+    which Dagster listed as a stray "Skipped" execution per run). The sensor's check-only runs stay
+    unpartitioned: Dagster 1.13 cannot give a run of checks alone a partition ("no PartitionsDefinition
+    shared by all the provided assets"), and an unpartitioned run of a partitioned check is recorded
+    without one.
     """
 
     keys = {ods_key(r): r for r in catalogue.resources}
     specs = [
         AssetCheckSpec(
-            CHECK_NAME, asset=key, blocking=False,
+            CHECK_NAME, asset=key, blocking=False, partitions_def=partitions,
             description=f"时效性: 最近一次成功交付距今是否超出更新周期 {r.update_cycle.value} 的时限 "
                         f"({describe_allowance(r.update_cycle, r.stale_after_hours)}, 按法定工作日计)",
         )
@@ -108,6 +117,8 @@ def build_freshness_checks(catalogue: Catalogue) -> AssetChecksDefinition:
         store_freshness(wh, evaluations)
         for f in evaluations:
             passed, severity, text, metadata = check_outcome(f)
+            if context.has_partition_key:
+                metadata[BATCH_DATE] = context.partition_key
             yield AssetCheckResult(asset_key=ods_key(f.resource), check_name=CHECK_NAME, passed=passed,
                                    severity=severity, description=text, metadata=metadata)
 

@@ -1,16 +1,43 @@
-"""Asset keys and partitions: what every Dagster definition of gongshu is named by."""
+"""Asset keys, partitions and the names people read: what every Dagster definition of gongshu is named by.
+
+Dagster's asset graph shows the last part of a key (``hjrk`` for both ``ods/gaj/hjrk`` and
+``std/gaj/hjrk``) and, below it, the first line of the description. Every asset's description
+therefore opens with its label (layer · department · resource, :func:`ods_label` …), the one
+readable name the graph, the asset list and the asset's page all show. Owners are the departments'
+names (``team:市公安局``), as Dagster allows owners only as e-mail addresses or ``team:`` names.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dagster import AssetKey, DailyPartitionsDefinition
 
-from catalog.loader import Catalogue
-from catalog.models import Library, Resource
+from catalog.loader import Catalogue, CatalogueError
+from catalog.models import DatabaseChannel, Library, Resource
+
+LAYER_LABELS = {"ods": "贴源层", "std": "标准层", "base": "基础库", "share": "共享开放", "quality": "数据质量"}
 
 
-def daily_partitions(catalogue: Catalogue, start_date: str = "2024-01-01") -> DailyPartitionsDefinition:
-    """Batch dates, in the city's time zone; the partition of day D is complete at D+1 00:00."""
-    return DailyPartitionsDefinition(start_date=start_date, timezone=catalogue.city.city.timezone)
+def first_batch_date(catalogue: Catalogue) -> dt.date:
+    """The first batch date of the city: ``city.first_batch_date`` in the catalogue, else the earliest
+    ``initial_load`` of its 前置库 channels. Partitions start there; a backfill further back moves
+    this date in the catalogue first (docs/catalogue.md, «首个批次日期»)."""
+    if catalogue.city.city.first_batch_date is not None:
+        return catalogue.city.city.first_batch_date
+    loads = [r.channel.initial_load for r in catalogue.resources
+             if isinstance(r.channel, DatabaseChannel) and r.channel.initial_load is not None]
+    if loads:
+        return min(loads)
+    raise CatalogueError([f"{catalogue.root / 'catalogue.yaml'}: city.first_batch_date (首个批次日期) 未设定: "
+                          "每日分区从该日期开始, 请填写本市最早一批交付的批次日期, 如 2026-09-01"])
+
+
+def daily_partitions(catalogue: Catalogue) -> DailyPartitionsDefinition:
+    """Batch dates from the city's first batch date, in the city's time zone; the partition of day D
+    is complete at D+1 00:00."""
+    return DailyPartitionsDefinition(start_date=first_batch_date(catalogue).isoformat(),
+                                     timezone=catalogue.city.city.timezone)
 
 
 def ods_key(resource: Resource) -> AssetKey:
@@ -23,3 +50,23 @@ def std_key(resource: Resource) -> AssetKey:
 
 def base_key(lib: Library) -> AssetKey:
     return AssetKey(["base", lib.code])
+
+
+def resource_label(catalogue: Catalogue, resource: Resource, layer: str) -> str:
+    """``贴源层 · 市公安局 · 户籍人口信息``: the label of a resource's asset in ``layer`` (ods, std)."""
+    return f"{LAYER_LABELS[layer]} · {catalogue.department(resource.department).name} · {resource.name}"
+
+
+def library_label(lib: Library) -> str:
+    """``基础库 · 人口基础库``."""
+    return f"{LAYER_LABELS['base']} · {lib.name}"
+
+
+def labelled(label: str, description: str) -> str:
+    """A description that opens with the asset's label (its first line is what the graph shows)."""
+    return f"{label}\n\n{description}"
+
+
+def owner(catalogue: Catalogue, department: str) -> str:
+    """The department as an asset owner: ``team:市公安局``."""
+    return f"team:{catalogue.department(department).name}"

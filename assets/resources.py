@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar
@@ -56,6 +57,9 @@ VARIABLES: dict[str, str] = {
     "freshness_interval_s": "GONGSHU_FRESHNESS_INTERVAL",
     "arrival_interval_s": "GONGSHU_ARRIVAL_INTERVAL",
     "arrival_settle_s": "GONGSHU_ARRIVAL_SETTLE_SECONDS",
+    "nightly_schedule": "GONGSHU_NIGHTLY_SCHEDULE",
+    "file_arrival": "GONGSHU_FILE_ARRIVAL",
+    "docs_url": "GONGSHU_DOCS_URL",
     "smtp_host": "GONGSHU_SMTP_HOST",
     "smtp_port": "GONGSHU_SMTP_PORT",
     "smtp_tls": "GONGSHU_SMTP_TLS",
@@ -65,6 +69,8 @@ VARIABLES: dict[str, str] = {
     "pseudonym_algorithm": "GONGSHU_PSEUDONYM_ALG",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STATUSES = ("running", "stopped")  # first status of the schedule and the file-arrival sensors
+DEFAULT_DOCS_URL = "http://127.0.0.1:3001"  # where make ui serves $GONGSHU_HOME's pages (gongshu ui --docs-port)
 
 
 class SettingsError(ValueError):
@@ -94,6 +100,13 @@ class Settings(ConfigurableResource):
     arrival_interval_s: int = Field(60, ge=1, description="GONGSHU_ARRIVAL_INTERVAL: 文件到达检查间隔(秒)")
     arrival_settle_s: float = Field(30.0, ge=0, description="GONGSHU_ARRIVAL_SETTLE_SECONDS: 文件落地后"
                                                             "静置多少秒才启动归集")
+    nightly_schedule: str = Field("running", description="GONGSHU_NIGHTLY_SCHEDULE: 每晚 02:00 调度首次部署时"
+                                                          "的状态, running(开启)或 stopped(关闭); 之后以界面中的开关为准")
+    file_arrival: str = Field("stopped", description="GONGSHU_FILE_ARRIVAL: 文件到达传感器首次部署时的状态, "
+                                                     "running 或 stopped(默认: 由每晚调度归集)")
+    docs_url: str = Field(DEFAULT_DOCS_URL, description="GONGSHU_DOCS_URL: GX 数据文档与部门报告的网址前缀 "
+                                                        "(make ui 在此端口提供 $GONGSHU_HOME 下的页面); 设为 file "
+                                                        "则链接本地文件")
     scorecard: dict[str, str] = Field({}, description="GONGSHU_SCORECARD_*: 评分配置文件与各项覆盖")
     smtp_host: str | None = Field(None, description="GONGSHU_SMTP_HOST: 未设置时邮件写入发件箱")
     smtp_port: int | None = Field(None, ge=1, le=65535, description="GONGSHU_SMTP_PORT")
@@ -109,6 +122,13 @@ class Settings(ConfigurableResource):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"应为 {'、'.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator("nightly_schedule", "file_arrival")
+    @classmethod
+    def _status(cls, value: str) -> str:
+        if value.strip().lower() not in STATUSES:
+            raise ValueError(f"应为 {' 或 '.join(STATUSES)}")
+        return value.strip().lower()
 
     @field_validator("smtp_tls")
     @classmethod
@@ -182,6 +202,16 @@ class Settings(ConfigurableResource):
     def gx_docs(self) -> Path:
         """``$GONGSHU_HOME/gx_docs``: one Great Expectations Data Docs page per validated batch."""
         return self.home_path / "gx_docs"
+
+    def page_url(self, path: Path | str) -> str:
+        """The address of a page written under the home folder (a GX Data Docs page, a report): under
+        ``docs_url``, where ``make ui`` serves the home folder over HTTP (a ``file:///`` link opens on
+        no other machine), or the file's own URI when ``docs_url`` is ``file`` or the page lies elsewhere."""
+        page = Path(path).resolve()
+        home = self.home_path.resolve()
+        if self.docs_url.strip().lower() == "file" or not page.is_relative_to(home):
+            return page.as_uri()
+        return f"{self.docs_url.rstrip('/')}/{quote(page.relative_to(home).as_posix())}"
 
     @property
     def log_level_number(self) -> int:

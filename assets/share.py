@@ -35,8 +35,9 @@ from dagster import (
     asset,
 )
 
+from assets.checks import with_batch_date
 from assets.factory import preview
-from assets.keys import base_key, ods_key, std_key
+from assets.keys import LAYER_LABELS, base_key, labelled, ods_key, owner, std_key
 from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Labelled, OutputKind, Sensitivity
@@ -355,10 +356,10 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
     lib = policy.library
     key = share_key(policy)
     resources = catalogue.resources_of(lib.code)
-    specs = [AssetCheckSpec("no_raw_identifiers", asset=key, blocking=True,
+    specs = [AssetCheckSpec("no_raw_identifiers", asset=key, blocking=True, partitions_def=partitions,
                             description="发布内容(共享表、开放文件、元数据预览)中不得出现基础库的身份号码、手机号、姓名、完整地址原值")]
     if policy.kind == OutputKind.open:
-        specs.append(AssetCheckSpec("k_anonymity", asset=key, blocking=True,
+        specs.append(AssetCheckSpec("k_anonymity", asset=key, blocking=True, partitions_def=partitions,
                                     description=f"开放数据每个准标识符组合至少出现 {policy.k} 次(k-匿名)"))
     rows_desc = ("" if policy.discriminator_values is None else
                  f"仅含{lib.discriminator.element}为 {', '.join(policy.discriminator_values) or '(无)'} 的记录; ")
@@ -378,9 +379,9 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         group_name="share",
         partitions_def=partitions,
         kinds=kinds,
-        owners=[f"team:{d}" for d in sorted({r.department for r in resources})],
+        owners=[owner(catalogue, d) for d in sorted({r.department for r in resources})],
         tags={"layer": "share", "library": lib.code, "share_kind": policy.kind.value},
-        description=description,
+        description=labelled(f"{LAYER_LABELS['share']} · {policy.label}", description),
         automation_condition=AutomationCondition.eager(),
         metadata={"基础库": lib.name, "类别": policy.kind.label, "适用目录属性": ", ".join(policy.classes)},
     )
@@ -434,7 +435,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
             metadata["k-匿名: 抑制行数"] = m.kanon.suppressed
         if build.notes:
             metadata["说明"] = "; ".join(build.notes)
-        return MaterializeResult(metadata=metadata, check_results=checks)
+        return with_batch_date(MaterializeResult(metadata=metadata, check_results=checks), context.partition_key)
 
     return _share
 

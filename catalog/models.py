@@ -259,6 +259,11 @@ class City(_Model):
     code: Identifier
     name: str
     timezone: str = "Asia/Shanghai"
+    first_batch_date: date | None = Field(
+        default=None,
+        description="首个批次日期: the batch date of the city's first deliveries; the daily partitions start "
+        "here (else at the earliest initial_load of a 前置库 channel). Move it back to backfill older dates",
+    )
     region_codes: list[str] = Field(
         default_factory=list, description="the city's own 行政区划 codes (6 digits), for 'local' checks"
     )

@@ -41,7 +41,7 @@ def build_definitions(settings: Settings | None = None, environ: Mapping[str, st
     jobs, schedules = build_jobs_and_schedules(partitions, settings)
     return Definitions(
         assets=assets,
-        asset_checks=[*build_checks(catalogue, partitions), build_freshness_checks(catalogue)],
+        asset_checks=[*build_checks(catalogue, partitions), build_freshness_checks(catalogue, partitions)],
         jobs=jobs,
         schedules=schedules,
         sensors=build_sensors(catalogue, partitions, settings),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import (
     AssetSelection,
     DailyPartitionsDefinition,
+    DefaultScheduleStatus,
     JobDefinition,
     ScheduleDefinition,
     build_schedule_from_partitioned_job,
@@ -50,8 +51,11 @@ def build_jobs_and_schedules(
         description="每晚归集: 读取各数源部门前一日的交付, 入贴源层、标准层并按一数一源合并到基础库, "
         "然后生成脱敏共享/开放数据、质量评分与部门质量报告。",
     )
+    running = (settings or Settings()).nightly_schedule == "running"
     schedule = build_schedule_from_partitioned_job(
         nightly, hour_of_day=2, minute_of_hour=0, name="nightly_guiji_schedule",
-        description="每日 02:00(城市时区)归集前一日批次",
+        description="每日 02:00(城市时区)归集前一日批次。首次部署时"
+        + ("开启" if running else "关闭") + " (GONGSHU_NIGHTLY_SCHEDULE=running|stopped); 之后以界面中的开关为准。",
+        default_status=DefaultScheduleStatus.RUNNING if running else DefaultScheduleStatus.STOPPED,
     )
     return [nightly], [schedule]

@@ -7,8 +7,12 @@
   the state moves on days without deliveries too; it never evaluates or writes itself.
 * ``run_failure_alert`` mails the data engineers when a run fails; a failed blocking check (which
   fails its run) is named as such, with the check's result.
+* ``failed_checks_summary_success`` / ``_failure``: tag every finished run with how many of its asset
+  checks failed (``gongshu/failed_checks``), so the runs list shows the problem beside the status.
 * ``file_arrival_<dept>_<resource>``: a delivery landing in a file channel's folder starts that
-  resource's 归集 (ODS, 标准层, its base library) for the folder's batch date.
+  resource's 归集 (ODS, 标准层, its base library) for the folder's batch date. Stopped when first
+  deployed unless ``GONGSHU_FILE_ARRIVAL=running`` (the nightly schedule, running by default, reads
+  every delivery anyway).
 
 Every sensor keeps its progress in its Dagster cursor, so a restarted daemon neither repeats a
 mail nor re-launches a run.
@@ -29,15 +33,18 @@ import polars as pl
 from dagster import (
     AssetSelection,
     DagsterEventType,
+    DagsterRunStatus,
     DailyPartitionsDefinition,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 
@@ -72,6 +79,37 @@ def _known(cursor: dict) -> dict[str, str]:
     return {rid: Status.stale.value for rid in cursor.get("notified", {})}
 
 
+def stale_lines(state: pl.DataFrame, catalogue: Catalogue) -> list[str]:
+    """One readable line per stale resource: department, resource, working days late, last batch date."""
+    out = []
+    for row in state.filter(pl.col("status") == Status.stale).iter_rows(named=True):
+        r = catalogue.resource(row["resource_id"])
+        days = row["working_days_overdue"]
+        late = f"超期 {days} 个工作日" if days else "超期"
+        last = f", 最近批次 {row['last_batch_date']}" if row["last_batch_date"] else ", 尚无成功交付"
+        out.append(f"{catalogue.department(r.department).name}「{r.name}」{late}{last}")
+    return out
+
+
+def stale_message(state: pl.DataFrame, catalogue: Catalogue, engineers: list[str], sent: list[str],
+                  failed: list[str], unaddressed: list[str], outdated: str | None) -> str:
+    """The tick's message, the problem first: which resources are stale and by how much, what was sent,
+    and where alerts go nowhere (no GONGSHU_ENGINEER_EMAILS, a department without an address)."""
+    stale = stale_lines(state, catalogue)
+    parts = [("超期: " + "; ".join(stale)) if stale else f"{state.height} 个资源均未超期"]
+    if sent:
+        parts.append("已通知: " + ", ".join(sent))
+    if failed:
+        parts.append("发送失败(下次重试): " + ", ".join(failed))
+    if unaddressed:
+        parts.append("无收件人, 未通知: " + ", ".join(unaddressed))
+    if not engineers:
+        parts.append("未设置 GONGSHU_ENGINEER_EMAILS: 数据工程师收不到时效告警")
+    if outdated:
+        parts.append(f"已请求重新评估 freshness 检查 ({outdated})")
+    return "。".join(parts)
+
+
 def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = None) -> SensorDefinition:
     checks = freshness_check_keys(catalogue)
     ids = [r.id for r in catalogue.resources]
@@ -82,7 +120,9 @@ def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = No
         default_status=DefaultSensorStatus.RUNNING,
         target=AssetSelection.checks(*checks),
         description="时效通知: 读取 freshness 检查写入的 quality.freshness, 资源超期或恢复时通知数源部门与数据工程师"
-                    "(每次变化一次); 存储的应交付时间或超期时点已过时, 请求单独运行 freshness 检查。",
+                    "(每次变化一次; 未设置 GONGSHU_ENGINEER_EMAILS 时数据工程师收不到, 每次评估的消息中注明); "
+                    "存储的应交付时间或超期时点已过时, 请求单独运行 freshness 检查。"
+                    "每次评估的消息列出超期的资源及超期工作日数。默认开启。",
     )
     def stale_data_sensor(
         context: SensorEvaluationContext, warehouse: WarehouseResource, mailer: MailerResource, settings: Settings
@@ -91,7 +131,7 @@ def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = No
         state = read_freshness(warehouse.get()).filter(pl.col("resource_id").is_in(ids))
         known = _known(_load(context.cursor))
         status: dict[str, str] = {}
-        sent, failed = [], []
+        sent, failed, unaddressed = [], [], []
         for row in state.iter_rows(named=True):
             rid, current, before = row["resource_id"], row["status"], known.get(row["resource_id"])
             stale, was_stale = current == Status.stale, before == Status.stale
@@ -102,6 +142,7 @@ def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = No
             to = [*dept.emails, *settings.engineer_emails]
             if not to:
                 context.log.warning(f"{rid} {Status(current).label}, 但部门与 GONGSHU_ENGINEER_EMAILS 均无收件人")
+                unaddressed.append(f"{rid} {Status(current).label}")
                 status[rid] = current
                 continue
             subject, html = (stale_notice if stale else recovered_notice)(row, catalogue)
@@ -116,10 +157,7 @@ def build_stale_data_sensor(catalogue: Catalogue, settings: Settings | None = No
             status[rid] = current
             sent.append(f"{rid} {Status(current).label}")
         outdated = outdated_by(state, ids, now)
-        stale_ids = state.filter(pl.col("status") == Status.stale).get_column("resource_id").to_list()
-        message = (f"{state.height} 个资源, 超期 {len(stale_ids)} ({', '.join(stale_ids) or '无'}); "
-                   f"新通知 {', '.join(sent) or '无'}" + (f"; 发送失败 {', '.join(failed)}" if failed else "")
-                   + (f"; 请求评估 freshness 检查 ({outdated})" if outdated else ""))
+        message = stale_message(state, catalogue, settings.engineer_emails, sent, failed, unaddressed, outdated)
         context.log.info(message)
         requests = [RunRequest(run_key=f"freshness:{outdated}", asset_selection=[], asset_check_keys=checks,
                                tags={"gongshu/trigger": "freshness"})] if outdated else []
@@ -175,19 +213,70 @@ def run_failure_notice(context: RunFailureSensorContext) -> tuple[str, str, list
     return subject, html, checks
 
 
+FAILED_CHECKS_TAG = "gongshu/failed_checks"
+FAILED_ERROR_CHECKS_TAG = "gongshu/failed_checks_error"
+
+
+def failed_check_tags(instance, run_id: str) -> dict[str, str]:
+    """The run's tags that summarise its failed asset checks (none when every check passed): how many
+    failed, and how many of them with ERROR severity. The runs list shows them beside the status."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION,
+                                           limit=100_000).records
+    failed = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    failed = [ev for ev in failed if not ev.passed]
+    if not failed:
+        return {}
+    errors = sum(ev.severity.value == "ERROR" for ev in failed)
+    return {FAILED_CHECKS_TAG: str(len(failed)), **({FAILED_ERROR_CHECKS_TAG: str(errors)} if errors else {})}
+
+
+def tag_failed_checks(instance, run_id: str) -> dict[str, str]:
+    """Tag a finished run with its failed checks (:func:`failed_check_tags`); the tags set."""
+    tags = failed_check_tags(instance, run_id)
+    if tags:
+        instance.add_run_tags(run_id, tags)
+    return tags
+
+
+def build_failed_checks_summary(status: DagsterRunStatus) -> SensorDefinition:
+    """A run-status sensor that tags each run ending in ``status`` with its failed checks, so a run
+    whose checks failed does not read as a plain green "Success" in the runs list (``gongshu run``
+    tags its own runs too, for an instance without a daemon)."""
+    word = {DagsterRunStatus.SUCCESS: "成功", DagsterRunStatus.FAILURE: "失败"}[status]
+
+    @run_status_sensor(
+        name=f"failed_checks_summary_{status.value.lower()}",
+        run_status=status,
+        monitor_all_code_locations=True,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"运行{word}结束时, 给运行加上未通过的质量检查数 (标签 {FAILED_CHECKS_TAG}, 其中 ERROR 级 "
+                    f"{FAILED_ERROR_CHECKS_TAG}), 运行列表中一眼可见。默认开启。",
+    )
+    def _summary(context: RunStatusSensorContext) -> None:
+        tags = tag_failed_checks(context.instance, context.dagster_run.run_id)
+        if tags:
+            context.log.info(f"run {context.dagster_run.run_id[:8]}: 未通过检查 {tags[FAILED_CHECKS_TAG]}")
+
+    return _summary
+
+
 def build_run_failure_alert() -> SensorDefinition:
     # CLI runs (execute_in_process) carry no code-location origin; this instance serves gongshu only.
     @run_failure_sensor(
         name="run_failure_alert",
         monitor_all_code_locations=True,
         default_status=DefaultSensorStatus.RUNNING,
-        description="运行失败或阻断性质量检查未通过时, 邮件通知数据工程师 (GONGSHU_ENGINEER_EMAILS)。",
+        description="运行失败或阻断性质量检查未通过时, 邮件通知数据工程师 (GONGSHU_ENGINEER_EMAILS; 未设置时"
+                    "不发送, 每次评估的消息中注明)。默认开启。",
     )
-    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource, settings: Settings) -> None:
+    def run_failure_alert(context: RunFailureSensorContext, mailer: MailerResource,
+                          settings: Settings) -> SkipReason | None:
         to = settings.engineer_emails
         if not to:
-            context.log.warning("GONGSHU_ENGINEER_EMAILS 未设置, 无法发送运行失败告警")
-            return
+            message = (f"未设置 GONGSHU_ENGINEER_EMAILS: 运行 {context.dagster_run.run_id[:8]} "
+                       f"({context.dagster_run.job_name}) 失败的告警没有发给任何人")
+            context.log.warning(message)
+            return SkipReason(message)
         subject, html, checks = run_failure_notice(context)
         mailer.get().send(to, subject, html, category="blocking_check" if checks else "run_failure",
                           reference=context.dagster_run.run_id)
@@ -313,13 +402,17 @@ def build_file_arrival_sensor(
     settle = settings.arrival_settle_s
     lib = catalogue.library(resource.library)
     dept = catalogue.department(resource.department)
+    running = settings.file_arrival == "running"
 
     @sensor(
         name=f"file_arrival_{resource.id}",
         minimum_interval_seconds=settings.arrival_interval_s,
         target=AssetSelection.assets(ods_key(resource), std_key(resource), base_key(lib)),
+        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
         description=f"文件到达即归集: {dept.name}「{resource.name}」的交付落入 {resource.channel.path} 后, "
-                    f"立即为该批次日期运行贴源层、标准层与{lib.name}, 不等夜间作业。",
+                    f"立即为该批次日期运行贴源层、标准层与{lib.name}, 不等夜间作业。首次部署时"
+                    + ("开启" if running else "关闭 (由每晚调度归集; 在界面中开启, 或部署前设 GONGSHU_FILE_ARRIVAL=running)")
+                    + "。",
     )
     def _arrival(
         context: SensorEvaluationContext, landing: LandingResource, warehouse: WarehouseResource
@@ -344,5 +437,7 @@ def build_sensors(
     return [
         build_stale_data_sensor(catalogue, settings),
         build_run_failure_alert(),
+        build_failed_checks_summary(DagsterRunStatus.SUCCESS),
+        build_failed_checks_summary(DagsterRunStatus.FAILURE),
         *(build_file_arrival_sensor(catalogue, r, partitions, settings) for r in file_channel_resources(catalogue)),
     ]

@@ -22,6 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from quality.docs_assets import STATIC, localised_page
 from quality.rules import Kind, Rule
 
 ID_W = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
@@ -288,13 +289,16 @@ def _strip_values(result) -> None:
             rr.pop(k)
 
 
-def write_data_docs(result, path: Path) -> Path:
-    """Render one validation result as a Great Expectations Data Docs page (GX's own renderer)."""
+def write_data_docs(result, path: Path, static: Path | None = None) -> Path:
+    """Render one validation result as a Great Expectations Data Docs page (GX's own renderer), its
+    CDN links pointed at the local copies in ``static`` (default: ``_static`` beside the page's
+    folder, ``<docs>/_static`` for a page at ``<docs>/<resource>/<batch>.html``; quality/docs_assets.py)."""
     from great_expectations.render.renderer.page_renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
     _strip_values(result)
     html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    html = localised_page(html, path, static or path.parent.parent / STATIC)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(html, encoding="utf-8")

@@ -31,7 +31,7 @@ def uscc(body17: str) -> str:
 
 
 CATALOGUE = """\
-city: {code: shanhai, name: 山海市, region_codes: ["370202", "370203"]}
+city: {code: shanhai, name: 山海市, first_batch_date: 2026-09-01, region_codes: ["370202", "370203"]}
 departments:
   - {code: huzheng, name: 户政中心, emails: [hz@shanhai.example]}
   - {code: shebao, name: 社保中心}

@@ -30,7 +30,7 @@ def test_every_resource_and_library_becomes_assets_grouped_by_base_library() -> 
     assert len(specs) == 2 * len(cat.resources) + len(cat.libraries)
     hjrk = specs[AssetKey(["ods", "gaj", "hjrk"])]
     assert hjrk.group_name == "person"
-    assert hjrk.owners == ["team:gaj"] and hjrk.tags["department"] == "gaj"
+    assert hjrk.owners == ["team:市公安局"] and hjrk.tags["department"] == "gaj"
     assert "市公安局「户籍人口信息」" in hjrk.description and "前置库" in hjrk.description
     assert specs[AssetKey(["std", "rsj", "sbcb"])].group_name == "person"
     assert specs[AssetKey(["std", "rsj", "sbcb"])].deps[0].asset_key == AssetKey(["ods", "rsj", "sbcb"])
@@ -111,7 +111,7 @@ def test_the_snapshot_shows_the_executor_the_schedule_and_secrets_by_name_only()
     assert data["schedules"]["nightly_guiji_schedule"]["cron"] == "0 2 * * *"
     assert data["resources"]["warehouse"]["env_vars"] == {"url": "GONGSHU_WAREHOUSE_URL"}
     assert data["resources"]["pseudonym"]["env_vars"] == {"key": "GONGSHU_PSEUDONYM_KEY"}
-    assert data["assets"]["ods/gaj/hjrk"]["owners"] == ["team:gaj"]
+    assert data["assets"]["ods/gaj/hjrk"]["owners"] == ["team:市公安局"]
 
 
 def test_the_command_prints_or_writes_the_snapshot(tmp_path: Path, capsys) -> None:
@@ -121,3 +121,61 @@ def test_the_command_prints_or_writes_the_snapshot(tmp_path: Path, capsys) -> No
     assert "已写出代码位置快照" in capsys.readouterr().out
     assert cli.main(["definitions-snapshot"]) == 0
     assert capsys.readouterr().out == _snapshot()
+
+
+# --- what a person reads in the UI: labels, owners, partitions, defaults (issue 16) -----------------
+
+
+def test_every_asset_opens_its_description_with_a_readable_label_the_graph_shows() -> None:
+    """The graph shows the key's last part (``hjrk`` for both the ODS and the 标准层 box) and the first
+    line of the description: that line is the label, layer · department · resource, unique per asset."""
+    specs = {spec.key: spec for a in canonical_definitions().get_repository_def().assets_defs_by_key.values()
+             for spec in a.specs}
+    first = {key.to_user_string(): (spec.description or "").split("\n")[0] for key, spec in specs.items()}
+    assert first["ods/gaj/hjrk"] == "贴源层 · 市公安局 · 户籍人口信息"
+    assert first["std/gaj/hjrk"] == "标准层 · 市公安局 · 户籍人口信息"
+    assert first["base/person"] == "基础库 · 人口基础库"
+    assert first["quality/department_reports"] == "数据质量 · 部门数据质量报告"
+    assert first["share/person_open"].startswith("共享开放 · 人口基础库")
+    assert len(set(first.values())) == len(first), "two assets share a label"
+    assert all(" · " in label and len(label) <= 40 for label in first.values())
+    assert set(specs[AssetKey(["base", "person"])].owners) == {"team:市人力社保局", "team:市公安局", "team:市卫生健康委",
+                                                               "team:市民政局"}
+
+
+def test_partitions_start_at_the_catalogues_first_batch_date(tmp_path: Path) -> None:
+    from catalog.loader import CatalogueError
+    from tests import citykit
+
+    demo = load_catalogue(DEMO_CATALOGUE)
+    assert daily_partitions(demo).start.date().isoformat() == "2026-09-01"
+    data = yaml.safe_load(_snapshot())
+    assert {a["partitions"]["start"] for a in data["assets"].values() if a["partitions"]} == {"2026-09-01"}
+    # without the setting: the earliest initial load of a 前置库; without either, a clear error
+    folder = citykit.write_catalogue(tmp_path)
+    main = folder / "catalogue.yaml"
+    main.write_text(main.read_text(encoding="utf-8").replace("first_batch_date: 2026-09-01, ", ""), encoding="utf-8")
+    with pytest.raises(CatalogueError, match="first_batch_date"):
+        daily_partitions(load_catalogue(folder))
+    for res in (folder / "resources").glob("*.yaml"):
+        text = res.read_text(encoding="utf-8")
+        if "watermark:" in text:
+            res.write_text(text.replace("watermark: UPD}", "watermark: UPD, initial_load: 2026-08-17}"), encoding="utf-8")
+    assert daily_partitions(load_catalogue(folder)).start.date().isoformat() == "2026-08-17"
+
+
+def test_the_nightly_schedule_runs_by_default_and_the_file_arrival_sensors_say_they_are_off() -> None:
+    from assets.resources import Settings, SettingsError
+
+    data = yaml.safe_load(_snapshot())
+    schedule = data["schedules"]["nightly_guiji_schedule"]
+    assert schedule["default_status"] == "RUNNING" and "首次部署时开启" in schedule["description"]
+    arrival = {k: v for k, v in data["sensors"].items() if k.startswith("file_arrival_")}
+    assert arrival and all(v["default_status"] == "STOPPED" and "首次部署时关闭" in v["description"]
+                           for v in arrival.values())
+    assert data["sensors"]["stale_data_sensor"]["default_status"] == "RUNNING"
+    stopped = yaml.safe_load(_snapshot(nightly_schedule="stopped", file_arrival="running"))
+    assert stopped["schedules"]["nightly_guiji_schedule"]["default_status"] == "STOPPED"
+    assert stopped["sensors"]["file_arrival_swj_nsrdj"]["default_status"] == "RUNNING"
+    with pytest.raises(SettingsError, match="GONGSHU_NIGHTLY_SCHEDULE"):
+        Settings.from_env({"GONGSHU_NIGHTLY_SCHEDULE": "maybe"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -130,6 +131,31 @@ def test_each_validation_gets_a_data_docs_page_with_counts_and_no_failing_values
     bad_id = frame.filter(pl.col("_row_no") == 2).item(0, "id_number")
     for value in (bad_id, "1371234567", GOOD_ID):
         assert value not in html
+
+
+def test_a_data_docs_page_loads_its_styles_and_scripts_from_local_copies_not_a_cdn(tmp_path) -> None:
+    """A data bureau's closed network reaches no CDN: every stylesheet and script GX links is a local
+    copy beside the pages, linked by a relative path (it opens over HTTP and as a file alike)."""
+    import great_expectations
+
+    from quality.docs_assets import CDN, external_assets
+
+    frame = sbcb_rows()
+    rules = resource_rules(CAT, CAT.resource("rsj_sbcb"), DAY)
+    page = tmp_path / "gx_docs" / "rsj_sbcb" / "rsj_sbcb.20261121.1.html"
+    validate(frame, rules, "sbcb_docs", docs=page)
+    html = page.read_text(encoding="utf-8")
+    assert external_assets(html) == []
+    local = re.findall(r'(?:src|href)="(\.\./_static/[^"]+)"', html)
+    assert "../_static/bootstrap/bootstrap.min.css" in local and "../_static/fontawesome/css/all.min.css" in local
+    assert all((page.parent / link).is_file() for link in local)
+    assert (tmp_path / "gx_docs" / "_static" / "fontawesome" / "webfonts" / "fa-solid-900.woff2").is_file()
+    assert "integrity=" not in html
+    # every CDN link in GX's own templates has a local copy (an upgrade of GX that names new ones fails here)
+    named = set()
+    for j2 in (Path(great_expectations.__file__).parent / "render" / "view" / "templates").glob("*.j2"):
+        named |= set(external_assets(j2.read_text(encoding="utf-8")))
+    assert named and named <= set(CDN), sorted(named - set(CDN))
 
 
 def test_a_null_field_is_neither_a_parse_failure_nor_a_lost_row() -> None:

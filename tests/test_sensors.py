@@ -207,12 +207,14 @@ def test_the_check_judges_the_holiday_and_the_sensor_notifies_the_weekly_resourc
     assert "13 天 12 小时" in body and "1 个工作日" in body
     audit = read_deliveries(wh, "freshness")
     assert audit.select("reference", "status", "transport").rows() == [("swj_nsrdj", "sent", "outbox")]
-    assert "超期 1 (swj_nsrdj)" in result.skip_message and "新通知 swj_nsrdj 超期" in result.skip_message
+    # the tick's message names the stale resource and how late it is, in working days (not a raw cursor)
+    assert result.skip_message == "超期: 市税务局「纳税人登记信息」超期 1 个工作日, 最近批次 2026-09-21。已通知: swj_nsrdj 超期"
 
     # no change, no mail and no run: later ticks, and a restarted daemon reading the stored cursor
     clock.now = at("2026-10-05 12:05")
     quiet, cursor2 = watch(defs, instance, cursor, resources_for(warehouse_url))
-    assert quiet.run_requests == [] and "新通知 无" in quiet.skip_message
+    assert quiet.run_requests == [] and "已通知" not in quiet.skip_message
+    assert quiet.skip_message.startswith("超期: 市税务局「纳税人登记信息」超期 1 个工作日")
     clock.now = at("2026-10-08 23:59")
     again, _ = watch(defs, instance, cursor2, resources_for(warehouse_url))
     assert again.run_requests == [] and len(mails(env)) == 1 and read_deliveries(wh).height == 1
@@ -252,7 +254,7 @@ def test_after_the_holiday_a_resource_turning_stale_or_fresh_again_is_notified_o
     run_check(defs, instance)
     clock.now = at("2026-10-09 09:05")
     result, cursor = watch(defs, instance, cursor, resources_for(warehouse_url))
-    assert stale(cursor) == {"rsj_sbcb"} and "新通知 swj_nsrdj 正常" in result.skip_message
+    assert stale(cursor) == {"rsj_sbcb"} and "已通知: swj_nsrdj 正常" in result.skip_message
     [back] = [m for m in mails(env) if "已恢复更新" in m["Subject"]]
     assert back["Subject"] == "【数据时效】市税务局「纳税人登记信息」已恢复更新 (更新周期 每周)"
     assert "swj_nsrdj.20261008.1" in back.get_body(("html",)).get_content()
@@ -284,7 +286,7 @@ def test_a_failed_send_is_not_marked_and_is_retried_on_the_next_tick(
     monkeypatch.setenv("GONGSHU_SMTP_PORT", "9")  # nothing listens there
     monkeypatch.setenv("GONGSHU_SMTP_TIMEOUT", "2")
     result, cursor = watch(defs, instance, cursor, resources_for(url))
-    assert "发送失败 swj_nsrdj" in result.skip_message and stale(cursor) == set()
+    assert "发送失败(下次重试): swj_nsrdj" in result.skip_message and stale(cursor) == set()
     assert read_deliveries(wh).select("status", "transport").rows() == [("failed", "smtp")]
 
     monkeypatch.delenv("GONGSHU_SMTP_HOST")  # the outbox works
@@ -335,6 +337,69 @@ def test_run_failures_and_failed_blocking_checks_alert_the_engineers(
     tick(alert, instance, cursor, res)  # nothing new: nothing sent
     assert len(mails(env)) == 2
     wh.dispose()
+
+
+def test_without_engineer_emails_the_sensors_say_that_alerts_go_nowhere(
+    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock, resources_for, monkeypatch
+) -> None:
+    monkeypatch.delenv("GONGSHU_ENGINEER_EMAILS")
+    wh = Warehouse(warehouse_url)
+    holiday_deliveries(wh, demo)
+    defs = stale_defs(demo, resources_for(warehouse_url))
+    _, cursor = watch(defs, instance, None, resources_for(warehouse_url))
+    run_check(defs, instance)
+    result, _ = watch(defs, instance, cursor, resources_for(warehouse_url))
+    assert "未设置 GONGSHU_ENGINEER_EMAILS: 数据工程师收不到时效告警" in result.skip_message
+    [msg] = mails(env)  # the department still gets its notice
+    assert msg["To"] == "sjzl@swj.oujiang.gov.cn"
+
+    boom = Definitions(assets=[_boom], jobs=[define_asset_job("boom", [_boom])]).resolve_job_def("boom")
+    alert = sensors.build_run_failure_alert()
+    res = resources_for(warehouse_url)
+    _, cursor = tick(alert, instance, None, res)
+    run = boom.execute_in_process(instance=instance, raise_on_error=False)
+    result, _ = tick(alert, instance, cursor, res)
+    assert result.skip_message == (f"未设置 GONGSHU_ENGINEER_EMAILS: 运行 {run.run_id[:8]} (boom) 失败的告警没有发给"
+                                   "任何人")
+    assert len(mails(env)) == 1
+    wh.dispose()
+
+
+@asset(key=["std", "t", "y"], check_specs=[AssetCheckSpec(n, asset=AssetKey(["std", "t", "y"]))
+                                           for n in ("conformity", "completeness", "accuracy")])
+def _warned() -> MaterializeResult:
+    return MaterializeResult(check_results=[
+        AssetCheckResult(check_name="conformity", passed=False, severity=AssetCheckSeverity.WARN),
+        AssetCheckResult(check_name="completeness", passed=False, severity=AssetCheckSeverity.ERROR),
+        AssetCheckResult(check_name="accuracy", passed=True)])
+
+
+def test_a_successful_run_with_failed_checks_is_tagged_with_their_number(
+    instance: DagsterInstance, tmp_path: Path, env: Path, resources_for
+) -> None:
+    """A run whose checks failed must not read as a plain "Success" in the runs list: the run-status
+    sensor tags it at its end (and leaves a clean run untagged)."""
+    defs = Definitions(assets=[_warned, _boom], jobs=[define_asset_job("warned", [_warned]),
+                                                      define_asset_job("boom", [_boom])])
+    summary = {s.name: s for s in sensors.build_sensors(load_catalogue(DEMO_CATALOGUE),
+                                                        daily_partitions(load_catalogue(DEMO_CATALOGUE)))}
+    on_success = summary["failed_checks_summary_success"]
+    assert "failed_checks_summary_failure" in summary
+    _, cursor = tick(on_success, instance, None, {})
+    warned = defs.resolve_job_def("warned").execute_in_process(instance=instance)
+    assert warned.success
+    tick(on_success, instance, cursor, {})
+    tags = instance.get_run_by_id(warned.run_id).tags
+    assert tags[sensors.FAILED_CHECKS_TAG] == "2" and tags[sensors.FAILED_ERROR_CHECKS_TAG] == "1"
+    clean = Definitions(assets=[_checked_ok], jobs=[define_asset_job("ok", [_checked_ok])]).resolve_job_def("ok")
+    ok = clean.execute_in_process(instance=instance)
+    assert sensors.tag_failed_checks(instance, ok.run_id) == {}
+    assert sensors.FAILED_CHECKS_TAG not in instance.get_run_by_id(ok.run_id).tags
+
+
+@asset(key=["std", "t", "z"], check_specs=[AssetCheckSpec("conformity", asset=AssetKey(["std", "t", "z"]))])
+def _checked_ok() -> MaterializeResult:
+    return MaterializeResult(check_results=[AssetCheckResult(check_name="conformity", passed=True)])
 
 
 # --- file arrivals -----------------------------------------------------------------------------
@@ -423,3 +488,28 @@ def _demo_defs() -> Definitions:
     from pipelines.definitions import build_definitions
 
     return build_definitions()  # the code location of the demo catalogue
+
+
+def test_the_partitioned_freshness_check_still_runs_alone_without_a_batch_date(
+    demo: Catalogue, instance: DagsterInstance, warehouse_url: str, env: Path, clock, resources_for
+) -> None:
+    """In the code location the check is partitioned like the assets (a nightly run records it against
+    its batch date: tests/test_end_to_end.py); the run the sensor requests, of the check alone, has no
+    partition and its results none either, with nothing left planned."""
+    wh = Warehouse(warehouse_url)
+    holiday_deliveries(wh, demo)
+    parts = daily_partitions(demo)
+    res = resources_for(warehouse_url)
+    defs = Definitions(assets=build_assets(demo, parts, res["settings"]),
+                       asset_checks=[build_freshness_checks(demo, parts)],
+                       sensors=[sensors.build_stale_data_sensor(demo)], resources=res)
+    first, _ = watch(defs, instance, None, res)
+    [request] = first.run_requests
+    assert request.partition_key is None
+    run_check(defs, instance)
+    key = AssetCheckKey(ods_key(demo.resource("swj_nsrdj")), CHECK_NAME)
+    [record] = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
+    assert record.status.value == "FAILED"
+    evaluation = record.event.dagster_event.event_specific_data
+    assert evaluation.partition is None and evaluation.metadata["超期工作日"].value == 1
+    wh.dispose()
