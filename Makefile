@@ -4,7 +4,9 @@
 #   make test-core   the fast core ring: pure functions, storage on SQLite and PostgreSQL (pytest -m "not e2e")
 #   make test-e2e    the end-to-end ring: generated cities through the real nightly job (pytest -m e2e)
 #   make snapshot    rewrite tests/snapshots/definitions.yaml (the reviewed code location); review its git diff
-#   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
+#   make ui      Dagster UI on the same data (http://127.0.0.1:3000), with the demo API and the Data Docs pages
+#   make ui-test the browser test of the UI (Playwright + Debian's Chromium, installed by make browser)
+#   make browser install Chromium and CJK fonts (Debian packages) when missing; make test runs it
 #   make bench   benchmarks (not part of make test); the nightly job's figures also in .gongshu/bench-guiji.json
 #   make migration MSG="..."  a new warehouse migration in warehouse/migrations/versions/
 
@@ -16,11 +18,14 @@ STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export GONGSHU_HOME    ?= $(CURDIR)/.gongshu
 export GONGSHU_LANDING ?= $(GONGSHU_HOME)/landing
 export DAGSTER_HOME    ?= $(GONGSHU_HOME)/dagster
+export GONGSHU_DOCS_URL ?= http://127.0.0.1:$(DOCS_PORT)
 
 PERSONS  ?= 100000
 SEED     ?= 20261121
 DAYS     ?= 2
 API_PORT ?= 8765
+UI_PORT  ?= 3000
+DOCS_PORT ?= 3001
 DATE     ?= $(shell $(PY) -c 'import datetime as d, zoneinfo as z; print(d.datetime.now(z.ZoneInfo("Asia/Shanghai")).date() - d.timedelta(days=1))')
 BENCH_PERSONS ?= 1000000
 # The demo's pseudonymisation key: GONGSHU_PSEUDONYM_KEY when set, else a random key made once per
@@ -28,7 +33,7 @@ BENCH_PERSONS ?= 1000000
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
 WITH_KEY  = GONGSHU_PSEUDONYM_KEY="$${GONGSHU_PSEUDONYM_KEY:-$$(cat "$(DEMO_KEY)")}"
 
-.PHONY: install demo test test-core test-e2e snapshot ui bench lint clean demo-key migration
+.PHONY: install demo test test-core test-e2e snapshot ui ui-test browser bench lint clean demo-key migration
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
@@ -52,21 +57,32 @@ demo: install demo-key
 	    --manifest "$(GONGSHU_LANDING)/manifest.json"
 	$(BIN)/gongshu score-detection --manifest "$(GONGSHU_LANDING)/manifest.json"
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
 
 test-core: install
 	$(BIN)/python -m pytest -m "not e2e"
 
-test-e2e: install
+test-e2e: install browser
 	$(BIN)/python -m pytest -m e2e
+
+# The browser test drives Debian's Chromium (Playwright cannot download a browser here) and needs CJK
+# fonts for its screenshots: installed when missing, where apt-get can (as root, or with sudo).
+browser:
+	@if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-cjk; \
+	else echo "没有 apt-get: 请自行安装 Chromium (/usr/bin/chromium) 与 Noto CJK 字体, 否则浏览器测试跳过 (CI 下失败)"; fi
+
+ui-test: install browser
+	$(BIN)/python -m pytest tests/test_ui.py
 
 snapshot: install
 	$(BIN)/gongshu definitions-snapshot --out tests/snapshots/definitions.yaml
 
 ui: install demo-key
-	$(BIN)/gongshu instance
-	$(WITH_KEY) $(BIN)/dagster dev -w workspace.yaml
+	$(WITH_KEY) $(BIN)/gongshu ui --port $(UI_PORT) --api-port $(API_PORT) --docs-port $(DOCS_PORT)
 
 bench: install
 	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)

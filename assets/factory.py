@@ -46,7 +46,16 @@ from assets.checks import (
     with_batch_date,
 )
 from assets.freshness import freshness_policy
-from assets.keys import base_key, labelled, library_label, ods_key, owner, resource_label, std_key
+from assets.keys import (
+    base_key,
+    label_kinds,
+    labelled,
+    library_label,
+    ods_key,
+    owner,
+    resource_label,
+    std_key,
+)
 from assets.resources import LandingResource, Settings, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
@@ -174,7 +183,7 @@ def build_resource_assets(
     ods_spec = AssetSpec(
         key=okey,
         group_name=lib.code,
-        kinds={kind, "polars"},
+        kinds={kind, "polars", *label_kinds("ods")},
         owners=[owner(catalogue, resource.department)],
         tags={"department": resource.department, "layer": "ods", "update_cycle": resource.update_cycle.name},
         freshness_policy=freshness_policy(resource),
@@ -191,7 +200,7 @@ def build_resource_assets(
         key=skey,
         deps=[okey],
         group_name=lib.code,
-        kinds={"polars"},
+        kinds={"polars", *label_kinds("std")},
         owners=[owner(catalogue, resource.department)],
         tags={"department": resource.department, "layer": "std"},
         skippable=True,
@@ -379,7 +388,7 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
         check_specs=[consistency_check_spec(catalogue, lib, base_key(lib), partitions)] if has_copies else [],
         group_name=lib.code,
         partitions_def=partitions,
-        kinds={"polars", "sql"},
+        kinds={"polars", "sql", *label_kinds("base")},
         owners=[owner(catalogue, d) for d in sorted({r.department for r in resources})],
         tags={"layer": "base"},
         retry_policy=RETRY_POLICY,

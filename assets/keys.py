@@ -1,10 +1,19 @@
 """Asset keys, partitions and the names people read: what every Dagster definition of gongshu is named by.
 
-Dagster's asset graph shows the last part of a key (``hjrk`` for both ``ods/gaj/hjrk`` and
-``std/gaj/hjrk``) and, below it, the first line of the description. Every asset's description
-therefore opens with its label (layer · department · resource, :func:`ods_label` …), the one
-readable name the graph, the asset list and the asset's page all show. Owners are the departments'
-names (``team:市公安局``), as Dagster allows owners only as e-mail addresses or ``team:`` names.
+Dagster 1.13 has no display name for an asset: its graph shows the last part of the key (``hjrk``
+for both ``ods/gaj/hjrk`` and ``std/gaj/hjrk``), the kinds as badges below the box, and — with the
+"Description" facet switched on, which is off by default — the description's first line. So:
+
+* every description opens with the asset's label, layer · department · resource
+  (:func:`resource_label`: ``标准层 · 市公安局 · 户籍人口信息``), the first line the asset's page, the
+  catalogue list and the graph's Description facet show;
+* the layer is also a kind (:func:`label_kinds`: ``ods``, ``std``, ``base``, ``share``, ``quality``), a
+  badge the graph shows by default, so the ODS and 标准层 boxes of one resource read apart at a glance
+  (and the catalogue filters by it, ``kind:std``). Kinds are tag keys, which Dagster allows in ASCII
+  only: the department's and the resource's Chinese names cannot be badges;
+* owners are the departments' names (``team:市公安局``): Dagster allows owners only as e-mail
+  addresses or ``team:`` names. Group names stay the library codes (Dagster allows only ASCII names
+  and no group description); the base library's label names the library in Chinese.
 """
 
 from __future__ import annotations
@@ -60,6 +69,12 @@ def resource_label(catalogue: Catalogue, resource: Resource, layer: str) -> str:
 def library_label(lib: Library) -> str:
     """``基础库 · 人口基础库``."""
     return f"{LAYER_LABELS['base']} · {lib.name}"
+
+
+def label_kinds(layer: str) -> set[str]:
+    """The kind that names an asset's layer in the graph (``ods``, ``std`` …; ASCII, as tag keys must be)."""
+    assert layer in LAYER_LABELS, layer
+    return {layer}
 
 
 def labelled(label: str, description: str) -> str:

@@ -6,7 +6,7 @@ import datetime as dt
 
 from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
-from assets.keys import LAYER_LABELS, labelled
+from assets.keys import LAYER_LABELS, label_kinds, labelled
 from assets.resources import MailerResource, PseudonymKeyResource, Settings, WarehouseResource
 from assets.scorecard import SCORECARD_KEY
 from assets.tickets import TICKETS_KEY
@@ -26,7 +26,7 @@ def build_department_reports_asset(catalogue: Catalogue, partitions):
         deps=[AssetKey(SCORECARD_KEY), AssetKey(TICKETS_KEY)],
         group_name="quality",
         partitions_def=partitions,
-        kinds={"html", "excel"},
+        kinds={"html", "excel", *label_kinds("quality")},
         tags={"layer": "quality"},
         description=labelled(
             f"{LAYER_LABELS['quality']} · 部门数据质量报告",
@@ -52,6 +52,9 @@ def build_department_reports_asset(catalogue: Catalogue, partitions):
         return MaterializeResult(metadata={
             "报告": MetadataValue.md("\n".join(table)),
             "目录": MetadataValue.path(str(run.outcomes[0].html.parent.resolve()) if run.outcomes else ""),
+            "报告页面": MetadataValue.md("\n".join(
+                f"- [{catalogue.department(o.department).name}]({settings.page_url(o.html)})" for o in run.outcomes)
+                or "无"),
             "报告数": len(run.outcomes),
             "已发送": sum(o.delivery.startswith("sent") for o in run.outcomes),
             "超期上报": f"{run.escalated} 件 · {delivery_label(run.escalation)}" if run.escalated else "无",

@@ -37,7 +37,7 @@ from dagster import (
 
 from assets.checks import with_batch_date
 from assets.factory import preview
-from assets.keys import LAYER_LABELS, base_key, labelled, ods_key, owner, std_key
+from assets.keys import LAYER_LABELS, base_key, label_kinds, labelled, ods_key, owner, std_key
 from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Labelled, OutputKind, Sensitivity
@@ -370,7 +370,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
            if policy.kind == OutputKind.open else "假名令牌按密钥稳定, 可跨数据集关联。")
         + "\n\n" + policy.describe_md()
     )
-    kinds = {"polars", "sql"} | ({"csv", "json"} if policy.kind == OutputKind.open else set())
+    kinds = {"polars", "sql", *label_kinds("share")} | ({"csv", "json"} if policy.kind == OutputKind.open else set())
 
     @asset(
         key=key,

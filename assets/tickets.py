@@ -7,7 +7,7 @@ import datetime as dt
 import polars as pl
 from dagster import AssetKey, MaterializeResult, asset
 
-from assets.keys import LAYER_LABELS, base_key, labelled
+from assets.keys import LAYER_LABELS, base_key, label_kinds, labelled
 from assets.resources import Settings, WarehouseResource
 from catalog.loader import Catalogue
 from quality.config import load_config
@@ -28,7 +28,7 @@ def build_tickets_asset(catalogue: Catalogue, partitions):
         deps=[base_key(lib) for lib in catalogue.libraries],
         group_name="quality",
         partitions_def=partitions,
-        kinds={"polars", "sql"},
+        kinds={"polars", "sql", *label_kinds("quality")},
         tags={"layer": "quality"},
         description=labelled(
             f"{LAYER_LABELS['quality']} · 校核工单",

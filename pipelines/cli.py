@@ -6,6 +6,7 @@
     gongshu serve-api                        # the demo departments' paged JSON API
     gongshu catalog check [FOLDER] | gongshu catalog schema --out docs/
     gongshu instance                         # write $DAGSTER_HOME/dagster.yaml
+    gongshu ui                               # the Dagster UI with the demo API and the Data Docs pages
     gongshu definitions-snapshot [--out tests/snapshots/definitions.yaml]   # the reviewed code location
     gongshu report --date 2026-11-21         # scorecard, 校核 tickets and department reports (and mail)
     gongshu ticket answer JH-GAJ-20261121-0001 --note "已核实并更正" --by 张三
@@ -85,6 +86,38 @@ def cmd_instance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The Dagster UI (``dagster dev``) with the demo API and the pages server it links to (pipelines.ui)."""
+    from catalog.loader import cached_catalogue
+    from pipelines.demo_api import serve_in_thread
+    from pipelines.runs import WORKSPACE
+    from pipelines.ui import api_variables, dagster_dev, serve_pages
+
+    cmd_instance(argparse.Namespace(quiet=False))
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    env = dict(os.environ)
+    servers = []
+    if not args.no_demo_api:
+        server, base = serve_in_thread(configured.landing_path, args.host, args.api_port)
+        servers.append(server)
+        env.update(api_variables(catalogue, base, env))
+        print(f"示范数据接口: {base} ({', '.join(api_variables(catalogue, base, os.environ)) or '接口地址已设置'})")
+    home = configured.home_path.resolve()
+    pages = serve_pages(home, args.host, args.docs_port)
+    servers.append(pages)
+    env.setdefault("GONGSHU_DOCS_URL", f"http://{args.host}:{pages.server_address[1]}")
+    env["GONGSHU_HOME"] = str(home)
+    print(f"GX 数据文档与部门报告: {env['GONGSHU_DOCS_URL']}/gx_docs/ · /reports/")
+    print(f"Dagster 界面: http://{args.host}:{args.port}")
+    try:
+        return dagster_dev(WORKSPACE, dagster_home(), args.host, args.port, env)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from catalog.loader import load_catalogue
     from generator import generate
@@ -106,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from catalog.loader import cached_catalogue
-    from pipelines.runs import NightlyRuns
+    from pipelines.runs import FAILED_CHECKS_TAG, NightlyRuns, tag_failed_checks
 
     configured = settings()  # a malformed setting stops here, naming its variable
     cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its one clear message
@@ -125,8 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 runs.terminate(run_id)
                 raise
             unread = failed_deliveries(day) if result.success else []
+            checks = tag_failed_checks(instance, run_id).get(FAILED_CHECKS_TAG)  # no daemon needed
             if result.success and not unread:
-                status = "成功"
+                status = "成功" + (f" · 未通过检查 {checks}" if checks else "")
             elif result.success:
                 # every step ran, but a department's delivery could not be read: the night is incomplete
                 status = f"交付失败: {', '.join(unread)} (重新运行该日期即可补入)"
@@ -434,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="输出代码位置快照 (资产、检查、作业、调度、传感器、资源; 示范目录与默认设置)")
     ds.add_argument("--out", default=None, help="写入该文件 (默认: 打印)")
     ds.set_defaults(func=cmd_definitions_snapshot)
+
+    u = sub.add_parser("ui", help="Dagster 界面 (dagster dev), 同时提供示范数据接口与 GX 数据文档/部门报告页面")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000, help="Dagster 界面端口")
+    u.add_argument("--api-port", type=int, default=8765, help="示范数据接口端口")
+    u.add_argument("--docs-port", type=int, default=3001, help="GX 数据文档与部门报告页面端口 (GONGSHU_DOCS_URL)")
+    u.add_argument("--no-demo-api", action="store_true", help="不启动示范数据接口 (各部门有自己的接口时)")
+    u.set_defaults(func=cmd_ui)
 
     i = sub.add_parser("instance", help="写出 $DAGSTER_HOME/dagster.yaml")
     i.add_argument("--quiet", action="store_true")

@@ -31,6 +31,33 @@ WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
 LOCATION = "gongshu"
 
 
+FAILED_CHECKS_TAG = "gongshu/failed_checks"
+FAILED_ERROR_CHECKS_TAG = "gongshu/failed_checks_error"
+
+
+def failed_check_tags(instance, run_id: str) -> dict[str, str]:
+    """The run's tags that summarise its failed asset checks (none when every check passed): how many
+    failed, and how many of them with ERROR severity. The runs list shows them beside the status."""
+    from dagster import DagsterEventType
+
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION,
+                                           limit=100_000).records
+    failed = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    failed = [ev for ev in failed if not ev.passed]
+    if not failed:
+        return {}
+    errors = sum(ev.severity.value == "ERROR" for ev in failed)
+    return {FAILED_CHECKS_TAG: str(len(failed)), **({FAILED_ERROR_CHECKS_TAG: str(errors)} if errors else {})}
+
+
+def tag_failed_checks(instance, run_id: str) -> dict[str, str]:
+    """Tag a finished run with its failed checks (:func:`failed_check_tags`); the tags set."""
+    tags = failed_check_tags(instance, run_id)
+    if tags:
+        instance.add_run_tags(run_id, tags)
+    return tags
+
+
 class CodeLocationError(ValueError):
     """The code location did not load (e.g. a broken catalogue); the message is the cause's."""
 

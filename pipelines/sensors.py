@@ -53,6 +53,7 @@ from assets.keys import base_key, ods_key, std_key
 from assets.resources import LandingResource, MailerResource, Settings, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import FileChannel, Resource
+from pipelines.runs import FAILED_CHECKS_TAG, FAILED_ERROR_CHECKS_TAG, tag_failed_checks
 from quality.freshness import calendar
 from quality.freshness.evaluate import Status
 from quality.freshness.render import recovered_notice, stale_notice
@@ -211,31 +212,6 @@ def run_failure_notice(context: RunFailureSensorContext) -> tuple[str, str, list
                for e in steps if e.event_specific_data and e.event_specific_data.error],
     )
     return subject, html, checks
-
-
-FAILED_CHECKS_TAG = "gongshu/failed_checks"
-FAILED_ERROR_CHECKS_TAG = "gongshu/failed_checks_error"
-
-
-def failed_check_tags(instance, run_id: str) -> dict[str, str]:
-    """The run's tags that summarise its failed asset checks (none when every check passed): how many
-    failed, and how many of them with ERROR severity. The runs list shows them beside the status."""
-    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION,
-                                           limit=100_000).records
-    failed = [r.event_log_entry.dagster_event.event_specific_data for r in records]
-    failed = [ev for ev in failed if not ev.passed]
-    if not failed:
-        return {}
-    errors = sum(ev.severity.value == "ERROR" for ev in failed)
-    return {FAILED_CHECKS_TAG: str(len(failed)), **({FAILED_ERROR_CHECKS_TAG: str(errors)} if errors else {})}
-
-
-def tag_failed_checks(instance, run_id: str) -> dict[str, str]:
-    """Tag a finished run with its failed checks (:func:`failed_check_tags`); the tags set."""
-    tags = failed_check_tags(instance, run_id)
-    if tags:
-        instance.add_run_tags(run_id, tags)
-    return tags
 
 
 def build_failed_checks_summary(status: DagsterRunStatus) -> SensorDefinition:
