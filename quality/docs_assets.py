@@ -44,14 +44,17 @@ CDN: dict[str, str] = {
     "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega/vega-lite.min.js",
     "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega/vega-embed.min.js",
 }
+GX_IMAGES = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"  # the navbar's logo
+_TAGS = r"<(?:script|link|img)\b[^>]*>"
+_FAVICON = re.compile(r"""href=(["'])(?:\.\./)*static/images/([\w.-]+)\1""")
 _LINK = re.compile(r"""(?P<attr>\b(?:src|href))=(?P<q>["'])(?P<url>https?://[^"']+)(?P=q)""")
 _SRI = re.compile(r"""\s+(?:integrity|crossorigin)=(["'])[^"']*\1""")
 
 
 def external_assets(html: str) -> list[str]:
-    """The scripts and stylesheets a page still loads from another host (a CDN link with no local copy)."""
+    """The scripts, stylesheets and images a page still loads from another host (no local copy)."""
     out = []
-    for tag in re.findall(r"<(?:script|link)\b[^>]*>", html):
+    for tag in re.findall(_TAGS, html):
         out += [m.group("url") for m in _LINK.finditer(tag)]
     return out
 
@@ -59,24 +62,39 @@ def external_assets(html: str) -> list[str]:
 def localise(html: str, prefix: str) -> str:
     """``html`` with every known CDN link replaced by ``prefix`` + its local copy (``prefix``: the
     relative path from the page to the static folder, e.g. ``../_static/``). Subresource-integrity
-    attributes are dropped with the links they guarded."""
+    attributes are dropped with the links they guarded. GX's logo and favicon point at the copies of
+    GX's own images (``<static>/images``)."""
+    def local(url: str) -> str | None:
+        if url in CDN:
+            return prefix + CDN[url]
+        if url.startswith(GX_IMAGES):
+            return prefix + "images/" + url.removeprefix(GX_IMAGES).split("?")[0]
+        return None
+
     def tag(m: re.Match[str]) -> str:
-        text = m.group(0)
-        hits = [u for u in (x.group("url") for x in _LINK.finditer(text)) if u in CDN]
-        if not hits:
+        text = _FAVICON.sub(lambda x: f"href={x.group(1)}{prefix}images/{x.group(2)}{x.group(1)}", m.group(0))
+        if not any(local(x.group("url")) for x in _LINK.finditer(text)):
             return text
-        text = _LINK.sub(lambda x: f"{x.group('attr')}={x.group('q')}{prefix}{CDN[x.group('url')]}{x.group('q')}"
-                         if x.group("url") in CDN else x.group(0), text)
+        text = _LINK.sub(lambda x: f"{x.group('attr')}={x.group('q')}{local(x.group('url'))}{x.group('q')}"
+                         if local(x.group("url")) else x.group(0), text)
         return _SRI.sub("", text)
 
-    return re.sub(r"<(?:script|link)\b[^>]*>", tag, html)
+    return re.sub(_TAGS, tag, html)
+
+
+def gx_images() -> Path:
+    """GX's own images (logo, favicon), which its pages link on a web host."""
+    import great_expectations
+
+    return Path(great_expectations.__file__).resolve().parent / "render" / "view" / "static" / "images"
 
 
 def _stamp() -> str:
     h = hashlib.sha256()
-    for p in sorted(SHIPPED.rglob("*")):
-        if p.is_file():
-            h.update(f"{p.relative_to(SHIPPED).as_posix()}\0{p.stat().st_size}\n".encode())
+    for root in (SHIPPED, gx_images()):
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -92,6 +110,7 @@ def install_static(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".static-", dir=folder.parent))
     shutil.copytree(SHIPPED, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
+    shutil.copytree(gx_images(), tmp / "images", dirs_exist_ok=True)
     (tmp / ".stamp").write_text(expected, encoding="utf-8")
     old = folder.parent / f".old-{os.getpid()}"
     try:

@@ -150,7 +150,7 @@ def test_a_data_docs_page_loads_its_styles_and_scripts_from_local_copies_not_a_c
     assert "../_static/bootstrap/bootstrap.min.css" in local and "../_static/fontawesome/css/all.min.css" in local
     assert all((page.parent / link).is_file() for link in local)
     assert (tmp_path / "gx_docs" / "_static" / "fontawesome" / "webfonts" / "fa-solid-900.woff2").is_file()
-    assert "integrity=" not in html
+    assert "integrity=" not in html and "../_static/images/logo-long.png" in html  # GX's logo, from GX's package
     # every CDN link in GX's own templates has a local copy (an upgrade of GX that names new ones fails here)
     named = set()
     for j2 in (Path(great_expectations.__file__).parent / "render" / "view" / "templates").glob("*.j2"):
