@@ -135,15 +135,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     (pipelines.runs): the job's executor runs it in the code server's run worker, as a run the UI can
     re-execute. Prints the run's events at ``GONGSHU_LOG_LEVEL`` and up, a line per run, then the
     summary; exits 1 when a run failed."""
-    cmd_instance(argparse.Namespace(quiet=True))
     from dagster import DagsterInstance
 
+    from assets.keys import first_batch_date
     from catalog.loader import cached_catalogue
     from pipelines.runs import FAILED_CHECKS_TAG, NightlyRuns, tag_failed_checks
 
     configured = settings()  # a malformed setting stops here, naming its variable
-    cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its one clear message
+    catalogue = cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its message
     days = run_dates(args)
+    first = first_batch_date(catalogue)
+    if days[0] < first:
+        raise ValueError(f"批次日期 {days[0]} 早于目录的首个批次日期 {first} (city.first_batch_date): 每日分区从该日开始; "
+                         "补跑更早的日期请先在 catalogue.yaml 中前移该日期 (docs/catalogue.md)")
+    cmd_instance(argparse.Namespace(quiet=True))
     level = configured.log_level_number
     log = dagster_home() / "logs" / "gongshu-run.log"
     failed = 0

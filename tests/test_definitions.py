@@ -179,3 +179,9 @@ def test_the_nightly_schedule_runs_by_default_and_the_file_arrival_sensors_say_t
     assert stopped["sensors"]["file_arrival_swj_nsrdj"]["default_status"] == "RUNNING"
     with pytest.raises(SettingsError, match="GONGSHU_NIGHTLY_SCHEDULE"):
         Settings.from_env({"GONGSHU_NIGHTLY_SCHEDULE": "maybe"})
+
+
+def test_gongshu_run_refuses_a_date_before_the_first_batch_date_with_a_clear_message(capsys) -> None:
+    assert cli.main(["run", "--date", "2026-08-31", "--no-summary"]) == 2
+    err = capsys.readouterr().err
+    assert "批次日期 2026-08-31 早于目录的首个批次日期 2026-09-01" in err and "Traceback" not in err

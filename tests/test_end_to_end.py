@@ -45,6 +45,7 @@ def second_city(tmp_path: Path, warehouse_url: str):
         "DAGSTER_HOME": str(tmp_path / "dagster"),
         "SHANHAI_QIYE_URL": f"{base}/qiye",
         "GONGSHU_PSEUDONYM_KEY": "end-to-end-test-key-0123456789",
+        "GONGSHU_DOCS_URL": "http://127.0.0.1:3001",
     }
     yield env
     server.shutdown()
@@ -69,6 +70,14 @@ def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(secon
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
         assert result.success and not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED]
+        # every check result names its batch date, and none is left planned (a stray "Skipped" in the UI)
+        evaluations = [e.event_specific_data for e in result.all_events
+                       if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert evaluations and all(e.partition == DAY.isoformat() and e.metadata["批次日期"].value == DAY.isoformat()
+                                   for e in evaluations)
+        for key in {AssetCheckKey(e.asset_key, e.check_name) for e in evaluations}:
+            [latest] = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+            assert latest.status.value in ("SUCCEEDED", "FAILED"), (key, latest.status)
         # the summary: every resource reconciled, every library filled
         summary = summary_lines(wh, load_catalogue(Path(second_city["GONGSHU_CATALOG"])), DAY)
         assert any("huzheng/renkou 常住人口" in line for line in summary) and not any("✗" in line for line in summary)
@@ -97,7 +106,9 @@ def test_a_second_city_runs_end_to_end_through_dagster_with_no_code_change(secon
         key = AssetCheckKey(AssetKey(["std", "huzheng", "renkou"]), "completeness")
         check = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
         link = check.event.dagster_event.event_specific_data.metadata["GX Data Docs"].value
-        page = Path(link.removeprefix("file://"))
+        # served over HTTP by gongshu ui (GONGSHU_DOCS_URL), not a file:/// path another machine cannot open
+        assert link.startswith("http://127.0.0.1:3001/gx_docs/"), link
+        page = Path(second_city["GONGSHU_HOME"]) / link.removeprefix("http://127.0.0.1:3001/")
         assert page.is_relative_to(Path(second_city["GONGSHU_HOME"]) / "gx_docs") and page.exists()
         text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8")).split())
         assert "Expectation Suite: huzheng_renkou" in text and "Evaluated Expectations" in text
