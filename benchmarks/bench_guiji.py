@@ -686,11 +686,11 @@ def report(args: argparse.Namespace, nights: list[Night], refs: dict[int, list[t
     print(f"  {'写入下限: ods+std+base':<34} {floor_s:8.2f} s  {floor_rows / floor_s:>12,.0f} 行/s  "
           f"({floor_rows:,} 行, {floor_bytes / 1e6:,.0f} MB 二进制 COPY, 同表同索引, 单连接, 无客户端计算; "
           f"各轮 {each(f[0] for f in floors)} s)")
-    print(f"  比值 整夜/归集 = {night_s / guiji_s:.2f}×  (各轮 {each((n.night_s / n.guiji_s for n in nights), '{:.2f}×')})")
+    print(f"  比值 整夜/归集 = {night_s / guiji_s:.2f}×  (目标 ≤ 2×; 各轮 {each((n.night_s / n.guiji_s for n in nights), '{:.2f}×')})")
     for n in streams:
-        print(f"  比值 归集/参照({n} 连接) = {guiji_s / ref[n]:.2f}×  (目标 ≤ 4×; 各轮 "
+        print(f"  比值 归集/参照({n} 连接) = {guiji_s / ref[n]:.2f}×  (各轮 "
               f"{each((x.guiji_s / ref[n] for x in nights), '{:.1f}×')}); 最长依赖链/参照 = {gpath_s / ref[n]:.2f}×")
-    print(f"  比值 归集/写入下限 = {guiji_s / floor_s:.2f}×, 写入下限/参照(1 连接) = {floor_s / ref[1]:.2f}×")
+    print(f"  比值 归集/写入下限 = {guiji_s / floor_s:.2f}× (目标 ≤ 1.6×), 写入下限/参照(1 连接) = {floor_s / ref[1]:.2f}×")
     busy = [n.cpu_busy_s for n in nights if n.cpu_busy_s is not None]
     cores = os.cpu_count() or 1
     if busy:
