@@ -79,6 +79,13 @@ def cmd_instance(args: argparse.Namespace) -> int:
         text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
     (home / "dagster.yaml").write_text(text, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
+    from dagster import DagsterInstance
+
+    # Open it once: its storage is created (or upgraded) here, by one process, before the processes that
+    # share it start at once — the UI, the daemon, Celery workers (two workers creating a new SQLite
+    # storage together left it with two Alembic heads).
+    with DagsterInstance.get():
+        pass
     if not args.quiet:
         kind = "PostgreSQL (DAGSTER_PG_URL)" if os.environ.get("DAGSTER_PG_URL") else "SQLite (内置)"
         print(f"Dagster 实例: {home} · 存储: {kind}")

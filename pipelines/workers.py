@@ -24,6 +24,7 @@ from assets.resources import Settings, safe_broker
 # Results go back to the run worker over the broker itself (a reply queue per producer): no second
 # service. A step's events are in the Dagster instance anyway; the result only says it has ended.
 RESULT_BACKEND = "rpc://"
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s pid=%(process)d] %(message)s"
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
@@ -37,6 +38,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": 1,
         # the run worker's reply queue (rpc://) goes an hour after its last use, not a day
         "result_expires": 3600,
+        # the process id in every line of a worker's log: a step's events carry the id of the process
+        # that ran it (STEP_START in the UI), which finds its lines in the log of the worker that ran it
+        "worker_log_format": LOG_FORMAT,
+        "worker_task_log_format": LOG_FORMAT.replace("] ", "] %(task_name)s[%(task_id)s]: ", 1),
     }
 
 
