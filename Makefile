@@ -75,7 +75,7 @@ ui: install demo-key
 # use it when GONGSHU_EXECUTOR=celery. WORKER_NAME names it (default dagster-<random>@host).
 worker: install demo-key
 	$(BIN)/gongshu instance
-	$(WITH_KEY) $(BIN)/dagster-celery worker start -A pipelines.celery_app $(if $(WORKER_NAME),-n $(WORKER_NAME)) \
+	$(WITH_KEY) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-celery worker start -A pipelines.celery_app $(if $(WORKER_NAME),-n $(WORKER_NAME)) \
 	  -- --concurrency "$${GONGSHU_MAX_CONCURRENT:-2}"
 
 bench: install
