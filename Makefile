@@ -5,6 +5,7 @@
 #   make test-e2e    the end-to-end ring: generated cities through the real nightly job (pytest -m e2e)
 #   make snapshot    rewrite tests/snapshots/definitions.yaml (the reviewed code location); review its git diff
 #   make ui      Dagster UI on the same data (http://127.0.0.1:3000)
+#   make worker  one Celery worker for GONGSHU_EXECUTOR=celery (docs/deploy.md); Ctrl-C stops it
 #   make bench   benchmarks (not part of make test); the nightly job's figures also in .gongshu/bench-guiji.json
 #   make migration MSG="..."  a new warehouse migration in warehouse/migrations/versions/
 
@@ -28,7 +29,7 @@ BENCH_PERSONS ?= 1000000
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
 WITH_KEY  = GONGSHU_PSEUDONYM_KEY="$${GONGSHU_PSEUDONYM_KEY:-$$(cat "$(DEMO_KEY)")}"
 
-.PHONY: install demo test test-core test-e2e snapshot ui bench lint clean demo-key migration
+.PHONY: install demo test test-core test-e2e snapshot ui worker bench lint clean demo-key migration
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
@@ -67,6 +68,15 @@ snapshot: install
 ui: install demo-key
 	$(BIN)/gongshu instance
 	$(WITH_KEY) $(BIN)/dagster dev -w workspace.yaml
+
+# One Celery worker (dagster-celery) on the queue GONGSHU_CELERY_QUEUE (default gongshu) of the broker
+# GONGSHU_CELERY_BROKER (default: this machine's RabbitMQ), running GONGSHU_MAX_CONCURRENT steps at a
+# time (default 2), with the same settings, key and Dagster instance as `make demo`/`make ui`. Runs
+# use it when GONGSHU_EXECUTOR=celery. WORKER_NAME names it (default dagster-<random>@host).
+worker: install demo-key
+	$(BIN)/gongshu instance
+	$(WITH_KEY) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-celery worker start -A pipelines.celery_app $(if $(WORKER_NAME),-n $(WORKER_NAME)) \
+	  -- --concurrency "$${GONGSHU_MAX_CONCURRENT:-2}"
 
 bench: install
 	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)

@@ -79,6 +79,13 @@ def cmd_instance(args: argparse.Namespace) -> int:
         text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
     (home / "dagster.yaml").write_text(text, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
+    from dagster import DagsterInstance
+
+    # Open it once: its storage is created (or upgraded) here, by one process, before the processes that
+    # share it start at once — the UI, the daemon, Celery workers (two workers creating a new SQLite
+    # storage together left it with two Alembic heads).
+    with DagsterInstance.get():
+        pass
     if not args.quiet:
         kind = "PostgreSQL (DAGSTER_PG_URL)" if os.environ.get("DAGSTER_PG_URL") else "SQLite (内置)"
         print(f"Dagster 实例: {home} · 存储: {kind}")
@@ -111,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configured = settings()  # a malformed setting stops here, naming its variable
     cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its one clear message
     days = run_dates(args)
+    if configured.executor == "celery":
+        check_workers(configured)
     level = configured.log_level_number
     log = dagster_home() / "logs" / "gongshu-run.log"
     failed = 0
@@ -139,6 +148,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_summary:
         print_summary(days[-1])
     return 1 if failed else 0
+
+
+def check_workers(configured) -> None:
+    """Before a run on Celery workers: the broker must answer (else one clear error); without a worker
+    on the queue the run would wait for one, so say so."""
+    from assets.resources import celery_broker_url
+    from pipelines.workers import check_broker, listening_workers, worker_app
+
+    url = celery_broker_url()
+    check_broker(url)
+    app = worker_app(configured, url)
+    try:
+        workers = listening_workers(app, configured.celery_queue)
+    finally:
+        app.close()
+    if workers:
+        print(f"Celery 执行器: 队列 {configured.celery_queue} 上有 {len(workers)} 个工作进程", file=sys.stderr)
+    else:
+        print(f"Celery 执行器: 队列 {configured.celery_queue} 上暂无工作进程应答, 运行将等待到有工作进程启动 "
+              "(make worker, 见 docs/deploy.md)", file=sys.stderr, flush=True)
 
 
 def failed_deliveries(day: dt.date) -> list[str]:
