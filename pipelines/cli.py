@@ -195,7 +195,7 @@ def run_dates_note(args: argparse.Namespace, days: list[dt.date], catalogue=None
     for d in extra:
         rids = by_date.get(d, [])
         shown = "、".join(name(rid) for rid in rids[:3]) + (f" 等 {len(rids)} 项资源" if len(rids) > 3 else "")
-        parts.append(f"{d} ({shown} 在该日交付)")
+        parts.append(f"{d} ({shown}在该日交付)")
     window = f"{first} 至 {end}" if args.days > 1 else str(end)
     return (f"另运行早于 --days {args.days} ({window}) 的 {len(extra)} 个批次日期: {'; '.join(parts)} — "
             "--manifest 运行示范城市的每个交付日期, 先将这些交付入库, 其时效才按实际交付日判断")

@@ -39,11 +39,6 @@ class Dimension(StrEnum):
     timeliness = "时效性"
     accessibility = "可访问性"
 
-    @property
-    def english(self) -> str:
-        """The English name, for charts drawn without a CJK font (it would draw empty boxes)."""
-        return self.name.capitalize()
-
 
 class Severity(Labelled):
     blocking = "blocking", "阻断"  # failing rows never reach the base library

@@ -14,6 +14,7 @@ import io
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import polars as pl
 
@@ -56,6 +57,11 @@ def cjk_font() -> str:
                 except (OSError, RuntimeError, ValueError):
                     continue
         font = pick_cjk_font(f.name for f in manager.ttflist)
+        if font is not None:  # remember them, so the next process finds them in the cache
+            import matplotlib
+
+            cache = Path(matplotlib.get_cachedir()) / f"fontlist-v{font_manager.FontManager.__version__}.json"
+            font_manager.json_dump(manager, cache)  # an unwritable cache only logs a warning
     if font is None:
         raise MissingCJKFont()
     return font

@@ -25,6 +25,7 @@ from quality.report.deliver import (
 )
 from quality.report.inputs import load_inputs
 from quality.report.render import render_html, render_xlsx
+from quality.scorecard.render import fmt
 from quality.scorecard.store import latest_run
 from quality.terminal import table
 from quality.tickets.store import read_tickets
@@ -91,7 +92,7 @@ def outcome_lines(run: ReportRun, catalogue: Catalogue) -> list[str]:
     rows: list[list[object]] = [["部门", "得分", "失败记录", "冲突", "待校核", "超期", "发送", "文件"]]
     for o in run.outcomes:
         name = catalogue.department(o.department).name
-        score = f"{o.total:.1f} {o.grade}" if o.total is not None else "无评分"
+        score = f"{fmt(o.total)} {o.grade}" if o.total is not None else "无评分"
         rows.append([name, score, f"{o.failures:,}", f"{o.conflicts:,}", f"{o.open:,}", f"{o.overdue:,}",
                      delivery_label(o.delivery), f"{o.html.name}, {o.xlsx.name}"])
     lines = ["", f"部门质量报告 · 批次日期 {run.period} · {folder.resolve()}", *table(rows, "<>>>>><<", indent="  ")]
@@ -119,7 +120,7 @@ def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path) 
         if not html.exists():
             continue
         s = scores.get(dept.code)
-        score = f"{s['score']:.1f} {s['grade']}" if s and s["score"] is not None else "无评分"
+        score = f"{fmt(s['score'])} {s['grade']}" if s and s["score"] is not None else "无评分"
         ref = report_reference(catalogue, dept.code, day)
         mine = sent.filter(pl.col("reference") == ref)
         status = Delivery.not_sent.label if not mine.height else delivery_label(
