@@ -21,7 +21,7 @@ from catalog.loader import DEMO_CATALOGUE, load_catalogue
 from desensitize.kanon import smallest_group
 from desensitize.leaks import Needles, scan_tree
 from generator import generate
-from pipelines.cli import build_parser, main, run_dates, run_dates_note
+from pipelines.cli import build_parser, main, run_dates
 from pipelines.definitions import build_definitions
 from pipelines.demo_api import serve_in_thread
 from pipelines.jobs import NIGHTLY_JOB
@@ -158,22 +158,3 @@ def test_run_dates_add_every_delivery_date_of_the_manifest_up_to_the_batch_date(
     # an explicit --date bounds it: later deliveries are not run
     assert dates("--manifest", str(manifest), "--date", "2026-11-19") == ["2026-11-08", "2026-11-19"]
     assert dates("--date", "2026-11-20", "--days", "3") == ["2026-11-18", "2026-11-19", "2026-11-20"]
-
-
-def test_a_run_that_starts_before_its_days_says_why_in_one_line(tmp_path: Path) -> None:
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"resources": {
-        "gaj_hjrk": {"rows": {"2026-11-19": 5, "2026-11-20": 3}},
-        "swj_nsrdj": {"rows": {"2026-11-08": 7}},
-    }}), encoding="utf-8")
-    demo = load_catalogue(DEMO_CATALOGUE)
-
-    def note(*argv: str) -> str | None:
-        args = build_parser().parse_args(["run", *argv])
-        return run_dates_note(args, run_dates(args), demo)
-
-    assert note("--manifest", str(manifest), "--days", "2") == (
-        "另运行早于 --days 2 (2026-11-19 至 2026-11-20) 的 1 个批次日期: 2026-11-08 (市税务局「纳税人登记信息」在该日交付)"
-        " — --manifest 运行示范城市的每个交付日期, 先将这些交付入库, 其时效才按实际交付日判断")
-    assert note("--manifest", str(manifest), "--days", "13") is None  # 11-08 is inside the window
-    assert note("--date", "2026-11-20", "--days", "2") is None  # no manifest: only the window

@@ -3,8 +3,12 @@ every column of the summary, freshness and report tables starts at the same plac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
+from catalog.loader import DEMO_CATALOGUE, load_catalogue
+from pipelines.cli import build_parser, run_dates, run_dates_note
 from quality.terminal import pad, table, width
 
 
@@ -37,3 +41,22 @@ def test_a_table_lines_up_mixed_chinese_and_ascii_cells() -> None:
     assert {width(line[: line.index(status)]) for line, status in zip(lines, ["状态", "正常", "超期"], strict=True)} == {39}
     assert columns_aligned(lines, ["资源", "gaj", "swj"], ["状态", "正常", "超期"])
     assert table([["a", "b"]], "<<", indent="  ") == ["  a  b"]
+
+
+def test_a_run_that_starts_before_its_days_says_why_in_one_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"resources": {
+        "gaj_hjrk": {"rows": {"2026-11-19": 5, "2026-11-20": 3}},
+        "swj_nsrdj": {"rows": {"2026-11-08": 7}},
+    }}), encoding="utf-8")
+    demo = load_catalogue(DEMO_CATALOGUE)
+
+    def note(*argv: str) -> str | None:
+        args = build_parser().parse_args(["run", *argv])
+        return run_dates_note(args, run_dates(args), demo)
+
+    assert note("--manifest", str(manifest), "--days", "2") == (
+        "另运行早于 --days 2 (2026-11-19 至 2026-11-20) 的 1 个批次日期: 2026-11-08 (市税务局「纳税人登记信息」在该日交付)"
+        " — --manifest 运行示范城市的每个交付日期, 先将这些交付入库, 其时效才按实际交付日判断")
+    assert note("--manifest", str(manifest), "--days", "13") is None  # 11-08 is inside the window
+    assert note("--date", "2026-11-20", "--days", "2") is None  # no manifest: only the window
