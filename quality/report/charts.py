@@ -77,11 +77,12 @@ def _png(fig) -> str:
 
 
 def score_limits(values: Iterable[float | None]) -> tuple[float, float]:
-    """y-axis limits of a score chart that contain every plotted value: from the tens below the lowest
-    (at most 60, so the grade lines show; never below 0) to just above 100."""
+    """y-axis limits of a score chart that contain every plotted value and its marker: from the tens
+    below the lowest (at most 60, so the grade lines show; a little below 0 when a score is 0) to
+    just above 100."""
     present = [v for v in values if v is not None and not math.isnan(v)]
-    low = min([60.0, *present])
-    return max(0.0, math.floor((low - 2) / 10) * 10), 102.0
+    low = math.floor((min([60.0, *present]) - 2) / 10) * 10
+    return (low if low >= 0 else -4.0), 104.0
 
 
 def trend_figure(points: pl.DataFrame, grade_bounds: list[float]):
@@ -101,7 +102,7 @@ def trend_figure(points: pl.DataFrame, grade_bounds: list[float]):
     ax.set_xlabel("批次日期", fontsize=8)
     ax.set_ylabel("得分", fontsize=8)
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     return fig
 
 
