@@ -116,10 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runs import NightlyRuns
 
     configured = settings()  # a malformed setting stops here, naming its variable
-    cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its one clear message
+    catalogue = cached_catalogue(configured.catalogue_path)  # a broken catalogue stops here, with its one clear message
     days = run_dates(args)
     if configured.executor == "celery":
         check_workers(configured)
+    note = run_dates_note(args, days, catalogue)
+    if note:
+        print(note, flush=True)
     level = configured.log_level_number
     log = dagster_home() / "logs" / "gongshu-run.log"
     failed = 0
@@ -197,6 +200,34 @@ def run_dates(args: argparse.Namespace) -> list[dt.date]:
     delivered = delivery_dates(Path(args.manifest)) if args.manifest else []
     end = args.date or (max(delivered) if delivered else _yesterday())
     return sorted({end - dt.timedelta(days=i) for i in range(args.days)} | {d for d in delivered if d <= end})
+
+
+def run_dates_note(args: argparse.Namespace, days: list[dt.date], catalogue=None) -> str | None:
+    """One line saying why ``gongshu run`` runs batch dates before its ``--days`` window (a resource of the
+    ``--manifest`` city last delivered then, e.g. the stale one); None when it runs only the window."""
+    from quality.detection import deliveries_by_date
+
+    if not days or not args.manifest:
+        return None
+    end = days[-1]
+    first = end - dt.timedelta(days=args.days - 1)
+    extra = [d for d in days if d < first]
+    if not extra:
+        return None
+    by_date = deliveries_by_date(Path(args.manifest))
+
+    def name(rid: str) -> str:
+        resource = next((r for r in catalogue.resources if r.id == rid), None) if catalogue else None
+        return f"{catalogue.department(resource.department).name}「{resource.name}」" if resource else rid
+
+    parts = []
+    for d in extra:
+        rids = by_date.get(d, [])
+        shown = "、".join(name(rid) for rid in rids[:3]) + (f" 等 {len(rids)} 项资源" if len(rids) > 3 else "")
+        parts.append(f"{d} ({shown}在该日交付)")
+    window = f"{first} 至 {end}" if args.days > 1 else str(end)
+    return (f"另运行早于 --days {args.days} ({window}) 的 {len(extra)} 个批次日期: {'; '.join(parts)} — "
+            "--manifest 运行示范城市的每个交付日期, 先将这些交付入库, 其时效才按实际交付日判断")
 
 
 def print_summary(day: dt.date) -> None:
@@ -304,6 +335,7 @@ def cmd_ticket(args: argparse.Namespace) -> int:
 def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, str]) -> int:
     from quality.config import load_config
     from quality.freshness.calendar import city_zone
+    from quality.terminal import pad
     from quality.tickets import commands as tk
     from quality.tickets.store import read_tickets
     from quality.tickets.transitions import ACTIVE, TicketError, TicketKind, TicketStatus
@@ -333,8 +365,8 @@ def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, st
             rows = read_tickets(wh, department=args.department)
             rows = rows.filter(pl.col("status").is_in(args.status or list(ACTIVE)))
             for r in rows.iter_rows(named=True):
-                print(f"{r['ticket_id']}  {TicketStatus(r['status']).label:<4}  期限 {r['due_date']}  "
-                      f"{TicketKind(r['kind']).label}  {r['resource_id']}  {r['item_labels']}")
+                print(f"{r['ticket_id']}  {pad(TicketStatus(r['status']).label, 6)}  期限 {r['due_date']}  "
+                      f"{pad(TicketKind(r['kind']).label, 12)}  {r['resource_id']}  {r['item_labels']}")
             print(f"共 {rows.height} 件")
     except TicketError as exc:
         print(f"错误: {exc}", file=sys.stderr)
