@@ -4,9 +4,11 @@
 #   make test-core   the fast core ring: pure functions, storage on SQLite and PostgreSQL (pytest -m "not e2e")
 #   make test-e2e    the end-to-end ring: generated cities through the real nightly job (pytest -m e2e)
 #   make snapshot    rewrite tests/snapshots/definitions.yaml (the reviewed code location); review its git diff
+#   make fonts   a CJK font for the report charts (Debian fonts-noto-cjk; part of make install)
 #   make ui      Dagster UI on the same data (http://127.0.0.1:3000), with the demo API and the Data Docs pages
 #   make ui-test the browser test of the UI (Playwright + Debian's Chromium, installed by make browser)
 #   make browser install Chromium and CJK fonts (Debian packages) when missing; make test runs it
+#   make worker  one Celery worker for GONGSHU_EXECUTOR=celery (docs/deploy.md); Ctrl-C stops it
 #   make bench   benchmarks (not part of make test); the nightly job's figures also in .gongshu/bench-guiji.json
 #   make migration MSG="..."  a new warehouse migration in warehouse/migrations/versions/
 
@@ -33,7 +35,7 @@ BENCH_PERSONS ?= 1000000
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
 WITH_KEY  = GONGSHU_PSEUDONYM_KEY="$${GONGSHU_PSEUDONYM_KEY:-$$(cat "$(DEMO_KEY)")}"
 
-.PHONY: install demo test test-core test-e2e snapshot ui ui-test browser bench lint clean demo-key migration
+.PHONY: install fonts demo test test-core test-e2e snapshot ui ui-test browser worker bench lint clean demo-key migration
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "需要 Python 3.11 (python3.11 或 python3)"; exit 1; }
@@ -42,7 +44,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) fonts
+
+# The department reports' charts are drawn in Chinese and need a CJK font (matplotlib would draw
+# empty boxes; quality/report/charts.py refuses to): Debian's fonts-noto-cjk, installed when no
+# Chinese font is found and apt-get can be used (root), else a message saying what to install.
+fonts:
+	@if fc-list :lang=zh 2>/dev/null | grep -q . || dpkg -s fonts-noto-cjk >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "安装中文字体 fonts-noto-cjk (报告图表需要)"; \
+	  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends fonts-noto-cjk >/dev/null 2>&1 || \
+	  { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null && \
+	    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends fonts-noto-cjk >/dev/null; }; \
+	else echo "未找到中文字体: 报告图表需要 CJK 字体, 请安装 fonts-noto-cjk (Debian/Ubuntu: sudo apt-get install fonts-noto-cjk) 或 Noto Sans CJK SC"; fi
 
 demo-key:
 	@mkdir -p "$(GONGSHU_HOME)"; test -s "$(DEMO_KEY)" || { umask 077; $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DEMO_KEY)"; }
@@ -83,6 +97,15 @@ snapshot: install
 
 ui: install demo-key
 	$(WITH_KEY) $(BIN)/gongshu ui --port $(UI_PORT) --api-port $(API_PORT) --docs-port $(DOCS_PORT)
+
+# One Celery worker (dagster-celery) on the queue GONGSHU_CELERY_QUEUE (default gongshu) of the broker
+# GONGSHU_CELERY_BROKER (default: this machine's RabbitMQ), running GONGSHU_MAX_CONCURRENT steps at a
+# time (default 2), with the same settings, key and Dagster instance as `make demo`/`make ui`. Runs
+# use it when GONGSHU_EXECUTOR=celery. WORKER_NAME names it (default dagster-<random>@host).
+worker: install demo-key
+	$(BIN)/gongshu instance
+	$(WITH_KEY) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-celery worker start -A pipelines.celery_app $(if $(WORKER_NAME),-n $(WORKER_NAME)) \
+	  -- --concurrency "$${GONGSHU_MAX_CONCURRENT:-2}"
 
 bench: install
 	$(BIN)/python benchmarks/bench_generator.py --persons $(BENCH_PERSONS)

@@ -78,6 +78,14 @@ PREVIEW_ROWS = 5
 CHANNEL_KIND = {"csv": "csv", "xlsx": "excel", "json": "json"}
 T = TypeVar("T")
 
+# The executor starts the executable step of highest priority first (Dagster's ``dagster/priority``
+# op tag): a library's merge as soon as its resources are in, then the resources' steps, and the
+# later stages (checks, share outputs, scorecard, reports) only when no 归集 step is waiting — they
+# used to start inside the 归集 as soon as their own library was merged, holding a worker slot a
+# resource of another library was waiting for.
+MERGE_PRIORITY = {"dagster/priority": "2"}
+GUIJI_PRIORITY = {"dagster/priority": "1"}
+
 RETRY_POLICY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 """The 归集 steps' retries: 3 more attempts, after about 2, 6 and 14 s (±2 s). Only a transient
 database error is retried (:func:`retry_transient`); the policy itself covers what fails outside the
@@ -218,6 +226,7 @@ def build_resource_assets(
         partitions_def=partitions,
         can_subset=True,
         retry_policy=RETRY_POLICY,
+        op_tags=GUIJI_PRIORITY,
     )
     def _collect(context: AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource,
                  settings: Settings):
@@ -392,6 +401,7 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
         owners=[owner(catalogue, d) for d in sorted({r.department for r in resources})],
         tags={"layer": "base"},
         retry_policy=RETRY_POLICY,
+        op_tags=MERGE_PRIORITY,
         description=labelled(
             library_label(lib),
             f"{lib.name}: 以{'+'.join(lib.key)}为主键, 每个数据元只取其权威部门的值(一数一源), "

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
 import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar
+from kombu.transport import TRANSPORT_ALIASES
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from catalog.loader import DEMO_CATALOGUE, Catalogue
@@ -42,7 +44,11 @@ from warehouse.store import Warehouse, sqlite_url
 DEFAULT_HOME = ".gongshu"  # GONGSHU_HOME when unset: the one default of the home folder
 WAREHOUSE_URL = "GONGSHU_WAREHOUSE_URL"  # secrets: EnvVar fields of the resources below
 SMTP_PASSWORD = "GONGSHU_SMTP_PASSWORD"
-SECRETS = (WAREHOUSE_URL, SMTP_PASSWORD, KEY_ENV)  # and the variables the catalogue's channels name
+CELERY_BROKER = "GONGSHU_CELERY_BROKER"  # the broker URL of GONGSHU_EXECUTOR=celery: it may carry a password
+SECRETS = (WAREHOUSE_URL, SMTP_PASSWORD, KEY_ENV, CELERY_BROKER)  # and the variables the catalogue's channels name
+# The broker this machine runs (RabbitMQ, docs/deploy.md): the default of GONGSHU_CELERY_BROKER
+DEFAULT_CELERY_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+EXECUTORS = ("multiprocess", "celery")
 
 # Settings field → the environment variable it is read from (README, «Configuration»)
 VARIABLES: dict[str, str] = {
@@ -53,6 +59,8 @@ VARIABLES: dict[str, str] = {
     "volume_min_ratio": "GONGSHU_VOLUME_MIN_RATIO",
     "engineer_emails": "GONGSHU_ENGINEER_EMAILS",
     "max_concurrent": "GONGSHU_MAX_CONCURRENT",
+    "executor": "GONGSHU_EXECUTOR",
+    "celery_queue": "GONGSHU_CELERY_QUEUE",
     "log_level": "GONGSHU_LOG_LEVEL",
     "freshness_interval_s": "GONGSHU_FRESHNESS_INTERVAL",
     "arrival_interval_s": "GONGSHU_ARRIVAL_INTERVAL",
@@ -94,7 +102,13 @@ class Settings(ConfigurableResource):
     volume_min_ratio: float = Field(MIN_RATIO, ge=0, description="GONGSHU_VOLUME_MIN_RATIO: 交付行数低于"
                                                                  "近期中位数的此比例时告警")
     engineer_emails: list[str] = Field([], description="GONGSHU_ENGINEER_EMAILS: 数据工程师邮箱")
-    max_concurrent: int = Field(2, ge=1, description="GONGSHU_MAX_CONCURRENT: 每晚归集作业的并行进程数")
+    max_concurrent: int = Field(2, ge=1, description="GONGSHU_MAX_CONCURRENT: 每晚归集作业的并行进程数"
+                                                     "(celery 执行器下为每个工作进程的并发数)")
+    executor: str = Field("multiprocess", description="GONGSHU_EXECUTOR: 每晚归集作业的执行器: multiprocess "
+                                                      "(本机多进程) 或 celery (Celery 工作进程, 见 docs/deploy.md)")
+    celery_queue: str = Field("gongshu",
+                              description="GONGSHU_CELERY_QUEUE: celery 执行器投递步骤的队列名, "
+                                          "工作进程监听同名队列")
     log_level: str = Field("WARNING", description="GONGSHU_LOG_LEVEL: gongshu run 打印的运行事件级别")
     freshness_interval_s: int = Field(300, ge=1, description="GONGSHU_FRESHNESS_INTERVAL: 时效监测间隔(秒)")
     arrival_interval_s: int = Field(60, ge=1, description="GONGSHU_ARRIVAL_INTERVAL: 文件到达检查间隔(秒)")
@@ -129,6 +143,20 @@ class Settings(ConfigurableResource):
         if value.strip().lower() not in STATUSES:
             raise ValueError(f"应为 {' 或 '.join(STATUSES)}")
         return value.strip().lower()
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str) -> str:
+        if value.strip().lower() not in EXECUTORS:
+            raise ValueError(f"应为 {' 或 '.join(EXECUTORS)}")
+        return value.strip().lower()
+
+    @field_validator("celery_queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", value):
+            raise ValueError("队列名只能由字母、数字和 _ . : - 组成")
+        return value
 
     @field_validator("smtp_tls")
     @classmethod
@@ -167,6 +195,9 @@ class Settings(ConfigurableResource):
                 sa.engine.make_url(url)
             except sa.exc.ArgumentError:
                 problems.append(f"{WAREHOUSE_URL}: 不是有效的 SQLAlchemy URL (值不予显示)")  # it may hold a password
+        broker = environ.get(CELERY_BROKER)
+        if broker and not _broker_url_ok(broker):
+            problems.append(f"{CELERY_BROKER}: 不是有效的代理 URL, 应形如 amqp://用户:密码@主机:5672// (值不予显示)")
         if problems or settings is None:
             raise SettingsError("环境变量设置有误: " + "; ".join(problems))
         return settings
@@ -304,6 +335,35 @@ class OpenDataResource(ConfigurableResource):
 
     def root(self) -> Path:
         return Path(self.path)
+
+
+def _broker_url_ok(url: str) -> bool:
+    """A Celery broker URL kombu can use: ``transport://…`` with a transport it knows."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.split("+")[0] in TRANSPORT_ALIASES
+
+
+def celery_broker(environ: Mapping[str, str] | None = None) -> dict[str, str] | str:
+    """The broker of ``GONGSHU_EXECUTOR=celery`` as executor config: ``{"env": "GONGSHU_CELERY_BROKER"}``
+    when the variable is set (it may carry a password: the code location and the UI hold its name, the
+    run resolves the value where the executor starts), else this machine's RabbitMQ
+    (``DEFAULT_CELERY_BROKER``)."""
+    environ = os.environ if environ is None else environ
+    return {"env": CELERY_BROKER} if environ.get(CELERY_BROKER) else DEFAULT_CELERY_BROKER
+
+
+def celery_broker_url(environ: Mapping[str, str] | None = None) -> str:
+    """The broker URL itself, for a Celery worker or a check of the broker (never to be shown: use
+    :func:`safe_broker` for a message)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(CELERY_BROKER) or DEFAULT_CELERY_BROKER
+
+
+def safe_broker(url: str) -> str:
+    """The broker URL with its password hidden, for messages."""
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{user.split(':')[0]}:***@{host}" if at else url
 
 
 # --- built from the environment: the code location and the gongshu commands ---------------------------

@@ -158,6 +158,7 @@ def build_share_output(
     *,
     key: PseudonymKey | None,
     open_root: Path | None = None,
+    needles: Needles | None = None,
 ) -> ShareBuild:
     """Mask the base rows valid on ``as_of`` and bring ``share.<output>`` (and open files) up to date.
 
@@ -168,7 +169,7 @@ def build_share_output(
         raise MissingKeyError(policy)
     real_ids = None
     if any(c.rule.spec.startswith("fpe_id") for c in policy.columns):
-        real_ids = Needles.from_warehouse(wh, catalogue).ids
+        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).ids
     with wh.engine.connect() as conn:
         snapshot = read_snapshot(wh, conn, policy, as_of)
     masked = mask_snapshot(policy, snapshot, as_of=as_of, key=key, real_ids=real_ids)
@@ -315,7 +316,8 @@ def kanon_check(build: ShareBuild) -> AssetCheckResult:
     )
 
 
-def leak_check(findings: list[Finding], needles: Needles, scanned: list[str]) -> AssetCheckResult:
+def leak_check(findings: list[Finding], needles: Needles, scanned: list[str],
+               reused: bool | None = None) -> AssetCheckResult:
     return AssetCheckResult(
         check_name="no_raw_identifiers",
         passed=not findings,
@@ -324,7 +326,9 @@ def leak_check(findings: list[Finding], needles: Needles, scanned: list[str]) ->
         metadata={
             "发现": MetadataValue.md("\n".join(f"- {f.markdown()}" for f in findings) or "无"),
             "比对的原始值": f"身份号码 {needles.ids.len():,}, 手机号 {needles.mobiles.len():,}, "
-                           f"姓名 {needles.names.len():,}, 地址 {needles.addresses.len():,}",
+                           f"姓名 {needles.names.len():,}, 地址 {needles.addresses.len():,}"
+                           + ("" if reused is None else
+                              ("; 取自本批基础库状态已汇集的比对值" if reused else "; 本步骤自基础库汇集")),
             "扫描范围": MetadataValue.md("\n".join(f"- {s}" for s in scanned)),
         },
     )
@@ -395,15 +399,19 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
             error = MissingKeyError(policy)
             context.log.error(str(error))
             raise Failure(description=str(error), allow_retries=False)
-        build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root())
+        # the base libraries' raw identifiers: collected once per state of the base libraries for
+        # every output of the night (Needles.cached), used for the format-preserving tokens and the scan
+        needles, reused = Needles.cached(wh, catalogue)
+        build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root(),
+                                   needles=needles)
         m = build.masked
         preview_md = preview(build.frame, {}).value  # already masked: shown as stored
         texts = {f"{key.to_user_string()} 预览": (preview_md, policy.public_columns()),
                  **_upstream_previews(context, catalogue, policy)}
-        findings, needles = leak_findings(wh, catalogue, build, texts)
+        findings, needles = leak_findings(wh, catalogue, build, texts, needles)
         scanned = [wh.qualified("share", policy.name), *(str(p) for p in (build.files.all() if build.files else [])),
                    *texts]
-        checks = [leak_check(findings, needles, scanned)]
+        checks = [leak_check(findings, needles, scanned, reused)]
         if policy.kind == OutputKind.open:
             checks.append(kanon_check(build))
         for f in findings:

@@ -22,7 +22,7 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Resource
 from catalog.normalize import halfwidth, parse_expr
 from guiji.channels import FORMULA_MARK, NUL_MARK, REPLACEMENT, WRONG_ENCODING
-from quality.rules import VERSION, Kind, Rule, Severity, evaluated, failing, resource_rules
+from quality.rules import VERSION, Kind, Rule, Severity, evaluated, expected_text, failing, resource_rules
 from warehouse.std import QUARANTINE_SCHEMA, std_schema
 
 REASONS: dict[str, str] = {
@@ -55,12 +55,13 @@ FAILURE_SCHEMA = {"_row_no": pl.Int64, "rule_id": pl.String, "field": pl.String,
 
 
 def expected_expr(rule: Rule) -> pl.Expr:
-    """What the value should have been, where the rule knows (the ID digits), else what it requires."""
+    """What the value should have been, where the rule knows (the ID digits), else what it requires
+    (:func:`quality.rules.expected_text`)."""
     if rule.kind == Kind.id_birth_date:
         return id_number_birth_date(pl.col(rule.columns[1])).dt.strftime("%Y-%m-%d")
     if rule.kind == Kind.id_gender:
         return id_number_gender(pl.col(rule.columns[1]))
-    return pl.lit(rule.label)
+    return pl.lit(expected_text(rule))
 
 
 @dataclass

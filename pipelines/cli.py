@@ -80,6 +80,13 @@ def cmd_instance(args: argparse.Namespace) -> int:
         text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
     (home / "dagster.yaml").write_text(text, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
+    from dagster import DagsterInstance
+
+    # Open it once: its storage is created (or upgraded) here, by one process, before the processes that
+    # share it start at once — the UI, the daemon, Celery workers (two workers creating a new SQLite
+    # storage together left it with two Alembic heads).
+    with DagsterInstance.get():
+        pass
     if not args.quiet:
         kind = "PostgreSQL (DAGSTER_PG_URL)" if os.environ.get("DAGSTER_PG_URL") else "SQLite (内置)"
         print(f"Dagster 实例: {home} · 存储: {kind}")
@@ -148,6 +155,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if days[0] < first:
         raise ValueError(f"批次日期 {days[0]} 早于目录的首个批次日期 {first} (city.first_batch_date): 每日分区从该日开始; "
                          "补跑更早的日期请先在 catalogue.yaml 中前移该日期 (docs/catalogue.md)")
+    if configured.executor == "celery":
+        check_workers(configured)
+    note = run_dates_note(args, days, catalogue)
+    if note:
+        print(note, flush=True)
     cmd_instance(argparse.Namespace(quiet=True))
     level = configured.log_level_number
     log = dagster_home() / "logs" / "gongshu-run.log"
@@ -180,6 +192,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def check_workers(configured) -> None:
+    """Before a run on Celery workers: the broker must answer (else one clear error); without a worker
+    on the queue the run would wait for one, so say so."""
+    from assets.resources import celery_broker_url
+    from pipelines.workers import check_broker, listening_workers, worker_app
+
+    url = celery_broker_url()
+    check_broker(url)
+    app = worker_app(configured, url)
+    try:
+        workers = listening_workers(app, configured.celery_queue)
+    finally:
+        app.close()
+    if workers:
+        print(f"Celery 执行器: 队列 {configured.celery_queue} 上有 {len(workers)} 个工作进程", file=sys.stderr)
+    else:
+        print(f"Celery 执行器: 队列 {configured.celery_queue} 上暂无工作进程应答, 运行将等待到有工作进程启动 "
+              "(make worker, 见 docs/deploy.md)", file=sys.stderr, flush=True)
+
+
 def failed_deliveries(day: dt.date) -> list[str]:
     """Resources whose delivery for ``day`` could not be read (the run itself went on without them)."""
     from catalog.loader import cached_catalogue
@@ -207,6 +239,34 @@ def run_dates(args: argparse.Namespace) -> list[dt.date]:
     delivered = delivery_dates(Path(args.manifest)) if args.manifest else []
     end = args.date or (max(delivered) if delivered else _yesterday())
     return sorted({end - dt.timedelta(days=i) for i in range(args.days)} | {d for d in delivered if d <= end})
+
+
+def run_dates_note(args: argparse.Namespace, days: list[dt.date], catalogue=None) -> str | None:
+    """One line saying why ``gongshu run`` runs batch dates before its ``--days`` window (a resource of the
+    ``--manifest`` city last delivered then, e.g. the stale one); None when it runs only the window."""
+    from quality.detection import deliveries_by_date
+
+    if not days or not args.manifest:
+        return None
+    end = days[-1]
+    first = end - dt.timedelta(days=args.days - 1)
+    extra = [d for d in days if d < first]
+    if not extra:
+        return None
+    by_date = deliveries_by_date(Path(args.manifest))
+
+    def name(rid: str) -> str:
+        resource = next((r for r in catalogue.resources if r.id == rid), None) if catalogue else None
+        return f"{catalogue.department(resource.department).name}「{resource.name}」" if resource else rid
+
+    parts = []
+    for d in extra:
+        rids = by_date.get(d, [])
+        shown = "、".join(name(rid) for rid in rids[:3]) + (f" 等 {len(rids)} 项资源" if len(rids) > 3 else "")
+        parts.append(f"{d} ({shown}在该日交付)")
+    window = f"{first} 至 {end}" if args.days > 1 else str(end)
+    return (f"另运行早于 --days {args.days} ({window}) 的 {len(extra)} 个批次日期: {'; '.join(parts)} — "
+            "--manifest 运行示范城市的每个交付日期, 先将这些交付入库, 其时效才按实际交付日判断")
 
 
 def print_summary(day: dt.date) -> None:
@@ -314,6 +374,7 @@ def cmd_ticket(args: argparse.Namespace) -> int:
 def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, str]) -> int:
     from quality.config import load_config
     from quality.freshness.calendar import city_zone
+    from quality.terminal import pad
     from quality.tickets import commands as tk
     from quality.tickets.store import read_tickets
     from quality.tickets.transitions import ACTIVE, TicketError, TicketKind, TicketStatus
@@ -343,8 +404,8 @@ def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, st
             rows = read_tickets(wh, department=args.department)
             rows = rows.filter(pl.col("status").is_in(args.status or list(ACTIVE)))
             for r in rows.iter_rows(named=True):
-                print(f"{r['ticket_id']}  {TicketStatus(r['status']).label:<4}  期限 {r['due_date']}  "
-                      f"{TicketKind(r['kind']).label}  {r['resource_id']}  {r['item_labels']}")
+                print(f"{r['ticket_id']}  {pad(TicketStatus(r['status']).label, 6)}  期限 {r['due_date']}  "
+                      f"{pad(TicketKind(r['kind']).label, 12)}  {r['resource_id']}  {r['item_labels']}")
             print(f"共 {rows.height} 件")
     except TicketError as exc:
         print(f"错误: {exc}", file=sys.stderr)

@@ -38,7 +38,7 @@ def build_definitions(settings: Settings | None = None, environ: Mapping[str, st
     assets = build_assets(catalogue, partitions, settings) + build_share_assets(catalogue, partitions)
     assets += [build_tickets_asset(catalogue, partitions), build_scorecard_asset(catalogue, partitions),
                build_department_reports_asset(catalogue, partitions)]
-    jobs, schedules = build_jobs_and_schedules(partitions, settings)
+    jobs, schedules = build_jobs_and_schedules(partitions, settings, environ)
     return Definitions(
         assets=assets,
         asset_checks=[*build_checks(catalogue, partitions), build_freshness_checks(catalogue, partitions)],

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dagster import (
     AssetSelection,
     DailyPartitionsDefinition,
     DefaultScheduleStatus,
+    ExecutorDefinition,
     JobDefinition,
     ScheduleDefinition,
     build_schedule_from_partitioned_job,
     define_asset_job,
     multiprocess_executor,
 )
+from dagster_celery import celery_executor
 
-from assets.resources import Settings
+from assets.resources import Settings, celery_broker
+from pipelines.workers import executor_config
 
 NIGHTLY_JOB = "nightly_guiji"
 
@@ -32,17 +37,33 @@ FORKSERVER_PRELOAD = (
 )
 
 
-def build_jobs_and_schedules(
-    partitions: DailyPartitionsDefinition, settings: Settings | None = None,
-) -> tuple[list[JobDefinition], list[ScheduleDefinition]]:
-    # Two worker processes by default (the reference machine has two cores); PostgreSQL
-    # deployments raise GONGSHU_MAX_CONCURRENT, SQLite serialises writers anyway. Steps start from a
-    # forkserver that has imported once what every step needs, so a step pays a fork, not a fresh
-    # interpreter importing the code location, Dagster's storage and GX (~2-5 s per step otherwise).
-    executor = multiprocess_executor.configured({
-        "max_concurrent": (settings or Settings()).max_concurrent,
+def nightly_executor(settings: Settings, environ: Mapping[str, str] | None = None) -> ExecutorDefinition:
+    """The nightly job's executor, by ``GONGSHU_EXECUTOR``.
+
+    ``multiprocess`` (the default): the steps run on this machine, in processes of the run worker.
+    Two at a time by default (the reference machine has two cores); PostgreSQL deployments raise
+    GONGSHU_MAX_CONCURRENT, SQLite serialises writers anyway. Steps start from a forkserver that has
+    imported once what every step needs, so a step pays a fork, not a fresh interpreter importing the
+    code location, Dagster's storage and GX (~2-5 s per step otherwise).
+
+    ``celery``: every step is a task on the Celery queue ``GONGSHU_CELERY_QUEUE`` of the broker
+    ``GONGSHU_CELERY_BROKER``, run by whichever worker (``make worker``, on this machine or others)
+    takes it; how many at a time is the workers' concurrency (pipelines/workers.py, docs/deploy.md).
+    ``environ``: the variables that decide whether the broker is a secret set in the environment.
+    """
+    if settings.executor == "celery":
+        return celery_executor.configured(executor_config(settings, celery_broker(environ)))
+    return multiprocess_executor.configured({
+        "max_concurrent": settings.max_concurrent,
         "start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}},
     })
+
+
+def build_jobs_and_schedules(
+    partitions: DailyPartitionsDefinition, settings: Settings | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[JobDefinition], list[ScheduleDefinition]]:
+    executor = nightly_executor(settings or Settings(), environ)
     nightly = define_asset_job(
         NIGHTLY_JOB,
         selection=AssetSelection.key_prefixes(["ods"], ["std"], ["base"], ["share"], ["quality"]),

@@ -146,8 +146,14 @@ def _executor(job: JobDefinition) -> dict:
     config = None
     schema = executor.config_schema
     if type(schema).__name__ == "ConfiguredDefinitionConfigSchema":
-        resolved = schema.resolve_config({})  # the configured values, with the executor's defaults
-        config = _sorted(resolved.value.get("config", resolved.value)) if resolved.success else None
+        raw = schema._config_fn({})  # the configured value as given (a constant here)
+        if isinstance(raw, Mapping) and _env_fields(raw):
+            # a secret taken from the environment (the Celery broker): its variable's name, as configured;
+            # resolving would read this process's value
+            config = _sorted(raw)
+        else:
+            resolved = schema.resolve_config({})  # the configured values, with the executor's defaults
+            config = _sorted(resolved.value.get("config", resolved.value)) if resolved.success else None
     return {"name": executor.name, "config": config}
 
 

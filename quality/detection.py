@@ -59,6 +59,18 @@ def delivery_dates(path: Path) -> list[dt.date]:
     return sorted({dt.date.fromisoformat(d) for r in doc["resources"].values() for d in r.get("rows", {})})
 
 
+def deliveries_by_date(path: Path) -> dict[dt.date, list[str]]:
+    """The resources of a generated city that delivered on each batch date."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("resources"), dict):
+        raise ValueError(f"{path}: 不是生成器的真值清单 (缺少 resources)")
+    out: dict[dt.date, list[str]] = {}
+    for rid, r in sorted(doc["resources"].items()):
+        for d in r.get("rows", {}):
+            out.setdefault(dt.date.fromisoformat(d), []).append(rid)
+    return out
+
+
 def _read(wh: Warehouse, conn, layer: str, table: str, sql: str, schema: dict) -> pl.DataFrame:
     if not wh.exists(layer, table):
         return pl.DataFrame(schema=schema)

@@ -39,11 +39,6 @@ class Dimension(StrEnum):
     timeliness = "时效性"
     accessibility = "可访问性"
 
-    @property
-    def english(self) -> str:
-        """The English name, for charts drawn without a CJK font (it would draw empty boxes)."""
-        return self.name.capitalize()
-
 
 class Severity(Labelled):
     blocking = "blocking", "阻断"  # failing rows never reach the base library
@@ -129,8 +124,10 @@ def resource_rules(catalogue: Catalogue, resource: Resource, batch_date: dt.date
         elif e.type == ElementType.mobile:
             add(Kind.mobile, Dimension.conformity, sev, (code,), f"{name}: {Kind.mobile.label}")
         elif e.type == ElementType.code and e.codelist:
+            listed = next((c for c in catalogue.city.codelists if c.code == e.codelist), None)
             add(Kind.code_list, Dimension.conformity, sev, (code,), f"{name}: {Kind.code_list.label}",
-                values=tuple(sorted(catalogue.codes[e.codelist])))
+                values=tuple(sorted(catalogue.codes[e.codelist])), codelist=listed.name if listed else e.codelist,
+                standard=listed.standard if listed else None)
         elif e.type == ElementType.date:
             add(Kind.date_range, Dimension.accuracy, Severity.warning, (code,), f"{name}: {Kind.date_range.label}",
                 min=MIN_DATE, max=batch_date)
@@ -140,6 +137,36 @@ def resource_rules(catalogue: Catalogue, resource: Resource, batch_date: dt.date
             kind = Kind.id_birth_date if e.derived_from_id == "birth_date" else Kind.id_gender
             add(kind, Dimension.accuracy, Severity.warning, (code, id_key), f"{name}: {kind.label}")
     return rules
+
+
+def expected_text(rule: Rule) -> str:
+    """What a value failing ``rule`` should have been, in words: the 期望 column of the reports
+    (the rule's name says what was checked; this says what would have passed)."""
+    match rule.kind:
+        case Kind.not_null:
+            return "有值 (不为空)"
+        case Kind.unique:
+            return "同一主键在批次内只出现一次"
+        case Kind.id_number:
+            return "18 位且校验码正确 (GB 11643, 出生日期有效)"
+        case Kind.uscc:
+            return "18 位且校验码正确 (GB 32100)"
+        case Kind.mobile:
+            return "11 位手机号码 (1 开头, 第二位 3–9)"
+        case Kind.code_list:
+            standard = f", {rule.params['standard']}" if rule.params.get("standard") else ""
+            return f"代码表「{rule.params.get('codelist', '')}」中的代码{standard}"
+        case Kind.pattern:
+            return f"符合格式 {rule.params['regex']}"
+        case Kind.date_range:
+            hi = rule.params.get("max")
+            low = rule.params["min"]
+            return f"{low} 至 {hi} (批次日期) 之间" if hi else f"不早于 {low}"
+        case Kind.id_birth_date:
+            return "与身份号码中的出生日期一致"
+        case Kind.id_gender:
+            return "与身份号码中的性别一致"
+    return rule.label
 
 
 def failing(rule: Rule) -> pl.Expr:

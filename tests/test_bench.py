@@ -45,9 +45,14 @@ def test_the_benchmark_runs_the_real_nightly_job_and_accounts_for_every_delivere
     assert all(st["status"] == "STEP_SUCCESS" and st["startup"] is not None for st in night["steps"])
     assert [stages[k] for k in night["guiji_path"]] == ["ods+std", "base"]
     assert night["run_worker_pid"] and night["rss_sum_mb"] >= night["rss_single_mb"] > 0
+    # the peak RSS of each step's own process (its pid from the step's STEP_WORKER_STARTED event)
+    assert set(night["step_rss_mb"]) == set(stages) and all(mb > 0 for mb in night["step_rss_mb"].values())
+    assert max(night["step_rss_mb"].values()) <= night["rss_single_mb"]
+    assert data["peak_rss_mb"]["steps"] == night["step_rss_mb"] and data["peak_rss_mb"]["run_worker"] > 0
     assert set(data["ratios"]) >= {"night_over_guiji", "guiji_over_raw_copy_1", "guiji_over_raw_copy_2",
                                    "guiji_over_write_floor"}
     for line in ("整夜 (RUN_STARTING → RUN_SUCCESS)", "运行进程启动", "步骤进程启动", "最长依赖链 (归集",
                  "最慢 5 步", "分层行数", "参照: 原样 COPY, 单连接", "写入下限", "比值 整夜/归集",
-                 "比值 归集/参照(1 连接)", "比值 归集/参照(2 连接)", "比值 归集/写入下限", "峰值 RSS"):
+                 "比值 归集/参照(1 连接)", "比值 归集/参照(2 连接)", "比值 归集/写入下限", "峰值 RSS",
+                 "峰值 RSS 每进程: 运行进程"):
         assert line in out.stdout, line

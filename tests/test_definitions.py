@@ -51,6 +51,18 @@ def test_the_nightly_job_runs_at_two_in_the_city_time_zone_for_the_previous_day(
     assert parts.timezone == "Asia/Shanghai"
 
 
+def test_the_executor_starts_merges_then_resource_steps_before_any_later_stage() -> None:
+    job = canonical_definitions().resolve_job_def(NIGHTLY_JOB)
+    # one step per node of the job's graph; the executor sorts executable steps by dagster/priority
+    priority = {n.name: int(n.definition.tags.get("dagster/priority", 0)) for n in job.graph.nodes}
+    cat = load_catalogue(DEMO_CATALOGUE)
+    merges = {f"base__{lib.code}" for lib in cat.libraries}
+    resources = {f"guiji_{r.id}" for r in cat.resources}
+    later = set(priority) - merges - resources  # checks, share outputs, tickets, scorecard, reports
+    assert merges <= set(priority) and resources <= set(priority) and later
+    assert min(priority[k] for k in merges) > max(priority[k] for k in resources) > max(priority[k] for k in later)
+
+
 def test_dagster_loads_the_code_location_of_the_workspace() -> None:
     """What ``dagster definitions validate -w workspace.yaml`` checks, in-process (tests/codelocation.py)."""
     outcome = validate(REPO / "workspace.yaml")

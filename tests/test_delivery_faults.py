@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from guiji.base import merge_library
 from guiji.std import collect
 from pipelines.summary import summary_lines
+from quality.terminal import width
 from tests import citykit
 from tests.citykit import PEOPLE
 from warehouse.ods import read_ods
@@ -121,8 +122,14 @@ def test_a_file_whose_records_cannot_be_split_fails_its_batch_with_its_size(ware
     n = len(broken)
     assert b["problems"].startswith(f"xuke.xlsx: 无法读取 (xlsx), 无法拆分出任何记录 ({n} 字节, 3 行), 批次记为失败")
     assert std.reconciliation == f"0 = 0 + 0 · 批次失败: 另有无法拆分为记录的文件 ({n} 字节, 3 行), 其记录未计入"
-    line = next(x for x in summary_lines(warehouse, cat, DAY) if x.startswith("gongshang/xuke"))
+    lines = summary_lines(warehouse, cat, DAY)
+    line = next(x for x in lines if x.startswith("gongshang/xuke"))
     assert f"✗  批次失败: 无法拆分为记录的文件 {n} 字节 / 3 行" in line
+    # padded by display width: every batch date ends where the header's 最近批次 does
+    rows = [x for x in lines if x.startswith(("资源", *[f"{r.department}/{r.code}" for r in cat.resources]))]
+    assert len(rows) == len(cat.resources) + 1
+    assert len({width(x[: x.index(cell) + len(cell)]) for x, cell in
+                zip(rows, ["最近批次", *[str(DAY)] * len(cat.resources)], strict=True)}) == 1
     assert batch_row(warehouse, "huzheng_renkou")["status"] == "ok"
 
 

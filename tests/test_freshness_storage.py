@@ -22,6 +22,7 @@ from quality.freshness.render import freshness_lines, summary_time
 from quality.freshness.store import evaluate_catalogue, read_freshness, read_last_deliveries, store_freshness
 from tests import citykit
 from tests.test_sensors import deliver
+from tests.test_terminal import columns_aligned
 from warehouse.store import Warehouse
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -92,6 +93,12 @@ def test_the_run_summary_names_the_stale_resource(warehouse: Warehouse, demo) ->
     # the monthly 标准地址 may deliver until 2027-01-08, a year chinesecalendar 1.11 does not know yet
     assert lines[-1] == "注: chinesecalendar 尚未收录 2027 年的节假日安排, 该年按周一至周五计算工作日。"
     assert "✗" not in text
+    # columns padded by display width: each resource's status starts where the header's 状态 does
+    table = lines[2:-2]
+    assert table[0].startswith("资源") and len(table) == len(demo.resources) + 1
+    assert columns_aligned(table, ["资源", *[line[:6] for line in table[1:]]],
+                           ["状态", *[line.rsplit("  ", 1)[1] for line in table[1:]]])
+    assert columns_aligned(table, ["资源", "swj/nsrdj"], ["更新周期", "每周"])
 
 
 def test_the_freshness_check_runs_in_a_partitioned_run_and_writes_the_state(tmp_path: Path, monkeypatch) -> None:

@@ -216,3 +216,18 @@ def test_csv_and_json_records_are_read_row_by_row_too(tmp_path: Path) -> None:
     for name in ("old.csv", "old.json"):
         assert [(f.column, f.kind, f.count) for f in scan_file(tmp_path / name, PEOPLE_NEEDLES)] == [
             ("id + birth", "id_rebuilt", 2)]
+
+
+def test_json_records_are_scanned_as_one_frame_and_everything_around_them_too(tmp_path: Path) -> None:
+    doc = {"dataset": "x", "contact": "13812345678",  # outside the records: found as a leaf
+           "records": [{"holder": RAW_ID, "n": 13812345678.5, "code": 1}, {"holder": "李***", "n": 1.0, "code": 2}]}
+    (tmp_path / "flat.json").write_text(json.dumps(doc), encoding="utf-8")
+    found = scan_file(tmp_path / "flat.json", NEEDLES)
+    # a JSON number is compared whole: 13812345678.5 is no phone number
+    assert sorted((f.column, f.kind, f.count) for f in found) == [("contact", "mobile", 1), ("holder", "id_number", 1)]
+    # records holding nested values are read leaf by leaf, as before
+    doc["records"][1]["extra"] = {"note": RAW_ID}
+    (tmp_path / "nested.json").write_text(json.dumps(doc), encoding="utf-8")
+    found = scan_file(tmp_path / "nested.json", NEEDLES)
+    assert sorted((f.column, f.kind) for f in found) == [("contact", "mobile"), ("holder", "id_number"),
+                                                         ("note", "id_number")]

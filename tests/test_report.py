@@ -28,13 +28,15 @@ from quality.report.deliver import REPORT_CATEGORY
 from quality.report.inputs import load_inputs
 from quality.report.period import ReportRun, outcome_lines, produce_reports, report_lines
 from quality.report.render import render_xlsx
+from quality.rules import Dimension
 from quality.scorecard.period import run_scorecard
 from quality.tickets.commands import REPLY_SHEET, import_reply
 from quality.tickets.store import read_tickets
 from quality.tickets.sync import sync_tickets
-from tests import test_mailer
+from tests import citykit, test_mailer
 from tests.citykit import PEOPLE
-from tests.test_tickets import DAY1, deliver_with_defects, run_day
+from tests.test_terminal import columns_aligned
+from tests.test_tickets import DAY1, DAY2, HEADER, deliver_with_defects, run_day
 from warehouse.store import Warehouse
 
 KEY = PseudonymKey(b"test-only-pseudonym-key-0123456789")
@@ -112,7 +114,11 @@ def test_the_report_shows_the_departments_known_failures_in_html_and_xlsx(wareho
     sb = text_of(html_of(run, "shebao"))
     assert f"{SB_TOTAL:.1f} B — 4/4 90.7 100.0" in sb
     assert "参保人员 姓名: 与权威部门(户政中心)一致 一致性 警告 3 1 66.67%" in sb
-    assert "姓名 户政中心 赵*** 赵*** 1" in sb  # the conflict, both values masked, one record
+    # the conflict: its ticket, the entity's token, both values masked, what was expected, where it was delivered
+    conflict_ticket = read_tickets(warehouse, department="shebao").filter(pl.col("kind") == "conflict").item(0, "ticket_id")
+    assert (f"{conflict_ticket} 姓名 {masked_id(PEOPLE[2][0])} {token_of(PEOPLE[2][0], KEY)} 赵*** 与权威来源 户政中心 一致 "
+            "赵*** shebao_canbao.20260930.1 · 第 3 行") in sb
+    assert "电话: 手机号码格式 137***0003 11 位手机号码 (1 开头, 第二位 3–9)" in sb  # 期望: what would have passed
     assert "电话: 手机号码格式 137***0003" in sb
 
     summary = dict((r[0], r[1]) for r in sheet(run, "huzheng", "概况") if r[0])
@@ -129,7 +135,9 @@ def test_the_report_shows_the_departments_known_failures_in_html_and_xlsx(wareho
     assert form[3][:9] == (hz_ticket, "失败记录", "常住人口", masked_id(person), token_of(person, KEY),
                            "出生日期: 出生日期与身份号码一致", "2026-09-30", "2026-10-13", "待校核")
     [conflict] = sheet(run, "shebao", "一数一源冲突")[1:]
-    assert conflict[1:7] == ("姓名", "户政中心", masked_id(PEOPLE[2][0]), token_of(PEOPLE[2][0], KEY), "赵***", "赵***")
+    assert conflict[:8] == (conflict_ticket, "姓名", "户政中心", masked_id(PEOPLE[2][0]), token_of(PEOPLE[2][0], KEY),
+                            "赵***", "与权威来源 户政中心 一致", "赵***")
+    assert conflict[11:] == ("shebao_canbao.20260930.1", 3)
 
 
 def test_no_raw_identifier_reaches_the_html_the_workbook_or_the_mail(city, tmp_path: Path) -> None:
@@ -205,8 +213,9 @@ def test_without_smtp_each_report_is_an_eml_in_the_outbox_and_is_sent_once(city,
     assert any(s.startswith("【数据质量报告】社保中心 2026-09-30 综合得分 92.5 (B)") for s in subjects)
     assert sorted(p.name for p in (tmp_path / "outbox").glob("*.files/*")) == \
         ["户政中心_数据质量报告_20260930.xlsx", "社保中心_数据质量报告_20260930.xlsx"]
-    lines = "\n".join(outcome_lines(run, cat))
-    assert "户政中心" in lines and "已发送(发件箱)" in lines and "huzheng.html, huzheng.xlsx" in lines
+    lines = outcome_lines(run, cat)
+    assert "户政中心" in "\n".join(lines) and "已发送(发件箱)  huzheng.html, huzheng.xlsx" in "\n".join(lines)
+    assert columns_aligned(lines[2:], ["部门", "户政中心", "社保中心", "工商所"], ["文件", "huzheng.html"])
 
     again = produce_reports(wh, cat, DAY1, CONFIG, mailer=outbox, key=KEY, root=tmp_path / "reports",
                             engineers=ENGINEERS)
@@ -227,7 +236,8 @@ def test_a_department_with_nothing_wrong_gets_a_short_report_with_its_charts(cit
     run = night(wh, cat, landing, tmp_path)
     html = html_of(run, "gongshang")
     text = text_of(html)
-    assert "本期未发现失败记录、一数一源冲突或待校核工单" in text and "100.0 A — 1/4" in text
+    assert "本期未发现失败记录、一数一源冲突、待校核工单或超期交付" in text and "100.0 A — 1/4" in text
+    assert "评分说明: 满分: 全部规则通过, 无到期未处理的工单" in text
     assert "五、" not in text and "六、" not in text and "七、" not in text
     assert "共检查 12 条规则, 0 条有失败记录, 其余 12 条全部通过" in text
     pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
@@ -357,7 +367,7 @@ def test_the_commands_answer_extend_and_report(city, tmp_path: Path, monkeypatch
 
     assert main(["report", "--date", "2026-09-30", "--no-send"]) == 0
     out = capsys.readouterr().out
-    assert "部门质量报告 · 批次日期 2026-09-30" in out and "huzheng.html, huzheng.xlsx  未发送" in out
+    assert "部门质量报告 · 批次日期 2026-09-30" in out and "未发送  huzheng.html, huzheng.xlsx" in out
     assert (tmp_path / "home" / "reports" / "2026-09-30" / "huzheng.html").exists()
     wh.dispose()
 
@@ -404,3 +414,113 @@ def test_workbook_text_cells_never_start_a_formula_and_numbers_stay_numbers(city
     rules = list(wb["规则结果"].iter_rows(min_row=2, values_only=True))
     assert all(isinstance(r[5], int) and isinstance(r[6], int) for r in rules)
     wh.dispose()
+
+
+def test_a_late_department_gets_no_green_banner_and_its_headline_says_how_late(warehouse: Warehouse, city,
+                                                                             tmp_path: Path) -> None:
+    cat, landing = city
+    night(warehouse, cat, landing, tmp_path)
+    run = night(warehouse, cat, landing, tmp_path, dt.date(2026, 10, 15), deliver=False)  # nobody delivered since 09-30
+
+    gs = text_of(html_of(run, "gongshang"))  # no failure, no ticket: only late
+    assert "本期未发现失败记录" not in gs and "感谢贵单位" not in gs
+    assert "本期需贵单位处理: 「企业名录」超期 6 个工作日未更新 (更新周期 每日, 最近交付 2026-09-30 24:00)" in gs
+    # the score beside it, and what lowered it: 时效性 (企业名录 0, B类许可 100) = 50 → Q 90, total 92.0
+    assert "综合得分 92.0 (B) = 0.8 × 数据质量分 Q 90.0 + 0.2 × 校核响应分 R 100.0" in gs
+    assert "评分说明: 时效性 50.0: 企业名录「按更新周期(每日)及时交付 (1 天 + 1 个工作日)」1/1 未通过。" in gs
+    hz = text_of(html_of(run, "huzheng"))
+    assert "「常住人口」超期 6 个工作日未更新" in hz and "已超期校核工单 1 件 (最长超期 2 个工作日), 已上报数据工程师" in hz
+    assert "校核响应分 R 0.0: 到期工单 1 件, 按期处理 0 件, 超期 1 件 (每件超期扣 5 分)" in hz
+    summary = dict((r[0], r[1]) for r in sheet(run, "gongshang", "概况") if r[0])
+    assert summary["本期需处理"].startswith("「企业名录」超期 6 个工作日未更新")
+    assert summary["评分说明"].startswith("综合得分 92.0 (B)")
+
+
+def test_tickets_opened_on_an_earlier_day_stay_in_the_headline_and_count_in_the_score(
+    warehouse: Warehouse, city, tmp_path: Path
+) -> None:
+    cat, landing = city
+    night(warehouse, cat, landing, tmp_path)  # 户政's ticket for person 1 opens on 09-30, due 10-13
+    deliver_with_defects(landing, DAY2, fixed=True)
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", HEADER,
+                      [[p, n, s, b] for p, n, s, b in PEOPLE if p != PEOPLE[1][0]])  # an increment without person 1
+    run_day(warehouse, cat, landing, DAY2)
+    run = night(warehouse, cat, landing, tmp_path, DAY2, deliver=False)
+    [ticket] = read_tickets(warehouse, department="huzheng").iter_rows(named=True)
+    assert (ticket["status"], ticket["opened_on"]) == ("open", DAY1)  # not carried again: still open
+
+    text = text_of(html_of(run, "huzheng"))
+    assert "本期需贵单位处理: 待校核工单 1 件 (其中 1 件为此前报告发出, 最早期限 2026-10-13)" in text
+    # the open ticket counts as the failure it still is: 出生日期 3 evaluated (2 delivered + 1 standing), 1 failed,
+    # the same score as the night it was found — not 100.0 A with "0 rules with failures"
+    assert f"{HZ_TOTAL:.1f} A" in text and "100.0 A" not in text
+    assert "常住人口 出生日期: 出生日期与身份号码一致 准确性 警告 3 1 66.67%" in text
+    assert "共检查 10 条规则, 1 条有失败记录" in text
+    assert "此前报告发出、至今未校核的工单 1 件, 其记录本期交付未再包含: 按失败记录计入各自规则 (数据质量分 Q)" in text
+    assert f"{ticket['ticket_id']} 失败记录 常住人口 {masked_id(PEOPLE[1][0])}" in text
+
+
+def test_failing_records_are_sorted_by_rule_then_key_and_say_what_was_expected(warehouse: Warehouse, city,
+                                                                            tmp_path: Path) -> None:
+    cat, landing = city
+    deliver_with_defects(landing, DAY1)
+    p0, p1, p2 = PEOPLE
+    bad_id = p0[0][:-1] + ("0" if p0[0][-1] != "0" else "1")  # the check character no longer fits
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", HEADER, [
+        [p1[0], p1[1], p1[2], "19920316"],  # row 1: birth date ≠ ID
+        [p2[0], p2[1], "F", p2[3]],  # row 2: sex ≠ ID
+        [p0[0], p0[1], p0[2], "19800102"],  # row 3: birth date ≠ ID
+        [bad_id, "钱七", "M", "19800101"],  # row 4: invalid ID number
+    ])
+    run_day(warehouse, cat, landing, DAY1)
+    run = night(warehouse, cat, landing, tmp_path, deliver=False)
+
+    rows = sheet(run, "huzheng", "失败记录")[1:]
+    # by rule, then by key (p0's 370202…1980 before p1's 370203…); not in delivery order
+    assert [(r[5], r[12], r[10]) for r in rows] == [
+        ("dob.id_birth_date", 3, "与身份号码中的出生日期一致"),
+        ("dob.id_birth_date", 1, "与身份号码中的出生日期一致"),
+        ("pid.id_number", 4, "18 位且校验码正确 (GB 11643, 出生日期有效)"),
+        ("sex.id_gender", 2, "与身份号码中的性别一致"),
+    ]
+    assert all(r[10] != r[6] for r in rows)  # 期望 is never the rule's name again
+    text = text_of(html_of(run, "huzheng"))
+    order = [text.index(masked_id(p)) for p in (p0[0], p1[0])]
+    assert order == sorted(order)
+    assert "身份号码: 公民身份号码格式与校验位" in text and "18 位且校验码正确" in text
+
+
+def test_the_charts_are_drawn_in_chinese_and_every_line_stays_inside_its_axes() -> None:
+    import warnings
+
+    from quality.report.charts import (
+        MissingCJKFont,
+        dimension_figure,
+        pick_cjk_font,
+        render_charts,
+        trend_figure,
+    )
+
+    # a department falling to 40 with R = 100: its data score Q (25) lies far below the total
+    points = pl.DataFrame({"period": [dt.date(2026, 10, d) for d in (8, 9, 12)], "score": [92.0, 64.0, 40.0],
+                           "data_score": [90.0, 55.0, 25.0]})
+    grades = list(CONFIG.grades.values())
+    ax = trend_figure(points, grades).axes[0]
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("综合得分趋势", "批次日期", "得分")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["综合得分", "数据质量分 Q"]
+    low, high = ax.get_ylim()
+    plotted = [y for line in ax.get_lines() for y in line.get_ydata() if line.get_label() in ("综合得分", "数据质量分 Q")]
+    assert -5 <= low < min(plotted) and max(plotted) <= 100 < high <= 105  # no line below (or above) its axis
+    dims = [{"name": d.value, "value": v} for d, v in zip(Dimension, [93.3, 100, 94.4, None, 0.0, 100], strict=True)]
+    ax = dimension_figure(dims).axes[0]
+    assert (ax.get_title(), ax.get_xlabel()) == ("各维度得分 (GB/T 36344)", "得分")
+    assert [t.get_text() for t in ax.get_yticklabels()] == [d.value for d in Dimension]
+    assert "无规则" in [t.get_text() for t in ax.texts] and ax.get_xlim() == (0, 112)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph … missing from font(s)" where it would draw a box
+        charts = render_charts(points, dims, grades)
+    assert [c["alt"] for c in charts] == ["综合得分趋势", "各维度得分"]
+    assert pick_cjk_font(["DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC"]) == "Noto Sans CJK SC"
+    assert pick_cjk_font(["DejaVu Sans", "Liberation Sans"]) is None
+    assert "fonts-noto-cjk" in str(MissingCJKFont())

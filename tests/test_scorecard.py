@@ -182,3 +182,46 @@ class _Names:
 
     def department(self, code: str):
         return self._D(code)
+
+
+def test_open_tickets_on_records_the_latest_batch_did_not_carry_count_as_failures_of_their_rules(tmp_path: Path) -> None:
+    from catalog.loader import load_catalogue
+    from quality.scorecard.inputs import open_ticket_counts, rule_labels, with_open_tickets
+    from quality.tickets.store import TICKET_SCHEMA
+    from tests import citykit
+
+    cat = load_catalogue(citykit.write_catalogue(tmp_path))
+    day = dt.date(2026, 10, 9)
+
+    def ticket(i: int, kind: str, resource: str, items: str, last: str, status: str = "open",
+               resolved: dt.date | None = None, opened: dt.date = dt.date(2026, 9, 30)) -> dict:
+        return {**dict.fromkeys(TICKET_SCHEMA), "ticket_id": f"JH-{i}", "kind": kind, "department": resource.split("_")[0],
+                "resource_id": resource, "items": items, "last_batch": last, "opened_on": opened, "status": status,
+                "resolved_on": resolved}
+
+    tickets = pl.DataFrame([
+        ticket(1, "record", "huzheng_renkou", "dob.id_birth_date; sex.id_gender", "huzheng_renkou.20260930.1"),
+        ticket(2, "record", "huzheng_renkou", "bad_date", "huzheng_renkou.20260930.1", "overdue"),  # → delivery.parse
+        ticket(3, "record", "huzheng_renkou", "dob.id_birth_date", "huzheng_renkou.20261009.1"),  # seen in the latest batch
+        ticket(4, "record", "huzheng_renkou", "dob.id_birth_date", "huzheng_renkou.20260930.1", "answered",
+               resolved=dt.date(2026, 10, 8)),  # answered: the department's part is done
+        ticket(5, "record", "huzheng_renkou", "dob.id_birth_date", "huzheng_renkou.20260930.1", "fixed",
+               resolved=dt.date(2026, 10, 12)),  # fixed only after the period: still open at 10-09
+        ticket(6, "conflict", "shebao_canbao", "full_name", "shebao_canbao.20260930.1"),  # → full_name.authority
+        ticket(7, "record", "huzheng_renkou", "dob.id_birth_date", "huzheng_renkou.20260930.1",
+               opened=dt.date(2026, 10, 12)),  # opened after the period
+    ], schema=TICKET_SCHEMA)
+    batches = pl.DataFrame({"resource_id": ["huzheng_renkou", "shebao_canbao"],
+                            "batch_id": ["huzheng_renkou.20261009.1", "shebao_canbao.20261009.1"]})
+    carried = open_ticket_counts(tickets, batches, day, rule_labels(cat))
+    got = {(r["resource_id"], r["rule_id"]): (r["evaluated"], r["failed"], r["dimension"], r["label"])
+           for r in carried.iter_rows(named=True)}
+    assert got == {
+        ("huzheng_renkou", "dob.id_birth_date"): (2, 2, "准确性", "出生日期: 出生日期与身份号码一致"),
+        ("huzheng_renkou", "sex.id_gender"): (1, 1, "准确性", "性别: 性别与身份号码一致"),
+        ("huzheng_renkou", "delivery.parse"): (1, 1, "规范性", "日期与数值可按目录格式解析"),
+        ("shebao_canbao", "full_name.authority"): (1, 1, "一致性", "姓名: 与权威部门(户政中心)一致"),
+    }
+    latest = rules(("huzheng", "huzheng_renkou", "dob.id_birth_date", Dimension.accuracy, "warning", 2, 0))
+    merged = with_open_tickets(latest, carried).filter(pl.col("rule_id") == "dob.id_birth_date")
+    assert merged.select("evaluated", "failed").row(0) == (4, 2)  # 2 delivered and passing + 2 still standing

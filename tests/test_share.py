@@ -383,3 +383,59 @@ def test_a_generated_city_publishes_no_row_that_gives_an_identifier_back(warehou
     run = produce_reports(warehouse, cat, DAY1, ScorecardConfig(), key=KEY, send=False, root=tmp_path / "reports")
     assert run.outcomes and scan_tree(tmp_path / "reports", needles) == []
     assert all(scan_file(o.xlsx, needles) == [] for o in run.outcomes)
+
+
+def _same_needles(a: Needles, b: Needles) -> bool:
+    def vals(n: Needles) -> tuple:
+        return (tuple(sorted(n.ids)), tuple(sorted(n.mobiles)), tuple(sorted(n.names)), tuple(sorted(n.addresses)),
+                tuple(sorted(n.people.select("id", "name", "district").rows(), key=str)))
+    return vals(a) == vals(b)
+
+
+def _stored_needles(wh: Warehouse) -> list[tuple]:
+    with wh.engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT state FROM {wh.qualified('audit', 'leak_needles')}")).all()
+
+
+def test_the_needles_are_collected_once_per_state_of_the_base_libraries(warehouse, city) -> None:
+    cat, landing, open_root = city
+    run_day(warehouse, cat, landing, DAY1)
+    fresh = Needles.from_warehouse(warehouse, cat)
+    assert fresh.ids.len() and fresh.names.len() and fresh.people.height
+    first, reused = Needles.cached(warehouse, cat)
+    assert not reused and _same_needles(first, fresh)
+    second, reused = Needles.cached(warehouse, cat)
+    assert reused and _same_needles(second, fresh)
+    assert len(_stored_needles(warehouse)) == 1
+
+    # day 2 renames a resident: the base library's state changes, so the needles are collected again
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", HEADER,
+                      crowd_rows(rename={PEOPLE[2][0]: "钱强"}))
+    run_day(warehouse, cat, landing, DAY2)
+    third, reused = Needles.cached(warehouse, cat)
+    assert not reused and "钱强" in third.names.to_list()
+    assert _same_needles(third, Needles.from_warehouse(warehouse, cat))
+    assert len(_stored_needles(warehouse)) == 1  # the earlier state's rows are gone
+    assert Needles.cached(warehouse, cat)[1]
+
+
+def test_two_steps_collecting_the_needles_at_once_store_one_set(warehouse_url, city) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    cat, landing, _ = city
+    wh = Warehouse(warehouse_url)
+    run_day(wh, cat, landing, DAY1)
+
+    def step(_: int) -> Needles:
+        own = Warehouse(warehouse_url)  # each step process opens its own warehouse
+        try:
+            return Needles.cached(own, cat)[0]
+        finally:
+            own.dispose()
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(step, range(2))
+    fresh = Needles.from_warehouse(wh, cat)
+    assert _same_needles(a, fresh) and _same_needles(b, fresh)
+    assert len(_stored_needles(wh)) == 1
+    assert Needles.cached(wh, cat)[1]
+    wh.dispose()

@@ -95,6 +95,8 @@ def sql_type(dtype: pl.DataType) -> sa.types.TypeEngine:
         return sa.Double()
     if dtype == pl.Boolean:
         return sa.Boolean()
+    if dtype == pl.Binary:
+        return sa.LargeBinary()
     return sa.Text()
 
 

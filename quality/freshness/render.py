@@ -9,6 +9,7 @@ from quality.freshness.calendar import aware, calendar_note, city_zone, clock
 from quality.freshness.evaluate import Status, uncovered_years
 from quality.freshness.store import evaluate_catalogue
 from quality.templating import render
+from quality.terminal import table
 from warehouse.store import Warehouse
 
 
@@ -47,13 +48,13 @@ def freshness_lines(wh: Warehouse, catalogue: Catalogue, now: dt.datetime) -> li
     tz = city_zone(catalogue)
     evaluations = evaluate_catalogue(wh, catalogue, now)
     local = aware(now).astimezone(tz)
-    lines = ["", f"时效 · 截至 {local:%Y-%m-%d %H:%M} ({tz.key}) · 工作日按国家法定节假日",
-             f"{'资源':<24}{'更新周期':>6}{'最近交付':>18}{'超期时点':>18}{'滞后':>14}  状态"]
+    rows: list[list[object]] = [["资源", "更新周期", "最近交付", "超期时点", "滞后", "状态"]]
     for f in evaluations:
         label = f"{f.resource.department}/{f.resource.code} {f.resource.name}"
         deadline = local_time(f.window.deadline) if f.window else "—"
-        lines.append(f"{label:<24}{f.resource.update_cycle.value:>6}{local_time(f.delivered_at):>18}{deadline:>18}"
-                     f"{format_lag(f.lag):>14}  {f.status.label}")
+        rows.append([label, f.resource.update_cycle.value, local_time(f.delivered_at), deadline, format_lag(f.lag),
+                     f.status.label])
+    lines = ["", f"时效 · 截至 {local:%Y-%m-%d %H:%M} ({tz.key}) · 工作日按国家法定节假日", *table(rows, "<<>>><")]
     flagged = [f for f in evaluations if f.status in (Status.stale, Status.missing)]
     if flagged:
         lines.append("需关注: " + "; ".join(

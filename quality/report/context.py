@@ -30,6 +30,7 @@ from quality.freshness.render import format_lag, local_time
 from quality.report.inputs import ReportInputs
 from quality.rules import Dimension, Severity
 from quality.scorecard.compute import DIMENSION_COLUMN
+from quality.scorecard.inputs import standing_tickets
 from quality.scorecard.render import delta_text, fmt
 from quality.tickets.records import RECORD_SCHEMA, mask_key, mask_value
 from quality.tickets.transitions import ACTIVE, TicketKind, TicketStatus, due_date, working_days_late
@@ -186,7 +187,7 @@ def build_report(
     records = records.join(element_names, on=["resource_id", "field"], how="left").with_columns(
         pl.col("resource_id").replace_strict(rname, default=pl.col("resource_id")).alias("resource"),
         pl.col("field_name").fill_null(pl.col("field")).fill_null(pl.lit("整条记录")),
-    ).sort("resource_id", "row_no", "rule_id")
+    ).sort("resource", "rule_id", "entity_key", "row_no")  # by rule, then key: the order a department works in
 
     # 5. conflicts: masked values, grouped by element and value pair
     conflicts = inputs.conflicts.filter(pl.col("department") == code)
@@ -204,15 +205,19 @@ def build_report(
                 pl.lit(e.name).alias("element_name"),
                 pl.lit(catalogue.department(auth).name if isinstance(auth, str) else "按证照类型").alias("authority_name"),
             ))
-        conflicts = pl.concat(masked).sort("element", "entity_key")
+        conflicts = pl.concat(masked).sort("element", "entity_key")  # by element (the rule), then key
     else:
         conflicts = conflicts.with_columns(*[pl.lit(None, pl.String).alias(c) for c in
                                              ("value_shown", "authority_shown", "element_name", "authority_name")])
-    conflict_groups = [
-        {"element": r["element_name"], "authority": r["authority_name"], "value": r["value_shown"],
-         "authority_value": r["authority_shown"], "count": r["len"]}
-        for r in conflicts.group_by("element_name", "authority_name", "value_shown", "authority_shown").len()
-        .sort(["len", "element_name"], descending=[True, False]).iter_rows(named=True)
+    # one row per conflict, with the ticket it is answered under and the entity's token (the same as
+    # in the failing records and the share layer), and where the department delivered it
+    conflict_rows = [
+        {"ticket_id": r["ticket_id"] or "—", "element": r["element_name"], "authority": r["authority_name"],
+         "entity": r["entity"], "token": r["token"] or "—", "value": r["value_shown"] if r["value_shown"] is not None
+         else "(空)", "authority_value": r["authority_shown"] if r["authority_shown"] is not None else "(空)",
+         "expected": f"与权威来源 {r['authority_name']} 一致", "batch": r["last_seen_batch"],
+         "row_no": r["last_row_no"], "first_seen": str(r["first_seen_date"])}
+        for r in conflicts.head(config.report_rows).iter_rows(named=True)
     ]
 
     # 7. tickets: masked, overdue first
@@ -221,7 +226,12 @@ def build_report(
     counts = {s: active.filter(pl.col("status") == s).height for s in ACTIVE}
 
     deadline = due_date(day, config.ticket_working_days)
-    all_clear = not records.height and not conflicts.height and not active.height
+    standing = standing_tickets(inputs.tickets.filter(pl.col("department") == code),
+                                inputs.batches.select("resource_id", "batch_id"), day).height
+    headline = _headline(score, dimensions, rules, freshness, records, conflicts, tickets, counts, day, config,
+                         [{"name": r.name, **inputs.problems[r.id]} for r in resources if r.id in inputs.problems],
+                         standing)
+    all_clear = headline["all_clear"]
     xlsx_name = f"{dept.name}_数据质量报告_{day:%Y%m%d}.xlsx"
     issued = issued or dt.datetime.now(dt.UTC)
     context = {
@@ -235,7 +245,7 @@ def build_report(
                     "base_weight": f"{config.base_resource_weight:g}", "penalty": f"{config.overdue_penalty:g}"},
         "dimensions": dimensions, "resource_scores": resource_scores,
         "failing_rules": failing_rules, "rules_total": rules.height, "freshness": freshness,
-        "conflict_groups": conflict_groups, "conflict_total": conflicts.height,
+        "conflicts": conflict_rows, "conflict_total": conflicts.height, "headline": headline,
         "failures": [
             {"ticket_id": r["ticket_id"] or "—", "resource": r["resource"], "entity": r["entity"],
              "token": r["token"] or "—", "field": r["field_name"], "label": r["label"],
@@ -256,6 +266,8 @@ def build_report(
         ("较上期", score_ctx["delta"] if score_ctx else None),
         ("数据质量分 Q", round(score["data_score"], 2) if score and score["data_score"] is not None else None),
         ("校核响应分 R", round(score["response_score"], 2) if score else None),
+        ("本期需处理", "; ".join(headline["items"]) or "无"),
+        ("评分说明", "; ".join(([headline["score_line"]] if headline["score_line"] else []) + headline["reasons"]) or None),
         ("失败记录数", records.height), ("一数一源冲突数", conflicts.height),
         ("待校核工单", counts["open"]), ("超期工单", counts["overdue"]), ("已答复工单", counts["answered"]),
         ("令牌密钥编号", inputs.key.key_id if inputs.key else "未配置 (GONGSHU_PSEUDONYM_KEY)"),
@@ -263,6 +275,69 @@ def build_report(
     trend = inputs.history.filter((pl.col("department") == code) & pl.col("score").is_not_null())
     return DepartmentReport(dept, reference, day, context, rules, records, conflicts, tickets, freshness, summary,
                             dimensions, trend.tail(config.trend_points), list(config.grades.values()))
+
+
+def _headline(score: dict | None, dimensions: list[dict], rules: pl.DataFrame, freshness: list[dict],
+              records: pl.DataFrame, conflicts: pl.DataFrame, tickets: pl.DataFrame, counts: dict, day: dt.date,
+              config: ScorecardConfig, problems: list[dict], standing: int) -> dict:
+    """The report's first lines: every open obligation of the department (lateness, failed deliveries,
+    overdue and open 校核 tickets — those of earlier reports too —, this period's failures and
+    conflicts) and what lowered its score. ``all_clear`` (the green banner) only when there is none."""
+    items: list[dict] = []  # {"text", "urgent"}
+    for f in freshness:
+        if f["stale"]:
+            items.append({"text": f"「{f['resource']}」{f['status']}" + ("未更新" if "超期" in f["status"] else "")
+                          + f" (更新周期 {f['cycle']}, 最近交付 {f['delivered']})", "urgent": True})
+    for p in problems:
+        items.append({"text": f"「{p['name']}」{p['state']}: {p['reason']}", "urgent": True})
+    listed = tickets.filter(pl.col("status").is_in([TicketStatus.open, TicketStatus.overdue])) if tickets.height \
+        else tickets
+    if counts[TicketStatus.overdue]:
+        late = listed.filter(pl.col("status") == TicketStatus.overdue)
+        worst = late.get_column("days_late").max() if late.height else None
+        items.append({"text": f"已超期校核工单 {counts[TicketStatus.overdue]} 件"
+                      + (f" (最长超期 {worst} 个工作日)" if worst else "") + ", 已上报数据工程师", "urgent": True})
+    if counts[TicketStatus.open]:
+        waiting = listed.filter(pl.col("status") == TicketStatus.open)
+        earlier = waiting.filter(pl.col("opened_on") < day).height
+        first_due = waiting.get_column("due_date").min()
+        note = f"其中 {earlier} 件为此前报告发出, " if earlier else ""
+        items.append({"text": f"待校核工单 {counts[TicketStatus.open]} 件 ({note}最早期限 {first_due})",
+                      "urgent": False})
+    if records.height:
+        n_rules = records.select("resource_id", "rule_id").unique().height
+        items.append({"text": f"本期失败记录 {records.height:,} 条 (涉及 {n_rules} 条规则)", "urgent": False})
+    if conflicts.height:
+        items.append({"text": f"一数一源冲突 {conflicts.height:,} 处 (与权威部门的值不一致)", "urgent": False})
+    if counts[TicketStatus.answered]:
+        items.append({"text": f"已答复、待数据工程师复核的工单 {counts[TicketStatus.answered]} 件", "urgent": False})
+
+    reasons: list[str] = []
+    score_line = None
+    if score and score["score"] is not None:
+        score_line = (f"综合得分 {fmt(score['score'])} ({score['grade']}) = {config.data_weight:g} × 数据质量分 Q "
+                      f"{fmt(score['data_score'])} + {config.response_weight:g} × 校核响应分 R {fmt(score['response_score'])}")
+        failing = rules.filter(pl.col("failed") > 0).with_columns(
+            (pl.col("failed") / pl.col("evaluated")).alias("rate")).sort("rate", descending=True)
+        for d in dimensions:
+            if d["value"] is None or d["value"] >= 99.95:
+                continue
+            mine = failing.filter(pl.col("dimension") == d["name"])
+            shown = "; ".join(f"{r['resource']}「{r['label']}」{r['failed']:,}/{r['evaluated']:,} 未通过"
+                              for r in mine.head(2).iter_rows(named=True))
+            more = f" 等 {mine.height} 条规则" if mine.height > 2 else ""
+            reasons.append(f"{d['name']} {d['score']}: {shown}{more}")
+        if score["response_score"] is not None and score["response_score"] < 99.95:
+            reasons.append(f"校核响应分 R {fmt(score['response_score'])}: 到期工单 {score['tickets_due']} 件, 按期处理 "
+                           f"{score['tickets_on_time']} 件, 超期 {score['tickets_overdue']} 件 "
+                           f"(每件超期扣 {config.overdue_penalty:g} 分)")
+        if standing:
+            reasons.append(f"此前报告发出、至今未校核的工单 {standing} 件, 其记录本期交付未再包含: "
+                           "按失败记录计入各自规则 (数据质量分 Q)")
+        if not reasons:
+            reasons.append("满分: 全部规则通过, 无到期未处理的工单")
+    return {"all_clear": not items, "urgent": any(i["urgent"] for i in items), "items": [i["text"] for i in items],
+            "score_line": score_line, "reasons": reasons}
 
 
 def _ticket_rows(active: pl.DataFrame, catalogue: Catalogue, inputs: ReportInputs, rname: dict,

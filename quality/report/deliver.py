@@ -66,9 +66,13 @@ def already_sent(wh: Warehouse, category: str, reference: str) -> bool:
 def subject(report: DepartmentReport) -> str:
     s = report.context["score"]
     score = f"综合得分 {s['total']} ({s['grade']})" if s else "无评分"
-    flag = "" if report.all_clear else f" · 待校核 {report.context['ticket_counts']['open']} 件"
-    if report.context["ticket_counts"]["overdue"]:
-        flag += f" · 超期 {report.context['ticket_counts']['overdue']} 件"
+    counts = report.context["ticket_counts"]
+    late = sum(1 for f in report.context["freshness"] if f["stale"])
+    flag = f" · 超期未更新资源 {late} 项" if late else ""
+    if counts["open"]:
+        flag += f" · 待校核 {counts['open']} 件"
+    if counts["overdue"]:
+        flag += f" · 超期 {counts['overdue']} 件"
     return f"【数据质量报告】{report.department.name} {report.period} {score}{flag} ({report.reference})"
 
 

@@ -25,7 +25,9 @@ from quality.report.deliver import (
 )
 from quality.report.inputs import load_inputs
 from quality.report.render import render_html, render_xlsx
+from quality.scorecard.render import fmt
 from quality.scorecard.store import latest_run
+from quality.terminal import table
 from quality.tickets.store import read_tickets
 from quality.tickets.transitions import TicketStatus
 from warehouse.store import Warehouse
@@ -87,12 +89,13 @@ def outcome_lines(run: ReportRun, catalogue: Catalogue) -> list[str]:
     if not run.outcomes:
         return []
     folder = run.outcomes[0].html.parent
-    lines = ["", f"部门质量报告 · 批次日期 {run.period} · {folder.resolve()}"]
+    rows: list[list[object]] = [["部门", "得分", "失败记录", "冲突", "待校核", "超期", "发送", "文件"]]
     for o in run.outcomes:
         name = catalogue.department(o.department).name
-        score = f"{o.total:.1f} {o.grade}" if o.total is not None else "无评分"
-        lines.append(f"  {name:<12}{score:>9}  失败记录 {o.failures:>5}  冲突 {o.conflicts:>4}  待校核 {o.open:>4}  "
-                     f"超期 {o.overdue:>3}  {o.html.name}, {o.xlsx.name}  {delivery_label(o.delivery)}")
+        score = f"{fmt(o.total)} {o.grade}" if o.total is not None else "无评分"
+        rows.append([name, score, f"{o.failures:,}", f"{o.conflicts:,}", f"{o.open:,}", f"{o.overdue:,}",
+                     delivery_label(o.delivery), f"{o.html.name}, {o.xlsx.name}"])
+    lines = ["", f"部门质量报告 · 批次日期 {run.period} · {folder.resolve()}", *table(rows, "<>>>>><<", indent="  ")]
     if run.escalated:
         lines.append(f"  超期工单 {run.escalated} 件已上报数据工程师: {delivery_label(run.escalation)}")
     return lines
@@ -111,18 +114,17 @@ def report_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date, root: Path) 
         pl.len().alias("open"), (pl.col("due_date") <= day).sum().alias("overdue"))
     counts = {r["department"]: r for r in open_at.iter_rows(named=True)}
     sent = read_deliveries(wh, REPORT_CATEGORY)
-    lines = ["", f"部门质量报告 · 批次日期 {day} · {folder.resolve()}"]
+    rows: list[list[object]] = [["部门", "得分", "未结工单", "超期", "发送", "文件"]]
     for dept in catalogue.departments:
         html = folder / f"{dept.code}.html"
         if not html.exists():
             continue
         s = scores.get(dept.code)
-        score = f"{s['score']:.1f} {s['grade']}" if s and s["score"] is not None else "无评分"
+        score = f"{fmt(s['score'])} {s['grade']}" if s and s["score"] is not None else "无评分"
         ref = report_reference(catalogue, dept.code, day)
         mine = sent.filter(pl.col("reference") == ref)
         status = Delivery.not_sent.label if not mine.height else delivery_label(
             f"{mine.get_column('status')[-1]} ({mine.get_column('transport')[-1]})")
         c = counts.get(dept.code, {"open": 0, "overdue": 0})
-        lines.append(f"  {dept.name:<12}{score:>9}  未结工单 {c['open']:>4}  超期 {c['overdue']:>3}  "
-                     f"{html.name}, {dept.code}.xlsx  {status}")
-    return lines
+        rows.append([dept.name, score, f"{c['open']:,}", f"{c['overdue']:,}", status, f"{html.name}, {dept.code}.xlsx"])
+    return ["", f"部门质量报告 · 批次日期 {day} · {folder.resolve()}", *table(rows, "<>>><<", indent="  ")]

@@ -86,12 +86,13 @@ def render_xlsx(report: DepartmentReport) -> bytes:
     sheet("时效", ["资源", "更新周期", "最近交付", "应交付时间", "超期时点", "滞后", "状态"],
           [[f["resource"], f["cycle"], f["delivered"], f["due"], f["deadline"], f["lag"], f["status"]]
            for f in report.freshness], [24, 8, 17, 17, 17, 14, 18])
-    sheet("一数一源冲突", ["校核单号", "数据项", "权威部门", "主体标识(脱敏)", "令牌", "本部门值(脱敏)", "权威值(脱敏)",
-                        "首次发现", "最近发现", "发现次数", "最近批次"],
+    sheet("一数一源冲突", ["校核单号", "数据项", "权威部门", "主体标识(脱敏)", "令牌", "本部门值(脱敏)", "期望",
+                        "权威值(脱敏)", "首次发现", "最近发现", "发现次数", "最近批次", "行号"],
           [[r["ticket_id"], r["element_name"], r["authority_name"], r["entity"], r["token"], r["value_shown"],
-            r["authority_shown"], str(r["first_seen_date"]), str(r["last_seen_date"]), r["times_seen"],
-            r["last_seen_batch"]] for r in report.conflicts.iter_rows(named=True)],
-          [24, 12, 14, 22, 28, 18, 18, 11, 11, 8, 26])
+            f"与权威来源 {r['authority_name']} 一致", r["authority_shown"], str(r["first_seen_date"]),
+            str(r["last_seen_date"]), r["times_seen"], r["last_seen_batch"], r["last_row_no"]]
+           for r in report.conflicts.iter_rows(named=True)],
+          [24, 12, 14, 22, 28, 18, 22, 18, 11, 11, 8, 26, 6])
     sheet("失败记录", ["校核单号", "资源", "主体标识(脱敏)", "令牌", "数据项", "规则编号", "规则", "维度", "严重程度",
                     "发现值(脱敏)", "期望", "批次", "行号"],
           [[r["ticket_id"], r["resource"], r["entity"], r["token"], r["field_name"], r["rule_id"], r["label"],

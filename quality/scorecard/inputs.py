@@ -7,6 +7,12 @@ not unparseable, no undecodable bytes), 规范性 (dates and numbers parse), 时
 rule, judged at the end of the period), 一致性 (一数一源 copies equal the authority; 关联数据
 references exist with the same name). The response score R counts the 校核 tickets, synced before
 the scorecard by the ``quality/tickets`` asset.
+
+Open tickets count in Q too (:func:`open_ticket_counts`): a record or conflict whose ticket is still
+open or overdue at the end of the period, and which the resource's latest batch did not carry again
+(an incremental delivery without that row), is a failure that still stands. It counts as a failing
+record of each rule its ticket names, as if delivered again unchanged — so a department with 200
+open tickets does not score 100 because its latest delivery happened not to repeat those rows.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from quality.consistency import compare_copies, copies, referential
 from quality.freshness.calendar import city_zone, end_of_day
 from quality.freshness.evaluate import Status
 from quality.freshness.store import evaluate_catalogue
-from quality.rules import Dimension, Severity
+from quality.rules import Dimension, Severity, resource_rules
 from quality.scorecard.compute import RESPONSE_SCHEMA, RULE_INPUT_SCHEMA
 from quality.tickets.store import read_tickets
+from quality.tickets.transitions import TicketKind
 from warehouse.base import read_current
 from warehouse.std import read_std, reconciliation_for
 from warehouse.store import Warehouse
 
 READABLE_REASONS = ("unparseable", "wrong_encoding", "bad_encoding", "nul_byte", "formula_no_value")
 PARSE_REASONS = ("bad_date", "bad_number")
+READABLE_LABEL = "记录可按目录格式读取(无法解析或含乱码的记录)"
+PARSE_LABEL = "日期与数值可按目录格式解析"
 
 
 def _resource_of_batch(batch_id: pl.Expr) -> pl.Expr:
@@ -87,10 +96,10 @@ def delivery_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFr
         rid, delivered = b["resource_id"], int(b["rows_delivered"])
         readable = delivered - bad.get(b["batch_id"], 0)
         common = {"department": dept.get(rid), "resource_id": rid, "batch_id": b["batch_id"]}
-        rows.append({**common, "rule_id": "delivery.readable", "label": "记录可按目录格式读取(无法解析或含乱码的记录)",
+        rows.append({**common, "rule_id": "delivery.readable", "label": READABLE_LABEL,
                      "dimension": Dimension.accessibility.value, "severity": Severity.blocking.value,
                      "evaluated": delivered, "failed": bad.get(b["batch_id"], 0)})
-        rows.append({**common, "rule_id": "delivery.parse", "label": "日期与数值可按目录格式解析",
+        rows.append({**common, "rule_id": "delivery.parse", "label": PARSE_LABEL,
                      "dimension": Dimension.conformity.value, "severity": Severity.warning.value,
                      "evaluated": readable, "failed": parse.get(b["batch_id"], 0)})
     return pl.DataFrame([r for r in rows if r["department"]], schema=RULE_INPUT_SCHEMA)
@@ -179,15 +188,96 @@ def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.Dat
     return pl.DataFrame(rows, schema=RULE_INPUT_SCHEMA)
 
 
+def rule_labels(catalogue: Catalogue) -> pl.DataFrame:
+    """(resource_id, rule_id, label, dimension, severity) of every rule a ticket can name: the row rules,
+    the delivery rules a quarantine reason falls under, and ``<element>.authority`` of copied elements."""
+    rows = []
+    for resource in catalogue.resources:
+        lib = catalogue.library(resource.library)
+        for rule in resource_rules(catalogue, resource):
+            rows.append((resource.id, rule.id, rule.label, rule.dimension.value, rule.severity.value))
+        rows.append((resource.id, "delivery.readable", READABLE_LABEL, Dimension.accessibility.value,
+                     Severity.blocking.value))
+        rows.append((resource.id, "delivery.parse", PARSE_LABEL, Dimension.conformity.value, Severity.warning.value))
+        for element in copies(catalogue, resource):
+            auth = catalogue.authority(lib.code, element)
+            name = catalogue.department(auth).name if isinstance(auth, str) else "权威部门"
+            rows.append((resource.id, f"{element}.authority", f"{lib.element(element).name}: 与权威部门({name})一致",
+                         Dimension.consistency.value, Severity.warning.value))
+    return pl.DataFrame(rows, schema={"resource_id": pl.String, "rule_id": pl.String, "label": pl.String,
+                                      "dimension": pl.String, "severity": pl.String}, orient="row")
+
+
+def unresolved_at(tickets: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """Tickets opened by ``day`` and neither answered, fixed nor closed by then (open or overdue at ``day``)."""
+    # answering, fixing and closing an open or overdue ticket all set resolved_on
+    still = pl.col("resolved_on").is_null() | (pl.col("resolved_on") > day)
+    return tickets.filter((pl.col("opened_on") <= day) & still)
+
+
+def _latest(batches: pl.DataFrame) -> dict[str, str]:
+    return dict(zip(batches.get_column("resource_id").to_list(), batches.get_column("batch_id").to_list(),
+                    strict=True)) if batches.height else {}
+
+
+def standing_tickets(tickets: pl.DataFrame, batches: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """Tickets unresolved at ``day`` whose record or conflict the resource's latest batch (``batches``:
+    resource_id, batch_id) did not carry again: failures that still stand beside that batch."""
+    def order(col: str) -> tuple[pl.Expr, pl.Expr]:  # quality.tickets.sync.batch_order as expressions
+        parts = pl.col(col).str.extract_groups(r"\.(\d{8})\.(\d+)$")
+        return parts.struct.field("1"), parts.struct.field("2").cast(pl.Int64)
+
+    (d0, s0), (d1, s1) = order("last_batch"), order("latest_batch")
+    latest = batches.select("resource_id", pl.col("batch_id").alias("latest_batch"))
+    return (unresolved_at(tickets, day).join(latest, on="resource_id", how="inner")
+            .filter((d0 < d1) | ((d0 == d1) & (s0 < s1))).drop("latest_batch"))
+
+
+def open_ticket_counts(tickets: pl.DataFrame, batches: pl.DataFrame, day: dt.date,
+                       labels: pl.DataFrame) -> pl.DataFrame:
+    """Failures that still stand (pure): per resource and rule, the tickets unresolved at ``day`` whose
+    record or conflict the resource's latest batch (``batches``: resource_id, batch_id) did not carry
+    again. Each counts once as evaluated and once as failed for every rule its ticket names; a
+    quarantine reason counts under the delivery rule it belongs to (可访问性 / 规范性), a conflict under
+    ``<element>.authority``. What the latest batch carried is counted by that batch's own rules."""
+    latest = _latest(batches)
+    open_ = standing_tickets(tickets, batches, day)
+    rule = pl.col("item")
+    rule = (pl.when(pl.col("kind") == TicketKind.conflict.value).then(pl.concat_str([rule, pl.lit(".authority")]))
+            .when(rule.is_in(READABLE_REASONS)).then(pl.lit("delivery.readable"))
+            .when(rule.is_in(PARSE_REASONS)).then(pl.lit("delivery.parse"))
+            .otherwise(rule))
+    counts = (open_.with_columns(pl.col("items").str.split("; ").alias("item")).explode("item")
+              .with_columns(rule.alias("rule_id")).unique(["ticket_id", "rule_id"])
+              .group_by("department", "resource_id", "rule_id").agg(pl.len().cast(pl.Int64).alias("n")))
+    out = counts.join(labels, on=["resource_id", "rule_id"], how="inner").with_columns(
+        pl.col("resource_id").replace_strict(latest, default=None).alias("batch_id"),
+        pl.col("n").alias("evaluated"), pl.col("n").alias("failed"))
+    return out.select(list(RULE_INPUT_SCHEMA)).cast(RULE_INPUT_SCHEMA).sort("department", "resource_id", "rule_id")
+
+
+def with_open_tickets(rules: pl.DataFrame, carried: pl.DataFrame) -> pl.DataFrame:
+    """The latest batches' rule counts plus the failures that still stand (:func:`open_ticket_counts`)."""
+    if not carried.height:
+        return rules
+    first = [pl.col(c).drop_nulls().first() for c in ("batch_id", "label", "dimension", "severity")]
+    return (pl.concat([rules, carried]).group_by("department", "resource_id", "rule_id", maintain_order=True)
+            .agg(*first, pl.col("evaluated").sum(), pl.col("failed").sum())
+            .select(list(RULE_INPUT_SCHEMA)).cast(RULE_INPUT_SCHEMA))
+
+
 def gather_rules(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> pl.DataFrame:
-    """Every rule count the scorecard of ``day`` is computed from (latest batch of each resource)."""
+    """Every rule count the scorecard of ``day`` is computed from (latest batch of each resource), with
+    the tickets still open on records the latest batch did not carry again (:func:`open_ticket_counts`)."""
     batches = latest_batches(wh, day)
     known = {r.id for r in catalogue.resources}
     batches = batches.filter(pl.col("resource_id").is_in(list(known)))
     parts = [stored_rule_counts(wh, batches), delivery_rule_counts(wh, catalogue, batches),
              timeliness_rule_counts(wh, catalogue, day), consistency_rule_counts(wh, catalogue, batches)]
-    return pl.concat([p.select(list(RULE_INPUT_SCHEMA)).cast(RULE_INPUT_SCHEMA) for p in parts]).sort(
-        "department", "resource_id", "dimension", "rule_id")
+    rules = pl.concat([p.select(list(RULE_INPUT_SCHEMA)).cast(RULE_INPUT_SCHEMA) for p in parts])
+    carried = open_ticket_counts(read_tickets(wh), batches.select("resource_id", "batch_id"), day,
+                                 rule_labels(catalogue))
+    return with_open_tickets(rules, carried).sort("department", "resource_id", "dimension", "rule_id")
 
 
 def response_counts(tickets: pl.DataFrame, day: dt.date) -> pl.DataFrame:

@@ -10,7 +10,14 @@ from quality.scorecard.compute import DIMENSION_COLUMN, Scorecard
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    """A score as reports show it; one below 100 never reads as a full 100.0 (99.96 → 99.9): a
+    department with anything open must not read a perfect score."""
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    if value < 100 and float(text) >= 100:
+        return f"{100 - 10 ** -digits:.{digits}f}"
+    return text
 
 
 def delta_text(now: float | None, before: float | None) -> str:

@@ -7,6 +7,8 @@ value. Everything shown to people masks the key (:func:`mask_key`) and adds a ke
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Sequence
 
 import polars as pl
@@ -23,7 +25,7 @@ from desensitize.rules import (
     joint_specs,
     preview_spec,
 )
-from quality.rules import Dimension, Severity
+from quality.rules import Dimension, Severity, expected_text, resource_rules
 from warehouse.store import Warehouse
 
 # --- how a record is shown to people ---------------------------------------------------------------
@@ -115,6 +117,39 @@ def _rule_meta(wh: Warehouse, batch_id: str) -> pl.DataFrame:
     return meta.sort("checked_at").unique("rule_id", keep="last").drop("checked_at")
 
 
+def _batch_date(batch_id: str) -> dt.date | None:
+    m = re.search(r"\.(\d{8})\.\d+$", batch_id)
+    return dt.datetime.strptime(m.group(1), "%Y%m%d").date() if m else None
+
+
+def _format_text(formats: Sequence[str]) -> str:
+    """``%Y%m%d`` → ``YYYYMMDD``: a date format as a department's staff write it."""
+    words = {"%Y": "YYYY", "%m": "MM", "%d": "DD", "%H": "hh", "%M": "mm", "%S": "ss"}
+    out = []
+    for f in formats:
+        for k, v in words.items():
+            f = f.replace(k, v)
+        out.append(f)
+    return " 或 ".join(out)
+
+
+def expected_expr(catalogue: Catalogue, resource: Resource, batch_id: str) -> pl.Expr:
+    """The 期望 of a failing record, from its ``rule_id`` and ``field``: what would have passed
+    (:func:`quality.rules.expected_text`; for a date that did not parse, the formats the catalogue
+    declares), never the rule's name again; the stored text where the rule is unknown."""
+    out = pl.col("expected")
+    for r in resource_rules(catalogue, resource, _batch_date(batch_id)):
+        out = pl.when(pl.col("rule_id") == r.id).then(pl.lit(expected_text(r))).otherwise(out)
+    for f in resource.fields:
+        if f.formats:
+            out = pl.when((pl.col("rule_id") == "bad_date") & (pl.col("field") == f.element)).then(
+                pl.lit(f"日期, 格式 {_format_text(f.formats)}")).otherwise(out)
+    readable = [c for c, d in _PARSE_DIMENSION.items() if d == Dimension.accessibility]
+    return (pl.when(pl.col("rule_id").is_in(readable)).then(pl.lit("可按目录声明的格式与编码读取的记录"))
+            .when(pl.col("rule_id") == "bad_number").then(pl.lit("数值"))
+            .otherwise(out))
+
+
 def failing_records(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id: str,
                     keys: pl.DataFrame | None = None) -> pl.DataFrame:
     """Every failing record of a batch: rule failures (``quality.failures``) and rows quarantined
@@ -166,7 +201,8 @@ def failing_records(wh: Warehouse, catalogue: Catalogue, resource: Resource, bat
     if not frames:
         return pl.DataFrame(schema=RECORD_SCHEMA)
     cols = ["row_no", "rule_id", "label", "dimension", "severity", "field", "value_masked", "expected"]
-    found = pl.concat([f.select(cols).cast({"row_no": pl.Int64}) for f in frames])
+    found = pl.concat([f.select(cols).cast({"row_no": pl.Int64}) for f in frames]).with_columns(
+        expected_expr(catalogue, resource, batch_id).alias("expected"))
     keyed = found.join(keys, on="row_no", how="left")
     return keyed.select(
         pl.lit(resource.department).alias("department"), pl.lit(resource.id).alias("resource_id"),
