@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from catalog.loader import Catalogue
 from catalog.models import ApiChannel
@@ -49,8 +49,11 @@ class _PagesHandler(SimpleHTTPRequestHandler):
         pass
 
     def send_head(self):
-        first = unquote(urlparse(self.path).path).lstrip("/").split("/", 1)[0]
-        if first not in PAGES or ".." in self.path:
+        # judged on the path the handler would open (decoded, normalised, symbolic links followed), so
+        # neither ../ nor %2e%2e nor a link leads out of the page folders
+        target = Path(self.translate_path(self.path)).resolve()
+        root = Path(self.directory).resolve()
+        if not any(target == root / p or target.is_relative_to(root / p) for p in PAGES):
             self.send_error(404, "not found")
             return None
         return super().send_head()
