@@ -10,6 +10,8 @@
     gongshu report --date 2026-11-21         # scorecard, 校核 tickets and department reports (and mail)
     gongshu ticket answer JH-GAJ-20261121-0001 --note "已核实并更正" --by 张三
     gongshu ticket import-reply 回复.xlsx | gongshu ticket extend ID --days 5 --approved-by 李四
+    gongshu share apply --requester rsj --library person --elements name,mobile --purpose 社保待遇资格认证 --until 2027-12-31
+    gongshu share review ID --dept gaj --agree | gongshu share approve ID --by 王局 | gongshu share trace FILE
 
 Errors are reported as one clear message (file, row, field where known) and exit code 2, never
 as a traceback. Settings come from the environment as for the code location
@@ -313,6 +315,108 @@ def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, st
     return 0
 
 
+def cmd_share(args: argparse.Namespace) -> int:
+    """共享申请 and 依申请开放: apply, opinion, approval, revocation, list, show, trace, report."""
+    from catalog.loader import cached_catalogue
+
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        return _share(args, r, catalogue, configured)
+
+
+def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
+    from quality.freshness.calendar import city_zone
+    from sharing import commands as sc
+    from sharing import store
+    from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision, RequesterType
+
+    wh = r.warehouse.get()
+    tz = city_zone(catalogue)
+    try:
+        if args.action == "apply":
+            kind = ApplicationKind.open if args.open else ApplicationKind.share
+            rtype = RequesterType(args.requester_type) if args.requester_type else (
+                RequesterType.citizen if args.open else RequesterType.department)
+            done = sc.apply(wh, catalogue, requester=args.requester, library=args.library,
+                            elements=args.elements.split(","), purpose=args.purpose, until=args.until,
+                            row_filter=args.filter, kind=kind, requester_type=rtype,
+                            requester_name=args.requester_name, not_collected=args.not_collected, tz=tz)
+            a = done.application
+            print(f"申请编号 {a['application_id']} · {kind.label} · {a['requester_name']} · "
+                  f"状态: {ApplicationStatus(a['status']).label}"
+                  + (f" · 数源部门意见期限 {a['opinion_due']}" if a["opinion_due"] else ""))
+            for e in done.elements:
+                print(f"  {e['element_name']}({e['element']}) {e['share_class']}: {Decision(e['decision']).label}"
+                      + (f" — {e['reason']}" if e["reason"] else "")
+                      + (f" (待 {e['authority']} 出具意见)" if e["decision"] == Decision.pending.value else ""))
+        elif args.action == "review":
+            a = sc.review(wh, args.id, dept=args.dept, agree=args.agree, note=args.note,
+                          elements=args.elements.split(",") if args.elements else None, tz=tz).application
+            print(f"申请 {a['application_id']} 已登记 {args.dept} 的意见 ({'同意' if args.agree else '不同意'}); "
+                  f"状态: {ApplicationStatus(a['status']).label}"
+                  + (f" · 审批期限 {a['approval_due']}" if a["status"] == "approval" else ""))
+        elif args.action in ("approve", "reject"):
+            a = sc.decide(wh, args.id, approve=args.action == "approve", by=args.by, note=args.note).application
+            print(f"申请 {a['application_id']} {'已批准' if args.action == 'approve' else '未批准'} ({args.by}); "
+                  f"状态: {ApplicationStatus(a['status']).label}")
+        elif args.action == "revoke":
+            a = sc.revoke(wh, args.id, by=args.by, note=args.note).application
+            print(f"申请 {a['application_id']} 已撤销 ({args.by}), 次日起停止提供")
+        elif args.action == "list":
+            apps = store.read_applications(wh, status=args.status)
+            for a in apps.iter_rows(named=True):
+                due = a["opinion_due"] if a["status"] == "opinion" else a["approval_due"] if a["status"] == "approval" else None
+                print(f"{a['application_id']}  {ApplicationStatus(a['status']).label:<8}  {a['requester_name']}  "
+                      f"{a['library']}  有效期至 {a['valid_until']}" + (f"  期限 {due}" if due else "")
+                      + f"  用途: {a['purpose']}")
+            print(f"共 {apps.height} 件")
+        elif args.action == "show":
+            for line in show_lines(wh, args.id):
+                print(line)
+        elif args.action == "trace":
+            return _share_trace(args, r, catalogue, wh)
+    except ApplicationError as exc:
+        print(f"错误: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
+    raise NotImplementedError("trace")
+
+
+def show_lines(wh, application_id: str) -> list[str]:
+    from sharing import store
+    from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision, Event
+
+    apps = store.read_applications(wh, application_id=application_id.strip())
+    if apps.is_empty():
+        raise ApplicationError(f"没有编号为 {application_id} 的申请")
+    a = apps.row(0, named=True)
+    out = [f"申请 {a['application_id']} · {ApplicationKind(a['kind']).label} · 状态: {ApplicationStatus(a['status']).label}",
+           f"  申请方: {a['requester_name']} ({a['requester']}, {a['requester_type']})",
+           f"  基础库: {a['library']} · 用途: {a['purpose']} · 有效期至 {a['valid_until']}"
+           + (f" · 行范围: {a['row_filter']}" if a["row_filter"] else ""),
+           f"  提交: {a['submitted_at']:%Y-%m-%d %H:%M} UTC · 意见期限 {a['opinion_due'] or '—'} · "
+           f"审批期限 {a['approval_due'] or '—'}"]
+    if a["decided_by"]:
+        out.append(f"  决定: {a['decided_by']} {a['decided_at']:%Y-%m-%d %H:%M} UTC {a['decision_note'] or ''}")
+    out.append("  数据元:")
+    for e in store.read_elements(wh, application_id=a["application_id"]).iter_rows(named=True):
+        out.append(f"    {e['element_name']}({e['element']}) {e['share_class']} · 权威部门 {e['authority'] or '—'} · "
+                   f"{Decision(e['decision']).label}" + (f" — {e['reason']}" if e["reason"] else "")
+                   + (f" · 意见: {e['opinion_note']}" if e["opinion_note"] else ""))
+    out.append("  审计记录:")
+    for ev in store.read_events(wh, a["application_id"]).iter_rows(named=True):
+        label = Event(ev["action"]).label if ev["action"] in Event._value2member_map_ else ev["action"]
+        out.append(f"    {ev['at']:%Y-%m-%d %H:%M} {label} · {ev['actor'] or ''}" + (f" · {ev['note']}" if ev["note"] else ""))
+    ex = store.read_extracts(wh, a["application_id"])
+    for x in ex.iter_rows(named=True):
+        out.append(f"    {x['at']:%Y-%m-%d %H:%M} 提取 {x['as_of']} · {x['rows']} 行 · {x['folder']}")
+    return out
+
+
 def cmd_serve_api(args: argparse.Namespace) -> int:
     from pipelines.demo_api import make_server
 
@@ -430,6 +534,40 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--status", action="append", choices=["open", "overdue", "answered", "fixed", "closed"])
     t.set_defaults(func=cmd_ticket)
 
+    sh = sub.add_parser("share", help="共享申请与依申请开放: 申请、意见、审批、撤销、列出、查看、溯源")
+    shs = sh.add_subparsers(dest="action", required=True)
+    sa_ = shs.add_parser("apply", help="提交申请 (打印申请编号)")
+    sa_.add_argument("--requester", required=True, help="使用部门代码; 依申请开放: 申请人名称")
+    sa_.add_argument("--library", required=True)
+    sa_.add_argument("--elements", required=True, help="数据元代码, 逗号分隔")
+    sa_.add_argument("--purpose", required=True)
+    sa_.add_argument("--until", required=True, type=_date, help="有效期至 YYYY-MM-DD")
+    sa_.add_argument("--filter", help="行范围, SQL 表达式, 如 \"insurance_status = '1'\"")
+    sa_.add_argument("--open", action="store_true", help="依申请开放 (申请人为公民或企业)")
+    sa_.add_argument("--requester-type", choices=["department", "citizen", "company"])
+    sa_.add_argument("--requester-name")
+    sa_.add_argument("--not-collected", action="store_true", help="数据尚未采集 (意见期限 7 个工作日)")
+    sr = shs.add_parser("review", help="数源部门意见")
+    sr.add_argument("id")
+    sr.add_argument("--dept", required=True)
+    g_ = sr.add_mutually_exclusive_group(required=True)
+    g_.add_argument("--agree", dest="agree", action="store_true")
+    g_.add_argument("--disagree", dest="agree", action="store_false")
+    sr.add_argument("--note")
+    sr.add_argument("--elements", help="只对这些数据元出具意见")
+    for name, help_ in (("approve", "大数据局批准"), ("reject", "大数据局不批准"), ("revoke", "撤销已批准的申请")):
+        sp = shs.add_parser(name, help=help_)
+        sp.add_argument("id")
+        sp.add_argument("--by", required=True)
+        sp.add_argument("--note", required=name != "approve")
+    sl = shs.add_parser("list", help="列出申请")
+    sl.add_argument("--status", action="append", choices=["opinion", "approval", "approved", "rejected", "revoked", "expired"])
+    ss = shs.add_parser("show", help="查看申请、数据元决定与审计记录")
+    ss.add_argument("id")
+    st = shs.add_parser("trace", help="溯源: 泄露的提取文件来自哪份申请")
+    st.add_argument("file")
+    st.add_argument("--by", default=None, help="操作人 (记入审计)")
+    sh.set_defaults(func=cmd_share)
     ds = sub.add_parser("definitions-snapshot",
                         help="输出代码位置快照 (资产、检查、作业、调度、传感器、资源; 示范目录与默认设置)")
     ds.add_argument("--out", default=None, help="写入该文件 (默认: 打印)")
