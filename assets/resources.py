@@ -179,6 +179,11 @@ class Settings(ConfigurableResource):
         return self.home_path / "open"
 
     @property
+    def share_extracts(self) -> Path:
+        """``$GONGSHU_HOME/share``: one folder per 共享申请, one subfolder per night."""
+        return self.home_path / "share"
+
+    @property
     def gx_docs(self) -> Path:
         """``$GONGSHU_HOME/gx_docs``: one Great Expectations Data Docs page per validated batch."""
         return self.home_path / "gx_docs"
@@ -276,6 +281,15 @@ class OpenDataResource(ConfigurableResource):
         return Path(self.path)
 
 
+class ShareExtractsResource(ConfigurableResource):
+    """Where the extracts of approved 共享申请 are written (``$GONGSHU_HOME/share/<application>/<date>/``)."""
+
+    path: str
+
+    def root(self) -> Path:
+        return Path(self.path)
+
+
 # --- built from the environment: the code location and the gongshu commands ---------------------------
 
 
@@ -321,4 +335,5 @@ def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | 
         ),
         "pseudonym": PseudonymKeyResource(key=secret(KEY_ENV, environ), algorithm=settings.pseudonym_algorithm),
         "open_data": OpenDataResource(path=str(settings.open_data)),
+        "share_extracts": ShareExtractsResource(path=str(settings.share_extracts)),
     }

@@ -138,9 +138,40 @@ def cmd_run(args: argparse.Namespace) -> int:
                 status = f"失败: {result.reason or '运行未完成'} (进程输出: {log})"
             print(f"归集 {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
             failed += 0 if result.success and not unread else 1
+            if result.success:
+                failed += deliver_shares(instance, runs, day, level)
     if not args.no_summary:
         print_summary(days[-1])
     return 1 if failed else 0
+
+
+def deliver_shares(instance, runs, day: dt.date, level: int) -> int:
+    """After a successful night: the 共享申请 extracts of ``day``, one ``share_delivery`` run per active
+    application (what ``share_applications_sensor`` requests under the daemon); failed runs."""
+    from assets.share_applications import AS_OF_TAG, DELIVERY_JOB, PARTITIONS, sync_applications
+    from catalog.loader import cached_catalogue
+    from quality.freshness.calendar import city_zone, clock
+
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        today = clock().astimezone(city_zone(catalogue)).date()
+        wanted, add, delete, expired = sync_applications(instance, r.warehouse, today)
+    if add:
+        instance.add_dynamic_partitions(PARTITIONS.name, add)
+    for key in delete:
+        instance.delete_dynamic_partition(PARTITIONS.name, key)
+    for a in expired:
+        print(f"共享申请 {a} · 已到期, 停止提供", flush=True)
+    failed = 0
+    for app_id in wanted:
+        start = time.perf_counter()
+        run_id = runs.launch_partition(DELIVERY_JOB, app_id, tags={AS_OF_TAG: day.isoformat()})
+        result = runs.wait(run_id, echo=lambda line: print(line, file=sys.stderr, flush=True), level=level)
+        status = "成功" if result.success else f"失败: {', '.join(result.failed_steps) or result.reason}"
+        print(f"共享提取 {app_id} {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
+        failed += 0 if result.success else 1
+    return failed
 
 
 def failed_deliveries(day: dt.date) -> list[str]:
@@ -383,7 +414,21 @@ def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
 
 
 def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
-    raise NotImplementedError("trace")
+    """Name the application a leaked file came from (exit 0), or say it cannot (exit 1), with the evidence."""
+    from sharing.trace import TraceError, trace_file
+
+    key = r.pseudonym.get_or_none()
+    if key is None:
+        print("错误: 溯源需要假名化密钥 (GONGSHU_PSEUDONYM_KEY): 指纹由它按申请派生", file=sys.stderr)
+        return 2
+    try:
+        t = trace_file(wh, Path(args.file), key, actor=args.by)
+    except TraceError as exc:
+        print(f"错误: {exc}", file=sys.stderr)
+        return 2
+    for line in t.lines():
+        print(line)
+    return 0 if t.application is not None else 1
 
 
 def show_lines(wh, application_id: str) -> list[str]:

@@ -9,13 +9,16 @@ import shutil
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
 from catalog.loader import Catalogue, load_catalogue
+from desensitize.pseudonym import PseudonymKey
 from pipelines.cli import main
 from sharing import commands as sc
 from sharing import store
+from sharing.extract import write_extract
 from sharing.workflow import (
     TRANSITIONS,
     ApplicationError,
@@ -26,6 +29,7 @@ from sharing.workflow import (
     RequesterType,
     next_status,
 )
+from tests.share_city import demo_catalogue, persons, write_base
 from warehouse.migrations import open_warehouse
 from warehouse.store import Warehouse
 
@@ -214,3 +218,28 @@ def test_the_cli_applies_reviews_approves_lists_and_shows(warehouse_url, monkeyp
     assert "市人力社保局" in shown and "准予" in shown and "批准" in shown
     assert main(["share", "approve", app_id, "--by", "王局"]) == 2
     assert "已批准" in capsys.readouterr().err
+
+
+def test_the_cli_traces_a_leak_or_says_it_cannot(warehouse_url, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", "cli-trace-test-key-0123456789")
+    wh = open_warehouse(warehouse_url)
+    cat = demo_catalogue()
+    write_base(wh, cat, persons(300), dt.date(2026, 11, 1))
+    app_id = sc.apply(wh, cat, requester="rsj", library="person", elements=["mobile"], purpose="认证",
+                      until=dt.date(2099, 1, 1)).application["application_id"]
+    sc.review(wh, app_id, dept="rsj", agree=True)
+    sc.decide(wh, app_id, approve=True, by="王局")
+
+    x = write_extract(wh, cat, app_id, dt.date(2026, 11, 20), PseudonymKey(b"cli-trace-test-key-0123456789"), tmp_path)
+    leak = tmp_path / "leak.csv"
+    pl.read_csv(x.files[0], infer_schema=False).sample(100, seed=5).select("mobile").write_csv(leak)
+    assert main(["share", "trace", str(leak), "--by", "审计员"]) == 0
+    out = capsys.readouterr().out
+    assert f"来源: 申请 {app_id} · 申请方 市人力社保局" in out
+    other = tmp_path / "other.csv"
+    other.write_text("mobile\n" + "\n".join(f"13{i:01d}****{i:04d}" for i in range(200)), encoding="utf-8")
+    assert main(["share", "trace", str(other)]) == 1
+    assert "无法确定来源" in capsys.readouterr().out
+    assert main(["share", "trace", str(tmp_path / "missing.csv")]) == 2
+    wh.dispose()
