@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 status = f"失败: {result.reason or '运行未完成'} (进程输出: {log})"
             print(f"归集 {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
             failed += 0 if result.success and not unread else 1
-            if result.success:
+            if result.success and day == days[-1]:  # catching up several nights: the latest one's extracts
                 failed += deliver_shares(instance, runs, day, level)
     if not args.no_summary:
         print_summary(days[-1])

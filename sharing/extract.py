@@ -125,19 +125,23 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _xlsx(frame: pl.DataFrame, labels: dict[str, str]) -> bytes:
-    from openpyxl import Workbook
+    """The extract as a workbook: sheet 「数据」 (text cells written as text, never as formulas) and
+    「数据字典」. xlsxwriter in constant-memory mode: a 100,000-row extract in a few seconds."""
+    import xlsxwriter
 
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("数据")
-    ws.append(list(frame.columns))
-    for row in spreadsheet_safe(frame).iter_rows():  # the rows of one extract; openpyxl writes cell by cell
-        ws.append(list(row))
-    d = wb.create_sheet("数据字典")
-    d.append(["字段", "说明"])
-    for c in frame.columns:
-        d.append([c, labels.get(c, c)])
     buf = io.BytesIO()
-    wb.save(buf)
+    wb = xlsxwriter.Workbook(buf, {"in_memory": True, "constant_memory": True, "strings_to_formulas": False,
+                                   "strings_to_numbers": False, "strings_to_urls": False})
+    ws = wb.add_worksheet("数据")
+    ws.write_row(0, 0, frame.columns)
+    text = spreadsheet_safe(frame).with_columns(pl.col(pl.Date).dt.strftime("%Y-%m-%d"))
+    for i, row in enumerate(text.iter_rows(), start=1):  # xlsxwriter writes row by row
+        ws.write_row(i, 0, row)
+    d = wb.add_worksheet("数据字典")
+    d.write_row(0, 0, ["字段", "说明"])
+    for i, c in enumerate(frame.columns, start=1):
+        d.write_row(i, 0, [c, labels.get(c, c)])
+    wb.close()
     return buf.getvalue()
 
 
