@@ -16,9 +16,11 @@ import datetime as dt
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -43,11 +45,19 @@ from dagster import (
 )
 
 from assets.keys import base_key
-from assets.resources import PseudonymKeyResource, ShareExtractsResource, WarehouseResource
+from assets.resources import (
+    MailerResource,
+    PseudonymKeyResource,
+    Settings,
+    ShareExtractsResource,
+    WarehouseResource,
+)
 from catalog.loader import Catalogue
-from quality.freshness.calendar import city_zone, clock
+from quality.freshness import calendar
+from quality.freshness.calendar import city_zone
 from sharing import commands as sc
 from sharing.extract import ExtractRefused, write_extract
+from sharing.overdue import escalate
 
 PARTITIONS = DynamicPartitionsDefinition(name="share_application")
 EXTRACT_KEY = AssetKey(["share_application", "extract"])
@@ -59,7 +69,8 @@ NIGHTLY_JOB = "nightly_guiji"
 def build_share_application_asset(catalogue: Catalogue) -> AssetsDefinition:
     @asset(
         key=EXTRACT_KEY,
-        deps=[base_key(lib) for lib in catalogue.libraries],
+        # reads the base libraries as of the run's batch date: lineage without a per-day partition mapping
+        deps=[AssetDep(base_key(lib), partition_mapping=AllPartitionMapping()) for lib in catalogue.libraries],
         partitions_def=PARTITIONS,
         group_name="share",
         kinds={"polars", "csv", "xlsx"},
@@ -74,7 +85,7 @@ def build_share_application_asset(catalogue: Catalogue) -> AssetsDefinition:
                  share_extracts: ShareExtractsResource) -> MaterializeResult:
         app_id = context.partition_key
         tag = context.run.tags.get(AS_OF_TAG)
-        as_of = dt.date.fromisoformat(tag) if tag else clock().astimezone(city_zone(catalogue)).date() - dt.timedelta(days=1)
+        as_of = dt.date.fromisoformat(tag) if tag else calendar.clock().astimezone(city_zone(catalogue)).date() - dt.timedelta(days=1)
         key = pseudonym.get_or_none()
         if key is None:
             raise Failure(description="未设置假名化密钥 (GONGSHU_PSEUDONYM_KEY): 申请提取的令牌与指纹都由它派生, 本次不写出",
@@ -127,16 +138,19 @@ def build_share_applications_sensor(catalogue: Catalogue, interval_s: int = 60) 
         job_name=DELIVERY_JOB,
         minimum_interval_seconds=interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description="共享申请: 到期的申请置为已到期; 按已批准且在有效期内的申请增删 share_application 动态分区; "
+        description="共享申请: 到期的申请置为已到期; 超期的数源部门意见与审批邮件通知一次; "
+                    "按已批准且在有效期内的申请增删 share_application 动态分区; "
                     "每晚归集成功后, 为每个有效申请请求一次当晚批次的提取。",
     )
-    def share_applications_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource) -> SensorResult:
-        today = clock().astimezone(city_zone(catalogue)).date()
+    def share_applications_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource,
+                                  mailer: MailerResource, settings: Settings) -> SensorResult:
+        today = calendar.clock().astimezone(city_zone(catalogue)).date()
         wanted, add, delete, expired = sync_applications(context.instance, warehouse, today)
+        mailed = escalate(warehouse.get(), catalogue, today, mailer.get(), settings.engineer_emails)
         day = last_nightly_date(context.instance)
         requests = [RunRequest(run_key=f"{a}:{day}", partition_key=a, tags={AS_OF_TAG: day}) for a in wanted] if day else []
         message = (f"有效申请 {len(wanted)}; 新增分区 {', '.join(add) or '无'}; 删除分区 {', '.join(delete) or '无'}; "
-                   f"到期 {', '.join(expired) or '无'}; 最近成功归集 {day or '无'}")
+                   f"到期 {', '.join(expired) or '无'}; 超期通知 {', '.join(mailed) or '无'}; 最近成功归集 {day or '无'}")
         context.log.info(message)
         return SensorResult(
             run_requests=requests,

@@ -151,12 +151,15 @@ def deliver_shares(instance, runs, day: dt.date, level: int) -> int:
     from assets.share_applications import AS_OF_TAG, DELIVERY_JOB, PARTITIONS, sync_applications
     from catalog.loader import cached_catalogue
     from quality.freshness.calendar import city_zone, clock
+    from sharing.overdue import escalate
 
     configured = settings()
     catalogue = cached_catalogue(configured.catalogue_path)
     with resources(catalogue, configured) as r:
         today = clock().astimezone(city_zone(catalogue)).date()
         wanted, add, delete, expired = sync_applications(instance, r.warehouse, today)
+        for a in escalate(r.warehouse.get(), catalogue, today, r.mailer.get(), configured.engineer_emails):
+            print(f"共享申请 {a} · 意见或审批超期, 已邮件通知", flush=True)
     if add:
         instance.add_dynamic_partitions(PARTITIONS.name, add)
     for key in delete:
@@ -407,6 +410,11 @@ def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
                 print(line)
         elif args.action == "trace":
             return _share_trace(args, r, catalogue, wh)
+        elif args.action == "report":
+            from sharing.report import write_use_report
+
+            for path in write_use_report(wh, args.id, Path(args.out) if args.out else configured.reports):
+                print(f"使用报告: {path}")
     except ApplicationError as exc:
         print(f"错误: {exc}", file=sys.stderr)
         return 2
@@ -609,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--status", action="append", choices=["opinion", "approval", "approved", "rejected", "revoked", "expired"])
     ss = shs.add_parser("show", help="查看申请、数据元决定与审计记录")
     ss.add_argument("id")
+    sp_ = shs.add_parser("report", help="申请的使用报告 (HTML + XLSX)")
+    sp_.add_argument("id")
+    sp_.add_argument("--out", help="报告根目录 (默认 $GONGSHU_HOME/reports)")
     st = shs.add_parser("trace", help="溯源: 泄露的提取文件来自哪份申请")
     st.add_argument("file")
     st.add_argument("--by", default=None, help="操作人 (记入审计)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from catalog.loader import Catalogue
+from sharing.overdue import summary_lines as share_summary_lines
 from warehouse.std import night_problems, reconciliation_for
 from warehouse.store import Warehouse
 
@@ -42,4 +43,5 @@ def summary_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> list[str
             cur = wh.scalar(conn, f"SELECT COUNT(*) FROM {t} WHERE valid_to IS NULL")
             total = wh.scalar(conn, f"SELECT COUNT(*) FROM {t}")
             lines.append(f"{lib.name:<16}{cur:>12,}{total:>12,}")
-    return lines
+    # 共享申请: the night after the batch date is when the bureau reads this summary
+    return lines + share_summary_lines(wh, catalogue, day + dt.timedelta(days=1))

@@ -12,13 +12,17 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from openpyxl import load_workbook
 
 from catalog.loader import Catalogue, load_catalogue
 from desensitize.pseudonym import PseudonymKey
 from pipelines.cli import main
+from quality.mail import Mailer, read_deliveries
 from sharing import commands as sc
 from sharing import store
 from sharing.extract import write_extract
+from sharing.overdue import escalate, overdue_applications, summary_lines
+from sharing.report import write_use_report
 from sharing.workflow import (
     TRANSITIONS,
     ApplicationError,
@@ -243,3 +247,38 @@ def test_the_cli_traces_a_leak_or_says_it_cannot(warehouse_url, tmp_path, monkey
     assert "无法确定来源" in capsys.readouterr().out
     assert main(["share", "trace", str(tmp_path / "missing.csv")]) == 2
     wh.dispose()
+
+
+def test_overdue_opinions_and_approvals_are_in_the_summary_and_mailed_once(wh, demo, tmp_path) -> None:
+    late_opinion = apply_rsj(wh, demo)["application_id"]  # due 2026-10-13
+    late_approval = apply_rsj(wh, demo, elements=["mobile"])["application_id"]
+    sc.review(wh, late_approval, dept="rsj", agree=True, at=dt.datetime(2026, 10, 9, 9, tzinfo=TZ))  # due 10-15
+    assert overdue_applications(wh, dt.date(2026, 10, 13)) == []
+    late = {a["application_id"]: a for a in overdue_applications(wh, dt.date(2026, 10, 16))}
+    assert set(late) == {late_opinion, late_approval}
+    assert late[late_opinion]["waiting"] == ["gaj", "rsj"] and late[late_opinion]["late"] == 3  # 10-14, 15, 16
+    assert late[late_approval]["stage"] == "approval" and late[late_approval]["late"] == 1
+    text = "\n".join(summary_lines(wh, demo, dt.date(2026, 10, 16)))
+    assert f"超期 {late_opinion}" in text and "待 市公安局、市人力社保局 出具意见" in text and "待大数据局审批" in text
+    mailer = Mailer(wh, outbox=tmp_path / "outbox")
+    assert sorted(escalate(wh, demo, dt.date(2026, 10, 16), mailer, ["eng@bureau.cn"])) == sorted([late_opinion, late_approval])
+    assert escalate(wh, demo, dt.date(2026, 10, 19), mailer, ["eng@bureau.cn"]) == []  # once
+    sent = read_deliveries(wh, "share_overdue")
+    assert sent.height == 2
+    assert "mail_overdue" in store.read_events(wh, late_opinion).get_column("action").to_list()
+    assert "已于 2026-10-16 通知" in "\n".join(summary_lines(wh, demo, dt.date(2026, 10, 19)))
+
+
+def test_the_use_report_lists_decisions_events_extracts_and_traces(wh, demo, tmp_path) -> None:
+    write_base(wh, demo, persons(200), dt.date(2026, 11, 1))
+    app_id = apply_rsj(wh, demo, elements=["mobile"])["application_id"]
+    sc.review(wh, app_id, dept="rsj", agree=True)
+    sc.decide(wh, app_id, approve=True, by="王局")
+    write_extract(wh, demo, app_id, dt.date(2026, 11, 20), PseudonymKey(b"use-report-test-key-0123456789"), tmp_path / "x")
+    html, xlsx = write_use_report(wh, app_id, tmp_path / "reports")
+    text = html.read_text(encoding="utf-8")
+    assert app_id in text and "市人力社保局" in text and "社保待遇资格认证" in text and "批准" in text and "2026-11-20" in text
+    wb = load_workbook(xlsx, read_only=True)
+    assert wb.sheetnames == ["申请", "数据元", "审计记录", "提取记录", "溯源记录"]
+    rows = list(wb["提取记录"].iter_rows(values_only=True))
+    assert rows[1][2] == "200"
