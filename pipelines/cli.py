@@ -375,7 +375,8 @@ def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
             done = sc.apply(wh, catalogue, requester=args.requester, library=args.library,
                             elements=args.elements.split(","), purpose=args.purpose, until=args.until,
                             row_filter=args.filter, kind=kind, requester_type=rtype,
-                            requester_name=args.requester_name, not_collected=args.not_collected, tz=tz)
+                            requester_name=args.requester_name, not_collected=args.not_collected,
+                            scenario=args.scenario, security_measures=args.measures, linkage=args.linkage, tz=tz)
             a = done.application
             print(f"申请编号 {a['application_id']} · {kind.label} · {a['requester_name']} · "
                   f"状态: {ApplicationStatus(a['status']).label}"
@@ -450,7 +451,8 @@ def show_lines(wh, application_id: str) -> list[str]:
     out = [f"申请 {a['application_id']} · {ApplicationKind(a['kind']).label} · 状态: {ApplicationStatus(a['status']).label}",
            f"  申请方: {a['requester_name']} ({a['requester']}, {a['requester_type']})",
            f"  基础库: {a['library']} · 用途: {a['purpose']} · 有效期至 {a['valid_until']}"
-           + (f" · 行范围: {a['row_filter']}" if a["row_filter"] else ""),
+           + (f" · 行范围: {a['row_filter']}" if a["row_filter"] else "")
+           + (f" · 应用场景: {a['scenario']} · 安全措施: {a['security_measures']}" if a["scenario"] else ""),
            f"  提交: {a['submitted_at']:%Y-%m-%d %H:%M} UTC · 意见期限 {a['opinion_due'] or '—'} · "
            f"审批期限 {a['approval_due'] or '—'}"]
     if a["decided_by"]:
@@ -600,6 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     sa_.add_argument("--requester-type", choices=["department", "citizen", "company"])
     sa_.add_argument("--requester-name")
     sa_.add_argument("--not-collected", action="store_true", help="数据尚未采集 (意见期限 7 个工作日)")
+    sa_.add_argument("--linkage", action="store_true",
+                     help="申请关联: 令牌与共享层输出一致(默认每份申请专用令牌, 不可与其他提取关联)")
+    sa_.add_argument("--scenario", help="应用场景 (依申请开放必填)")
+    sa_.add_argument("--measures", help="安全保障措施 (依申请开放必填)")
     sr = shs.add_parser("review", help="数源部门意见")
     sr.add_argument("id")
     sr.add_argument("--dept", required=True)

@@ -92,7 +92,8 @@ def apply(
     wh: Warehouse, catalogue: Catalogue, *, requester: str, library: str, elements: list[str], purpose: str,
     until: dt.date, row_filter: str | None = None, kind: ApplicationKind = ApplicationKind.share,
     requester_type: RequesterType = RequesterType.department, requester_name: str | None = None,
-    not_collected: bool = False, linkage: bool = False, deadlines: Deadlines = DEFAULT_DEADLINES,
+    not_collected: bool = False, linkage: bool = False, scenario: str | None = None,
+    security_measures: str | None = None, deadlines: Deadlines = DEFAULT_DEADLINES,
     by: str | None = None, at: dt.datetime | None = None, tz: dt.tzinfo = CITY_TZ,
 ) -> Applied:
     """Record an application: 无条件 elements granted at once, 不予 refused with the reason, 有条件
@@ -117,6 +118,9 @@ def apply(
             raise ApplicationError("依申请开放的申请方是公民或企业 (--requester-type citizen|company)")
         if not (requester_name or requester or "").strip():
             raise ApplicationError("依申请开放须登记申请人名称 (--requester)")
+        if not (scenario or "").strip() or not (security_measures or "").strip():
+            # Leshan art. 26, Guigang art. 37: purpose, scenario and security measures
+            raise ApplicationError("依申请开放须说明应用场景 (--scenario) 和安全保障措施 (--measures)")
         requester_name = requester_name or requester
     row_filter = check_filter(catalogue, library, row_filter)
     found = classify(catalogue, library, elements, kind)
@@ -125,7 +129,8 @@ def apply(
         app = {k: None for k in store.APPLICATION_SCHEMA}
         app.update(application_id=_next_id(wh, conn, kind, today), kind=kind.value, requester=requester,
                    requester_type=requester_type.value, requester_name=requester_name, library=library,
-                   purpose=purpose.strip(), row_filter=row_filter, valid_until=until, linkage=linkage,
+                   purpose=purpose.strip(), scenario=(scenario or "").strip() or None,
+                   security_measures=(security_measures or "").strip() or None, row_filter=row_filter, valid_until=until, linkage=linkage,
                    not_collected=not_collected, status=None, submitted_at=now, submitted_by=by or requester_name)
         rows = [{"application_id": app["application_id"], "element": r.code, "element_name": r.name,
                  "share_class": r.share_class, "authority": ",".join(r.authority), "decision": r.decision.value,

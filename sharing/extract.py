@@ -100,7 +100,8 @@ def build_frame(catalogue: Catalogue, app: dict, granted: list[str], rows: pl.Da
     policy = application_policy(catalogue, app, granted)
     if app["row_filter"]:
         rows = rows.filter(pl.sql_expr(app["row_filter"]).fill_null(False))
-    key = application_key(master, app["application_id"])
+    # tokens are the application's own unless it was granted linkage with the share layer's outputs
+    key = master if app.get("linkage") else application_key(master, app["application_id"])
     masked = mask_snapshot(policy, rows, as_of=as_of, key=key if policy.keyed else None)
     frame = masked.frame
     smallest = None

@@ -30,7 +30,8 @@ TRACES = "share_traces"
 
 APPLICATION_SCHEMA: dict[str, pl.DataType] = {
     "application_id": pl.String(), "kind": pl.String(), "requester": pl.String(), "requester_type": pl.String(),
-    "requester_name": pl.String(), "library": pl.String(), "purpose": pl.String(), "row_filter": pl.String(),
+    "requester_name": pl.String(), "library": pl.String(), "purpose": pl.String(), "scenario": pl.String(),
+    "security_measures": pl.String(), "row_filter": pl.String(),
     "valid_until": pl.Date(), "linkage": pl.Boolean(), "not_collected": pl.Boolean(), "status": pl.String(),
     "submitted_at": pl.Datetime("us"), "submitted_by": pl.String(), "opinion_due": pl.Date(),
     "opinions_done_on": pl.Date(), "approval_due": pl.Date(), "decided_at": pl.Datetime("us"),

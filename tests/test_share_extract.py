@@ -8,23 +8,30 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 from openpyxl import Workbook
 
-from desensitize.pseudonym import PseudonymKey
+from catalog.loader import load_catalogue
+from desensitize.pseudonym import PseudonymKey, pseudonymise
 from sharing import commands as sc
 from sharing import store
 from sharing.extract import ExtractRefused, write_extract
 from sharing.fingerprint import MARK, PLAIN
 from sharing.trace import trace_file
 from sharing.workflow import ApplicationKind, RequesterType
-from tests.share_city import demo_catalogue, persons, write_base
+from tests.share_city import DEMO, demo_catalogue, persons, write_base
 from warehouse.migrations import open_warehouse
 
 KEY = PseudonymKey(b"share-extract-test-key-0123456789")
+
+
+def pseudonymise_ids(ids: pl.Series) -> list[str]:
+    """The share layer's tokens of these ID numbers (the platform key)."""
+    return ids.to_frame("v").select(pseudonymise(pl.col("v"), KEY)).to_series().to_list()
 SINCE = dt.date(2026, 11, 1)
 AS_OF = dt.date(2026, 11, 20)
 AT = dt.datetime(2026, 11, 2, 9, tzinfo=dt.UTC)
@@ -93,7 +100,8 @@ def test_open_on_request_writes_k_anonymous_columns(world) -> None:
     wh, cat, people, root = world
     a = sc.apply(wh, cat, requester="李四", requester_type=RequesterType.citizen, kind=ApplicationKind.open,
                  library="person", elements=["gender", "birth_date"], purpose="人口结构研究",
-                 until=dt.date(2027, 12, 31), at=AT).application["application_id"]
+                 until=dt.date(2027, 12, 31), at=AT, scenario="人口结构研究报告",
+                 security_measures="仅研究组内部使用").application["application_id"]
     sc.review(wh, a, dept="gaj", agree=True, at=AT)
     sc.decide(wh, a, approve=True, by="王局", at=AT)
     x = write_extract(wh, cat, a, AS_OF, KEY, root)
@@ -163,3 +171,33 @@ def test_an_application_without_granted_elements_gets_no_extract(world) -> None:
                  until=dt.date(2027, 12, 31), at=AT).application["application_id"]
     with pytest.raises(ExtractRefused):
         write_extract(wh, cat, a, AS_OF, KEY, root)
+
+
+def test_tokens_join_the_share_layer_only_when_the_application_grants_linkage(world) -> None:
+    wh, cat, _, root = world
+    own = approved(wh, cat, "rsj", ["mobile"], "认证")
+    linked = approved(wh, cat, "mzj", ["mobile"], "核对", linkage=True)
+    x_own, x_linked = (write_extract(wh, cat, a, AS_OF, KEY, root) for a in (own, linked))
+    assert x_linked.key_id == KEY.key_id and x_own.key_id != KEY.key_id
+    shared = set(pseudonymise_ids(persons(400).get_column("id_number")))
+    assert shared == set(x_linked.frame.get_column("id_number__token"))
+    assert not shared & set(x_own.frame.get_column("id_number__token"))
+
+
+def test_an_extract_that_would_publish_a_raw_identifier_is_refused_and_removed(world, tmp_path) -> None:
+    """A catalogue that keeps 手机号码 in 有条件共享 output: the leak scanner finds the raw numbers in the
+    extract, nothing stays on disk, and the audit records the finding."""
+    wh, _, _, root = world
+    folder = tmp_path / "catalog"
+    shutil.copytree(DEMO, folder)
+    main = folder / "catalogue.yaml"
+    main.write_text(main.read_text(encoding="utf-8").replace(
+        "sensitivity: 敏感, authority: rsj}", "sensitivity: 敏感, authority: rsj, masking: {restricted: keep}}"),
+        encoding="utf-8")
+    cat = load_catalogue(folder)
+    a = approved(wh, cat, "rsj", ["mobile"], "认证")
+    with pytest.raises(ExtractRefused, match="原始标识符"):
+        write_extract(wh, cat, a, AS_OF, KEY, root)
+    assert not (root / a / AS_OF.isoformat()).exists()
+    audit = store.read_extracts(wh, a)
+    assert audit.item(0, "leaks") > 0 and audit.item(0, "rows") == 0

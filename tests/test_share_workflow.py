@@ -192,8 +192,12 @@ def test_bad_input_is_named(wh, demo) -> None:
     with pytest.raises(ApplicationError, match="公民或企业"):
         sc.apply(wh, demo, requester="rsj", library="person", elements=["gender"], purpose="p",
                  until=dt.date(2027, 1, 1), kind=ApplicationKind.open)
-    a = sc.apply(wh, demo, requester="张三", requester_type=RequesterType.citizen, library="person",
+    with pytest.raises(ApplicationError, match="应用场景"):
+        sc.apply(wh, demo, requester="张三", requester_type=RequesterType.citizen, library="person",
                  elements=["gender"], purpose="学术研究", until=dt.date(2027, 1, 1), kind=ApplicationKind.open)
+    a = sc.apply(wh, demo, requester="张三", requester_type=RequesterType.citizen, library="person",
+                 elements=["gender"], purpose="学术研究", until=dt.date(2027, 1, 1), kind=ApplicationKind.open,
+                 scenario="人口结构论文", security_measures="单机存储, 不对外提供")
     assert a.application["application_id"].startswith("KF-")
 
 

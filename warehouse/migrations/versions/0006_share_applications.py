@@ -27,7 +27,7 @@ S, D, T, N, B = sa.String, sa.Date, sa.DateTime, sa.BigInteger, sa.Boolean
 TABLES = {
     ("share", "applications"): (["application_id"], [
         ("application_id", S), ("kind", S), ("requester", S), ("requester_type", S), ("requester_name", S),
-        ("library", S), ("purpose", S), ("row_filter", S), ("valid_until", D), ("linkage", B),
+        ("library", S), ("purpose", S), ("scenario", S), ("security_measures", S), ("row_filter", S), ("valid_until", D), ("linkage", B),
         ("not_collected", B), ("status", S), ("submitted_at", T), ("submitted_by", S), ("opinion_due", D),
         ("opinions_done_on", D), ("approval_due", D), ("decided_at", T), ("decided_by", S), ("decision_note", S),
         ("opinion_escalated_on", D), ("approval_escalated_on", D), ("status_since", T), ("updated_at", T),
