@@ -431,7 +431,7 @@ def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
         print("错误: 溯源需要假名化密钥 (GONGSHU_PSEUDONYM_KEY): 指纹由它按申请派生", file=sys.stderr)
         return 2
     try:
-        t = trace_file(wh, Path(args.file), key, actor=args.by)
+        t = trace_file(wh, Path(args.file), key, actor=args.by, catalogue=catalogue)
     except TraceError as exc:
         print(f"错误: {exc}", file=sys.stderr)
         return 2

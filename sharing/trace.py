@@ -15,9 +15,11 @@ from pathlib import Path
 
 import polars as pl
 
+from catalog.loader import Catalogue
 from desensitize.policy import KEY_ID_COLUMN
-from desensitize.pseudonym import PseudonymKey
+from desensitize.pseudonym import PseudonymKey, hmac_tokens
 from sharing import store
+from sharing.extract import ExtractRefused, application_policy
 from sharing.fingerprint import Verdict, application_key, detect, watermark_key
 from warehouse.store import Warehouse
 
@@ -76,28 +78,73 @@ class Trace:
     application: dict | None
     key_ids: dict[str, int]  # key id seen in a _key_id column → rows
     key_id_application: str | None
+    tokens: dict[str, tuple[int, int]] | None = None  # application → (token values matched, token values seen)
+    token_application: str | None = None
 
     def lines(self) -> list[str]:
         v = self.verdict
         out = [f"溯源 {self.file} · {self.rows} 行 · 列 {', '.join(self.columns)}"]
         if self.application is not None:
             a = self.application
+            how = "水印" if v.identified else "令牌列"
             out.append(f"来源: 申请 {a['application_id']} · 申请方 {a['requester_name']} ({a['requester']}) · "
-                       f"用途 {a['purpose']}")
+                       f"用途 {a['purpose']} (依据: {how})")
         else:
             out.append(f"无法确定来源: {v.reason}")
-        out.append(f"证据: {v.reason}" if v.identified else "证据:")
+        out.append(f"证据: 水印 {v.reason}")
         for s in v.scores[:5]:
             out.append(f"  {s.application_id}: 指纹位 {s.agree}/{s.bits} 吻合 ({s.rate:.1%}), 不同遮蔽值 {s.values} 个, "
                        f"完全吻合 {s.exact} 个" + (f", 偶然吻合概率 ≤ 1e{s.log10_chance:.0f}" if s.rate > 0.75 else ""))
+        for a, (hit, seen) in sorted((self.tokens or {}).items(), key=lambda x: -x[1][0])[:3]:
+            out.append(f"  令牌列: {hit}/{seen} 个令牌由申请 {a} 的专用密钥生成")
         if self.key_ids:
             owner = f" = 申请 {self.key_id_application} 的假名化密钥" if self.key_id_application else " (不属于任何申请)"
             out.append(f"  _key_id 列: {', '.join(self.key_ids)}{owner}")
         return out
 
 
-def trace_file(wh: Warehouse, path: Path, master: PseudonymKey, actor: str | None = None) -> Trace:
-    """Trace one leaked file against every application that has had an extract; recorded in the audit."""
+TOKEN = r"^[a-z2-7]{26}$"
+MIN_TOKENS = 20
+
+
+def token_evidence(wh: Warehouse, catalogue: Catalogue, frame: pl.DataFrame, apps: pl.DataFrame,
+                   master: PseudonymKey) -> dict[str, tuple[int, int]]:
+    """For each application with its own tokens: how many distinct token-shaped values of the file its
+    key gives to a value of its library (the base tables, every version)."""
+    columns = []
+    for c in frame.columns:
+        s = frame.get_column(c).drop_nulls()
+        if s.dtype == pl.String and s.len() and s.str.contains(TOKEN).mean() > 0.9:
+            columns.append(s.filter(s.str.contains(TOKEN)))
+    if not columns:
+        return {}
+    seen = pl.concat(columns).unique()
+    out: dict[str, tuple[int, int]] = {}
+    for a in apps.filter(~pl.col("linkage").fill_null(False)).iter_rows(named=True):
+        lib = catalogue.library(a["library"])
+        granted = store.read_elements(wh, application_id=a["application_id"]).filter(pl.col("decision") == "granted")
+        try:
+            policy = application_policy(catalogue, a, granted.get_column("element").to_list())
+        except ExtractRefused:
+            continue
+        keyed = [c.column for c in policy.columns if c.token]
+        if not keyed or not wh.exists("base", lib.code):
+            continue
+        key = application_key(master, a["application_id"])
+        with wh.engine.connect() as conn:
+            values = pl.concat([wh.read(conn, f"SELECT DISTINCT {wh.quote(c)} AS v FROM {wh.qualified('base', lib.code)}",
+                                        {"v": pl.String()}).get_column("v") for c in keyed]).drop_nulls().unique()
+        tokens = hmac_tokens(values, key)
+        out[a["application_id"]] = (int(seen.is_in(tokens).sum()), seen.len())
+    return out
+
+
+def trace_file(wh: Warehouse, path: Path, master: PseudonymKey, actor: str | None = None,
+               catalogue: Catalogue | None = None) -> Trace:
+    """Trace one leaked file against every application that has had an extract; recorded in the audit.
+
+    The watermark decides; when it cannot (no masked cell left) and ``catalogue`` is given, a token
+    column that only one application's key produced names that application."""
     path = Path(path)
     frame = read_leak(path)
     apps = store.read_applications(wh)
@@ -113,9 +160,16 @@ def trace_file(wh: Warehouse, path: Path, master: PseudonymKey, actor: str | Non
         owners = {by_key[k] for k in key_ids if k in by_key}
         owner = owners.pop() if len(owners) == 1 else None
     app = None
+    tokens = None
     if verdict.identified:
         app = apps.filter(pl.col("application_id") == verdict.application_id).row(0, named=True)
-    out = Trace(path, frame.height, frame.columns, verdict, app, key_ids, owner)
+    elif catalogue is not None:
+        tokens = token_evidence(wh, catalogue, frame, apps.filter(pl.col("application_id").is_in(candidates)), master)
+        strong = [a for a, (hit, seen) in tokens.items() if seen >= MIN_TOKENS and hit >= 0.9 * seen]
+        if len(strong) == 1 and all(hit == 0 for a, (hit, _) in tokens.items() if a != strong[0]):
+            app = apps.filter(pl.col("application_id") == strong[0]).row(0, named=True)
+    out = Trace(path, frame.height, frame.columns, verdict, app, key_ids, owner, tokens,
+                app["application_id"] if app is not None and not verdict.identified else None)
     evidence = "\n".join(out.lines()[2:])
     with wh.begin() as conn:
         store.append(wh, conn, store.TRACES, [{

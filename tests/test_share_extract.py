@@ -143,6 +143,12 @@ def test_trace_names_the_application_of_a_sampled_reordered_column_dropped_leak(
     # the key id column alone is evidence too, and names the same application
     t = trace_file(wh, _leak(src_a, tmp_path / "leak-k.csv", 150, 3, ["name", "mobile"]), KEY)
     assert t.key_id_application == a
+    # no masked cell left, but the application's own tokens: named by the token column (given the catalogue)
+    tok = _leak(src_a, tmp_path / "leak-t.csv", 100, 4, ["name", "mobile", "id_number", "_key_id"])
+    assert trace_file(wh, tok, KEY).application is None
+    t = trace_file(wh, tok, KEY, catalogue=cat)
+    assert t.application["application_id"] == a and t.token_application == a
+    assert "依据: 令牌列" in t.lines()[1]
     # a leak whose fingerprint was scrubbed (every mask character made plain) is not claimed
     scrubbed = tmp_path / "scrubbed.csv"
     scrubbed.write_text(src_a.read_text(encoding="utf-8").replace(MARK, PLAIN), encoding="utf-8")
@@ -152,7 +158,7 @@ def test_trace_names_the_application_of_a_sampled_reordered_column_dropped_leak(
     t = trace_file(wh, src_a, PseudonymKey(b"some-other-platform-key-000000"))
     assert t.application is None
     traces = store.read_traces(wh)
-    assert traces.height == 5 and traces.get_column("verdict").to_list()[:2] == ["identified", "identified"]
+    assert traces.height == 7 and traces.get_column("verdict").to_list()[:2] == ["identified", "identified"]
 
 
 def test_revoked_and_expired_applications_are_not_delivered(world) -> None:
