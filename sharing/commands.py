@@ -12,6 +12,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from catalog.loader import Catalogue
+from catalog.normalize import element_dtype
 from sharing import store
 from sharing.elements import classify
 from sharing.workflow import (
@@ -56,6 +57,11 @@ def check_filter(catalogue: Catalogue, library: str, text: str | None) -> str | 
     unknown = sorted(names - {e.code for e in lib.elements})
     if unknown:
         raise ApplicationError(f"--filter 引用了{lib.name}没有的数据元 {', '.join(unknown)}")
+    try:  # types checked against the library's columns now, not at the first night's extract
+        pl.DataFrame(schema={e.code: element_dtype(e) for e in lib.elements}).filter(expr)
+    except Exception as exc:
+        raise ApplicationError(f"--filter {text!r} 与数据元类型不符 ({type(exc).__name__}); "
+                               "日期请写作 DATE '2000-01-01', 代码值加引号, 如 gender = '1'") from None
     return text.strip()
 
 

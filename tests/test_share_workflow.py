@@ -189,6 +189,10 @@ def test_bad_input_is_named(wh, demo) -> None:
         sc.apply(wh, demo, requester="xyz", library="person", elements=["name"], purpose="p", until=dt.date(2027, 1, 1))
     with pytest.raises(ApplicationError, match="filter"):
         apply_rsj(wh, demo, row_filter="salary > 3")
+    with pytest.raises(ApplicationError, match="DATE '2000-01-01'"):
+        apply_rsj(wh, demo, row_filter="birth_date > 'abc'")
+    assert apply_rsj(wh, demo, row_filter="birth_date >= DATE '1990-01-01'")["row_filter"] == \
+        "birth_date >= DATE '1990-01-01'"
     with pytest.raises(ApplicationError, match="公民或企业"):
         sc.apply(wh, demo, requester="rsj", library="person", elements=["gender"], purpose="p",
                  until=dt.date(2027, 1, 1), kind=ApplicationKind.open)
