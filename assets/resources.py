@@ -35,6 +35,7 @@ from quality.config import ENV_PREFIX as SCORECARD_PREFIX
 from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
 from quality.results import BLOCKING_MIN_PASS_RATE
 from quality.volume import MIN_RATIO
+from sharing.workflow import Deadlines
 from warehouse.migrations import open_warehouse
 from warehouse.store import Warehouse, sqlite_url
 
@@ -63,6 +64,9 @@ VARIABLES: dict[str, str] = {
     "smtp_from": "GONGSHU_SMTP_FROM",
     "smtp_timeout_s": "GONGSHU_SMTP_TIMEOUT",
     "pseudonym_algorithm": "GONGSHU_PSEUDONYM_ALG",
+    "share_opinion_days": "GONGSHU_SHARE_OPINION_DAYS",
+    "share_opinion_days_not_collected": "GONGSHU_SHARE_OPINION_DAYS_NOT_COLLECTED",
+    "share_approval_days": "GONGSHU_SHARE_APPROVAL_DAYS",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -102,6 +106,16 @@ class Settings(ConfigurableResource):
     smtp_from: str | None = Field(None, description="GONGSHU_SMTP_FROM")
     smtp_timeout_s: float = Field(30.0, gt=0, description="GONGSHU_SMTP_TIMEOUT")
     pseudonym_algorithm: str | None = Field(None, description="GONGSHU_PSEUDONYM_ALG: sha256 或 sm3")
+    share_opinion_days: int = Field(5, ge=1, description="GONGSHU_SHARE_OPINION_DAYS: 共享申请数源部门意见期限"
+                                                         "(工作日, 贵港第二十九条)")
+    share_opinion_days_not_collected: int = Field(
+        7, ge=1, description="GONGSHU_SHARE_OPINION_DAYS_NOT_COLLECTED: 尚未采集数据的意见期限(工作日, 温州第二十条)")
+    share_approval_days: int = Field(5, ge=1, description="GONGSHU_SHARE_APPROVAL_DAYS: 大数据局审批期限"
+                                                          "(工作日, 贵港第二十九条)")
+
+    def share_deadlines(self) -> Deadlines:
+        """The working days of the 共享申请 workflow (sharing/workflow.py)."""
+        return Deadlines(self.share_opinion_days, self.share_opinion_days_not_collected, self.share_approval_days)
 
     @field_validator("log_level")
     @classmethod

@@ -376,7 +376,8 @@ def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
                             elements=args.elements.split(","), purpose=args.purpose, until=args.until,
                             row_filter=args.filter, kind=kind, requester_type=rtype,
                             requester_name=args.requester_name, not_collected=args.not_collected,
-                            scenario=args.scenario, security_measures=args.measures, linkage=args.linkage, tz=tz)
+                            scenario=args.scenario, security_measures=args.measures, linkage=args.linkage,
+                            deadlines=configured.share_deadlines(), tz=tz)
             a = done.application
             print(f"申请编号 {a['application_id']} · {kind.label} · {a['requester_name']} · "
                   f"状态: {ApplicationStatus(a['status']).label}"
@@ -387,7 +388,8 @@ def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
                       + (f" (待 {e['authority']} 出具意见)" if e["decision"] == Decision.pending.value else ""))
         elif args.action == "review":
             a = sc.review(wh, args.id, dept=args.dept, agree=args.agree, note=args.note,
-                          elements=args.elements.split(",") if args.elements else None, tz=tz).application
+                          elements=args.elements.split(",") if args.elements else None,
+                          deadlines=configured.share_deadlines(), tz=tz).application
             print(f"申请 {a['application_id']} 已登记 {args.dept} 的意见 ({'同意' if args.agree else '不同意'}); "
                   f"状态: {ApplicationStatus(a['status']).label}"
                   + (f" · 审批期限 {a['approval_due']}" if a["status"] == "approval" else ""))

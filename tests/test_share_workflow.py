@@ -290,3 +290,15 @@ def test_the_use_report_lists_decisions_events_extracts_and_traces(wh, demo, tmp
     assert wb.sheetnames == ["申请", "数据元", "审计记录", "提取记录", "溯源记录"]
     rows = list(wb["提取记录"].iter_rows(values_only=True))
     assert rows[1][2] == "200"
+
+
+def test_the_deadlines_are_settings(warehouse_url, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("GONGSHU_SHARE_OPINION_DAYS", "3")
+    assert main(["share", "apply", "--requester", "rsj", "--library", "person", "--elements", "mobile",
+                 "--purpose", "认证", "--until", "2099-12-31"]) == 0
+    today = dt.datetime.now(TZ).date()
+    assert f"数源部门意见期限 {Deadlines(opinion=3).opinion_due(today)}" in capsys.readouterr().out
+    monkeypatch.setenv("GONGSHU_SHARE_APPROVAL_DAYS", "0")
+    assert main(["share", "list"]) == 2
+    assert "GONGSHU_SHARE_APPROVAL_DAYS" in capsys.readouterr().err
