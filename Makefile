@@ -62,14 +62,29 @@ demo-key:
 	@mkdir -p "$(GONGSHU_HOME)"; test -s "$(DEMO_KEY)" || { umask 077; $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DEMO_KEY)"; }
 
 demo: install demo-key
-	rm -rf "$(GONGSHU_LANDING)" "$(GONGSHU_HOME)"/warehouse.db*
+	rm -rf "$(GONGSHU_LANDING)" "$(GONGSHU_HOME)"/warehouse.db* "$(GONGSHU_HOME)/share"
 	$(BIN)/gongshu generate --persons $(PERSONS) --seed $(SEED) --date $(DATE) --days $(DAYS) --out "$(GONGSHU_LANDING)"
+	@# 共享申请 (docs/sharing.md): 市人力社保局 applies for 人口库 姓名 and 手机号码; 市公安局 and 市人力社保局
+	@# (一数一源) agree, the data bureau approves; the nightly run below writes its extract.
+	@$(BIN)/gongshu share apply --requester rsj --library person --elements name,mobile \
+	  --purpose 社保待遇资格认证 --until 2099-12-31 | tee "$(GONGSHU_HOME)/share-apply.txt"
+	@app=$$(sed -n 's/^申请编号 \([^ ]*\).*/\1/p' "$(GONGSHU_HOME)/share-apply.txt"); \
+	  test -n "$$app" || { echo "共享申请未能提交"; exit 1; }; \
+	  $(BIN)/gongshu share review $$app --dept gaj --agree --note "限社保待遇资格认证使用" && \
+	  $(BIN)/gongshu share review $$app --dept rsj --agree && \
+	  $(BIN)/gongshu share approve $$app --by 数据资源管理处 --note 同意
 	@$(BIN)/gongshu serve-api --port $(API_PORT) --landing "$(GONGSHU_LANDING)" > "$(GONGSHU_HOME)/api.log" 2>&1 & pid=$$!; \
 	  trap "kill $$pid 2>/dev/null" EXIT; \
 	  for i in $$(seq 100); do $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(API_PORT)), 0.2)" 2>/dev/null && break; sleep 0.1; done; \
 	  $(WITH_KEY) GONGSHU_API_ZRZY_URL=http://127.0.0.1:$(API_PORT)/zrzy/bdcqz $(BIN)/gongshu run --date $(DATE) --days $(DAYS) \
 	    --manifest "$(GONGSHU_LANDING)/manifest.json"
 	$(BIN)/gongshu score-detection --manifest "$(GONGSHU_LANDING)/manifest.json"
+	@# a leak of 200 sampled rows of the extract, columns reordered, token and key-id columns dropped: traced
+	@app=$$(sed -n 's/^申请编号 \([^ ]*\).*/\1/p' "$(GONGSHU_HOME)/share-apply.txt"); \
+	  $(BIN)/python -c 'import sys, polars as pl; f = pl.read_csv(sys.argv[1], infer_schema=False); \
+	    f.sample(200, seed=1).select("mobile", "name", "valid_from").write_csv(sys.argv[2])' \
+	    "$$(ls -d "$(GONGSHU_HOME)/share/$$app"/*/ | tail -1)$$app.csv" "$(GONGSHU_HOME)/share-leak-sample.csv" && \
+	  $(WITH_KEY) $(BIN)/gongshu share trace "$(GONGSHU_HOME)/share-leak-sample.csv" --by make-demo
 
 test: lint browser
 	$(BIN)/python -m pytest

@@ -38,6 +38,7 @@ from quality.config import ENV_PREFIX as SCORECARD_PREFIX
 from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
 from quality.results import BLOCKING_MIN_PASS_RATE
 from quality.volume import MIN_RATIO
+from sharing.workflow import Deadlines
 from warehouse.migrations import open_warehouse
 from warehouse.store import Warehouse, sqlite_url
 
@@ -75,6 +76,9 @@ VARIABLES: dict[str, str] = {
     "smtp_from": "GONGSHU_SMTP_FROM",
     "smtp_timeout_s": "GONGSHU_SMTP_TIMEOUT",
     "pseudonym_algorithm": "GONGSHU_PSEUDONYM_ALG",
+    "share_opinion_days": "GONGSHU_SHARE_OPINION_DAYS",
+    "share_opinion_days_not_collected": "GONGSHU_SHARE_OPINION_DAYS_NOT_COLLECTED",
+    "share_approval_days": "GONGSHU_SHARE_APPROVAL_DAYS",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STATUSES = ("running", "stopped")  # first status of the schedule and the file-arrival sensors
@@ -129,6 +133,16 @@ class Settings(ConfigurableResource):
     smtp_from: str | None = Field(None, description="GONGSHU_SMTP_FROM")
     smtp_timeout_s: float = Field(30.0, gt=0, description="GONGSHU_SMTP_TIMEOUT")
     pseudonym_algorithm: str | None = Field(None, description="GONGSHU_PSEUDONYM_ALG: sha256 或 sm3")
+    share_opinion_days: int = Field(5, ge=1, description="GONGSHU_SHARE_OPINION_DAYS: 共享申请数源部门意见期限"
+                                                         "(工作日, 贵港第二十九条)")
+    share_opinion_days_not_collected: int = Field(
+        7, ge=1, description="GONGSHU_SHARE_OPINION_DAYS_NOT_COLLECTED: 尚未采集数据的意见期限(工作日, 温州第二十条)")
+    share_approval_days: int = Field(5, ge=1, description="GONGSHU_SHARE_APPROVAL_DAYS: 大数据局审批期限"
+                                                          "(工作日, 贵港第二十九条)")
+
+    def share_deadlines(self) -> Deadlines:
+        """The working days of the 共享申请 workflow (sharing/workflow.py)."""
+        return Deadlines(self.share_opinion_days, self.share_opinion_days_not_collected, self.share_approval_days)
 
     @field_validator("log_level")
     @classmethod
@@ -228,6 +242,11 @@ class Settings(ConfigurableResource):
     def open_data(self) -> Path:
         """``$GONGSHU_HOME/open``: the published open-data files."""
         return self.home_path / "open"
+
+    @property
+    def share_extracts(self) -> Path:
+        """``$GONGSHU_HOME/share``: one folder per 共享申请, one subfolder per night."""
+        return self.home_path / "share"
 
     @property
     def gx_docs(self) -> Path:
@@ -366,6 +385,15 @@ def safe_broker(url: str) -> str:
     return f"{scheme}{sep}{user.split(':')[0]}:***@{host}" if at else url
 
 
+class ShareExtractsResource(ConfigurableResource):
+    """Where the extracts of approved 共享申请 are written (``$GONGSHU_HOME/share/<application>/<date>/``)."""
+
+    path: str
+
+    def root(self) -> Path:
+        return Path(self.path)
+
+
 # --- built from the environment: the code location and the gongshu commands ---------------------------
 
 
@@ -411,4 +439,5 @@ def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | 
         ),
         "pseudonym": PseudonymKeyResource(key=secret(KEY_ENV, environ), algorithm=settings.pseudonym_algorithm),
         "open_data": OpenDataResource(path=str(settings.open_data)),
+        "share_extracts": ShareExtractsResource(path=str(settings.share_extracts)),
     }

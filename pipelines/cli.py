@@ -11,6 +11,8 @@
     gongshu report --date 2026-11-21         # scorecard, 校核 tickets and department reports (and mail)
     gongshu ticket answer JH-GAJ-20261121-0001 --note "已核实并更正" --by 张三
     gongshu ticket import-reply 回复.xlsx | gongshu ticket extend ID --days 5 --approved-by 李四
+    gongshu share apply --requester rsj --library person --elements name,mobile --purpose 社保待遇资格认证 --until 2027-12-31
+    gongshu share review ID --dept gaj --agree | gongshu share approve ID --by 王局 | gongshu share trace FILE
 
 Errors are reported as one clear message (file, row, field where known) and exit code 2, never
 as a traceback. Settings come from the environment as for the code location
@@ -187,6 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 status = f"失败: {result.reason or '运行未完成'} (进程输出: {log})"
             print(f"归集 {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
             failed += 0 if result.success and not unread else 1
+            if result.success and day == days[-1]:  # catching up several nights: the latest one's extracts
+                failed += deliver_shares(instance, runs, day, level)
     if not args.no_summary:
         print_summary(days[-1])
     return 1 if failed else 0
@@ -210,6 +214,38 @@ def check_workers(configured) -> None:
     else:
         print(f"Celery 执行器: 队列 {configured.celery_queue} 上暂无工作进程应答, 运行将等待到有工作进程启动 "
               "(make worker, 见 docs/deploy.md)", file=sys.stderr, flush=True)
+
+
+def deliver_shares(instance, runs, day: dt.date, level: int) -> int:
+    """After a successful night: the 共享申请 extracts of ``day``, one ``share_delivery`` run per active
+    application (what ``share_applications_sensor`` requests under the daemon); failed runs."""
+    from assets.share_applications import AS_OF_TAG, DELIVERY_JOB, PARTITIONS, sync_applications
+    from catalog.loader import cached_catalogue
+    from quality.freshness.calendar import city_zone, clock
+    from sharing.overdue import escalate
+
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        today = clock().astimezone(city_zone(catalogue)).date()
+        wanted, add, delete, expired = sync_applications(instance, r.warehouse, today)
+        for a in escalate(r.warehouse.get(), catalogue, today, r.mailer.get(), configured.engineer_emails):
+            print(f"共享申请 {a} · 意见或审批超期, 已邮件通知", flush=True)
+    if add:
+        instance.add_dynamic_partitions(PARTITIONS.name, add)
+    for key in delete:
+        instance.delete_dynamic_partition(PARTITIONS.name, key)
+    for a in expired:
+        print(f"共享申请 {a} · 已到期, 停止提供", flush=True)
+    failed = 0
+    for app_id in wanted:
+        start = time.perf_counter()
+        run_id = runs.launch_partition(DELIVERY_JOB, app_id, tags={AS_OF_TAG: day.isoformat()})
+        result = runs.wait(run_id, echo=lambda line: print(line, file=sys.stderr, flush=True), level=level)
+        status = "成功" if result.success else f"失败: {', '.join(result.failed_steps) or result.reason}"
+        print(f"共享提取 {app_id} {day} · run {run_id[:8]} · {time.perf_counter() - start:.1f} 秒 · {status}", flush=True)
+        failed += 0 if result.success else 1
+    return failed
 
 
 def failed_deliveries(day: dt.date) -> list[str]:
@@ -413,6 +449,131 @@ def _ticket(args: argparse.Namespace, wh, catalogue, scorecard_env: dict[str, st
     return 0
 
 
+def cmd_share(args: argparse.Namespace) -> int:
+    """共享申请 and 依申请开放: apply, opinion, approval, revocation, list, show, trace, report."""
+    from catalog.loader import cached_catalogue
+
+    configured = settings()
+    catalogue = cached_catalogue(configured.catalogue_path)
+    with resources(catalogue, configured) as r:
+        return _share(args, r, catalogue, configured)
+
+
+def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
+    from quality.freshness.calendar import city_zone
+    from sharing import commands as sc
+    from sharing import store
+    from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision, RequesterType
+
+    wh = r.warehouse.get()
+    tz = city_zone(catalogue)
+    try:
+        if args.action == "apply":
+            kind = ApplicationKind.open if args.open else ApplicationKind.share
+            rtype = RequesterType(args.requester_type) if args.requester_type else (
+                RequesterType.citizen if args.open else RequesterType.department)
+            done = sc.apply(wh, catalogue, requester=args.requester, library=args.library,
+                            elements=args.elements.split(","), purpose=args.purpose, until=args.until,
+                            row_filter=args.filter, kind=kind, requester_type=rtype,
+                            requester_name=args.requester_name, not_collected=args.not_collected,
+                            scenario=args.scenario, security_measures=args.measures, linkage=args.linkage,
+                            deadlines=configured.share_deadlines(), tz=tz)
+            a = done.application
+            print(f"申请编号 {a['application_id']} · {kind.label} · {a['requester_name']} · "
+                  f"状态: {ApplicationStatus(a['status']).label}"
+                  + (f" · 数源部门意见期限 {a['opinion_due']}" if a["opinion_due"] else ""))
+            for e in done.elements:
+                print(f"  {e['element_name']}({e['element']}) {e['share_class']}: {Decision(e['decision']).label}"
+                      + (f" — {e['reason']}" if e["reason"] else "")
+                      + (f" (待 {e['authority']} 出具意见)" if e["decision"] == Decision.pending.value else ""))
+        elif args.action == "review":
+            a = sc.review(wh, args.id, dept=args.dept, agree=args.agree, note=args.note,
+                          elements=args.elements.split(",") if args.elements else None,
+                          deadlines=configured.share_deadlines(), tz=tz).application
+            print(f"申请 {a['application_id']} 已登记 {args.dept} 的意见 ({'同意' if args.agree else '不同意'}); "
+                  f"状态: {ApplicationStatus(a['status']).label}"
+                  + (f" · 审批期限 {a['approval_due']}" if a["status"] == "approval" else ""))
+        elif args.action in ("approve", "reject"):
+            a = sc.decide(wh, args.id, approve=args.action == "approve", by=args.by, note=args.note).application
+            print(f"申请 {a['application_id']} {'已批准' if args.action == 'approve' else '未批准'} ({args.by}); "
+                  f"状态: {ApplicationStatus(a['status']).label}")
+        elif args.action == "revoke":
+            a = sc.revoke(wh, args.id, by=args.by, note=args.note).application
+            print(f"申请 {a['application_id']} 已撤销 ({args.by}), 次日起停止提供")
+        elif args.action == "list":
+            apps = store.read_applications(wh, status=args.status)
+            for a in apps.iter_rows(named=True):
+                due = a["opinion_due"] if a["status"] == "opinion" else a["approval_due"] if a["status"] == "approval" else None
+                print(f"{a['application_id']}  {ApplicationStatus(a['status']).label:<8}  {a['requester_name']}  "
+                      f"{a['library']}  有效期至 {a['valid_until']}" + (f"  期限 {due}" if due else "")
+                      + f"  用途: {a['purpose']}")
+            print(f"共 {apps.height} 件")
+        elif args.action == "show":
+            for line in show_lines(wh, args.id):
+                print(line)
+        elif args.action == "trace":
+            return _share_trace(args, r, catalogue, wh)
+        elif args.action == "report":
+            from sharing.report import write_use_report
+
+            for path in write_use_report(wh, args.id, Path(args.out) if args.out else configured.reports):
+                print(f"使用报告: {path}")
+    except ApplicationError as exc:
+        print(f"错误: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
+    """Name the application a leaked file came from (exit 0), or say it cannot (exit 1), with the evidence."""
+    from sharing.trace import TraceError, trace_file
+
+    key = r.pseudonym.get_or_none()
+    if key is None:
+        print("错误: 溯源需要假名化密钥 (GONGSHU_PSEUDONYM_KEY): 指纹由它按申请派生", file=sys.stderr)
+        return 2
+    try:
+        t = trace_file(wh, Path(args.file), key, actor=args.by, catalogue=catalogue)
+    except TraceError as exc:
+        print(f"错误: {exc}", file=sys.stderr)
+        return 2
+    for line in t.lines():
+        print(line)
+    return 0 if t.application is not None else 1
+
+
+def show_lines(wh, application_id: str) -> list[str]:
+    from sharing import store
+    from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision, Event
+
+    apps = store.read_applications(wh, application_id=application_id.strip())
+    if apps.is_empty():
+        raise ApplicationError(f"没有编号为 {application_id} 的申请")
+    a = apps.row(0, named=True)
+    out = [f"申请 {a['application_id']} · {ApplicationKind(a['kind']).label} · 状态: {ApplicationStatus(a['status']).label}",
+           f"  申请方: {a['requester_name']} ({a['requester']}, {a['requester_type']})",
+           f"  基础库: {a['library']} · 用途: {a['purpose']} · 有效期至 {a['valid_until']}"
+           + (f" · 行范围: {a['row_filter']}" if a["row_filter"] else "")
+           + (f" · 应用场景: {a['scenario']} · 安全措施: {a['security_measures']}" if a["scenario"] else ""),
+           f"  提交: {a['submitted_at']:%Y-%m-%d %H:%M} UTC · 意见期限 {a['opinion_due'] or '—'} · "
+           f"审批期限 {a['approval_due'] or '—'}"]
+    if a["decided_by"]:
+        out.append(f"  决定: {a['decided_by']} {a['decided_at']:%Y-%m-%d %H:%M} UTC {a['decision_note'] or ''}")
+    out.append("  数据元:")
+    for e in store.read_elements(wh, application_id=a["application_id"]).iter_rows(named=True):
+        out.append(f"    {e['element_name']}({e['element']}) {e['share_class']} · 权威部门 {e['authority'] or '—'} · "
+                   f"{Decision(e['decision']).label}" + (f" — {e['reason']}" if e["reason"] else "")
+                   + (f" · 意见: {e['opinion_note']}" if e["opinion_note"] else ""))
+    out.append("  审计记录:")
+    for ev in store.read_events(wh, a["application_id"]).iter_rows(named=True):
+        label = Event(ev["action"]).label if ev["action"] in Event._value2member_map_ else ev["action"]
+        out.append(f"    {ev['at']:%Y-%m-%d %H:%M} {label} · {ev['actor'] or ''}" + (f" · {ev['note']}" if ev["note"] else ""))
+    ex = store.read_extracts(wh, a["application_id"])
+    for x in ex.iter_rows(named=True):
+        out.append(f"    {x['at']:%Y-%m-%d %H:%M} 提取 {x['as_of']} · {x['rows']} 行 · {x['folder']}")
+    return out
+
+
 def cmd_serve_api(args: argparse.Namespace) -> int:
     from pipelines.demo_api import make_server
 
@@ -530,6 +691,47 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--status", action="append", choices=["open", "overdue", "answered", "fixed", "closed"])
     t.set_defaults(func=cmd_ticket)
 
+    sh = sub.add_parser("share", help="共享申请与依申请开放: 申请、意见、审批、撤销、列出、查看、溯源")
+    shs = sh.add_subparsers(dest="action", required=True)
+    sa_ = shs.add_parser("apply", help="提交申请 (打印申请编号)")
+    sa_.add_argument("--requester", required=True, help="使用部门代码; 依申请开放: 申请人名称")
+    sa_.add_argument("--library", required=True)
+    sa_.add_argument("--elements", required=True, help="数据元代码, 逗号分隔")
+    sa_.add_argument("--purpose", required=True)
+    sa_.add_argument("--until", required=True, type=_date, help="有效期至 YYYY-MM-DD")
+    sa_.add_argument("--filter", help="行范围, SQL 表达式, 如 \"insurance_status = '1'\"")
+    sa_.add_argument("--open", action="store_true", help="依申请开放 (申请人为公民或企业)")
+    sa_.add_argument("--requester-type", choices=["department", "citizen", "company"])
+    sa_.add_argument("--requester-name")
+    sa_.add_argument("--not-collected", action="store_true", help="数据尚未采集 (意见期限 7 个工作日)")
+    sa_.add_argument("--linkage", action="store_true",
+                     help="申请关联: 令牌与共享层输出一致(默认每份申请专用令牌, 不可与其他提取关联)")
+    sa_.add_argument("--scenario", help="应用场景 (依申请开放必填)")
+    sa_.add_argument("--measures", help="安全保障措施 (依申请开放必填)")
+    sr = shs.add_parser("review", help="数源部门意见")
+    sr.add_argument("id")
+    sr.add_argument("--dept", required=True)
+    g_ = sr.add_mutually_exclusive_group(required=True)
+    g_.add_argument("--agree", dest="agree", action="store_true")
+    g_.add_argument("--disagree", dest="agree", action="store_false")
+    sr.add_argument("--note")
+    sr.add_argument("--elements", help="只对这些数据元出具意见")
+    for name, help_ in (("approve", "大数据局批准"), ("reject", "大数据局不批准"), ("revoke", "撤销已批准的申请")):
+        sp = shs.add_parser(name, help=help_)
+        sp.add_argument("id")
+        sp.add_argument("--by", required=True)
+        sp.add_argument("--note", required=name != "approve")
+    sl = shs.add_parser("list", help="列出申请")
+    sl.add_argument("--status", action="append", choices=["opinion", "approval", "approved", "rejected", "revoked", "expired"])
+    ss = shs.add_parser("show", help="查看申请、数据元决定与审计记录")
+    ss.add_argument("id")
+    sp_ = shs.add_parser("report", help="申请的使用报告 (HTML + XLSX)")
+    sp_.add_argument("id")
+    sp_.add_argument("--out", help="报告根目录 (默认 $GONGSHU_HOME/reports)")
+    st = shs.add_parser("trace", help="溯源: 泄露的提取文件来自哪份申请")
+    st.add_argument("file")
+    st.add_argument("--by", default=None, help="操作人 (记入审计)")
+    sh.set_defaults(func=cmd_share)
     ds = sub.add_parser("definitions-snapshot",
                         help="输出代码位置快照 (资产、检查、作业、调度、传感器、资源; 示范目录与默认设置)")
     ds.add_argument("--out", default=None, help="写入该文件 (默认: 打印)")

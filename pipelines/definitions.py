@@ -20,6 +20,11 @@ from assets.reports import build_department_reports_asset
 from assets.resources import Settings, resources_from_env, settings_from_env
 from assets.scorecard import build_scorecard_asset
 from assets.share import build_share_assets
+from assets.share_applications import (
+    build_share_application_asset,
+    build_share_applications_sensor,
+    build_share_delivery_job,
+)
 from assets.tickets import build_tickets_asset
 from catalog.loader import cached_catalogue
 from pipelines.jobs import build_jobs_and_schedules
@@ -37,14 +42,15 @@ def build_definitions(settings: Settings | None = None, environ: Mapping[str, st
     partitions = daily_partitions(catalogue)
     assets = build_assets(catalogue, partitions, settings) + build_share_assets(catalogue, partitions)
     assets += [build_tickets_asset(catalogue, partitions), build_scorecard_asset(catalogue, partitions),
-               build_department_reports_asset(catalogue, partitions)]
+               build_department_reports_asset(catalogue, partitions), build_share_application_asset(catalogue)]
     jobs, schedules = build_jobs_and_schedules(partitions, settings, environ)
+    jobs.append(build_share_delivery_job())
     return Definitions(
         assets=assets,
         asset_checks=[*build_checks(catalogue, partitions), build_freshness_checks(catalogue, partitions)],
         jobs=jobs,
         schedules=schedules,
-        sensors=build_sensors(catalogue, partitions, settings),
+        sensors=[*build_sensors(catalogue, partitions, settings), build_share_applications_sensor(catalogue)],
         resources=resources_from_env(catalogue, settings, environ),
     )
 

@@ -106,22 +106,27 @@ class NightlyRuns:
 
     def launch(self, day: dt.date, run_config: dict | None = None) -> str:
         """Create the run of the nightly job for batch date ``day`` and launch it; its run id."""
+        return self.launch_partition(NIGHTLY_JOB, day.isoformat(), run_config)
+
+    def launch_partition(self, job_name: str, key: str, run_config: dict | None = None,
+                         tags: dict[str, str] | None = None) -> str:
+        """Create the run of ``job_name`` for partition ``key`` (with the tags its schedule or sensor would
+        give it, plus ``tags``) and launch it; its run id."""
         from dagster._core.remote_representation.external_data import PartitionExecutionErrorSnap
         from dagster_shared.merger import deep_merge_dicts
 
-        key = day.isoformat()
         handle = self._repository.handle
-        config = self._location.get_partition_config(handle, NIGHTLY_JOB, key, self.instance)
-        tags = self._location.get_partition_tags_from_repo(handle, NIGHTLY_JOB, key, self.instance)
-        for snap in (config, tags):
+        config = self._location.get_partition_config(handle, job_name, key, self.instance)
+        part_tags = self._location.get_partition_tags_from_repo(handle, job_name, key, self.instance)
+        for snap in (config, part_tags):
             if isinstance(snap, PartitionExecutionErrorSnap):
                 raise CodeLocationError(_root_message(snap.error) if snap.error else f"分区 {key} 无法运行")
-        job = self._repository.get_full_job(NIGHTLY_JOB)
+        job = self._repository.get_full_job(job_name)
         full_config = deep_merge_dicts(dict(config.run_config or {}), run_config or {})
         plan = self._location.get_execution_plan(job, full_config, step_keys_to_execute=None, known_state=None,
                                                  instance=self.instance)
         run = self.instance.create_run(
-            job_name=NIGHTLY_JOB,
+            job_name=job_name,
             run_id=None,
             run_config=full_config,
             resolved_op_selection=None,
@@ -130,7 +135,7 @@ class NightlyRuns:
             status=None,
             root_run_id=None,
             parent_run_id=None,
-            tags={**job.tags, **tags.tags},
+            tags={**job.tags, **part_tags.tags, **(tags or {})},
             job_snapshot=job.job_snapshot,
             execution_plan_snapshot=plan.execution_plan_snapshot,
             parent_job_snapshot=job.parent_job_snapshot,

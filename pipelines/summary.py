@@ -6,6 +6,7 @@ import datetime as dt
 
 from catalog.loader import Catalogue
 from quality.terminal import table
+from sharing.overdue import summary_lines as share_summary_lines
 from warehouse.std import night_problems, reconciliation_for
 from warehouse.store import Warehouse
 
@@ -42,4 +43,5 @@ def summary_lines(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> list[str
             cur = wh.scalar(conn, f"SELECT COUNT(*) FROM {t} WHERE valid_to IS NULL")
             total = wh.scalar(conn, f"SELECT COUNT(*) FROM {t}")
             libraries.append([lib.name, f"{cur:,}", f"{total:,}"])
-    return [*lines, "", *table(libraries, "<>>")]
+    # 共享申请: the night after the batch date is when the bureau reads this summary
+    return [*lines, "", *table(libraries, "<>>"), *share_summary_lines(wh, catalogue, day + dt.timedelta(days=1))]

@@ -20,13 +20,15 @@ from warehouse.migrations import IrreversibleMigration, heads, open_warehouse, u
 from warehouse.migrations.__main__ import main as cli
 from warehouse.store import Warehouse
 
-HEAD = "0005"
+HEAD = "0006"
+SHARE_TABLES = ["share.applications", "share.application_elements", "audit.share_events",
+                "audit.share_extracts", "audit.share_traces"]
 
 
 def state(wh: Warehouse) -> dict[str, tuple]:
     """Every table of the warehouse: its columns with their types and its rows, sorted."""
     insp = sa.inspect(wh.engine)
-    schemas = [s for s in insp.get_schema_names() if s in ("ods", "std", "base", "quality", "audit")] \
+    schemas = [s for s in insp.get_schema_names() if s in ("ods", "std", "base", "quality", "share", "audit")] \
         if wh.is_postgres else [None]
     out = {}
     with wh.engine.connect() as conn:
@@ -147,7 +149,8 @@ def test_a_new_warehouse_is_stamped_head(warehouse_url: str) -> None:
     wh = open_warehouse(warehouse_url)
     try:
         assert migrations.current(wh) == HEAD
-        assert wh.layer_tables("audit") == ["alembic_version"]
+        # 0006 creates the share workflow's tables (the others are created by the code that writes them)
+        assert wh.layer_tables("audit") == ["alembic_version", "share_events", "share_extracts", "share_traces"]
         assert all(wh.layer_tables(layer) == [] for layer in ("ods", "std", "base", "quality"))
     finally:
         wh.dispose()
@@ -289,4 +292,6 @@ def test_a_warehouse_the_current_code_wrote_without_a_version_is_only_stamped(wa
     after = state(warehouse)
     version = "audit.alembic_version" if warehouse.is_postgres else "audit__alembic_version"
     assert after.pop(version)[1] == [(HEAD,)]
+    for name in SHARE_TABLES:  # created by 0006, empty
+        assert after.pop(name if warehouse.is_postgres else name.replace(".", "__"))[1] == []
     assert after == before
