@@ -77,7 +77,7 @@ def build_share_application_asset(catalogue: Catalogue) -> AssetsDefinition:
         tags={"layer": "share"},
         check_specs=[AssetCheckSpec("no_raw_identifiers", asset=EXTRACT_KEY, blocking=True,
                                     description="申请提取(CSV、XLSX、清单)中不得出现基础库的身份号码、手机号、姓名、完整地址原值")],
-        description="共享申请提取: 每个已批准且在有效期内的申请一个分区; 每晚按批次日期写出准予的数据元(及申请的行范围), "
+        description="共享申请 · 按申请提取\n\n每个已批准且在有效期内的申请一个分区; 每晚按批次日期写出准予的数据元(及申请的行范围), "
                     "按目录分级脱敏, 假名令牌按申请单独加密钥, 带可溯源指纹; CSV/XLSX 与清单写入 "
                     "$GONGSHU_HOME/share/<申请编号>/<日期>/, 每次提取记入 audit.share_extracts。",
     )
