@@ -87,13 +87,13 @@ demo: install demo-key
 	  $(WITH_KEY) $(BIN)/gongshu share trace "$(GONGSHU_HOME)/share-leak-sample.csv" --by make-demo
 
 test: lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not ui_backfill"
 
 test-core: install
 	$(BIN)/python -m pytest -m "not e2e"
 
 test-e2e: install browser
-	$(BIN)/python -m pytest -m e2e
+	$(BIN)/python -m pytest -m "e2e and not ui_backfill"
 
 # The browser test drives Debian's Chromium (Playwright cannot download a browser here) and needs CJK
 # fonts for its screenshots: installed when missing, where apt-get can (as root, or with sudo).

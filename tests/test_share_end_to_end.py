@@ -14,6 +14,9 @@ from tests.test_end_to_end import DAY, gongshu, second_city  # noqa: F401  (the 
 pytestmark = pytest.mark.e2e
 
 
+# the workflow's storage is tested on both databases in the core ring (test_share_workflow.py,
+# test_share_extract.py); the night through the code location once, on PostgreSQL, for CI's time
+@pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
 def test_an_approved_application_is_delivered_after_the_night_and_a_revoked_one_is_not(second_city) -> None:  # noqa: F811
     env = second_city
     out = gongshu(["share", "apply", "--requester", "shebao", "--library", "people", "--elements", "full_name,phone",

@@ -255,6 +255,7 @@ def checks_link(ui) -> str:
     return record.event.dagster_event.event_specific_data.metadata["GX Data Docs"].value
 
 
+@pytest.mark.ui_backfill
 def test_a_backfill_of_one_partition_launched_through_the_ui_api_succeeds(ui) -> None:
     """What the UI's "Launch backfill" sends (launchPartitionBackfill): the daemon launches the night of
     ``DAY`` through the code location, the API channel reaches the demo API gongshu ui started, the run
