@@ -151,18 +151,12 @@ class Settings(ConfigurableResource):
             raise ValueError(f"应为 {'、'.join(LOG_LEVELS)}")
         return value.upper()
 
-    @field_validator("nightly_schedule", "file_arrival")
+    @field_validator("nightly_schedule", "file_arrival", "executor")
     @classmethod
-    def _status(cls, value: str) -> str:
-        if value.strip().lower() not in STATUSES:
-            raise ValueError(f"应为 {' 或 '.join(STATUSES)}")
-        return value.strip().lower()
-
-    @field_validator("executor")
-    @classmethod
-    def _executor(cls, value: str) -> str:
-        if value.strip().lower() not in EXECUTORS:
-            raise ValueError(f"应为 {' 或 '.join(EXECUTORS)}")
+    def _choice(cls, value: str, info) -> str:
+        choices = EXECUTORS if info.field_name == "executor" else STATUSES
+        if value.strip().lower() not in choices:
+            raise ValueError(f"应为 {' 或 '.join(choices)}")
         return value.strip().lower()
 
     @field_validator("celery_queue")

@@ -193,7 +193,7 @@ def write_extract(
     }
     _write(manifest, (json.dumps(head, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     ex.files = [csv, xlsx, manifest]
-    needles = needles or Needles.from_warehouse(wh, catalogue)
+    needles = needles or Needles.cached(wh, catalogue)[0]  # the night's share outputs collected them already
     public = policy.public_columns()
     typed = [c for c, t in frame.schema.items() if t != pl.String]
     for p in (csv, manifest):
