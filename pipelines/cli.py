@@ -89,6 +89,11 @@ def cmd_instance(args: argparse.Namespace) -> int:
     # storage together left it with two Alembic heads).
     with DagsterInstance.get():
         pass
+    # Dagster's newsletter sign-up dialog opens by itself a second after a page loads, over whatever the
+    # user was about to click; a data bureau's closed network has no use for it. Mark it seen once here.
+    from dagster._core.nux import set_nux_seen
+
+    set_nux_seen()
     if not args.quiet:
         kind = "PostgreSQL (DAGSTER_PG_URL)" if os.environ.get("DAGSTER_PG_URL") else "SQLite (内置)"
         print(f"Dagster 实例: {home} · 存储: {kind}")

@@ -38,7 +38,9 @@ MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
 # The graph's "Description" facet (off by default in Dagster 1.13) shows each box's label; a person
 # switches it on once in the graph's settings, the browser keeps it in local storage.
 FACETS = ("window.localStorage.setItem('asset-node-facets', JSON.stringify(['unsynced-tag', 'description', "
-          "'checks', 'latest-event', 'status', 'kind-tag', 'automation', 'partitions']));")
+          "'checks', 'latest-event', 'status', 'kind-tag', 'automation', 'partitions']));"
+          # the newsletter dialog, dismissed in this browser too (gongshu instance marks it seen on the server)
+          "window.localStorage.setItem('communityNux', JSON.stringify('1'));")
 
 
 def _free_port() -> int:
@@ -163,6 +165,8 @@ def test_the_ui_shows_labels_failed_checks_the_stale_resource_and_the_reports_in
 
     from catalog.loader import DEMO_CATALOGUE, load_catalogue
 
+    # no newsletter dialog opening by itself over the page (gongshu instance marks it seen)
+    assert gql(ui.base, "{ shouldShowNux }") == {"shouldShowNux": False}
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
     outside: list[str] = []
