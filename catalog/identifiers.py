@@ -305,3 +305,20 @@ def uscc_check_chars_np(values17: np.ndarray) -> np.ndarray:
     """Check characters for an (n, 17) array of USCC alphabet indices; returns an (n,) array of str."""
     s = values17.astype(np.int64) @ np.asarray(USCC_WEIGHTS, dtype=np.int64)
     return _USCC_ALPHABET_NP[(31 - s % 31) % 31]
+
+
+# --- free text ------------------------------------------------------------------------------------
+
+# Identifier-shaped runs inside free text (an error message, a log line): an 18- or 15-digit 公民身份号码,
+# an 18-character 统一社会信用代码 and an 11-digit mobile number, each not part of a longer run of
+# letters or digits. Whether the check character is right does not matter: a mistyped ID number is
+# still somebody's ID number.
+_IN_TEXT = re.compile(
+    r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15}|[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}|1[3-9]\d{9})"
+    r"(?![0-9A-Za-z])")
+REDACTED = "[标识已隐去]"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every identifier-shaped run replaced by :data:`REDACTED`."""
+    return _IN_TEXT.sub(REDACTED, text)

@@ -519,7 +519,7 @@ def read_database(
     assert isinstance(ch, DatabaseChannel)
     columns = source_columns(resource)
     url = database_url(ch, landing, variables)
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, hide_parameters=True)  # an error names no watermark value
     wm = ch.watermark
     q = engine.dialect.identifier_preparer.quote
     src = ch.query if ch.query else f"SELECT * FROM {q(ch.table)}"

@@ -199,3 +199,37 @@ def test_transactions_creating_different_tables_do_not_wait_on_each_other(pg_url
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_a_failed_statement_names_no_identifier(warehouse: Warehouse) -> None:
+    """A key violation's message (PostgreSQL's ``DETAIL: Key …=(…)``, SQLAlchemy's ``[parameters: …]``)
+    reaches the Dagster event log when a step fails: it names the table and the constraint, never the
+    ID number or the mobile number that violated it."""
+    from catalog.identifiers import REDACTED
+
+    person, mobile = "33010219900101123X", "13912345678"
+    table = warehouse.table("audit", "redacted", [Column("id_number", pl.String()), Column("mobile", pl.String())],
+                            primary_key=["id_number"])
+    frame = pl.DataFrame({"id_number": [person], "mobile": [mobile]})
+    with warehouse.begin() as conn:
+        warehouse.create(conn, table)
+        warehouse.insert(conn, table, frame)
+    failures = []
+    for attempt in (
+        lambda conn: warehouse.insert(conn, table, frame),  # COPY on PostgreSQL, executemany on SQLite
+        lambda conn: conn.execute(sa.text(f"INSERT INTO {warehouse._name(table)} VALUES (:i, :m)"),
+                                  {"i": person, "m": mobile}),
+    ):
+        with pytest.raises(Exception) as raised, warehouse.begin() as conn:  # noqa: PT011 (any driver's error)
+            attempt(conn)
+        failures.append(raised.value)
+    for exc in failures:
+        chain, seen = [], exc
+        while seen is not None:  # what Dagster serialises: the error and its causes
+            chain.append(str(seen))
+            seen = seen.__cause__ or seen.__context__
+        text = "\n".join(chain)
+        assert person not in text and mobile not in text, text
+        assert "redacted" in text or "UNIQUE" in text or "unique" in text, text
+    if warehouse.is_postgres:
+        assert REDACTED in str(failures[1])  # the DETAIL line stays, without the value

@@ -25,6 +25,8 @@ from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection, Engine
 
+from catalog.identifiers import redact_text
+
 LAYERS = ("ods", "std", "base", "quality", "share", "audit")
 _COPY_CHUNK_ROWS = 200_000
 LAYOUT_LOCK = 0x676F6E67  # first key of the advisory locks of layout changes on PostgreSQL ("gong")
@@ -78,6 +80,38 @@ def _transient_driver_error(e: BaseException) -> bool:
     return isinstance(e, psycopg.OperationalError) and not state
 
 
+def _redact(exc: BaseException | None) -> None:
+    """Edit an exception and its causes in place so their text names no identifier."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        args = tuple(redact_text(a) if isinstance(a, str) else a for a in exc.args)
+        if args != exc.args:
+            exc.args = args
+        if isinstance(getattr(exc, "message", None), str):  # SQLAlchemy keeps the driver's text here too
+            exc.message = redact_text(exc.message)  # type: ignore[attr-defined]
+        exc = exc.__cause__ or exc.__context__
+
+
+def redact_database_error(context: sa.engine.ExceptionContext) -> None:
+    """Take identifiers out of what the database said: PostgreSQL's ``DETAIL: Key (id_number)=(…)`` of a
+    unique violation, a COPY's offending line. The driver's exception is edited in place, so the message
+    SQLAlchemy raises and the chained cause Dagster records both read ``[标识已隐去]`` instead."""
+    _redact(context.original_exception)
+    _redact(context.sqlalchemy_exception)
+
+
+@contextmanager
+def redacting() -> Iterator[None]:
+    """Around a call to the driver itself (COPY, executemany, ADBC), which SQLAlchemy's error hook does not
+    see: an error leaves with its text redacted as :func:`redact_database_error` does."""
+    try:
+        yield
+    except Exception as exc:
+        _redact(exc)
+        raise
+
+
 def sqlite_url(folder: Path) -> str:
     """The embedded warehouse: ``warehouse.db`` in ``folder`` (the home folder when no URL is configured)."""
     return f"sqlite:///{(Path(folder) / 'warehouse.db').resolve()}"
@@ -116,10 +150,13 @@ class Warehouse:
 
     def __init__(self, url: str, *, echo: bool = False):
         self.url = url
-        kwargs: dict = {"echo": echo, "future": True}
+        # hide_parameters: a failed statement's message never carries the values it was given (an ID
+        # number in a key would reach the Dagster event log with it)
+        kwargs: dict = {"echo": echo, "future": True, "hide_parameters": True}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 120}
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        sa.event.listen(self.engine, "handle_error", redact_database_error)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         if not self.is_postgres:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -273,13 +310,15 @@ class Warehouse:
             # leaves: measured on 1M base-library rows on PostgreSQL, 17 s → 9 s for the same COPY.
             frame = frame.sort(pk, nulls_last=True)
         if self.is_postgres:
-            self._copy_in(conn, table, frame)
+            with redacting():
+                self._copy_in(conn, table, frame)
         else:
             placeholders = ", ".join("?" for _ in names)
             cols = ", ".join(self.quote(n) for n in names)
             sql = f"INSERT INTO {self._name(table)} ({cols}) VALUES ({placeholders})"
             frame = _sqlite_ready(frame)
-            conn.connection.driver_connection.executemany(sql, frame.iter_rows())
+            with redacting():
+                conn.connection.driver_connection.executemany(sql, frame.iter_rows())
         return frame.height
 
     def _name(self, table: sa.Table) -> str:
@@ -345,7 +384,7 @@ class Warehouse:
             buf = io.BytesIO()
             dbapi = conn.connection.driver_connection
             stmt, args = _pyformat(query, params)
-            with dbapi.cursor() as cur, cur.copy(
+            with redacting(), dbapi.cursor() as cur, cur.copy(
                 f"COPY ({stmt}) TO STDOUT WITH (FORMAT csv, NULL '\\N')", args or None
             ) as copy:
                 for block in copy:
@@ -371,7 +410,7 @@ class Warehouse:
     def _read_adbc(self, query: str, schema: dict[str, pl.DataType], params: dict) -> pl.DataFrame:
         if self._adbc is None:
             self._adbc = adbc_connect(self.engine, autocommit=True)
-        with self._adbc.cursor() as cur:
+        with redacting(), self._adbc.cursor() as cur:  # the literal SQL holds the parameters' values
             cur.execute(literal_sql(self.engine, query, params))
             raw = pl.from_arrow(cur.fetch_arrow_table())
         assert isinstance(raw, pl.DataFrame)
