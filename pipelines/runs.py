@@ -211,6 +211,24 @@ def _level(level: int | str) -> int:
     return level if isinstance(level, int) else logging.getLevelName(level.upper())
 
 
+LOG_LIMIT = 20 * 1024 * 1024
+LOG_KEEP = 5
+
+
+def rotate_log(path: Path, limit: int = LOG_LIMIT, keep: int = LOG_KEEP) -> None:
+    """Before a night appends to ``path``: once it holds ``limit`` bytes it becomes ``path.1`` (``.1`` becomes
+    ``.2`` …, the ``keep``-th is dropped), so nightly runs never fill the disk with one ever-growing file.
+    (The processes write to the file descriptor itself, which a logging handler cannot rotate.)"""
+    if not path.exists() or path.stat().st_size < limit:
+        return
+    path.with_name(f"{path.name}.{keep}").unlink(missing_ok=True)
+    for n in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.rename(path.with_name(f"{path.name}.{n + 1}"))
+    path.rename(path.with_name(f"{path.name}.1"))
+
+
 @contextmanager
 def _output_to(path: Path | None):
     """This process's stdout and stderr (file descriptors 1 and 2) appended to ``path`` for the block,
@@ -219,6 +237,7 @@ def _output_to(path: Path | None):
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    rotate_log(path)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]

@@ -50,3 +50,21 @@ def test_a_process_that_reuses_the_workers_pid_is_not_the_worker() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_run_log_is_rotated_once_it_is_full(tmp_path: Path) -> None:
+    """gongshu-run.log takes every night's process output: once it passes the limit it moves to .1, the older
+    ones move up, and the oldest beyond ``keep`` is dropped; below the limit nothing moves."""
+    from pipelines.runs import rotate_log
+
+    log = tmp_path / "gongshu-run.log"
+    for night in range(4):
+        log.write_bytes(f"night {night}\n".encode() * 20)
+        rotate_log(log, limit=100, keep=2)
+    assert not log.exists()
+    assert log.with_name("gongshu-run.log.1").read_bytes().startswith(b"night 3")
+    assert log.with_name("gongshu-run.log.2").read_bytes().startswith(b"night 2")
+    assert not log.with_name("gongshu-run.log.3").exists()
+    log.write_bytes(b"small\n")
+    rotate_log(log, limit=100, keep=2)
+    assert log.read_bytes() == b"small\n"
