@@ -1,9 +1,14 @@
-"""一数一源 conflicts that persist across runs.
+"""一数一源 conflicts that persist across runs, the same whatever order batch dates run in.
 
-A conflict is identified by (library, element, department, entity key). Seen again, it is the same
-row (last seen, times seen); when the department's delivery later carries the entity with the
-authoritative value, the conflict is closed with the batch that fixed it. The table lives in the
-internal quality layer (like the base libraries it may hold raw keys); everything shown to people
+A conflict is identified by (library, element, department, entity key). What each batch date showed
+about it is an observation (``quality.conflict_observations``): a difference from the authority's value
+of that day, or — once the identity has differed on some date — a match. The ledger row
+(``quality.conflicts``) is folded from all of an identity's observations in batch-date order: first and
+last seen (batch, date, row, values), times seen (dates on which it differed), and closed by the first
+date after the last difference on which the copy matched. A rerun replaces its date's observations; a
+backfill that finds a new difference also looks at the dates already checked after it for the same
+identities, so the ledger never depends on the order partitions ran in. The tables live in the
+internal quality layer (like the base libraries they may hold raw keys); everything shown to people
 masks them.
 """
 
@@ -16,7 +21,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
-from warehouse.base import read_as_of
+from warehouse.base import merged_batches, read_as_of
 from warehouse.std import mergeable_batch, read_std
 from warehouse.store import Column, Warehouse
 
@@ -52,65 +57,58 @@ def read_conflicts(wh: Warehouse, conn: sa.Connection, library: str) -> pl.DataF
                    TABLE_SCHEMA, {"l": library})
 
 
-def plan_conflicts(
-    existing: pl.DataFrame, found: pl.DataFrame, compared: pl.DataFrame, batch_date: dt.date
-) -> tuple[pl.DataFrame, ConflictChanges]:
-    """The new state of every conflict row touched by this batch date.
-
-    ``found``: today's conflicts (CONFLICT_SCHEMA); ``compared``: the identities (library, element,
-    department, entity_key) and batch ids compared today, so an open conflict whose entity now
-    matches can be closed.
-    """
-    found = found.cast(CONFLICT_SCHEMA)
-    cur = existing.join(found, on=IDENTITY, how="inner", suffix="__new")
-    fresh = found.join(existing, on=IDENTITY, how="anti")
-    already = pl.col("last_seen_batch") == pl.col("batch_id")
-    updated = cur.select(
-        *IDENTITY, "authority", pl.col("resource_id__new").alias("resource_id"),
-        pl.col("value__new").alias("value"), pl.col("authority_value__new").alias("authority_value"),
-        "first_seen_batch", "first_seen_date",
-        pl.col("batch_id").alias("last_seen_batch"), pl.lit(batch_date).alias("last_seen_date"),
-        pl.col("row_no").alias("last_row_no"),
-        pl.when(already).then(pl.col("times_seen")).otherwise(pl.col("times_seen") + 1).alias("times_seen"),
-        pl.lit("open").alias("status"), pl.lit(None, pl.String).alias("closed_batch"),
-        pl.lit(None, pl.Date).alias("closed_date"),
-    )
-    seen_again = cur.filter(~already & (pl.col("status") == "open")).height
-    opened = fresh.select(
-        *IDENTITY, "authority", "resource_id", "value", "authority_value",
-        pl.col("batch_id").alias("first_seen_batch"), pl.lit(batch_date).alias("first_seen_date"),
-        pl.col("batch_id").alias("last_seen_batch"), pl.lit(batch_date).alias("last_seen_date"),
-        pl.col("row_no").alias("last_row_no"), pl.lit(1, pl.Int64).alias("times_seen"),
-        pl.lit("open").alias("status"), pl.lit(None, pl.String).alias("closed_batch"),
-        pl.lit(None, pl.Date).alias("closed_date"),
-    )
-    # open conflicts compared again today without a difference: fixed by today's batch
-    fixed = existing.filter(pl.col("status") == "open").join(found, on=IDENTITY, how="anti").join(
-        compared, on=IDENTITY, how="inner"
-    ).select(
-        *[c for c in TABLE_SCHEMA if c not in ("status", "closed_batch", "closed_date")],
-        pl.lit("closed").alias("status"), pl.col("batch_id").alias("closed_batch"),
-        pl.lit(batch_date).alias("closed_date"),
-    )
-    rows = pl.concat([f.select(list(TABLE_SCHEMA)).cast(TABLE_SCHEMA) for f in (updated, opened, fixed)])
-    total_open = (
-        existing.filter(pl.col("status") == "open").join(fixed, on=IDENTITY, how="anti").height + opened.height
-        + cur.filter(pl.col("status") != "open").height
-    )
-    return rows, ConflictChanges(opened.height, seen_again, fixed.height, total_open)
+OBSERVATIONS = "conflict_observations"
+OBSERVATION_SCHEMA: dict[str, pl.DataType] = {
+    "library": pl.String(), "element": pl.String(), "department": pl.String(), "entity_key": pl.String(),
+    "batch_date": pl.Date(), "batch_id": pl.String(), "row_no": pl.Int64(), "resource_id": pl.String(),
+    "authority": pl.String(), "value": pl.String(), "authority_value": pl.String(), "conflict": pl.Boolean(),
+}
 
 
-def write_conflicts(wh: Warehouse, conn: sa.Connection, rows: pl.DataFrame) -> None:
-    """Upsert the planned rows (delete by identity, insert) inside the caller's transaction."""
+def observations_table(wh: Warehouse) -> sa.Table:
+    return wh.table("quality", OBSERVATIONS, [Column(n, t) for n, t in OBSERVATION_SCHEMA.items()],
+                    primary_key=[*IDENTITY, "batch_date"])
+
+
+def fold_conflicts(observations: pl.DataFrame) -> pl.DataFrame:
+    """The ledger rows (TABLE_SCHEMA) of the identities in ``observations``, from all of their observations:
+    an identity that never differed has no row."""
+    obs = observations.cast(OBSERVATION_SCHEMA).sort([*IDENTITY, "batch_date"])
+    differed = obs.filter(pl.col("conflict"))
+    if differed.is_empty():
+        return pl.DataFrame(schema=TABLE_SCHEMA)
+    seen = differed.group_by(IDENTITY, maintain_order=True).agg(
+        pl.col("authority").last(), pl.col("resource_id").last(), pl.col("value").last(),
+        pl.col("authority_value").last(), pl.col("batch_id").first().alias("first_seen_batch"),
+        pl.col("batch_date").first().alias("first_seen_date"), pl.col("batch_id").last().alias("last_seen_batch"),
+        pl.col("batch_date").last().alias("last_seen_date"), pl.col("row_no").last().alias("last_row_no"),
+        pl.len().cast(pl.Int64).alias("times_seen"),
+    )
+    fixed = obs.filter(~pl.col("conflict")).join(seen.select(*IDENTITY, "last_seen_date"), on=IDENTITY).filter(
+        pl.col("batch_date") > pl.col("last_seen_date")
+    ).group_by(IDENTITY).agg(pl.col("batch_id").first().alias("closed_batch"),
+                             pl.col("batch_date").first().alias("closed_date"))
+    return seen.join(fixed, on=IDENTITY, how="left").with_columns(
+        pl.when(pl.col("closed_date").is_null()).then(pl.lit("open")).otherwise(pl.lit("closed")).alias("status"),
+    ).select(list(TABLE_SCHEMA)).cast(TABLE_SCHEMA)
+
+
+def write_conflicts(wh: Warehouse, conn: sa.Connection, identities: pl.DataFrame, rows: pl.DataFrame) -> None:
+    """Replace the ledger rows of ``identities`` by ``rows`` inside the caller's transaction."""
     table = conflicts_table(wh)
     wh.create(conn, table)
-    if rows.height == 0:
-        return
-    tmp = wh.temp_table(conn, "gongshu_conflict_ids", rows.select(IDENTITY))
-    ids = ", ".join(wh.quote(c) for c in IDENTITY)
-    conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', CONFLICTS)} WHERE ({ids}) IN (SELECT {ids} FROM {tmp})"))
-    conn.execute(sa.text(f"DROP TABLE {tmp}"))
+    _delete(wh, conn, wh.qualified("quality", CONFLICTS), identities)
     wh.insert(conn, table, rows)
+
+
+def _delete(wh: Warehouse, conn: sa.Connection, table: str, identities: pl.DataFrame, where: str = "",
+            params: dict | None = None) -> None:
+    if identities.is_empty():
+        return
+    tmp = wh.temp_table(conn, "gongshu_conflict_ids", identities.select(IDENTITY).unique())
+    ids = ", ".join(wh.quote(c) for c in IDENTITY)
+    conn.execute(sa.text(f"DELETE FROM {table} WHERE ({ids}) IN (SELECT {ids} FROM {tmp}){where}"), params or {})
+    conn.execute(sa.text(f"DROP TABLE {tmp}"))
 
 
 @dataclass
@@ -120,34 +118,108 @@ class ConsistencyRun:
     changes: ConflictChanges
 
 
-def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date) -> ConsistencyRun:
-    """Compare every non-authoritative copy delivered on ``batch_date`` with the base library and
-    persist the conflicts, all in one transaction."""
+def _copy_batches(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
+                  only: pl.DataFrame | None = None) -> list[tuple]:
+    """(resource, batch id, std rows) of every resource carrying copies of ``lib``'s elements, as merged
+    for ``batch_date``; ``only``: just the rows of these entity keys."""
+    out = []
+    for resource in catalogue.resources_of(lib.code):
+        if not copies(catalogue, resource):
+            continue
+        batch = mergeable_batch(wh, conn, resource, batch_date)
+        if batch is not None and wh.exists("std", resource.id):
+            frame = read_std(wh, conn, catalogue, resource, batch.batch_id, latest=True)
+            if only is not None:
+                frame = frame.filter(entity_key(lib).is_in(only.get_column("entity_key").implode()))
+            out.append((resource, batch.batch_id, frame))
+    return out
 
-    lib = catalogue.library(library)
-    batches = []
-    with wh.engine.connect() as conn:
-        for resource in catalogue.resources_of(library):
-            if not copies(catalogue, resource):
-                continue
-            batch = mergeable_batch(wh, conn, resource, batch_date)
-            if batch is not None and wh.exists("std", resource.id):
-                batches.append((resource, batch.batch_id,
-                                read_std(wh, conn, catalogue, resource, batch.batch_id, latest=True)))
+
+def _observe(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
+             batches: list[tuple]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None:
+    """(rates, conflicts, every identity compared with its batch) of ``batches`` against what the base
+    library held on ``batch_date``, whatever order dates were merged in; None: nothing to compare."""
     keys = pl.concat([f.select(lib.key) for _, _, f in batches]).unique() if batches else None
+    current = read_as_of(wh, conn, lib, keys, batch_date) if keys is not None else None
+    if current is None:
+        return None
+    result = compare_copies(catalogue, lib, batches, current)
+    compared = pl.concat([
+        f.join(current.select(lib.key), on=lib.key, how="semi").select(
+            pl.lit(lib.code).alias("library"), pl.lit(code).alias("element"),
+            pl.lit(resource.department).alias("department"), entity_key(lib).alias("entity_key"),
+            pl.lit(batch_id).alias("batch_id"))
+        for resource, batch_id, f in batches for code in copies(catalogue, resource)
+    ]) if batches else pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]})
+    return result.rates, result.conflicts, compared
+
+
+def _as_observations(conflicts: pl.DataFrame, matches: pl.DataFrame, batch_date: dt.date) -> pl.DataFrame:
+    return pl.concat([
+        conflicts.select(*IDENTITY, pl.lit(batch_date).alias("batch_date"), "batch_id", "row_no", "resource_id",
+                         "authority", "value", "authority_value", pl.lit(True).alias("conflict")),
+        matches.select(*IDENTITY, pl.lit(batch_date).alias("batch_date"), "batch_id",
+                       pl.lit(None, pl.Int64).alias("row_no"), pl.lit(None, pl.String).alias("resource_id"),
+                       pl.lit(None, pl.String).alias("authority"), pl.lit(None, pl.String).alias("value"),
+                       pl.lit(None, pl.String).alias("authority_value"), pl.lit(False).alias("conflict")),
+    ], how="vertical_relaxed").cast(OBSERVATION_SCHEMA)
+
+
+def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date) -> ConsistencyRun:
+    """Compare every non-authoritative copy delivered on ``batch_date`` with what the base library held
+    that day, record the date's observations and fold the ledger rows they touch, all in one transaction."""
+    lib = catalogue.library(library)
+    with wh.engine.connect() as conn:
+        batches = _copy_batches(wh, conn, catalogue, lib, batch_date)
+    obs_name, ledger_name = wh.qualified("quality", OBSERVATIONS), wh.qualified("quality", CONFLICTS)
     with wh.begin() as conn:
-        # compared with what the authority's values were on that day, whatever order dates ran in
-        current = read_as_of(wh, conn, lib, keys, batch_date) if keys is not None else None
-        result = compare_copies(catalogue, lib, batches, current) if current is not None else None
-        if result is None:
-            return ConsistencyRun(pl.DataFrame(), pl.DataFrame(schema=CONFLICT_SCHEMA), ConflictChanges(0, 0, 0, 0))
-        compared = pl.concat([
-            f.join(current.select(lib.key), on=lib.key, how="semi").select(
-                pl.lit(library).alias("library"), pl.lit(code).alias("element"),
-                pl.lit(resource.department).alias("department"), entity_key(lib).alias("entity_key"),
-                pl.lit(batch_id).alias("batch_id"))
-            for resource, batch_id, f in batches for code in copies(catalogue, resource)
-        ])
-        rows, changes = plan_conflicts(read_conflicts(wh, conn, library), result.conflicts, compared, batch_date)
-        write_conflicts(wh, conn, rows)
-    return ConsistencyRun(result.rates, result.conflicts, changes)
+        observed = _observe(wh, conn, catalogue, lib, batch_date, batches)
+        rates, found, compared = observed if observed is not None else (
+            pl.DataFrame(), pl.DataFrame(schema=CONFLICT_SCHEMA), pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]}))
+        found = found.cast(CONFLICT_SCHEMA)
+        wh.create(conn, observations_table(wh))
+        wh.create(conn, conflicts_table(wh))
+        cols = ", ".join(wh.quote(c) for c in OBSERVATION_SCHEMA)
+        known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
+        differed = pl.concat([known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY),
+                              found.select(IDENTITY)]).unique()
+        # a match is kept only for an identity that differed on some date: it may be what closes it
+        matches = compared.join(found, on=IDENTITY, how="anti").join(differed, on=IDENTITY, how="semi")
+        today = _as_observations(found, matches, batch_date)
+        # dates already checked after this one (a backfill): what they showed of the identities that
+        # differ today and have no observation there yet
+        later = sorted(d for d in merged_batches(wh, conn, library) if d > batch_date) if not found.is_empty() else []
+        after = []
+        for day in later:
+            have = known.filter(pl.col("batch_date") == day).select(IDENTITY)
+            missing = found.select(IDENTITY).unique().join(have, on=IDENTITY, how="anti")
+            if missing.is_empty():
+                continue
+            seen = _observe(wh, conn, catalogue, lib, day,
+                            _copy_batches(wh, conn, catalogue, lib, day, missing.select("entity_key").unique()))
+            if seen is None:
+                continue
+            _, day_found, day_compared = seen
+            day_found = day_found.join(missing, on=IDENTITY, how="semi")
+            day_matches = day_compared.join(missing, on=IDENTITY, how="semi").join(day_found, on=IDENTITY, how="anti")
+            after.append(_as_observations(day_found.cast(CONFLICT_SCHEMA), day_matches, day))
+        replaced = known.filter(pl.col("batch_date") == batch_date)
+        conn.execute(sa.text(f"DELETE FROM {obs_name} WHERE library = :l AND batch_date = :d"), {"l": library, "d": batch_date})
+        wh.insert(conn, observations_table(wh), pl.concat([today, *after]))
+        touched = pl.concat([replaced.select(IDENTITY), today.select(IDENTITY), *[a.select(IDENTITY) for a in after]]).unique()
+        history = pl.concat([known.filter(pl.col("batch_date") != batch_date), today, *after]).join(
+            touched, on=IDENTITY, how="semi")
+        before = read_conflicts(wh, conn, library).join(touched, on=IDENTITY, how="semi")
+        rows = fold_conflicts(history)
+        write_conflicts(wh, conn, touched, rows)
+        open_total = wh.scalar(conn, f"SELECT COUNT(*) FROM {ledger_name} WHERE library = :l AND status = 'open'",
+                               {"l": library})
+    was = before.select(*IDENTITY, pl.col("status").alias("was"), pl.col("times_seen").alias("was_seen"))
+    now = rows.join(was, on=IDENTITY, how="left")
+    changes = ConflictChanges(
+        opened=now.filter(pl.col("was").is_null()).height,
+        seen_again=now.filter((pl.col("was") == "open") & (pl.col("times_seen") > pl.col("was_seen"))).height,
+        closed=now.filter((pl.col("was") == "open") & (pl.col("status") == "closed")).height,
+        open_total=int(open_total or 0),
+    )
+    return ConsistencyRun(rates, found, changes)
