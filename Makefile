@@ -30,6 +30,9 @@ UI_PORT  ?= 3000
 DOCS_PORT ?= 3001
 DATE     ?= $(shell $(PY) -c 'import datetime as d, zoneinfo as z; print(d.datetime.now(z.ZoneInfo("Asia/Shanghai")).date() - d.timedelta(days=1))')
 BENCH_PERSONS ?= 1000000
+# make test runs the test files on this many pytest-xdist workers (each file whole on one worker, so a
+# file's module fixtures are built once); 0 runs them in this process, in order
+TEST_WORKERS ?= 2
 # The demo's pseudonymisation key: GONGSHU_PSEUDONYM_KEY when set, else a random key made once per
 # checkout in .gongshu/ (git-ignored). Production sets the variable from its secret store.
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
@@ -87,7 +90,7 @@ demo: install demo-key
 	  $(WITH_KEY) $(BIN)/gongshu share trace "$(GONGSHU_HOME)/share-leak-sample.csv" --by make-demo
 
 test: lint browser
-	$(BIN)/python -m pytest -m "not ui_backfill"
+	$(BIN)/python -m pytest -m "not ui_backfill" -n $(TEST_WORKERS) --dist loadfile
 
 test-core: install
 	$(BIN)/python -m pytest -m "not e2e"

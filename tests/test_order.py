@@ -271,7 +271,7 @@ def test_the_conflict_ledger_does_not_depend_on_the_order_dates_run(warehouses: 
     p1, p2 = PEOPLE[1][0], PEOPLE[2][0]
     assert {(r[4], r[6], r[7], r[9], r[13], r[14]) for r in people} == {
         (p1, "李丽", "李莉", str(D3), "1", "open"), (p2, "赵强", "赵刚", str(D2), "1", "open")}
-    for order in (tuple(reversed(DAYS)), (D2, D3, D1), (D3, D1, D2, D3, D1)):
+    for order in (tuple(reversed(DAYS)), (D3, D1, D2, D3, D1)):  # backwards; shuffled with reruns
         wh = warehouses.new()
         for day in order:
             night(wh, day)
