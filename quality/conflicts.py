@@ -6,8 +6,8 @@ of that day, or — once the identity has differed on some date — a match. The
 (``quality.conflicts``) is folded from all of an identity's observations in batch-date order: first and
 last seen (batch, date, row, values), times seen (dates on which it differed), and closed by the first
 date after the last difference on which the copy matched. A rerun replaces its date's observations; a
-backfill that finds a new difference also looks at the dates already checked after it for the same
-identities, so the ledger never depends on the order partitions ran in. The tables live in the
+backfill checks the dates merged after it again, so the ledger never depends on the order partitions
+ran in. The tables live in the
 internal quality layer (like the base libraries they may hold raw keys); everything shown to people
 masks them.
 """
@@ -97,18 +97,12 @@ def write_conflicts(wh: Warehouse, conn: sa.Connection, identities: pl.DataFrame
     """Replace the ledger rows of ``identities`` by ``rows`` inside the caller's transaction."""
     table = conflicts_table(wh)
     wh.create(conn, table)
-    _delete(wh, conn, wh.qualified("quality", CONFLICTS), identities)
+    if not identities.is_empty():
+        tmp = wh.temp_table(conn, "gongshu_conflict_ids", identities.select(IDENTITY).unique())
+        ids = ", ".join(wh.quote(c) for c in IDENTITY)
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', CONFLICTS)} WHERE ({ids}) IN (SELECT {ids} FROM {tmp})"))
+        conn.execute(sa.text(f"DROP TABLE {tmp}"))
     wh.insert(conn, table, rows)
-
-
-def _delete(wh: Warehouse, conn: sa.Connection, table: str, identities: pl.DataFrame, where: str = "",
-            params: dict | None = None) -> None:
-    if identities.is_empty():
-        return
-    tmp = wh.temp_table(conn, "gongshu_conflict_ids", identities.select(IDENTITY).unique())
-    ids = ", ".join(wh.quote(c) for c in IDENTITY)
-    conn.execute(sa.text(f"DELETE FROM {table} WHERE ({ids}) IN (SELECT {ids} FROM {tmp}){where}"), params or {})
-    conn.execute(sa.text(f"DROP TABLE {tmp}"))
 
 
 @dataclass
@@ -118,20 +112,16 @@ class ConsistencyRun:
     changes: ConflictChanges
 
 
-def _copy_batches(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
-                  only: pl.DataFrame | None = None) -> list[tuple]:
+def _copy_batches(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date) -> list[tuple]:
     """(resource, batch id, std rows) of every resource carrying copies of ``lib``'s elements, as merged
-    for ``batch_date``; ``only``: just the rows of these entity keys."""
+    for ``batch_date``."""
     out = []
     for resource in catalogue.resources_of(lib.code):
         if not copies(catalogue, resource):
             continue
         batch = mergeable_batch(wh, conn, resource, batch_date)
         if batch is not None and wh.exists("std", resource.id):
-            frame = read_std(wh, conn, catalogue, resource, batch.batch_id, latest=True)
-            if only is not None:
-                frame = frame.filter(entity_key(lib).is_in(only.get_column("entity_key").implode()))
-            out.append((resource, batch.batch_id, frame))
+            out.append((resource, batch.batch_id, read_std(wh, conn, catalogue, resource, batch.batch_id, latest=True)))
     return out
 
 
@@ -167,59 +157,54 @@ def _as_observations(conflicts: pl.DataFrame, matches: pl.DataFrame, batch_date:
 
 def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date) -> ConsistencyRun:
     """Compare every non-authoritative copy delivered on ``batch_date`` with what the base library held
-    that day, record the date's observations and fold the ledger rows they touch, all in one transaction."""
+    that day, record the date's observations and fold the ledger rows they touch, all in one transaction.
+
+    A backfill (dates after ``batch_date`` were merged already) checks those dates again in the same
+    transaction, oldest first: what they showed can change with what ``batch_date`` delivered (an
+    authority's value that holds on, a difference that a later match closes). A nightly run has no later
+    dates and checks one date; a backfill run newest first checks each later date again per date."""
     lib = catalogue.library(library)
-    with wh.engine.connect() as conn:
-        batches = _copy_batches(wh, conn, catalogue, lib, batch_date)
-    obs_name, ledger_name = wh.qualified("quality", OBSERVATIONS), wh.qualified("quality", CONFLICTS)
     with wh.begin() as conn:
-        observed = _observe(wh, conn, catalogue, lib, batch_date, batches)
-        rates, found, compared = observed if observed is not None else (
-            pl.DataFrame(), pl.DataFrame(schema=CONFLICT_SCHEMA), pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]}))
-        found = found.cast(CONFLICT_SCHEMA)
         wh.create(conn, observations_table(wh))
         wh.create(conn, conflicts_table(wh))
-        cols = ", ".join(wh.quote(c) for c in OBSERVATION_SCHEMA)
-        known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
-        differed = pl.concat([known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY),
-                              found.select(IDENTITY)]).unique()
-        # a match is kept only for an identity that differed on some date: it may be what closes it
-        matches = compared.join(found, on=IDENTITY, how="anti").join(differed, on=IDENTITY, how="semi")
-        today = _as_observations(found, matches, batch_date)
-        # dates already checked after this one (a backfill): what they showed of the identities that
-        # differ today and have no observation there yet
-        later = sorted(d for d in merged_batches(wh, conn, library) if d > batch_date) if not found.is_empty() else []
-        after = []
-        for day in later:
-            have = known.filter(pl.col("batch_date") == day).select(IDENTITY)
-            missing = found.select(IDENTITY).unique().join(have, on=IDENTITY, how="anti")
-            if missing.is_empty():
-                continue
-            seen = _observe(wh, conn, catalogue, lib, day,
-                            _copy_batches(wh, conn, catalogue, lib, day, missing.select("entity_key").unique()))
-            if seen is None:
-                continue
-            _, day_found, day_compared = seen
-            day_found = day_found.join(missing, on=IDENTITY, how="semi")
-            day_matches = day_compared.join(missing, on=IDENTITY, how="semi").join(day_found, on=IDENTITY, how="anti")
-            after.append(_as_observations(day_found.cast(CONFLICT_SCHEMA), day_matches, day))
-        replaced = known.filter(pl.col("batch_date") == batch_date)
-        conn.execute(sa.text(f"DELETE FROM {obs_name} WHERE library = :l AND batch_date = :d"), {"l": library, "d": batch_date})
-        wh.insert(conn, observations_table(wh), pl.concat([today, *after]))
-        touched = pl.concat([replaced.select(IDENTITY), today.select(IDENTITY), *[a.select(IDENTITY) for a in after]]).unique()
-        history = pl.concat([known.filter(pl.col("batch_date") != batch_date), today, *after]).join(
-            touched, on=IDENTITY, how="semi")
-        before = read_conflicts(wh, conn, library).join(touched, on=IDENTITY, how="semi")
-        rows = fold_conflicts(history)
-        write_conflicts(wh, conn, touched, rows)
-        open_total = wh.scalar(conn, f"SELECT COUNT(*) FROM {ledger_name} WHERE library = :l AND status = 'open'",
-                               {"l": library})
+        run = _check_date(wh, conn, catalogue, lib, batch_date)
+        for day in sorted(d for d in merged_batches(wh, conn, library) if d > batch_date):
+            _check_date(wh, conn, catalogue, lib, day)
+        open_total = wh.scalar(conn, f"SELECT COUNT(*) FROM {wh.qualified('quality', CONFLICTS)} "
+                                     "WHERE library = :l AND status = 'open'", {"l": library})
+    run.changes.open_total = int(open_total or 0)
+    return run
+
+
+def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date) -> ConsistencyRun:
+    """One date's comparison, observations and the ledger rows they touch (inside the caller's transaction)."""
+    library = lib.code
+    observed = _observe(wh, conn, catalogue, lib, batch_date, _copy_batches(wh, conn, catalogue, lib, batch_date))
+    rates, found, compared = observed if observed is not None else (
+        pl.DataFrame(), pl.DataFrame(schema=CONFLICT_SCHEMA),
+        pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]}))
+    found = found.cast(CONFLICT_SCHEMA)
+    obs_name = wh.qualified("quality", OBSERVATIONS)
+    cols = ", ".join(wh.quote(c) for c in OBSERVATION_SCHEMA)
+    known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
+    differed = pl.concat([known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY),
+                          found.select(IDENTITY)]).unique()
+    # a match is kept only for an identity that differed on some date: it may be what closes it
+    matches = compared.join(found, on=IDENTITY, how="anti").join(differed, on=IDENTITY, how="semi")
+    today = _as_observations(found, matches, batch_date)
+    replaced = known.filter(pl.col("batch_date") == batch_date)
+    conn.execute(sa.text(f"DELETE FROM {obs_name} WHERE library = :l AND batch_date = :d"), {"l": library, "d": batch_date})
+    wh.insert(conn, observations_table(wh), today)
+    touched = pl.concat([replaced.select(IDENTITY), today.select(IDENTITY)]).unique()
+    history = pl.concat([known.filter(pl.col("batch_date") != batch_date), today]).join(touched, on=IDENTITY, how="semi")
+    before = read_conflicts(wh, conn, library).join(touched, on=IDENTITY, how="semi")
+    rows = fold_conflicts(history)
+    write_conflicts(wh, conn, touched, rows)
     was = before.select(*IDENTITY, pl.col("status").alias("was"), pl.col("times_seen").alias("was_seen"))
     now = rows.join(was, on=IDENTITY, how="left")
-    changes = ConflictChanges(
+    return ConsistencyRun(rates, found, ConflictChanges(
         opened=now.filter(pl.col("was").is_null()).height,
         seen_again=now.filter((pl.col("was") == "open") & (pl.col("times_seen") > pl.col("was_seen"))).height,
         closed=now.filter((pl.col("was") == "open") & (pl.col("status") == "closed")).height,
-        open_total=int(open_total or 0),
-    )
-    return ConsistencyRun(rates, found, changes)
+        open_total=0,
+    ))

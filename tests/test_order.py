@@ -249,11 +249,25 @@ def conflict_ledger(wh: Warehouse) -> list[tuple]:
     return sorted(tuple("" if v is None else str(v) for v in r) for r in rows.iter_rows())
 
 
-def test_the_conflict_ledger_does_not_depend_on_the_order_dates_run(warehouses: Warehouses, order_city) -> None:
+def reference_failures(wh: Warehouse) -> list[tuple]:
+    """Every stored 关联一致性 failure, per batch date, as text."""
+    from quality.references import REFERENCE_FAILURES, TABLE_SCHEMA
+
+    with wh.engine.connect() as conn:
+        rows = wh.read(conn, f"SELECT {', '.join(wh.quote(c) for c in TABLE_SCHEMA)} FROM "
+                             f"{wh.qualified('quality', REFERENCE_FAILURES)}", TABLE_SCHEMA)
+    return sorted(tuple("" if v is None else str(v) for v in r) for r in rows.iter_rows())
+
+
+def test_the_conflict_ledger_and_reference_failures_do_not_depend_on_the_order_dates_run(
+        warehouses: Warehouses, order_city) -> None:
     """社保 carries copies of 户政's names: 赵强 on D2 while 户政 said 赵刚 (open since D2, not delivered again),
     李丽 on D1 (agreeing then) and on D3 while 户政 said 李莉. Backwards, the D1 match must not close the D3
-    conflict, and a backfill that finds a difference looks at the dates checked after it."""
+    conflict, and a backfill that finds a difference looks at the dates checked after it. The licence
+    A-0002 names its holder 李力 from D2 on: its 关联一致性 failure of each date compares with the 人口库
+    of that date (李丽 on D2, 李莉 on D3), not with whatever was merged last."""
     from quality.conflicts import check_library_consistency
+    from quality.references import check_references
 
     cat, landing = order_city
 
@@ -261,19 +275,22 @@ def test_the_conflict_ledger_does_not_depend_on_the_order_dates_run(warehouses: 
         run_date(wh, cat, landing, day)
         for lib in cat.libraries:
             check_library_consistency(wh, cat, lib.code, day)
+            check_references(wh, cat, lib.code, day)
 
     wh = warehouses.new()
     for day in DAYS:
         night(wh, day)
-    expected = conflict_ledger(wh)
+    expected = conflict_ledger(wh), reference_failures(wh)
     wh.dispose()
-    people = [r for r in expected if r[0] == "people" and r[2] == "shebao"]
+    people = [r for r in expected[0] if r[0] == "people" and r[2] == "shebao"]
     p1, p2 = PEOPLE[1][0], PEOPLE[2][0]
     assert {(r[4], r[6], r[7], r[9], r[13], r[14]) for r in people} == {
         (p1, "李丽", "李莉", str(D3), "1", "open"), (p2, "赵强", "赵刚", str(D2), "1", "open")}
+    mismatches = {(r[0], r[7], r[8]) for r in expected[1] if r[3] == "name_mismatch"}
+    assert mismatches == {(str(D2), "李力", "李丽"), (str(D3), "李力", "李莉")}, expected[1]
     for order in (tuple(reversed(DAYS)), (D3, D1, D2, D3, D1)):  # backwards; shuffled with reruns
         wh = warehouses.new()
         for day in order:
             night(wh, day)
-        assert conflict_ledger(wh) == expected, order
+        assert (conflict_ledger(wh), reference_failures(wh)) == expected, order
         wh.dispose()

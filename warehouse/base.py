@@ -97,6 +97,18 @@ def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | 
     return with_batch_ids(frame, lib, batch_numbers(wh, conn))
 
 
+def read_on(wh: Warehouse, conn: sa.Connection, lib: Library, day: dt.date) -> pl.DataFrame:
+    """:func:`read_current` as the library stood at the end of batch date ``day``: the version of every
+    entity valid that day, whatever dates were merged since (a check of ``day`` gives the same answer
+    whenever it runs)."""
+    schema = base_schema(lib)
+    cols = ", ".join(wh.quote(c) for c in schema)
+    frame = wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_FROM} <= :d AND "
+                    f"({VALID_TO} IS NULL OR {VALID_TO} > :d) ORDER BY {', '.join(wh.quote(k) for k in lib.key)}",
+                    schema, {"d": day}, bulk=True)
+    return with_batch_ids(frame, lib, batch_numbers(wh, conn))
+
+
 def with_batch_ids(frame: pl.DataFrame, lib: Library, numbers: pl.DataFrame) -> pl.DataFrame:
     """Lineage batch numbers replaced by the batch ids they stand for (``numbers``: batch_no → batch_id)."""
     nos, ids = numbers.get_column("batch_no"), numbers.get_column("batch_id")
