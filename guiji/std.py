@@ -68,11 +68,13 @@ class StdResult:
     def reconciliation(self) -> str:
         """交付 = 接收 + 隔离; for a failed batch also the files none of whose records could be read,
         so a non-empty delivery never shows as a plain 0 = 0 + 0."""
-        return reconciliation_text(self.delivered, self.accepted, self.quarantined, self.batch)
+        return reconciliation_text(self.delivered, self.accepted, self.quarantined, self.batch, self.carried)
 
 
-def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: Batch | None) -> str:
+def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: Batch | None, carried: int = 0) -> str:
     text = f"{delivered} = {accepted} + {quarantined}"
+    if carried:
+        text += f" · 接收中 {carried} 行与上一批次相同, 沿用 (未重新标准化)"
     if batch is not None and batch.failed:
         text += (f" · 批次失败: 另有无法拆分为记录的文件 ({batch.unreadable_bytes:,} 字节, "
                  f"{batch.unreadable_lines:,} 行), 其记录未计入")
