@@ -12,7 +12,6 @@ legal representatives), with the name the authority delivers.
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as dt
 import zlib
 from dataclasses import dataclass, field
