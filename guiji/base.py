@@ -168,16 +168,21 @@ def _carried_held(catalogue: Catalogue, lib: Library, chosen: list, before: dict
     """
     if any(d > batch_date for d in before):
         return set()
-    providers: dict[str, int] = {}
-    for r in catalogue.resources_of(lib.code):
-        for code in catalogue.authoritative_elements(r):
-            providers[code] = providers.get(code, 0) + 1
+    resources = catalogue.resources_of(lib.code)
+    auth = {r.id: catalogue.authoritative_elements(r) for r in resources}
+
+    def shared(rid: str) -> bool:
+        """Another resource is an authority for one of the same values (for a discriminated library:
+        the same element for an overlapping set of discriminator values)."""
+        return any(code in auth[o] and (values is None or auth[o][code] is None or set(values) & set(auth[o][code]))
+                   for o in auth if o != rid for code, values in auth[rid].items())
+
     out = set()
     for b in chosen:
         if not b.rows_carried or b.carried_from is None:
             continue
-        resource = next(r for r in catalogue.resources_of(lib.code) if r.id == b.batch_id.rsplit(".", 2)[0])
-        if any(providers[c] > 1 for c in catalogue.authoritative_elements(resource)):
+        resource = next(r for r in resources if r.id == b.batch_id.rsplit(".", 2)[0])
+        if shared(resource.id):
             continue
         earlier = [d for d, ids in before.items() if d < batch_date and any(i.rsplit(".", 2)[0] == resource.id
                                                                            for i in ids)]
