@@ -112,6 +112,21 @@ def test_unchanged_records_are_carried_not_stored_again(warehouse: Warehouse, hz
     full = standardize(rebuilt, cat, r, D2)
     assert sorted(full_std.iter_rows()) == sorted(full.accepted.iter_rows())
     assert sorted(quarantine.iter_rows()) == sorted(full.quarantine.select("_row_no", "reason_code").iter_rows())
+    # a rerun of the partition finds the delivery stored and rebuilds the same 标准层
+    before = layers(wh)
+    run(wh, cat, landing, D2)
+    assert layers(wh) == before
+
+
+def layers(wh: Warehouse) -> dict[str, list[tuple]]:
+    """Every row of the tables the 归集 writes, as text, sorted."""
+    out = {}
+    with wh.engine.connect() as conn:
+        for layer, table in (("ods", RESOURCE), ("ods", "carried"), ("ods", "batches"), ("std", RESOURCE),
+                             ("quality", "quarantine"), ("audit", "reconciliation"), ("base", "people")):
+            rows = conn.execute(sa.text(f"SELECT * FROM {wh.qualified(layer, table)}")).all()
+            out[f"{layer}.{table}"] = sorted(tuple(str(v) for v in r) for r in rows)
+    return out
 
 
 def test_carried_dates_in_any_order_give_the_same_base_library(warehouses: Warehouses, hz_city) -> None:  # noqa: F811
@@ -138,3 +153,37 @@ def test_carried_dates_in_any_order_give_the_same_base_library(warehouses: Wareh
     people = states[0]["people"]
     renamed = [row for row in people if "改名了" in row]
     assert len(renamed) == 1 and str(D2) in renamed[0] and str(D3) in renamed[0]
+
+
+def test_a_warehouse_from_before_digests_is_upgraded_and_carries_from_the_next_batch_on(
+        warehouse: Warehouse, tmp_path: Path) -> None:
+    """Migration 0007 adds the digest and carried columns to a warehouse that holds data; its batches
+    have no digests, so the next delivery stores everything, and the one after carries."""
+    import warehouse.migrations as migrations
+
+    cat = load_catalogue(citykit.write_catalogue(tmp_path / "cat"))
+    landing = tmp_path / "same"
+    for day in (D1, D2, D3):
+        citykit.write_csv(landing / "hz" / f"{day:%Y%m%d}" / "a.csv", HZ, day1())
+    wh = warehouse
+    migrations.upgrade(wh, "0006")
+    run(wh, cat, landing, D1)
+    with wh.begin() as conn:  # what the code of revision 0006 wrote
+        for layer, table, column in (("ods", RESOURCE, DIGEST), ("ods", "batches", "carried_from"),
+                                     ("ods", "batches", "rows_carried"), ("audit", "reconciliation", "rows_carried")):
+            conn.execute(sa.text(f"ALTER TABLE {wh.qualified(layer, table)} DROP COLUMN {column}"))
+    wh.dispose()
+    upgraded = Warehouse(wh.url)
+    migrations.upgrade(upgraded)
+    assert migrations.current(upgraded) == "0007"
+    run(upgraded, cat, landing, D2)
+    run(upgraded, cat, landing, D3)
+    with upgraded.engine.connect() as conn:
+        carried = conn.execute(sa.text(f"SELECT batch_date, rows_carried, carried_from FROM "
+                                       f"{upgraded.qualified('ods', 'batches')} ORDER BY batch_date")).all()
+        rec = conn.execute(sa.text(f"SELECT rows_delivered, rows_accepted, rows_quarantined, rows_carried FROM "
+                                   f"{upgraded.qualified('audit', 'reconciliation')} ORDER BY batch_date")).all()
+    assert [(c[1] or 0) for c in carried] == [0, 0, 60]
+    assert carried[2][2] == f"{RESOURCE}.{D2:%Y%m%d}.1"
+    assert [tuple(r) for r in rec] == [(61, 60, 1, None), (61, 60, 1, 0), (61, 60, 1, 60)]
+    upgraded.dispose()
