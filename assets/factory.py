@@ -318,6 +318,9 @@ def _ods_result(
             "批次号": b.batch_id,
             "来源": b.sources,
             "交付行数": b.rows_delivered,
+            "未变沿用行数": MetadataValue.md(
+                f"{b.rows_carried:,} (与上一批次 {b.carried_from} 相同, 不再入库、标准化与合并)"
+                if b.rows_carried else "0"),
             "无法解析行数": b.rows_unparseable,
             "dagster/row_count": b.rows_delivered,
             "问题": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "无"),
@@ -361,6 +364,7 @@ def _std_result(
             "批次号": out.batch.batch_id,
             "交付行数": out.delivered,
             "接收行数": out.accepted,
+            "其中未变沿用": out.carried,
             "隔离行数": out.quarantined,
             "对账": out.reconciliation,
             "合并入基础库": f"否, 暂缓入库: {out.withheld}" if out.withheld else "是",

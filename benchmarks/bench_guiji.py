@@ -31,6 +31,14 @@ keys and indexes (what writing these layers costs with no client work at all). P
 night / 归集, 归集 / reference and 归集 / floor. ``--runs`` repeats everything on fresh databases and
 prints medians with every single figure. Creates and drops its own databases and Dagster instances
 (and the generated city, unless ``--landing`` names where to keep it).
+
+Then, in each run's database, the incremental night: the city is generated with a next day
+(``generate(days=2, change_rate=--change-rate, incremental=True)``: every resource delivers again,
+files and APIs whole, 前置库 only the changed rows, about ``--change-rate`` of each resource's
+entities changed, the first day's defects repeated), and after the first-load night of day D the
+night of D+1 runs on the same warehouse. Printed against the first load: its whole night, its 归集,
+and the rows it wrote (ODS rows and carried runs, std rows and quarantine rows, base versions
+inserted or closed), with the records carried unchanged. ``--no-incremental`` leaves it out.
 """
 
 from __future__ import annotations
@@ -470,15 +478,45 @@ def night_from_events(instance, run_id: str) -> Night:
                  step_pids=step_pids)
 
 
+def rows_written(wh: Warehouse, conn, catalogue: Catalogue, day: dt.date) -> dict[str, int]:
+    """The rows the night of batch date ``day`` wrote: ODS rows of its batches and their carried runs,
+    their std rows and quarantine rows, base-library versions it inserted (``valid_from = day``) or
+    closed (``valid_to = day``)."""
+    out = {"ods": 0, "ods_carried_runs": 0, "std": 0, "quarantine": 0, "base": 0}
+    batches = wh.qualified("ods", "batches")
+    of_day = f"IN (SELECT batch_id FROM {batches} WHERE batch_date = :d)"
+    for r in catalogue.resources:
+        for layer in ("ods", "std"):
+            if wh.exists(layer, r.id):
+                out[layer] += wh.scalar(conn, f"SELECT COUNT(*) FROM {wh.qualified(layer, r.id)} WHERE _batch_id {of_day}",
+                                        {"d": day})
+    if wh.exists("ods", "carried"):
+        out["ods_carried_runs"] = wh.scalar(conn, f"SELECT COUNT(*) FROM {wh.qualified('ods', 'carried')} "
+                                                  f"WHERE batch_id {of_day}", {"d": day})
+    if wh.exists("quality", "quarantine"):
+        out["quarantine"] = wh.scalar(conn, f"SELECT COUNT(*) FROM {wh.qualified('quality', 'quarantine')} "
+                                            f"WHERE batch_id {of_day}", {"d": day})
+    for lib in catalogue.libraries:
+        if wh.exists("base", lib.code):
+            out["base"] += wh.scalar(conn, f"SELECT COUNT(*) FROM {wh.qualified('base', lib.code)} "
+                                           "WHERE valid_from = :d OR valid_to = :d", {"d": day})
+    out = {k: int(v) for k, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
 def layer_rows(url: str, catalogue: Catalogue, day: dt.date) -> dict[str, object]:
     """Rows per layer for batch date ``day``, from the warehouse's audit tables: delivered (``ods.batches``),
     accepted and quarantined (``audit.reconciliation``), current entities and versions per base library,
-    and the resources whose delivery failed or whose batch was withheld."""
+    the resources whose delivery failed or whose batch was withheld, and the rows the night wrote."""
     from warehouse.std import night_problems
 
     wh = Warehouse(url)
     try:
         with wh.engine.connect() as conn:
+            written = rows_written(wh, conn, catalogue, day)
+            carried = wh.scalar(conn, f"SELECT COALESCE(SUM(rows_carried), 0) FROM {wh.qualified('ods', 'batches')} "
+                                      "WHERE batch_date = :d", {"d": day})
             ods = conn.execute(sa.text(
                 f"SELECT COUNT(*), COALESCE(SUM(rows_delivered), 0), COALESCE(SUM(rows_unparseable), 0), "
                 f"COUNT(*) FILTER (WHERE status = 'failed') FROM {wh.qualified('ods', 'batches')} "
@@ -500,6 +538,7 @@ def layer_rows(url: str, catalogue: Catalogue, day: dt.date) -> dict[str, object
         "batches": int(ods[0]), "failed_batches": int(ods[3]), "delivered": int(ods[1]), "unparseable": int(ods[2]),
         "std_delivered": int(std[0]), "accepted": int(std[1]), "quarantined": int(std[2]),
         "base": base, "problems": {r["resource_id"]: r["state"] for r in problems.iter_rows(named=True)},
+        "written": written, "carried": int(carried),
     }
 
 
@@ -571,17 +610,31 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=settings_from_env().max_concurrent,
                     help="the job's steps at a time: GONGSHU_MAX_CONCURRENT of the run (default: its value, or 2)")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    ap.add_argument("--change-rate", type=float, default=0.01,
+                    help="the incremental night: share of each resource's entities changed on the next day")
+    ap.add_argument("--no-incremental", dest="incremental", action="store_false",
+                    help="leave out the incremental night (the next day is then not generated)")
     args = ap.parse_args()
     from generator import generate
 
     catalogue_path = settings_from_env().catalogue_path.resolve()
     catalogue = load_catalogue(catalogue_path)
     day = dt.date(2026, 11, 20)
+    next_day = day + dt.timedelta(days=1)
     landing = (Path(args.landing) if args.landing else Path(tempfile.mkdtemp(prefix="gongshu_bench_"))).resolve()
     if not (landing / "manifest.json").exists():
         t = time.perf_counter()
-        generate(catalogue, persons=args.persons, seed=args.seed, date=day, out=landing, days=1, progress=False)
+        if args.incremental:  # the first load on D, and D+1 with about --change-rate of the entities changed
+            generate(catalogue, persons=args.persons, seed=args.seed, date=next_day, out=landing, days=2,
+                     progress=False, change_rate=args.change_rate, incremental=True)
+        else:
+            generate(catalogue, persons=args.persons, seed=args.seed, date=day, out=landing, days=1, progress=False)
         print(f"生成 {args.persons:,} 人: {time.perf_counter() - t:.1f} s")
+    if args.incremental:
+        parameters = json.loads((landing / "manifest.json").read_text(encoding="utf-8"))["parameters"]
+        if not parameters.get("incremental") or parameters.get("batch_dates", [])[-2:] != [str(day), str(next_day)]:
+            print(f"{landing}: 不含增量之夜的次日交付 (请用新的 --landing 重新生成, 或 --no-incremental)", file=sys.stderr)
+            return 2
     server, base = serve_in_thread(landing)
     from urllib.parse import urlparse
 
@@ -595,6 +648,7 @@ def main() -> int:
     streams = sorted({1, args.workers})
     refs: dict[int, list[tuple[float, int]]] = {n: [] for n in streams}
     nights: list[Night] = []
+    increments: list[Night] = []
     floors: list[tuple[float, int, int]] = []
     try:
         for _ in range(args.runs):
@@ -610,12 +664,21 @@ def main() -> int:
                     return 1
                 night.rows = layer_rows(url, catalogue, day)
                 floors.append(write_floor(url))
+                if args.incremental:  # the next night on the same warehouse
+                    checkpoint(url)
+                    inc = run_night(url, landing, next_day, args.workers, variables, catalogue_path)
+                    increments.append(inc)
+                    if inc.status != "SUCCESS":
+                        return 1
+                    inc.rows = layer_rows(url, catalogue, next_day)
     finally:
         server.shutdown()
         server.server_close()
         if not args.landing:  # generated for this bench alone (--landing keeps it for the next)
             shutil.rmtree(landing, ignore_errors=True)
     figures = report(args, nights, refs, floors)
+    if increments:
+        figures["incremental"] = report_incremental(args, nights, increments)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -728,6 +791,43 @@ def report(args: argparse.Namespace, nights: list[Night], refs: dict[int, list[t
         "write_floor": [{"seconds": s, "rows": r, "bytes": b} for s, r, b in floors],
         "nights": [{**asdict(n), "steps": [{**asdict(st), "seconds": st.seconds} for st in n.steps]} for n in nights],
         "cores": cores,
+    }
+
+
+def report_incremental(args: argparse.Namespace, firsts: list[Night], nights: list[Night]) -> dict:
+    """The incremental night against the first load (medians of the runs): time and rows written."""
+    med = statistics.median
+
+    def each(values, fmt="{:.2f}") -> str:
+        return ", ".join(fmt.format(v) for v in values)
+
+    first_night, first_guiji = med(n.night_s for n in firsts), med(n.guiji_s for n in firsts)
+    night_s, guiji_s = med(n.night_s for n in nights), med(n.guiji_s for n in nights)
+    w1, w2 = firsts[0].rows["written"], nights[0].rows["written"]
+    rows = nights[0].rows
+    print(f"\n增量之夜 (次日, 各资源约 {args.change_rate:.1%} 实体变更; 文件与接口全量重交, 前置库按水位只交变更行) · "
+          f"与首次全量之夜同库 · {len(nights)} 轮的中位数")
+    print(f"  {'整夜':<34} {night_s:8.2f} s  = 首次全量 {first_night:.2f} s 的 {night_s / first_night:.1%}  "
+          f"(目标 ≤ 10%; 各轮 {each(n.night_s for n in nights)} s)")
+    print(f"  {'归集 (首个 ods 步骤 → 最后合并)':<34} {guiji_s:8.2f} s  = 首次全量 {first_guiji:.2f} s 的 "
+          f"{guiji_s / first_guiji:.1%}  (各轮 {each(n.guiji_s for n in nights)} s)")
+    print("  步骤时长合计, 按阶段: " + ", ".join(
+        f"{stage} {med(n.stages[stage] for n in nights):.2f} s (首次 {med(n.stages[stage] for n in firsts):.2f} s)"
+        for stage in STAGES))
+    print(f"  {'写入行数 (ods+std+隔离+base)':<34} {w2['total']:>8,} 行 = 首次全量 {w1['total']:,} 行的 "
+          f"{w2['total'] / max(w1['total'], 1):.1%}  (目标 ≤ 10%)")
+    print("    " + " · ".join(f"{k} {w2[k]:,} (首次 {w1[k]:,})" for k in w2 if k != "total"))
+    print(f"  交付 {rows['delivered']:,} 行, 其中未变沿用 {rows['carried']:,} 行 "
+          f"({rows['carried'] / max(rows['delivered'], 1):.1%}); std 接收 {rows['accepted']:,}, 隔离 {rows['quarantined']:,}")
+    return {
+        "change_rate": args.change_rate,
+        "median": {"night_s": night_s, "guiji_s": guiji_s,
+                   "stages_s": {stage: med(n.stages[stage] for n in nights) for stage in STAGES}},
+        "first_load": {"night_s": first_night, "guiji_s": first_guiji, "written": w1},
+        "written": w2, "delivered": rows["delivered"], "carried": rows["carried"],
+        "ratios": {"night": night_s / first_night, "guiji": guiji_s / first_guiji,
+                   "rows_written": w2["total"] / max(w1["total"], 1)},
+        "nights": [{**asdict(n), "steps": [{**asdict(st), "seconds": st.seconds} for st in n.steps]} for n in nights],
     }
 
 

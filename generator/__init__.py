@@ -47,23 +47,34 @@ class GenerationResult:
 
 
 def generate(catalogue: Catalogue, *, persons: int, seed: int, date: dt.date, out: Path, days: int = 1,
-             progress: bool = True) -> Path:
+             progress: bool = True, change_rate: float | None = None, incremental: bool | None = None) -> Path:
     """Write every resource's deliveries for ``days`` batch dates ending on ``date`` under ``out``.
 
     Returns the path of ``manifest.json`` (parameters, rows per delivery, every injected defect).
+    ``change_rate`` and ``incremental`` override ``synthetic.yaml``: the share of a resource's
+    entities whose values change on each later day, and whether later full deliveries repeat the
+    first one's defects instead of new ones. An incremental next day — the first-load night, then a
+    night on which about 1 % of the entities changed — is ``days=2, change_rate=0.01,
+    incremental=True`` (``gongshu generate --days 2 --change-rate 0.01 --steady-defects``).
     """
     return generate_timed(catalogue, persons=persons, seed=seed, date=date, out=out, days=days,
-                          progress=progress).manifest
+                          progress=progress, change_rate=change_rate, incremental=incremental).manifest
 
 
 def generate_timed(catalogue: Catalogue, *, persons: int, seed: int, date: dt.date, out: Path, days: int = 1,
-                   progress: bool = True) -> GenerationResult:
+                   progress: bool = True, change_rate: float | None = None,
+                   incremental: bool | None = None) -> GenerationResult:
     """:func:`generate`, also reporting seconds per stage and rows written (for benchmarks)."""
     if persons < 1:
         raise ValueError(f"--persons 须为正整数 (得到 {persons})")
     if days < 1:
         raise ValueError(f"--days 须为正整数 (得到 {days})")
+    if change_rate is not None and not 0 <= change_rate <= 1:
+        raise ValueError(f"--change-rate 须在 0 到 1 之间 (得到 {change_rate})")
     cfg = load_config(catalogue)
+    overrides = {k: v for k, v in (("change_rate", change_rate), ("incremental", incremental)) if v is not None}
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     schedule = make_schedule(catalogue, cfg, date, days)
@@ -102,7 +113,7 @@ def generate_timed(catalogue: Catalogue, *, persons: int, seed: int, date: dt.da
             defects += _resource_level(r.id, r.department, r.code, rows, schedule.stale, schedule.is_truncated(
                 r, schedule.deliveries[r.id][-1]))
         step("真值清单")
-        write_manifest(result.manifest, _parameters(catalogue, persons, seed, date, days, schedule), world,
+        write_manifest(result.manifest, _parameters(catalogue, persons, seed, date, days, schedule, cfg), world,
                        resources, defects)
         step("完成")
     finally:
@@ -126,9 +137,10 @@ def _resource_level(rid: str, department: str, code: str, rows: dict[str, int], 
     return out
 
 
-def _parameters(catalogue: Catalogue, persons: int, seed: int, date: dt.date, days: int, schedule) -> dict:
+def _parameters(catalogue: Catalogue, persons: int, seed: int, date: dt.date, days: int, schedule, cfg) -> dict:
     return {"seed": seed, "persons": persons, "date": date.isoformat(), "days": days,
-            "catalogue": str(catalogue.root), "batch_dates": [d.isoformat() for d in schedule.dates]}
+            "catalogue": str(catalogue.root), "batch_dates": [d.isoformat() for d in schedule.dates],
+            "change_rate": cfg.change_rate, "incremental": cfg.incremental}
 
 
 def write_manifest(path: Path, parameters: dict, world: World, resources: dict, defects: list[dict]) -> None:

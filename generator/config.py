@@ -178,6 +178,11 @@ class SyntheticConfig(_Spec):
     geo: GeoSpec | None = None
     pools: PoolSpec = Field(default_factory=PoolSpec)
     change_rate: Share = Field(default=0.005, description="share of a resource's entities changed per later day")
+    incremental: bool = Field(default=False, description=(
+        "later days as after a first load: every resource delivers on every date (files and APIs whole, "
+        "前置库 only the changed rows), repeating the first delivery's defects (same entities, same text), "
+        "nothing truncated, and change_rate of every resource's entities changed (a resource without "
+        "declared changes: its last plain field element)"))
     stale: StaleSpec | None = None
     truncated: TruncatedSpec | None = None
     defects: dict[DefectClass, DefectSpec] = Field(default_factory=dict)

@@ -116,7 +116,9 @@ def build_delivery(world: World, resource: Resource, day: dt.date) -> Delivery:
     defect_rows: list[DefectRow] = []
     twins: dict[int, int] = {}
     if slots and raw is not None:
-        injector = Injector(world, resource, world.rng("defects", resource.id, day.isoformat()))
+        # incremental days: a repeated slot gets the text it got on the first day
+        drawn = sch.deliveries[resource.id][0] if world.cfg.incremental else day
+        injector = Injector(world, resource, world.rng("defects", resource.id, drawn.isoformat()))
         by_eid = {d[EID]: d for d in raw.to_dicts()}
         canons = [{**by_eid[s.entity], **s.overrides} for s in slots]
         # one render for all slot rows: the same expressions as the clean rows, so the same text

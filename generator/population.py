@@ -11,6 +11,7 @@ legal representatives), with the name the authority delivers.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zlib
 from dataclasses import dataclass, field
@@ -138,8 +139,9 @@ def make_schedule(catalogue: Catalogue, cfg: SyntheticConfig, date: dt.date, day
             assert cfg.stale is not None
             out[r.id] = [date - dt.timedelta(days=cfg.stale.days_before)]
         else:
-            out[r.id] = list(dates) if delivers_daily(r) else [dates[-1]]
-    return Schedule(dates, out, stale, cfg.truncated.resource if cfg.truncated else None)
+            out[r.id] = list(dates) if delivers_daily(r) or cfg.incremental else [dates[-1]]
+    truncated = cfg.truncated.resource if cfg.truncated and not cfg.incremental else None
+    return Schedule(dates, out, stale, truncated)
 
 
 @dataclass
@@ -567,8 +569,8 @@ def plan_slots(world: World) -> dict[str, list[Slot]]:
             lib = cat.library(r.library)
             fields = eligible_fields(cat, r, cls)
             for day in sch.deliveries[rid]:
-                if not sch.full(r, day):
-                    continue
+                if not sch.full(r, day) or (cfg.incremental and day != sch.deliveries[rid][0]):
+                    continue  # incremental: the first delivery's are repeated (repeat_slots)
                 est = estimate_rows(world, r) * (cfg.truncated.keep if sch.is_truncated(r, day) and cfg.truncated else 1)
                 n = max(spec.min_count, round(spec.rate * est))
                 rng = world.rng("slots", cls.value, rid, day.isoformat())
@@ -660,11 +662,24 @@ def cover(world: World, pool: EntityPool) -> None:
     pool.extra = {k: np.array(sorted(v), dtype=np.int64) for k, v in extra.items()}
 
 
+def changeable(world: World, pool: EntityPool, resource: Resource) -> list[str]:
+    """The element an incremental day changes in a resource that declares no changes: its last field
+    that is a plain value (not a key, an identifier, a reference or derived from the ID number)."""
+    lib = pool.library
+    refs = {r.element for r in lib.references}
+    plain = [f.element for f in resource.fields
+             if f.element not in lib.key and f.element not in refs and f.element not in resource.key
+             and (e := lib.element(f.element)).derived_from_id is None
+             and e.type not in (ElementType.id_number, ElementType.uscc)
+             and f.element not in (lib.discriminator.element if lib.discriminator else ())]
+    return plain[-1:]
+
+
 def plan_changes(world: World, pool: EntityPool) -> None:
     """On each later delivery day, a small share of a resource's entities get new values."""
     sch = world.schedule
     for r in pool.resources:
-        elements = world.cfg.resource(r.id).changes
+        elements = world.cfg.resource(r.id).changes or (changeable(world, pool, r) if world.cfg.incremental else [])
         if not elements:
             continue
         maker = ElementMaker(world, pool.library, r if pool.library.discriminator else None)
@@ -740,6 +755,19 @@ def prepare_slots(world: World, pool: EntityPool) -> None:
             slot.fresh = v
 
 
+def repeat_slots(world: World, pool: EntityPool) -> None:
+    """Incremental days: every later full delivery repeats the first delivery's defect slots (same
+    entity, field and overrides; :func:`generator.deliveries.build_delivery` draws their text from
+    the first day's generator), so that day's file differs from the first only by the changes."""
+    sch = world.schedule
+    repeated = []
+    for slot in pool.slots:
+        days = sch.deliveries[slot.resource.id]
+        repeated += [dataclasses.replace(slot, day=d, overrides=dict(slot.overrides)) for d in days[1:]
+                     if sch.full(slot.resource, d)]
+    pool.slots = pool.slots + repeated
+
+
 def build_world(world: World, progress) -> None:
     """Generate every pool in dependency order: frame, defect entities, coverage, changes."""
     slots = plan_slots(world)
@@ -753,4 +781,6 @@ def build_world(world: World, progress) -> None:
         cover(world, pool)
         world.entity_pools[name] = pool
         prepare_slots(world, pool)
+        if world.cfg.incremental:
+            repeat_slots(world, pool)
         plan_changes(world, pool)

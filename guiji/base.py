@@ -56,9 +56,10 @@ def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
 
 
 def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
-           keys: pl.DataFrame | None = None) -> pl.DataFrame:
+           keys: pl.DataFrame | None = None, changed_only: set[str] = frozenset()) -> pl.DataFrame:
     """The authoritative values the batches ``batch_ids`` (of one date) delivered, one row per entity
-    (only the entities in ``keys``, when given)."""
+    (only the entities in ``keys``, when given). For the batches in ``changed_only`` only the records
+    standardised for them: not those carried unchanged from the previous batch (:func:`_carried_held`)."""
     if not batch_ids:
         return incoming_values(catalogue, lib, [])
     info = wh.read(conn, f"SELECT batch_id, batch_no, resource_id FROM {wh.qualified('ods', BATCHES)} "
@@ -72,7 +73,7 @@ def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Librar
         if resource is None or not catalogue.authoritative_elements(resource):
             continue
         frame = read_std(wh, conn, catalogue, resource, row["batch_id"], _used_columns(catalogue, lib, resource),
-                         latest=True)
+                         latest=True, carried=row["batch_id"] not in changed_only)
         if keys is not None:
             frame = frame.join(keys, on=lib.key, how="semi")
         batches.append((resource, row["batch_no"], frame))
@@ -98,7 +99,8 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
         before = merged_batches(wh, conn, library)
         if before.get(batch_date) == batch_ids and wh.exists("base", lib.code):
             return MergeResult(lib.code, batch_ids, 0, 0, 0, 0, 0, *_counts(wh, conn, base), merged_before=True)
-        incoming = _facts(wh, conn, catalogue, lib, batch_ids)
+        incoming = _facts(wh, conn, catalogue, lib, batch_ids,
+                          changed_only=_carried_held(catalogue, lib, chosen, before, batch_date))
     replaced = [b for b in before.get(batch_date, []) if b not in batch_ids]
     with wh.begin() as conn:
         wh.create(conn, table)
@@ -150,6 +152,43 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
         counts = _counts(wh, conn, base)
     return MergeResult(lib.code, batch_ids, incoming.height, plan.new_entities, plan.changed_entities,
                        plan.unchanged, fold_keys.height, *counts)
+
+
+def _carried_held(catalogue: Catalogue, lib: Library, chosen: list, before: dict[dt.date, list[str]],
+                  batch_date: dt.date) -> set[str]:
+    """The batches whose carried records the merge of ``batch_date`` may leave out.
+
+    A carried record is the same delivery as in the batch it was compared with (``carried_from``);
+    leaving it out is "not delivered", which changes nothing exactly when the library holds that
+    batch's values already: that batch is the resource's last one merged before ``batch_date``, no
+    date after ``batch_date`` is merged (a backfill folds every later date again, from full facts),
+    and no other resource of the library is an authority for the same values (else which of two
+    deliveries of one date wins could change). Otherwise the carried records are read as delivered
+    (:func:`warehouse.std.read_std`), which is always right, only slower.
+    """
+    if any(d > batch_date for d in before):
+        return set()
+    resources = catalogue.resources_of(lib.code)
+    auth = {r.id: catalogue.authoritative_elements(r) for r in resources}
+
+    def shared(rid: str) -> bool:
+        """Another resource is an authority for one of the same values (for a discriminated library:
+        the same element for an overlapping set of discriminator values)."""
+        return any(code in auth[o] and (values is None or auth[o][code] is None or set(values) & set(auth[o][code]))
+                   for o in auth if o != rid for code, values in auth[rid].items())
+
+    out = set()
+    for b in chosen:
+        if not b.rows_carried or b.carried_from is None:
+            continue
+        resource = next(r for r in resources if r.id == b.batch_id.rsplit(".", 2)[0])
+        if shared(resource.id):
+            continue
+        earlier = [d for d, ids in before.items() if d < batch_date and any(i.rsplit(".", 2)[0] == resource.id
+                                                                           for i in ids)]
+        if earlier and b.carried_from in before[max(earlier)]:
+            out.add(b.batch_id)
+    return out
 
 
 def _fold(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_date: dt.date,

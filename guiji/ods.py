@@ -17,18 +17,26 @@ import polars as pl
 from catalog.loader import Catalogue
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource
 from guiji.channels import Delivery, read_api, read_database, read_files
+from guiji.standardize import key_values
 from warehouse.ods import (
     BATCH_FAILED,
     BATCH_OK,
     BATCH_SCHEMA,
+    DIGEST,
     Batch,
+    batch_records,
     batches_table,
+    carried_runs,
+    carried_table,
     latest_batch,
     number_batch,
     ods_schema,
     ods_table,
     prepare_batches,
+    previous_batch,
+    record_digest,
 )
+from warehouse.std import QUARANTINE, RECONCILIATION
 from warehouse.store import Warehouse
 
 
@@ -39,6 +47,7 @@ class IngestResult:
     problems: list[str]
     rows: pl.DataFrame | None = None  # a new batch's ODS rows as stored (ods_schema, delivery order)
     record: dict | None = None  # a new batch's row of ods.batches
+    carried: pl.DataFrame | None = None  # a new batch's carried runs (warehouse.ods.CARRIED_SCHEMA)
 
 
 
@@ -78,19 +87,22 @@ def ingest(
     variables: Mapping[str, str] | None = None,
 ) -> IngestResult:
     """Read the delivery of ``resource`` for ``batch_date`` and store it as an ODS batch."""
-    result = receive(wh, resource, batch_date, landing, variables)
+    result = receive(wh, resource, batch_date, landing, variables, catalogue=catalogue)
     if result.status == "new":
         store(wh, resource, result)
     return result
 
 
 def receive(
-    wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Path, variables: Mapping[str, str] | None = None
+    wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Path, variables: Mapping[str, str] | None = None,
+    *, catalogue: Catalogue | None = None,
 ) -> IngestResult:
     """Read a delivery and decide what it is: no delivery, the batch already stored, or a new batch.
 
     A new batch comes back with its rows in the form the warehouse stores them, not yet written:
-    :func:`store` writes it, and the 标准层 may go on with the same rows meanwhile.
+    :func:`store` writes it, and the 标准层 may go on with the same rows meanwhile. With the
+    ``catalogue``, a full snapshot delivered again keeps out of its rows the records the previous
+    batch holds unchanged (:func:`carry`): they come back as carried runs.
     """
     low = read_window(resource, batch_date) if isinstance(resource.channel, DatabaseChannel) else None
     with wh.engine.connect() as conn:
@@ -124,11 +136,67 @@ def receive(
         "unreadable_bytes": sum(u.bytes for u in delivery.unreadable),
         "unreadable_lines": sum(u.lines for u in delivery.unreadable),
         "status": BATCH_FAILED if delivery.unreadable else BATCH_OK,
+        "carried_from": None,
+        "rows_carried": 0,
     }
     schema = ods_schema(resource)
     rows = wh.stored(delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
-        [pl.col(c).cast(t) for c, t in schema.items()]).sort("_row_no", maintain_order=True))
-    return IngestResult("new", Batch.from_row(record), delivery.problems, rows, record)
+        [pl.col(c).cast(t) for c, t in schema.items() if c != DIGEST]).sort("_row_no", maintain_order=True))
+    rows = rows.with_columns(record_digest(resource)).select(list(schema))
+    runs = None
+    if catalogue is not None:
+        rows, runs, source = carry(wh, catalogue, resource, batch_date, batch_id, rows)
+        if runs is not None:
+            record["carried_from"] = source
+            record["rows_carried"] = int(runs.get_column("rows").sum())
+    return IngestResult("new", Batch.from_row(record), delivery.problems, rows, record, runs)
+
+
+def carry(
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch_id: str, rows: pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame | None, str | None]:
+    """Split a new batch's rows into those to store and those the previous batch holds unchanged.
+
+    A full snapshot delivered again (file and API channels; a 前置库 delivers only its changed rows)
+    is compared with the resource's newest batch of an earlier date — when that batch was read whole
+    (status ok) from one file, its 标准层 is complete and it was not withheld. A record is carried when a record of
+    that batch has the same digest (:func:`warehouse.ods.record_digest`: every delivered column) and
+    was accepted there, and no other record of this batch has the same key as the 标准层 parses it
+    (a key delivered twice is quarantined with every copy, so all copies are standardised here). An
+    accepted record stays accepted on a later date: the blocking rules are the key's format and
+    uniqueness, and an ID number's birth date, which only a later date can let pass.
+
+    Returns the rows to store, the carried runs (None: nothing carried) and the compared batch's id.
+    """
+    if resource.version_column or rows.height == 0:
+        return rows, None, None
+    with wh.engine.connect() as conn:
+        prev = previous_batch(wh, conn, resource, batch_date)
+        # a batch of several files numbers records inside each file: only one file's rows are addressable
+        if prev is None or prev.failed or "; " in prev.sources or not wh.exists("audit", RECONCILIATION):
+            return rows, None, None
+        rec = wh.read(conn, f"SELECT withheld FROM {wh.qualified('audit', RECONCILIATION)} WHERE batch_id = :b",
+                      {"withheld": pl.String()}, {"b": prev.batch_id})
+        if rec.height == 0 or rec.item(0, 0) is not None:
+            return rows, None, None
+        before = batch_records(wh, conn, resource, prev.batch_id)
+        quarantined = wh.read(conn, f"SELECT DISTINCT row_no FROM {wh.qualified('quality', QUARANTINE)} "
+                              "WHERE batch_id = :b", {"row_no": pl.Int64()}, {"b": prev.batch_id})
+    accepted = before.filter(pl.col("digest").is_not_null()).join(
+        quarantined, on="row_no", how="anti").filter(pl.col("digest").is_unique())
+    keys = key_values(catalogue, resource)
+    mine = rows.select("_row_no", DIGEST, "_error", "_source", *keys)
+    key_cols = [f"__key_{e}" for e in resource.key if f"__key_{e}" in mine.columns]
+    twice = pl.any_horizontal([pl.col(c).is_null() for c in key_cols]) | pl.struct(key_cols).is_duplicated() \
+        if key_cols else pl.lit(True)
+    candidates = mine.filter(pl.col("_error").is_null() & ~twice.fill_null(True) & pl.col(DIGEST).is_unique())
+    matched = candidates.join(accepted, left_on=DIGEST, right_on="digest", how="inner").select(
+        pl.col("_row_no").alias("row_no"), "source_batch_id", "source_row_no", pl.col("_source").alias("source"))
+    if matched.height == 0:
+        return rows, None, None
+    runs = carried_runs(batch_id, matched)
+    carried = matched.select(pl.col("source").alias("_source"), pl.col("row_no").alias("_row_no"))
+    return rows.join(carried, on=["_source", "_row_no"], how="anti", nulls_equal=True), runs, prev.batch_id
 
 
 def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
@@ -143,6 +211,10 @@ def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
         result.record["batch_no"] = result.batch.batch_no = number_batch(wh, conn)
         wh.insert(conn, batches, pl.DataFrame([result.record], schema=BATCH_SCHEMA))
         wh.insert(conn, table, result.rows)
+        if result.carried is not None and result.carried.height:
+            carried = carried_table(wh)
+            wh.create(conn, carried)
+            wh.insert(conn, carried, result.carried)
 
 
 

@@ -81,6 +81,19 @@ class Standardized:
 
 
 
+def key_values(catalogue: Catalogue, resource: Resource) -> list[pl.Expr]:
+    """The resource's key elements as :func:`standardize` parses them (constants left out: the same
+    on every row), so two records with the same key in different spellings come out equal."""
+    lib = catalogue.library(resource.library)
+    out = []
+    for fm in resource.fields:
+        if fm.element in resource.key:
+            raw = pl.col(fm.column)
+            raw = pl.when(raw.str.starts_with(FORMULA_MARK)).then(None).otherwise(raw)
+            out.append(parse_expr(lib.element(fm.element), raw, fm.formats, fm.codes).alias(f"__key_{fm.element}"))
+    return out
+
+
 def standardize(
     ods: pl.DataFrame, catalogue: Catalogue, resource: Resource, batch_date: dt.date | None = None
 ) -> Standardized:

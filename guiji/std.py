@@ -17,7 +17,7 @@ from guiji.ods import IngestResult, receive, store
 from guiji.standardize import Standardized, standardize
 from quality.expectations import validate
 from quality.results import BLOCKING_MIN_PASS_RATE, masked_failures, store_results, withheld_reason
-from quality.rules import resource_rules
+from quality.rules import Severity, resource_rules
 from warehouse.ods import (
     Batch,
     batches_table,
@@ -54,10 +54,11 @@ class StdResult:
     gx_counts: dict[str, tuple[int, int]] | None = None
     data_docs: str | None = None
     withheld: str | None = None  # set when a blocking rule keeps the batch out of the base library
+    carried: int = 0  # records carried unchanged from the previous batch: accepted, not standardised again
 
     @property
     def accepted(self) -> int:
-        return self.result.accepted.height if self.result else 0
+        return (self.result.accepted.height if self.result else 0) + self.carried
 
     @property
     def quarantined(self) -> int:
@@ -67,11 +68,13 @@ class StdResult:
     def reconciliation(self) -> str:
         """交付 = 接收 + 隔离; for a failed batch also the files none of whose records could be read,
         so a non-empty delivery never shows as a plain 0 = 0 + 0."""
-        return reconciliation_text(self.delivered, self.accepted, self.quarantined, self.batch)
+        return reconciliation_text(self.delivered, self.accepted, self.quarantined, self.batch, self.carried)
 
 
-def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: Batch | None) -> str:
+def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: Batch | None, carried: int = 0) -> str:
     text = f"{delivered} = {accepted} + {quarantined}"
+    if carried:
+        text += f" · 接收中 {carried} 行与上一批次相同, 沿用 (未重新标准化)"
     if batch is not None and batch.failed:
         text += (f" · 批次失败: 另有无法拆分为记录的文件 ({batch.unreadable_bytes:,} 字节, "
                  f"{batch.unreadable_lines:,} 行), 其记录未计入")
@@ -113,7 +116,7 @@ def collect(
     is not a new batch (none, or the same content again) rebuilds the std rows of the latest batch.
     ``variables``: the values of the channel's variables (:mod:`guiji.channels`).
     """
-    received = receive(wh, resource, batch_date, landing, variables)
+    received = receive(wh, resource, batch_date, landing, variables, catalogue=catalogue)
     if received.status != "new":
         return received, standardize_batch(wh, catalogue, resource, batch_date, run_id=run_id, with_gx=with_gx,
                                            min_pass_rate=min_pass_rate, docs=docs)
@@ -137,23 +140,32 @@ def _standardize(
     min_pass_rate: float, docs: Path | None,
 ) -> tuple[StdResult, pl.DataFrame]:
     result = standardize(ods, catalogue, resource, batch_date)
-    delivered, accepted, quarantined = ods.height, result.accepted.height, result.quarantined_rows
+    carried = batch.rows_carried
+    delivered, accepted, quarantined = ods.height + carried, result.accepted.height + carried, result.quarantined_rows
     if delivered != accepted + quarantined or delivered != batch.rows_delivered:
         raise ReconciliationError(
-            f"{batch.batch_id}: 交付 {batch.rows_delivered} 行, 读出 {delivered} 行, 接收 {accepted} + 隔离 {quarantined}"
+            f"{batch.batch_id}: 交付 {batch.rows_delivered} 行, 读出 {delivered} 行 (其中沿用 {carried}), "
+            f"接收 {accepted} + 隔离 {quarantined}"
         )
+    blocking = pl.col("severity") == Severity.blocking.value
+    if carried:
+        # a carried record passed every blocking rule (they are on the key) where it was accepted
+        result.rule_counts = result.rule_counts.with_columns(
+            pl.when(blocking).then(pl.col("evaluated") + carried).otherwise(pl.col("evaluated")).alias("evaluated"))
     withheld = withheld_reason(result.rule_counts, min_pass_rate)
     gx_counts, page = None, None
     if with_gx and result.parsed is not None and result.parsed.height:
         rules = resource_rules(catalogue, resource, batch_date)
         gx_results, raw = validate(result.parsed, rules, resource.id,
                                    docs=docs / resource.id / f"{batch.batch_id}.html" if docs else None)
-        gx_counts = {g.rule_id: (g.evaluated, g.failed) for g in gx_results}
+        severity = {r.id: r.severity for r in rules}
+        gx_counts = {g.rule_id: (g.evaluated + (carried if severity.get(g.rule_id) == Severity.blocking else 0),
+                                 g.failed) for g in gx_results}
         page = raw.get("data_docs")
     failures = masked_failures(catalogue, resource, result.failures,
                                result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None
                                else pl.DataFrame(schema={"_row_no": pl.Int64}))
-    return StdResult(batch, result, delivered, gx_counts, page, withheld), failures
+    return StdResult(batch, result, delivered, gx_counts, page, withheld, carried), failures
 
 
 def _write(
@@ -181,7 +193,7 @@ def _write(
         wh.insert(conn, rec, pl.DataFrame([{
             "batch_id": batch.batch_id, "resource_id": resource.id, "batch_date": batch_date,
             "rows_delivered": out.delivered, "rows_accepted": out.accepted, "rows_quarantined": out.quarantined,
-            "id15_converted": result.converted_id15, "withheld": out.withheld,
+            "id15_converted": result.converted_id15, "withheld": out.withheld, "rows_carried": out.carried,
         }], schema=RECONCILIATION_SCHEMA))
         store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
                       counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)

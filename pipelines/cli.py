@@ -139,7 +139,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.catalog or settings().catalogue_path)
     start = time.perf_counter()
     manifest = generate(catalogue, persons=args.persons, seed=args.seed, date=args.date, out=Path(args.out),
-                        days=args.days, progress=not args.quiet)
+                        days=args.days, progress=not args.quiet, change_rate=args.change_rate,
+                        incremental=args.incremental)
     print(f"已生成 {args.persons:,} 人的示范城市交付于 {args.out} ({time.perf_counter() - start:.1f} 秒); 真值清单: {manifest}")
     return 0
 
@@ -633,6 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=20261121)
     g.add_argument("--date", type=_date, default=None, help="批次日期 (默认: 昨天)")
     g.add_argument("--days", type=int, default=1, help="连续生成的批次天数, 截止 --date")
+    g.add_argument("--change-rate", type=float, default=None,
+                   help="之后每天各资源变更值的实体比例 (默认: synthetic.yaml 的 change_rate)")
+    g.add_argument("--incremental", action="store_true", default=None,
+                   help="之后各天如首次全量归集后的日常: 各资源每天交付 (文件与接口全量重交, 前置库只交变更行), "
+                        "重复首日的缺陷, 不截断, 只有 --change-rate 比例的实体变更; "
+                        "首日全量 + 次日约 1%% 变更: --days 2 --change-rate 0.01 --incremental")
     g.add_argument("--out", default=None, help="交付根目录 (默认: GONGSHU_LANDING)")
     g.add_argument("--catalog", default=None)
     g.add_argument("--quiet", action="store_true")

@@ -520,3 +520,31 @@ def test_a_second_catalogue_generates_with_no_code_change(tmp_path: Path) -> Non
             row = delivery(out, cat, d["resource_id"], dt.date.fromisoformat(d["batch_date"]))[0].row(
                 d["row"] - 1, named=True)
             assert row[d["column"]] == d["value_written"]
+
+
+def test_an_incremental_next_day_repeats_the_first_load_with_about_the_change_rate_changed(
+        demo: Catalogue, tmp_path: Path) -> None:
+    """``--days 2 --change-rate 0.01 --incremental``: every resource delivers on both dates, files
+    whole with the same defects, and about 1 % of the records differ from the day before."""
+    from catalog.models import FileChannel
+    from guiji.channels import read_files
+
+    manifest = json.loads(generate(demo, persons=PERSONS * 5, seed=7, date=DAY, out=tmp_path, days=2, progress=False,
+                                   change_rate=0.01, incremental=True).read_text(encoding="utf-8"))
+    assert (manifest["parameters"]["change_rate"], manifest["parameters"]["incremental"]) == (0.01, True)
+    d1, d2 = manifest["parameters"]["batch_dates"]
+    stale = manifest_class(manifest, "stale")
+    assert manifest_class(manifest, "truncated") is None
+    delivered = changed = 0
+    for r in demo.resources:
+        if r.id == stale:
+            continue
+        assert set(manifest["resources"][r.id]["rows"]) == {d1, d2}, r.id
+        if not isinstance(r.channel, FileChannel):
+            continue
+        day1, day2 = (read_files(r, r.channel, dt.date.fromisoformat(d), tmp_path).frame for d in (d1, d2))
+        cols = [c for c in day2.columns if c not in ("_row_no", "_source")]
+        assert day2.height == day1.height, r.id
+        delivered += day2.height
+        changed += day2.select(cols).join(day1.select(cols), on=cols, how="anti", nulls_equal=True).height
+    assert 0.002 * delivered < changed < 0.02 * delivered

@@ -201,6 +201,26 @@ def test_dates_run_backwards_give_the_same_base_libraries_as_in_order(warehouses
     wh.dispose()
 
 
+def test_snapshots_delivered_again_carry_their_unchanged_records(warehouses: Warehouses, order_city) -> None:
+    """The 户政 file is a snapshot delivered on every date: in date order, each date after D1 carries
+    the records its previous date holds unchanged (guiji.ods.carry), so the orders and reruns below
+    run over carried records too; run backwards, D3 and D2 have no earlier batch to compare with."""
+    cat, landing = order_city
+
+    def carried(days) -> list[int]:
+        wh = warehouses.new()
+        for day in days:
+            run_date(wh, cat, landing, day)
+        with wh.engine.connect() as conn:
+            out = conn.execute(sa.text(f"SELECT COALESCE(rows_carried, 0) FROM {wh.qualified('ods', 'batches')} "
+                                       "WHERE resource_id = 'huzheng_renkou' ORDER BY batch_date")).scalars().all()
+        wh.dispose()
+        return out
+
+    assert carried(DAYS) == [0, 2, 1]  # D2: one renamed of three; D3: two changed back or renamed
+    assert carried(reversed(DAYS)) == [0, 0, 0]
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(order=st.permutations(DAYS), reruns=st.lists(st.sampled_from(DAYS), max_size=2))
 def test_any_order_of_dates_and_reruns_gives_the_same_base_libraries(warehouses: Warehouses, order_city,

@@ -52,6 +52,11 @@ BATCH_SCHEMA: dict[str, pl.DataType] = {
     "unreadable_bytes": pl.Int64(),
     "unreadable_lines": pl.Int64(),
     "status": pl.String(),  # "ok" | "failed"
+    # a full snapshot delivered again: the batch its records were compared with (the resource's newest
+    # batch of an earlier date) and how many of them were found unchanged there and carried (not stored
+    # again as ODS rows, see CARRIED); NULL / 0 when every record is stored
+    "carried_from": pl.String(),
+    "rows_carried": pl.Int64(),
 }
 
 
@@ -65,10 +70,79 @@ def batches_table(wh: Warehouse) -> sa.Table:
 def ods_schema(resource: Resource) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {
         "_batch_id": pl.String(), "_row_no": pl.Int64(), "_source": pl.String(),
-        "_raw": pl.String(), "_error": pl.String(),
+        "_raw": pl.String(), "_error": pl.String(), DIGEST: pl.Int64(),
     }
     schema.update({c: pl.String() for c in source_columns(resource)})
     return schema
+
+
+DIGEST = "_digest"
+"""Per ODS row, a 64-bit digest of the record as delivered (every department column, ``_raw`` and
+``_error``; not the file name, row number or batch): :func:`record_digest`."""
+DIGEST_SEED = 0x6755_6A69_4F44_5331
+"""A fixed seed: polars' hash is then the same in every process (of one polars version; another
+version may hash differently, which only makes the next night store its records again)."""
+
+
+def record_digest(resource: Resource) -> pl.Expr:
+    """The digest of each delivered record (Int64; see :data:`DIGEST`)."""
+    cols = ["_raw", "_error", *source_columns(resource)]
+    return pl.struct(cols).hash(DIGEST_SEED).reinterpret(signed=True).alias(DIGEST)
+
+
+CARRIED = "carried"
+"""``ods.carried``: the records of a batch that were not stored again because the resource's previous
+batch held them unchanged, as runs: rows ``row_no`` … ``row_no + rows - 1`` of ``batch_id`` are the
+ODS rows ``source_row_no`` … of ``source_batch_id`` (the batch that stores them, never itself a
+carried row; a batch of one file, whose row numbers are unique), delivered in file ``source`` (row
+numbers count records inside their file). With the batch's own rows they rebuild the delivery
+(:func:`rebuild_delivery`)."""
+
+CARRIED_SCHEMA: dict[str, pl.DataType] = {
+    "batch_id": pl.String(), "row_no": pl.Int64(), "rows": pl.Int64(), "source_batch_id": pl.String(),
+    "source_row_no": pl.Int64(), "source": pl.String(),
+}
+
+
+def carried_table(wh: Warehouse) -> sa.Table:
+    return wh.table("ods", CARRIED, [Column(n, t) for n, t in CARRIED_SCHEMA.items()],
+                    primary_key=["batch_id", "source", "row_no"])
+
+
+def read_carried(wh: Warehouse, conn: sa.Connection, batch_id: str) -> pl.DataFrame:
+    """The carried runs of one batch (:data:`CARRIED`), in row order; empty when it stores every record."""
+    if not wh.exists("ods", CARRIED):
+        return pl.DataFrame(schema=CARRIED_SCHEMA)
+    return wh.read(conn, f"SELECT {', '.join(CARRIED_SCHEMA)} FROM {wh.qualified('ods', CARRIED)} "
+                   "WHERE batch_id = :b ORDER BY source, row_no", CARRIED_SCHEMA, {"b": batch_id})
+
+
+def carried_rows(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs expanded: one row per carried record, ``row_no`` in the batch, ``source_batch_id``,
+    ``source_row_no`` and ``source`` (the file)."""
+    if runs.height == 0:
+        return pl.DataFrame(schema={"row_no": pl.Int64, "source_batch_id": pl.String, "source_row_no": pl.Int64,
+                                    "source": pl.String})
+    return runs.select(
+        pl.int_ranges("row_no", pl.col("row_no") + pl.col("rows"), dtype=pl.Int64).alias("row_no"),
+        "source_batch_id",
+        pl.int_ranges("source_row_no", pl.col("source_row_no") + pl.col("rows"), dtype=pl.Int64).alias("source_row_no"),
+        "source",
+    ).explode("row_no", "source_row_no")
+
+
+def carried_runs(batch_id: str, carried: pl.DataFrame) -> pl.DataFrame:
+    """Runs (:data:`CARRIED_SCHEMA`) of carried records given one per row (``row_no``,
+    ``source_batch_id``, ``source_row_no``, ``source``): a run goes on while both row numbers go up by
+    one in the same source batch and file. A file delivered in the same order gives long runs."""
+    c = carried.sort("source", "row_no")
+    brk = ((pl.col("row_no").diff() != 1) | (pl.col("source_row_no").diff() != 1)
+           | (pl.col("source_batch_id") != pl.col("source_batch_id").shift(1))
+           | pl.col("source").ne_missing(pl.col("source").shift(1))).fill_null(True)
+    return c.with_columns(brk.cum_sum().alias("__run")).group_by("__run", maintain_order=True).agg(
+        pl.col("row_no").first(), pl.len().cast(pl.Int64).alias("rows"), pl.col("source_batch_id").first(),
+        pl.col("source_row_no").first(), pl.col("source").first(),
+    ).select(pl.lit(batch_id).alias("batch_id"), *[c for c in CARRIED_SCHEMA if c != "batch_id"]).cast(CARRIED_SCHEMA)
 
 
 def ods_table(wh: Warehouse, resource: Resource) -> sa.Table:
@@ -94,6 +168,8 @@ class Batch:
     unreadable_bytes: int = 0
     unreadable_lines: int = 0
     status: str = BATCH_OK
+    carried_from: str | None = None
+    rows_carried: int = 0
 
     @property
     def failed(self) -> bool:
@@ -101,7 +177,9 @@ class Batch:
 
     @classmethod
     def from_row(cls, row: dict) -> Batch:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        out = cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        out.rows_carried = out.rows_carried or 0  # NULL in batches stored before carrying existed
+        return out
 
 
 def latest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
@@ -116,6 +194,61 @@ def latest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_d
         {"r": resource.id, "d": batch_date},
     )
     return Batch.from_row(frame.row(0, named=True)) if frame.height else None
+
+
+def previous_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
+    """The resource's newest batch of the latest batch date before ``batch_date`` (a full snapshot
+    delivered again is compared with it)."""
+    if not wh.exists("ods", BATCHES):
+        return None
+    frame = wh.read(
+        conn,
+        f"SELECT {', '.join(BATCH_SCHEMA)} FROM {wh.qualified('ods', BATCHES)} "
+        "WHERE resource_id = :r AND batch_date < :d ORDER BY batch_date DESC, seq DESC LIMIT 1",
+        BATCH_SCHEMA,
+        {"r": resource.id, "d": batch_date},
+    )
+    return Batch.from_row(frame.row(0, named=True)) if frame.height else None
+
+
+def batch_records(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str) -> pl.DataFrame:
+    """Every record of a batch by where it is stored: ``row_no`` in the batch, ``digest``,
+    ``source_batch_id`` and ``source_row_no`` (the batch's own ODS row, or the row a carried record
+    points to). Reads two integer columns per stored row, no values."""
+    schema = {"_row_no": pl.Int64(), DIGEST: pl.Int64()}
+    table = wh.qualified("ods", resource.id)
+
+    def digests(b: str) -> pl.DataFrame:
+        return wh.read(conn, f"SELECT _row_no, {DIGEST} FROM {table} WHERE _batch_id = :b", schema, {"b": b},
+                       bulk=True)
+
+    own = digests(batch_id).select(pl.col("_row_no").alias("row_no"), pl.col(DIGEST).alias("digest"),
+                                   pl.lit(batch_id).alias("source_batch_id"),
+                                   pl.col("_row_no").alias("source_row_no"))
+    carried = carried_rows(read_carried(wh, conn, batch_id))
+    parts = [own]
+    for (source,), rows in carried.group_by("source_batch_id"):
+        parts.append(rows.join(digests(str(source)), left_on="source_row_no", right_on="_row_no", how="left")
+                     .select("row_no", pl.col(DIGEST).alias("digest"), "source_batch_id", "source_row_no"))
+    return pl.concat(parts).sort("row_no")
+
+
+def rebuild_delivery(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_id: str) -> pl.DataFrame:
+    """The records of one batch as delivered (:func:`ods_schema`, in delivery order): its own ODS rows
+    and its carried records read from the batches that store them, under this batch's id and row
+    numbers and with the file they were delivered in."""
+    own = read_ods(wh, conn, resource, batch_id)
+    carried = carried_rows(read_carried(wh, conn, batch_id))
+    if carried.height == 0:
+        return own
+    schema = ods_schema(resource)
+    parts = [own]
+    for (source,), rows in carried.group_by("source_batch_id"):
+        stored = read_ods(wh, conn, resource, str(source)).drop("_batch_id", "_source")
+        parts.append(rows.join(stored, left_on="source_row_no", right_on="_row_no", how="inner").select(
+            [pl.lit(batch_id).alias("_batch_id"), pl.col("row_no").alias("_row_no"), pl.col("source").alias("_source"),
+             *[c for c in schema if c not in ("_batch_id", "_row_no", "_source")]]).cast(schema))
+    return pl.concat(parts).sort("_row_no")
 
 
 def number_batch(wh: Warehouse, conn: sa.Connection) -> int:

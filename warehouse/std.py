@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from catalog.loader import Catalogue
 from catalog.models import Resource
 from catalog.normalize import element_dtype
-from warehouse.ods import BATCH_SCHEMA, BATCHES, Batch, open_delivery_failures
+from warehouse.ods import BATCH_SCHEMA, BATCHES, Batch, carried_rows, open_delivery_failures, read_carried
 from warehouse.store import Column, Warehouse
 
 QUARANTINE_SCHEMA = {
@@ -53,6 +53,9 @@ RECONCILIATION_SCHEMA: dict[str, pl.DataType] = {
     "rows_quarantined": pl.Int64(),
     "id15_converted": pl.Int64(),
     "withheld": pl.String(),  # why the batch is kept out of the base library (None: it is merged)
+    # of rows_accepted, the records carried unchanged from the previous batch (ods.carried): accepted
+    # there, not standardised or written again (NULL in batches reconciled before carrying existed)
+    "rows_carried": pl.Int64(),
 }
 
 
@@ -74,21 +77,34 @@ def reconciliation_table(wh: Warehouse) -> sa.Table:
 
 
 def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str,
-             columns: list[str] | None = None, *, latest: bool = False) -> pl.DataFrame:
+             columns: list[str] | None = None, *, latest: bool = False, carried: bool = True) -> pl.DataFrame:
     """The accepted rows of one std batch in delivery order (only ``columns``, when given).
 
     With ``latest``, one row per key: the last version of each key in the batch. Only a versioned
     resource (a 前置库) has several — its rows are numbered in watermark order, so the last is the
     highest row number; elsewhere a key delivered twice never reaches the 标准层.
+
+    The records the batch carried unchanged from the previous one (``ods.carried``) are accepted
+    rows of the batch too: they are read from the batches that store them, under this batch's row
+    numbers. ``carried=False``: only the rows standardised for this batch (what changed).
     """
     schema = std_schema(catalogue, resource)
     if columns is not None:
         schema = {c: t for c, t in schema.items() if c in columns or c == "_row_no" or (latest and c in resource.key)}
     cols = ", ".join(wh.quote(c) for c in schema)
-    frame = wh.read(
-        conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b",
-        schema, {"b": batch_id}, bulk=True,
-    ).sort("_row_no")
+
+    def rows_of(b: str) -> pl.DataFrame:
+        return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b",
+                       schema, {"b": b}, bulk=True)
+
+    frame = rows_of(batch_id)
+    if carried:
+        parts = [frame]
+        for (source,), rows in carried_rows(read_carried(wh, conn, batch_id)).group_by("source_batch_id"):
+            parts.append(rows.join(rows_of(str(source)), left_on="source_row_no", right_on="_row_no", how="inner")
+                         .select(pl.col("row_no").alias("_row_no"), *[c for c in schema if c != "_row_no"]))
+        frame = pl.concat(parts) if len(parts) > 1 else frame
+    frame = frame.sort("_row_no")
     if latest and resource.version_column:
         frame = frame.unique(subset=resource.key, keep="last", maintain_order=True)
     return frame

@@ -26,6 +26,7 @@ from desensitize.rules import (
     preview_spec,
 )
 from quality.rules import Dimension, Severity, expected_text, resource_rules
+from warehouse.ods import carried_rows, read_carried
 from warehouse.store import Warehouse
 
 # --- how a record is shown to people ---------------------------------------------------------------
@@ -82,13 +83,13 @@ _PARSE_DIMENSION = {"unparseable": Dimension.accessibility, "wrong_encoding": Di
 
 
 def batch_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id: str) -> pl.DataFrame:
-    """(row_no, entity_key) of every record of a batch, the key parsed as the 标准层 parses it.
+    """(row_no, entity_key) of every record of a batch the 标准层 standardised, the key parsed as the
+    标准层 parses it.
 
-    Read from the ODS so quarantined rows have their key too; null when a key part is missing.
-    """
-    lib = catalogue.library(resource.library)
-    fields = {f.element: f for f in resource.fields}
-    cols = sorted({fields[k].column for k in resource.key if k in fields})
+    Read from the ODS so quarantined rows have their key too; null when a key part is missing. The
+    records the batch carried unchanged from the previous one are not among them
+    (:func:`carried_keys`)."""
+    cols, _ = _key_columns(resource)
     schema = {"_row_no": pl.Int64(), **{c: pl.String() for c in cols}}
     if not wh.exists("ods", resource.id):
         return pl.DataFrame(schema={"row_no": pl.Int64(), "entity_key": pl.String()})
@@ -96,6 +97,34 @@ def batch_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id
     with wh.engine.connect() as conn:
         raw = wh.read(conn, f"SELECT {select} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b",
                       schema, {"b": batch_id})
+    return raw.select(pl.col("_row_no").alias("row_no"), _entity_key(catalogue, resource).alias("entity_key"))
+
+
+def carried_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id: str) -> set[str]:
+    """Entity keys of the records a batch carried unchanged from the previous batch (``ods.carried``):
+    each fails the rules it failed there, so its ticket is seen again, neither fixed nor new."""
+    cols, _ = _key_columns(resource)
+    schema = {"_row_no": pl.Int64(), **{c: pl.String() for c in cols}}
+    select = ", ".join(wh.quote(c) for c in schema)
+    keys: set[str] = set()
+    with wh.engine.connect() as conn:
+        rows = carried_rows(read_carried(wh, conn, batch_id))
+        for (source,), part in rows.group_by("source_batch_id"):
+            raw = wh.read(conn, f"SELECT {select} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b",
+                          schema, {"b": str(source)}, bulk=True)
+            found = raw.join(part.select(pl.col("source_row_no").alias("_row_no")), on="_row_no", how="semi")
+            keys |= set(found.select(_entity_key(catalogue, resource)).to_series().drop_nulls().to_list())
+    return keys
+
+
+def _key_columns(resource: Resource) -> tuple[list[str], dict]:
+    fields = {f.element: f for f in resource.fields}
+    return sorted({fields[k].column for k in resource.key if k in fields}), fields
+
+
+def _entity_key(catalogue: Catalogue, resource: Resource) -> pl.Expr:
+    lib = catalogue.library(resource.library)
+    _, fields = _key_columns(resource)
     parts = []
     for k in resource.key:
         if k in fields:
@@ -103,7 +132,7 @@ def batch_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id
             parts.append(parse_expr(lib.element(k), pl.col(f.column), f.formats, f.codes).cast(pl.String))
         else:
             parts.append(pl.lit(resource.constants.get(k), pl.String))
-    return raw.select(pl.col("_row_no").alias("row_no"), pl.concat_str(parts, separator="|").alias("entity_key"))
+    return pl.concat_str(parts, separator="|")
 
 
 def _rule_meta(wh: Warehouse, batch_id: str) -> pl.DataFrame:

@@ -17,7 +17,7 @@ import polars as pl
 from catalog.loader import Catalogue
 from quality.config import ScorecardConfig
 from quality.conflicts import CONFLICTS, TABLE_SCHEMA
-from quality.tickets.records import batch_keys, failing_records
+from quality.tickets.records import batch_keys, carried_keys, failing_records
 from quality.tickets.store import Ledger, open_ledger, read_tickets, utcnow
 from quality.tickets.transitions import ACTIVE, UNRESOLVED, Event, TicketKind, TicketStatus, due_date
 from warehouse.store import Warehouse
@@ -124,7 +124,7 @@ def sync_tickets(
 
     # The heavy reads happen before the write transaction: failing records and keys of the batches
     # each resource's active tickets have not seen yet, and of its latest batch.
-    loaded: dict[str, tuple[dict[str, dict], set[str]]] = {}
+    loaded: dict[str, tuple[dict[str, dict], set[str], set[str]]] = {}
     plan: dict[str, list[str]] = {}
     for resource in catalogue.resources:
         ids = batches.get(resource.id)
@@ -139,7 +139,8 @@ def sync_tickets(
         for b in plan[resource.id]:
             keys = batch_keys(wh, catalogue, resource, b)
             records = failing_records(wh, catalogue, resource, b, keys)
-            loaded[b] = (_group(records), set(keys.get_column("entity_key").drop_nulls().to_list()))
+            loaded[b] = (_group(records), set(keys.get_column("entity_key").drop_nulls().to_list()),
+                         carried_keys(wh, catalogue, resource, b) if active else set())
     open_conflicts, closed_conflicts = conflicts_open_at(wh, catalogue, day)
 
     result = TicketSync(day)
@@ -165,7 +166,7 @@ def sync_tickets(
 
         for resource in catalogue.resources:
             for b in plan.get(resource.id, []):
-                failing, carried = loaded[b]
+                failing, carried, unchanged = loaded[b]
                 active = active_of(TicketKind.record, resource.id, "resource_id")
                 for entity, t in active.items():
                     if batch_order(t["last_batch"]) >= batch_order(b):
@@ -173,6 +174,9 @@ def sync_tickets(
                     if entity in failing:
                         ledger.touch(t, last_batch=b, items=failing[entity]["items"],
                                      item_labels=failing[entity]["item_labels"])
+                        result.seen_again.append(t["ticket_id"])
+                    elif entity in unchanged:  # delivered again unchanged (carried): still failing as it was
+                        ledger.touch(t, last_batch=b)
                         result.seen_again.append(t["ticket_id"])
                     elif entity in carried:
                         _fix(ledger, t, b, batch_day(b), "后续交付已更正该记录")
