@@ -34,6 +34,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from catalog.loader import DEMO_CATALOGUE, Catalogue
 from catalog.models import ApiChannel, DatabaseChannel
 from desensitize.pseudonym import ALGORITHMS, KEY_ENV, PseudonymKey
+from guiji.base import MERGE_CHUNK_KEYS
 from quality.config import ENV_PREFIX as SCORECARD_PREFIX
 from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
 from quality.results import BLOCKING_MIN_PASS_RATE
@@ -60,6 +61,7 @@ VARIABLES: dict[str, str] = {
     "volume_min_ratio": "GONGSHU_VOLUME_MIN_RATIO",
     "engineer_emails": "GONGSHU_ENGINEER_EMAILS",
     "max_concurrent": "GONGSHU_MAX_CONCURRENT",
+    "merge_chunk_keys": "GONGSHU_MERGE_CHUNK_KEYS",
     "executor": "GONGSHU_EXECUTOR",
     "celery_queue": "GONGSHU_CELERY_QUEUE",
     "log_level": "GONGSHU_LOG_LEVEL",
@@ -108,6 +110,9 @@ class Settings(ConfigurableResource):
     engineer_emails: list[str] = Field([], description="GONGSHU_ENGINEER_EMAILS: 数据工程师邮箱")
     max_concurrent: int = Field(2, ge=1, description="GONGSHU_MAX_CONCURRENT: 每晚归集作业的并行进程数"
                                                      "(celery 执行器下为每个工作进程的并发数)")
+    merge_chunk_keys: int = Field(MERGE_CHUNK_KEYS, ge=1,
+                                  description="GONGSHU_MERGE_CHUNK_KEYS: 基础库合并每次处理的实体数(按主键区间分段, "
+                                              "同一事务内), 决定合并步骤的内存上限")
     executor: str = Field("multiprocess", description="GONGSHU_EXECUTOR: 每晚归集作业的执行器: multiprocess "
                                                       "(本机多进程) 或 celery (Celery 工作进程, 见 docs/deploy.md)")
     celery_queue: str = Field("gongshu",
