@@ -409,14 +409,14 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
             + "\n".join(f"- {a}" for a in authorities)
         ),
     )
-    def _base(context: AssetExecutionContext, warehouse: WarehouseResource, settings: Settings) -> MaterializeResult:
-        return with_batch_date(retry_transient(context, warehouse, lambda: _merge(context, warehouse, settings)),
+    def _base(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        return with_batch_date(retry_transient(context, warehouse, lambda: _merge(context, warehouse)),
                                context.partition_key)
 
-    def _merge(context: AssetExecutionContext, warehouse: WarehouseResource, settings: Settings) -> MaterializeResult:
+    def _merge(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
-        r = merge_library(wh, catalogue, lib.code, batch_date, chunk_keys=settings.merge_chunk_keys)
+        r = merge_library(wh, catalogue, lib.code, batch_date, chunk_keys=warehouse.merge_chunk_keys)
         left_out = night_problems(wh, batch_date).filter(
             pl.col("resource_id").is_in([x.id for x in resources]))
         checks = []

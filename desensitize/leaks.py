@@ -494,15 +494,76 @@ def scan_tree(root: Path, needles: Needles, public_columns: Iterable[str] = ()) 
 
 
 def scan_table(wh: Warehouse, layer: str, name: str, needles: Needles,
-               public_columns: Iterable[str] = ()) -> list[Finding]:
-    """Findings in a warehouse table, every column read back as text."""
+               public_columns: Iterable[str] = (), *, page_by: str | None = None,
+               page_rows: int | None = None) -> list[Finding]:
+    """Findings in a warehouse table, every column read back as text.
+
+    With ``page_by`` (a column, e.g. a share table's row hash) and ``page_rows``, the table is read
+    in pages of about ``page_rows`` rows — ranges of that column's values, equal values in one page,
+    nulls in the first — and the pages' findings are put together (:func:`merge_findings`).
+    """
     if not wh.exists(layer, name):
         return []
     schema, table = wh.table_ref(layer, name)
     described = sa.inspect(wh.engine).get_columns(table, schema=schema)
     cols = [c["name"] for c in described]
     typed = [c["name"] for c in described if isinstance(c["type"], _NOT_TEXT)]
-    select = ", ".join(wh.quote(c) for c in cols)
+    select = f"SELECT {', '.join(wh.quote(c) for c in cols)} FROM {wh.qualified(layer, name)}"
+    where = wh.qualified(layer, name)
     with wh.engine.connect() as conn:
-        frame = wh.read(conn, f"SELECT {select} FROM {wh.qualified(layer, name)}", {c: pl.String() for c in cols})
-    return scan_frame(frame, needles, wh.qualified(layer, name), public_columns, exact_columns=typed)
+        if page_by is None or page_rows is None or page_by not in cols:
+            frame = wh.read(conn, select, {c: pl.String() for c in cols})
+            return scan_frame(frame, needles, where, public_columns, exact_columns=typed)
+        col = wh.quote(page_by)
+        bounds = wh.read(conn, f"SELECT v FROM (SELECT {col} AS v, ROW_NUMBER() OVER (ORDER BY {col}) AS gongshu_rn "
+                               f"FROM {wh.qualified(layer, name)} WHERE {col} IS NOT NULL) r "
+                               f"WHERE gongshu_rn > 1 AND (gongshu_rn - 1) % :n = 0 ORDER BY v",
+                         {"v": pl.String()}, {"n": int(page_rows)}).get_column("v").unique(maintain_order=True)
+        edges: list[str | None] = [None, *bounds.to_list(), None]
+        parts = []
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            conds = [f"{col} >= :lo"] if lo is not None else [f"({col} < :hi OR {col} IS NULL)" if hi is not None
+                                                               else "1 = 1"]
+            if lo is not None and hi is not None:
+                conds.append(f"{col} < :hi")
+            frame = wh.read(conn, f"{select} WHERE {' AND '.join(conds)}", {c: pl.String() for c in cols},
+                            {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None})
+            if frame.height or i == 0:
+                parts.append(scan_frame(frame, needles, where, public_columns, exact_columns=typed))
+    return merge_findings(parts, cols)
+
+
+_ORDER = [LeakKind.id_number, LeakKind.mobile, LeakKind.name, LeakKind.address, LeakKind.id_rebuilt,
+          LeakKind.person_linked]
+
+
+def merge_findings(parts: list[list[Finding]], columns: list[str]) -> list[Finding]:
+    """The findings of one haystack scanned in pages, as one scan gives them: one per (column, kind),
+    counts added, the first page's sample, in :func:`scan_frame`'s order (columns, then what rows
+    give back). A rebuilt ID lists every column that completed it on any page."""
+    merged: dict[tuple[str | None, LeakKind], Finding] = {}
+    helpers: dict[tuple[str | None, LeakKind], list[str]] = {}
+    for part in parts:
+        for f in part:
+            column = f.column
+            if f.kind == LeakKind.id_rebuilt and column:
+                column, *more = column.split(" + ")
+                seen = helpers.setdefault((column, f.kind), [])
+                seen += [m for m in more if m not in seen]
+            k = (column, f.kind)
+            if k in merged:
+                merged[k] = Finding(f.location, merged[k].column, f.kind, merged[k].count + f.count, merged[k].sample)
+            else:
+                merged[k] = Finding(f.location, column, f.kind, f.count, f.sample)
+    out = []
+    for (column, kind), f in merged.items():
+        if kind == LeakKind.id_rebuilt:
+            f = Finding(f.location, " + ".join([column or "", *helpers.get((column, kind), [])]), kind, f.count, f.sample)
+        out.append(f)
+    position = {c: i for i, c in enumerate(columns)}
+
+    def order(f: Finding) -> tuple[int, int]:
+        row = 0 if not f.kind.of_a_row else _ORDER.index(f.kind)
+        first = (f.column or "").split(" + ")[0]
+        return row, position.get(first, len(position)) * len(_ORDER) + (_ORDER.index(f.kind) if not row else 0)
+    return sorted(out, key=order)

@@ -41,6 +41,9 @@ class MissingKeyError(PseudonymKeyError):
         )
 
 
+SHARE_CHUNK_ROWS = 50_000  # entities a share output masks and writes at a time (Settings.share_chunk_rows)
+
+
 @dataclass
 class MaskedOutput:
     frame: pl.DataFrame
@@ -48,10 +51,19 @@ class MaskedOutput:
     rows_selected: int  # rows this class may carry (discriminator, at least one value)
     kanon: KAnonymity | None = None
     fpe_dropped: dict[str, int] = field(default_factory=dict)  # FPE tokens equal to a real ID → null
+    rows_after: int = 0  # masked rows of later pages, written but not held (:meth:`followed_by`)
 
     @property
     def rows_out(self) -> int:
-        return self.frame.height
+        return self.frame.height + self.rows_after
+
+    def followed_by(self, page: MaskedOutput) -> MaskedOutput:
+        """This output with a further page of the same output (masked row by row): counts add up,
+        ``frame`` keeps this page's rows only."""
+        dropped = {c: self.fpe_dropped.get(c, 0) + page.fpe_dropped.get(c, 0)
+                   for c in dict.fromkeys([*self.fpe_dropped, *page.fpe_dropped])}
+        return MaskedOutput(self.frame, self.rows_in + page.rows_in, self.rows_selected + page.rows_selected,
+                            self.kanon, dropped, self.rows_after + page.rows_out)
 
 
 def ladder(c: ColumnPolicy) -> list[Rule]:
