@@ -197,8 +197,8 @@ def build_share_output(
     Shared and restricted outputs are masked row by row, so they are built ``chunk_rows`` entities
     at a time (:func:`snapshot_pages`, in key order): each page is masked, hashed and written before
     the next is read, all in the output's one transaction, and compared with what the table held
-    before in the database (:class:`_Diff`). ``build.frame`` then holds the first page (the
-    preview's rows). An open output is k-anonymised as a whole (a quasi-identifier group spans the
+    before in the database (:class:`_Diff`). ``build.frame`` then holds the output's first ``chunk_rows``
+    rows (the preview's). An open output is k-anonymised as a whole (a quasi-identifier group spans the
     city): it is masked in one piece and written in pages.
     """
     if policy.keyed and key is None:
@@ -233,7 +233,7 @@ def build_share_output(
                 frame = with_row_hash(part.frame)
                 for i in range(0, max(frame.height, 1), chunk_rows):
                     diff.add(frame.slice(i, chunk_rows))
-            masked = part if masked is None else masked.followed_by(part)
+            masked = part if masked is None else masked.followed_by(part, chunk_rows)
         assert masked is not None
         build = ShareBuild(policy, as_of, BuildAction.unchanged, masked, key_id=key_id, table_as_of=stored_as_of,
                            notes=notes)

@@ -57,13 +57,15 @@ class MaskedOutput:
     def rows_out(self) -> int:
         return self.frame.height + self.rows_after
 
-    def followed_by(self, page: MaskedOutput) -> MaskedOutput:
+    def followed_by(self, page: MaskedOutput, keep: int) -> MaskedOutput:
         """This output with a further page of the same output (masked row by row): counts add up,
-        ``frame`` keeps this page's rows only."""
+        ``frame`` holds the output's first ``keep`` rows (the rest are counted in ``rows_after``)."""
         dropped = {c: self.fpe_dropped.get(c, 0) + page.fpe_dropped.get(c, 0)
                    for c in dict.fromkeys([*self.fpe_dropped, *page.fpe_dropped])}
-        return MaskedOutput(self.frame, self.rows_in + page.rows_in, self.rows_selected + page.rows_selected,
-                            self.kanon, dropped, self.rows_after + page.rows_out)
+        take = page.frame.head(max(0, keep - self.frame.height)) if self.rows_after == 0 else page.frame.clear()
+        return MaskedOutput(pl.concat([self.frame, take]), self.rows_in + page.rows_in,
+                            self.rows_selected + page.rows_selected, self.kanon, dropped,
+                            self.rows_after + page.rows_out - take.height)
 
 
 def ladder(c: ColumnPolicy) -> list[Rule]:
