@@ -28,7 +28,8 @@ def night(wh, cat, landing, open_root, day, chunk_rows: int) -> list[tuple]:
     return out
 
 
-def test_share_outputs_built_in_pages_are_those_built_in_one_piece(warehouses: Warehouses, city, tmp_path) -> None:
+def test_share_outputs_built_in_pages_are_those_built_in_one_piece(warehouses: Warehouses, city,  # noqa: F811
+                                                                   tmp_path) -> None:
     """Day 2 renames a resident (a restricted row replaced) and adds one to the open data's largest
     group (a row whose content hash occurs once more: the old copies go, as many new ones come)."""
     cat, landing, _ = city
@@ -58,7 +59,7 @@ def test_share_outputs_built_in_pages_are_those_built_in_one_piece(warehouses: W
     assert changed["people_open"][0] == "written" and changed["people_open"][1] > 1  # a group's copies rewritten
 
 
-def test_a_leak_scan_in_pages_finds_what_one_scan_finds(warehouse, city) -> None:
+def test_a_leak_scan_in_pages_finds_what_one_scan_finds(warehouse, city) -> None:  # noqa: F811
     """Raw names and ID numbers planted in a published table: pages of one row or the whole table,
     the same findings (one per column and kind, counts added)."""
     cat, landing, open_root = city
