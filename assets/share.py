@@ -46,6 +46,7 @@ from catalog.models import Labelled, OutputKind, Sensitivity
 from desensitize.export import ExportFiles, read_open_csv, write_open_export
 from desensitize.kanon import KAnonymity, smallest_group
 from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
+from desensitize.lookup import ValueSet
 from desensitize.masking import SHARE_CHUNK_ROWS, MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
 from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
@@ -205,7 +206,7 @@ def build_share_output(
         raise MissingKeyError(policy)
     real_ids = None
     if any(c.rule.spec.startswith("fpe_id") for c in policy.columns):
-        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).ids
+        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).id_set  # hashed once for every page
     table = share_table(wh, policy)
     outputs = _table(wh, "share", OUTPUTS, OUTPUTS_SCHEMA, primary_key=["output"])
     log = _table(wh, "audit", BUILD_LOG, BUILD_LOG_SCHEMA)
@@ -279,7 +280,7 @@ def _snapshot_reader(wh: Warehouse, conn: sa.Connection) -> Iterator[sa.Connecti
 
 
 def _masked_parts(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date,
-                  key: PseudonymKey | None, real_ids: pl.Series | None, chunk_rows: int) -> Iterator[MaskedOutput]:
+                  key: PseudonymKey | None, real_ids: ValueSet | None, chunk_rows: int) -> Iterator[MaskedOutput]:
     """The masked output page by page (an open output: in one piece, k-anonymity needs every row)."""
     pages = snapshot_pages(wh, conn, policy, as_of, chunk_rows)
     if policy.kind == OutputKind.open:

@@ -33,6 +33,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -42,7 +43,8 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code
-from desensitize.reidentify import linked_people, people_table, rebuilt_ids
+from desensitize.lookup import ValueSet
+from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
 
@@ -148,6 +150,27 @@ class Needles:
 
     def __len__(self) -> int:
         return self.ids.len() + self.mobiles.len() + self.names.len() + self.addresses.len()
+
+    # Looked up page by page, column by column: each set hashed once (desensitize/lookup.py).
+    @cached_property
+    def id_set(self) -> ValueSet:
+        return ValueSet(self.ids)
+
+    @cached_property
+    def mobile_set(self) -> ValueSet:
+        return ValueSet(self.mobiles)
+
+    @cached_property
+    def name_set(self) -> ValueSet:
+        return ValueSet(self.names)
+
+    @cached_property
+    def address_set(self) -> ValueSet:
+        return ValueSet(self.addresses)
+
+    @cached_property
+    def people_index(self) -> PeopleIndex:
+        return PeopleIndex(self.people)
 
     @classmethod
     def cached(cls, wh: Warehouse, catalogue: Catalogue) -> tuple[Needles, bool]:
@@ -292,8 +315,8 @@ def _mask(kind: LeakKind, value: str) -> str:
 DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 
-def _hits(values: pl.Series, needles: pl.Series) -> pl.Series:
-    return values.filter(values.is_in(needles)) if needles.len() and values.len() else values.clear()
+def _hits(values: pl.Series, needles: ValueSet) -> pl.Series:
+    return values.filter(needles.contains(values)) if len(needles) and values.len() else values.clear()
 
 
 def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
@@ -318,18 +341,23 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         # of their digits can be shaped like a phone number by chance; compare them whole.
         whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
-        runs = ((LeakKind.id_number, ID_RUN, needles.ids), (LeakKind.mobile, MOBILE_RUN, needles.mobiles))
-        for kind, pattern, pool in runs:
-            if not pool.len():
+        runs = ((LeakKind.id_number, ID_RUN, needles.ids, "id_set"), (LeakKind.mobile, MOBILE_RUN, needles.mobiles,
+                                                                      "mobile_set"))
+        for kind, pattern, values, lookup in runs:
+            if not values.len():
                 continue
+            pool = getattr(needles, lookup)
             candidates = s if whole else text.str.extract_all(pattern).explode().drop_nulls()
             found = _hits(candidates.str.to_uppercase(), pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
         if name in public:
             continue
-        for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
-            found = _hits(s, pool)
+        for kind, values, lookup in ((LeakKind.name, needles.names, "name_set"),
+                                     (LeakKind.address, needles.addresses, "address_set")):
+            if not values.len():
+                continue
+            found = _hits(s, getattr(needles, lookup))
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
     return findings + scan_rows(frame, needles, location, public)
@@ -340,10 +368,11 @@ def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_colum
     beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py)."""
     findings = [Finding(location, " + ".join([col, *helpers]), LeakKind.id_rebuilt, count,
                         _mask(LeakKind.id_rebuilt, sample))
-                for col, helpers, count, sample in rebuilt_ids(frame, needles.ids)]
+                for col, helpers, count, sample in rebuilt_ids(frame, needles.id_set if needles.ids.len() else needles.ids)]
     findings += [Finding(location, " + ".join(cols), LeakKind.person_linked, count,
                          _mask(LeakKind.person_linked, name))
-                 for cols, count, name in linked_people(frame, needles.people, set(public_columns))]
+                 for cols, count, name in linked_people(frame, needles.people, set(public_columns),
+                                                        needles.people_index if needles.people.height else None)]
     return findings
 
 

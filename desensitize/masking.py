@@ -15,6 +15,7 @@ import polars as pl
 
 from catalog.models import OutputKind
 from desensitize.kanon import KAnonymity, Ladder, k_anonymise
+from desensitize.lookup import ValueSet, member
 from desensitize.policy import (
     KEY_ID_COLUMN,
     ROW_HASH_COLUMN,
@@ -100,7 +101,7 @@ def mask_snapshot(
     *,
     as_of: dt.date,
     key: PseudonymKey | None = None,
-    real_ids: pl.Series | None = None,
+    real_ids: pl.Series | ValueSet | None = None,
 ) -> MaskedOutput:
     """The masked rows of ``policy`` from base rows valid on ``as_of``.
 
@@ -137,7 +138,7 @@ def mask_snapshot(
     if real_ids is not None:
         for c in policy.columns:
             if c.rule.spec.startswith("fpe_id") and c.column in out.columns:
-                hit = out.get_column(c.column).is_in(real_ids)
+                hit = member(out.get_column(c.column), real_ids)
                 dropped[c.column] = int(hit.sum())
                 if dropped[c.column]:
                     out = out.with_columns(pl.when(hit).then(None).otherwise(pl.col(c.column)).alias(c.column))

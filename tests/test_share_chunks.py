@@ -80,3 +80,24 @@ def test_a_leak_scan_in_pages_finds_what_one_scan_finds(warehouse, city) -> None
         (f.location, f.column, f.kind, f.count) for f in whole]
     assert leak_findings(warehouse, cat, build, {}, needles, chunk_rows=1)[0] == paged
     assert len(CROWD) + len(PEOPLE) > 3  # several pages of one row each
+
+
+def test_a_value_set_answers_as_is_in_does_even_when_hashes_collide() -> None:
+    """The needles' lookup (hashed once, binary search): the same answer as ``is_in`` for every value,
+    nulls included — and when several members share a hash (forced here), still by their text."""
+    import numpy as np
+    import polars as pl
+
+    from desensitize import lookup
+    from desensitize.lookup import ValueSet, member
+
+    members = pl.Series("v", [f"1{i:010d}" for i in range(0, 3000, 3)] + [None, "李丽", "李丽"])
+    values = pl.Series("x", [f"1{i:010d}" for i in range(0, 200)] + [None, "李丽", "李丽华", ""])
+    expected = values.is_in(members.implode()).fill_null(False).to_list()
+    assert member(values, ValueSet(members)).to_list() == expected == member(values, members).to_list()
+    assert sum(expected) == 68
+    for probe, inside in (("李丽", True), ("王五", False)):  # every member under the probe's hash
+        collided = ValueSet(members)
+        collided._hashes = np.full_like(collided._hashes, pl.Series([probe]).hash(seed=lookup._SEED)[0])
+        assert collided.contains(pl.Series([probe, None])).to_list() == [inside, False]
+    assert ValueSet(pl.Series([], dtype=pl.String)).contains(values).sum() == 0
