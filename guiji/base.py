@@ -25,7 +25,7 @@ from warehouse.base import (
     value_elements,
 )
 from warehouse.ods import BATCHES
-from warehouse.std import mergeable_batch, read_std
+from warehouse.std import mergeable_batch, read_std, std_schema
 from warehouse.store import Warehouse
 
 MERGE_CHUNK_KEYS = 50_000  # entities merged at a time (Settings.merge_chunk_keys, GONGSHU_MERGE_CHUNK_KEYS)
@@ -60,16 +60,18 @@ def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
 
 
 def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
-           keys: pl.DataFrame | None = None, key_range: KeyRange = WHOLE) -> pl.DataFrame:
+           keys: pl.DataFrame | None = None, key_range: KeyRange = WHOLE,
+           staged: dict[str, str] | None = None) -> pl.DataFrame:
     """The authoritative values the batches ``batch_ids`` (of one date) delivered, one row per entity
-    (only the entities in ``keys``, when given, and in ``key_range``)."""
+    (only the entities in ``keys``, when given, and in ``key_range``; a batch in ``staged`` is read
+    from its copy there, :func:`_stage`)."""
     if not batch_ids:
         return incoming_values(catalogue, lib, [])
     rows = range_condition(wh, lib.key, key_range)
     batches = []
     for resource, batch_id, batch_no in _std_batches(wh, conn, catalogue, lib, batch_ids):
         frame = read_std(wh, conn, catalogue, resource, batch_id, _used_columns(catalogue, lib, resource),
-                         latest=True, rows=rows)
+                         latest=True, rows=rows, table=(staged or {}).get(batch_id))
         if keys is not None:
             frame = frame.join(keys, on=lib.key, how="semi")
         batches.append((resource, batch_no, frame))
@@ -92,6 +94,28 @@ def _std_batches(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: 
         if resource is None or not catalogue.authoritative_elements(resource):
             continue
         out.append((resource, row["batch_id"], row["batch_no"]))
+    return out
+
+
+def _stage(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library,
+           batch_ids: list[str]) -> dict[str, str]:
+    """Copy the rows the merge reads of each batch into a temporary table indexed by the library's
+    key, once: each key range then reads its rows by index, where the std table (indexed by batch)
+    would be scanned for the whole batch once per range. {batch id: quoted table}."""
+    out = {}
+    for i, (resource, batch_id, _) in enumerate(_std_batches(wh, conn, catalogue, lib, batch_ids)):
+        used = set(_used_columns(catalogue, lib, resource)) | set(resource.key) | {"_row_no"}
+        cols = ", ".join(["_batch_id", *(wh.quote(c) for c in std_schema(catalogue, resource) if c in used)])
+        name = wh.quote(f"gongshu_merge_stage_{i}")
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE TEMPORARY TABLE {name}{' ON COMMIT DROP' if wh.is_postgres else ''} AS "
+                             f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b"),
+                     {"b": batch_id})
+        conn.execute(sa.text(f"CREATE INDEX {wh.quote(f'gongshu_merge_stage_{i}_key')} ON {name} "
+                             f"({', '.join(wh.quote(k) for k in lib.key)})"))
+        if wh.is_postgres:
+            conn.execute(sa.text(f"ANALYZE {name}"))  # temporary tables are never analysed on their own
+        out[batch_id] = name
     return out
 
 
@@ -187,10 +211,17 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
         wh.create(conn, table)
         wh.create(conn, log)
         # committed std rows: on PostgreSQL read beside the transaction (a bulk read, ADBC), on
-        # SQLite through it (one connection at a time)
-        source = read if wh.is_postgres else conn
+        # SQLite through it (one connection at a time); in several ranges, from copies indexed by
+        # the key, in the transaction
+        staged = _stage(wh, conn, catalogue, lib, batch_ids) if len(ranges) > 1 else {}
+        # a first load has no versions to look up, in any range (the ranges' entities are disjoint)
+        empty = wh.scalar(conn, f"SELECT 1 FROM {base} LIMIT 1") is None
+        source = read if wh.is_postgres and not staged else conn
         for key_range in ranges:
-            done += _merge_range(wh, conn, source, catalogue, lib, batch_date, batch_ids, replaced, before, key_range)
+            done += _merge_range(wh, conn, source, catalogue, lib, batch_date, batch_ids, replaced, before, key_range,
+                                 staged, empty)
+        for name in staged.values():
+            conn.execute(sa.text(f"DROP TABLE {name}"))
         conn.execute(sa.text(f"DELETE FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date = :d"),
                      {"l": lib.code, "d": batch_date})
         wh.insert(conn, log, pl.DataFrame([{
@@ -206,15 +237,15 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
 
 def _merge_range(wh: Warehouse, conn: sa.Connection, source: sa.Connection, catalogue: Catalogue, lib: Library,
                  batch_date: dt.date, batch_ids: list[str], replaced: list[str], before: dict[dt.date, list[str]],
-                 key_range: KeyRange) -> _Chunk:
+                 key_range: KeyRange, staged: dict[str, str], empty: bool) -> _Chunk:
     """Merge the entities of one key range (inside the merge's transaction ``conn``)."""
     base = wh.qualified("base", lib.code)
     table = base_table(wh, lib)
-    incoming = _facts(wh, source, catalogue, lib, batch_ids, key_range=key_range)
+    incoming = _facts(wh, source, catalogue, lib, batch_ids, key_range=key_range, staged=staged)
     keys = incoming.select(lib.key)
     if replaced:  # entities a replaced batch of this date had set are folded again as well
         keys = pl.concat([keys, _keys_from_batches(wh, conn, lib, replaced, key_range)]).unique()
-    versions = _versions_from(wh, conn, lib, keys, batch_date)
+    versions = pl.DataFrame(schema=base_schema(lib)) if empty else _versions_from(wh, conn, lib, keys, batch_date)
     if any(d > batch_date for d in before):
         # a backfill: later dates were merged already, and what they delivered (changed or not)
         # follows this date's values in every entity's history

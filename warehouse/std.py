@@ -75,9 +75,10 @@ def reconciliation_table(wh: Warehouse) -> sa.Table:
 
 def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str,
              columns: list[str] | None = None, *, latest: bool = False,
-             rows: tuple[str, dict] | None = None) -> pl.DataFrame:
+             rows: tuple[str, dict] | None = None, table: str | None = None) -> pl.DataFrame:
     """The accepted rows of one std batch in delivery order (only ``columns``, when given; only the
-    rows meeting the SQL condition ``rows`` = (condition, its parameters), when given).
+    rows meeting the SQL condition ``rows`` = (condition, its parameters), when given; from
+    ``table``, a copy of the batch's rows, when given).
 
     With ``latest``, one row per key: the last version of each key in the batch. Only a versioned
     resource (a 前置库) has several — its rows are numbered in watermark order, so the last is the
@@ -89,7 +90,7 @@ def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource:
     cols = ", ".join(wh.quote(c) for c in schema)
     where, params = rows or ("1 = 1", {})
     frame = wh.read(
-        conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b AND {where}",
+        conn, f"SELECT {cols} FROM {table or wh.qualified('std', resource.id)} WHERE _batch_id = :b AND {where}",
         schema, {"b": batch_id, **params}, bulk=True,
     ).sort("_row_no")
     if latest and resource.version_column:
