@@ -36,15 +36,22 @@ class ValueSet:
             return pl.Series(values.name, out)
         values = values.cast(pl.String)
         wanted = values.hash(seed=_SEED).to_numpy()
-        lo = np.searchsorted(self._hashes, wanted, "left")
-        n = np.searchsorted(self._hashes, wanted, "right") - lo
-        one = np.nonzero(n == 1)[0]
+        # in ascending order, each search starts where the last one ended (numpy keeps the hint)
+        by_hash = np.argsort(wanted, kind="stable")
+        lo = np.empty_like(by_hash)
+        lo[by_hash] = np.searchsorted(self._hashes, wanted[by_hash], "left")
+        at = np.minimum(lo, len(self) - 1)
+        found = self._hashes[at] == wanted
+        after = np.minimum(at + 1, len(self) - 1)
+        shared = found & (after != at) & (self._hashes[after] == wanted)  # two members with this hash
+        one = np.nonzero(found & ~shared)[0]
         if one.size:
             same = self._values.gather(self._order[lo[one]]) == values.gather(one)
             out[one] = same.fill_null(False).to_numpy()
-        for i in np.nonzero(n > 1)[0]:  # two members share 64 bits of hash: as rare as that
+        for i in np.nonzero(shared)[0]:  # two members share 64 bits of hash: as rare as that
             v = values[int(i)]
-            out[i] = v is not None and v in set(self._values.gather(self._order[lo[i]:lo[i] + n[i]]).to_list())
+            end = np.searchsorted(self._hashes, wanted[i], "right")
+            out[i] = v is not None and v in set(self._values.gather(self._order[lo[i]:end]).to_list())
         return pl.Series(values.name, out)
 
 
