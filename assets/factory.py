@@ -420,7 +420,7 @@ def build_base_asset(catalogue: Catalogue, lib: Library, partitions: DailyPartit
     def _merge(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
-        r = merge_library(wh, catalogue, lib.code, batch_date)
+        r = merge_library(wh, catalogue, lib.code, batch_date, chunk_keys=warehouse.merge_chunk_keys)
         left_out = night_problems(wh, batch_date).filter(
             pl.col("resource_id").is_in([x.id for x in resources]))
         checks = []

@@ -33,7 +33,9 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from catalog.loader import DEMO_CATALOGUE, Catalogue
 from catalog.models import ApiChannel, DatabaseChannel
+from desensitize.masking import SHARE_CHUNK_ROWS
 from desensitize.pseudonym import ALGORITHMS, KEY_ENV, PseudonymKey
+from guiji.base import MERGE_CHUNK_KEYS
 from quality.config import ENV_PREFIX as SCORECARD_PREFIX
 from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
 from quality.results import BLOCKING_MIN_PASS_RATE
@@ -60,6 +62,8 @@ VARIABLES: dict[str, str] = {
     "volume_min_ratio": "GONGSHU_VOLUME_MIN_RATIO",
     "engineer_emails": "GONGSHU_ENGINEER_EMAILS",
     "max_concurrent": "GONGSHU_MAX_CONCURRENT",
+    "merge_chunk_keys": "GONGSHU_MERGE_CHUNK_KEYS",
+    "share_chunk_rows": "GONGSHU_SHARE_CHUNK_ROWS",
     "executor": "GONGSHU_EXECUTOR",
     "celery_queue": "GONGSHU_CELERY_QUEUE",
     "log_level": "GONGSHU_LOG_LEVEL",
@@ -108,6 +112,12 @@ class Settings(ConfigurableResource):
     engineer_emails: list[str] = Field([], description="GONGSHU_ENGINEER_EMAILS: 数据工程师邮箱")
     max_concurrent: int = Field(2, ge=1, description="GONGSHU_MAX_CONCURRENT: 每晚归集作业的并行进程数"
                                                      "(celery 执行器下为每个工作进程的并发数)")
+    merge_chunk_keys: int = Field(MERGE_CHUNK_KEYS, ge=1,
+                                  description="GONGSHU_MERGE_CHUNK_KEYS: 基础库合并每次处理的实体数(按主键区间分段, "
+                                              "同一事务内), 决定合并步骤的内存上限")
+    share_chunk_rows: int = Field(SHARE_CHUNK_ROWS, ge=1,
+                                  description="GONGSHU_SHARE_CHUNK_ROWS: 共享/开放数据集每次脱敏、写入与泄露扫描的行数"
+                                              "(同一事务内), 决定共享步骤的内存上限")
     executor: str = Field("multiprocess", description="GONGSHU_EXECUTOR: 每晚归集作业的执行器: multiprocess "
                                                       "(本机多进程) 或 celery (Celery 工作进程, 见 docs/deploy.md)")
     celery_queue: str = Field("gongshu",
@@ -267,6 +277,10 @@ class WarehouseResource(ConfigurableResource):
     it comes from ``GONGSHU_WAREHOUSE_URL`` (it carries the database password)."""
 
     url: str
+    # how many entities a merge / rows a share output take at a time: from Settings (GONGSHU_MERGE_CHUNK_KEYS,
+    # GONGSHU_SHARE_CHUNK_ROWS) by resources_from_env, handed to the steps with the warehouse they bound
+    merge_chunk_keys: int = Field(MERGE_CHUNK_KEYS, ge=1)
+    share_chunk_rows: int = Field(SHARE_CHUNK_ROWS, ge=1)
     _wh: Warehouse | None = PrivateAttr(default=None)
 
     def get(self) -> Warehouse:
@@ -420,7 +434,8 @@ def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | 
     of the code location passes its own, pipelines/snapshot.py)."""
     environ = os.environ if environ is None else environ
     settings = settings or Settings.from_env(environ)
-    warehouse = WarehouseResource(url=secret(WAREHOUSE_URL, environ) or sqlite_url(settings.home_path))
+    warehouse = WarehouseResource(url=secret(WAREHOUSE_URL, environ) or sqlite_url(settings.home_path),
+                                  merge_chunk_keys=settings.merge_chunk_keys, share_chunk_rows=settings.share_chunk_rows)
     variables = {n: EnvVar(n) for n in channel_variables(catalogue) if environ.get(n)} if catalogue else {}
     return {
         "settings": settings,

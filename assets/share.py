@@ -13,6 +13,8 @@ Every asset carries a blocking check that scans what it published for raw identi
 
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +46,8 @@ from catalog.models import Labelled, OutputKind, Sensitivity
 from desensitize.export import ExportFiles, read_open_csv, write_open_export
 from desensitize.kanon import KAnonymity, smallest_group
 from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
-from desensitize.masking import MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
+from desensitize.lookup import ValueSet
+from desensitize.masking import SHARE_CHUNK_ROWS, MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
 from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
 from warehouse.base import VALID_FROM, VALID_TO, base_schema
@@ -105,22 +108,48 @@ def share_table(wh: Warehouse, policy: OutputPolicy) -> sa.Table:
     return _table(wh, "share", policy.name, schema, indexes=[[ROW_HASH_COLUMN]])
 
 
-def read_snapshot(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date) -> pl.DataFrame:
-    """The base-library versions valid on ``as_of`` (valid_from ≤ D < valid_to), for this output's columns."""
+def _snapshot_query(wh: Warehouse, policy: OutputPolicy) -> tuple[str, dict[str, pl.DataType]]:
     lib = policy.library
     full = base_schema(lib)
     wanted = list(dict.fromkeys([*lib.key, *(c.column for c in policy.columns),
                                  *([lib.discriminator.element] if lib.discriminator else []), VALID_FROM]))
     schema = {c: full[c] for c in wanted}
-    if not wh.exists("base", lib.code):
-        return pl.DataFrame(schema=schema)
     cols = ", ".join(wh.quote(c) for c in schema)
-    return wh.read(
-        conn,
-        f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_FROM} <= :d "
-        f"AND ({VALID_TO} IS NULL OR {VALID_TO} > :d) ORDER BY {', '.join(wh.quote(k) for k in lib.key)}",
-        schema, {"d": as_of},
-    )
+    return (f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_FROM} <= :d "
+            f"AND ({VALID_TO} IS NULL OR {VALID_TO} > :d)"), schema
+
+
+def read_snapshot(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date) -> pl.DataFrame:
+    """The base-library versions valid on ``as_of`` (valid_from ≤ D < valid_to), for this output's columns."""
+    query, schema = _snapshot_query(wh, policy)
+    if not wh.exists("base", policy.library.code):
+        return pl.DataFrame(schema=schema)
+    keys = ", ".join(wh.quote(k) for k in policy.library.key)
+    return wh.read(conn, f"{query} ORDER BY {keys}", schema, {"d": as_of})
+
+
+def snapshot_pages(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date,
+                   rows: int) -> Iterator[pl.DataFrame]:
+    """:func:`read_snapshot` in pages of at most ``rows`` entities, in key order (each page continues
+    after the last key of the one before: an entity has one version valid on a date)."""
+    query, schema = _snapshot_query(wh, policy)
+    key = policy.library.key
+    if not wh.exists("base", policy.library.code):
+        yield pl.DataFrame(schema=schema)
+        return
+    cols = [wh.quote(k) for k in key]
+    lhs = cols[0] if len(cols) == 1 else f"({', '.join(cols)})"
+    rhs = ", ".join(f":gongshu_after{i}" for i in range(len(key)))
+    after: tuple | None = None
+    while True:
+        cond = "" if after is None else f" AND {lhs} > {rhs if len(key) == 1 else f'({rhs})'}"
+        params = {"d": as_of, **({} if after is None else {f"gongshu_after{i}": v for i, v in enumerate(after)})}
+        page = wh.read(conn, f"{query}{cond} ORDER BY {', '.join(cols)} LIMIT {int(rows)}", schema, params)
+        if page.height or after is None:
+            yield page
+        if page.height < rows:
+            return
+        after = page.select(key).row(-1)
 
 
 @dataclass
@@ -159,44 +188,61 @@ def build_share_output(
     key: PseudonymKey | None,
     open_root: Path | None = None,
     needles: Needles | None = None,
+    chunk_rows: int = SHARE_CHUNK_ROWS,
 ) -> ShareBuild:
     """Mask the base rows valid on ``as_of`` and bring ``share.<output>`` (and open files) up to date.
 
     An output with keyed columns (tokens, format-preserving IDs) is not built without ``key``
     (:class:`MissingKeyError`): nothing is written, so the tokens already published stay as they are.
+
+    Shared and restricted outputs are masked row by row, so they are built ``chunk_rows`` entities
+    at a time (:func:`snapshot_pages`, in key order): each page is masked, hashed and written before
+    the next is read, all in the output's one transaction, and compared with what the table held
+    before in the database (:class:`_Diff`). ``build.frame`` then holds the output's first ``chunk_rows``
+    rows (the preview's). An open output is k-anonymised as a whole (a quasi-identifier group spans the
+    city): it is masked in one piece and written in pages.
     """
     if policy.keyed and key is None:
         raise MissingKeyError(policy)
     real_ids = None
     if any(c.rule.spec.startswith("fpe_id") for c in policy.columns):
-        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).ids
-    with wh.engine.connect() as conn:
-        snapshot = read_snapshot(wh, conn, policy, as_of)
-    masked = mask_snapshot(policy, snapshot, as_of=as_of, key=key, real_ids=real_ids)
-    frame = with_row_hash(masked.frame)
+        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).id_set  # hashed once for every page
     table = share_table(wh, policy)
     outputs = _table(wh, "share", OUTPUTS, OUTPUTS_SCHEMA, primary_key=["output"])
     log = _table(wh, "audit", BUILD_LOG, BUILD_LOG_SCHEMA)
     fingerprint = policy.fingerprint()
     key_id = key.key_id if key and policy.keyed else None
-    build = ShareBuild(policy, as_of, BuildAction.unchanged, masked, key_id=key_id)
     _ensure(wh, [outputs, log])
-    with wh.begin() as conn:
+    with wh.begin() as conn, _snapshot_reader(wh, conn) as read:
         state = conn.execute(sa.text(f"SELECT as_of, rows, key_id, policy FROM {wh.qualified('share', OUTPUTS)} "
                                      "WHERE output = :o"), {"o": policy.name}).one_or_none()
         stored_as_of = _as_date(state[0]) if state else None
-        build.table_as_of = stored_as_of
-        if stored_as_of is not None and stored_as_of > as_of:
-            build.action = BuildAction.older
-        else:
+        older = stored_as_of is not None and stored_as_of > as_of
+        notes, diff = [], None
+        if not older:
             existing = _current_columns(conn, table)
             if existing is not None and existing != [c.name for c in table.columns]:
                 conn.execute(sa.text(f"DROP TABLE {wh.qualified('share', policy.name)}"))
-                build.notes.append("输出列随策略变化, 表已重建")
+                notes.append("输出列随策略变化, 表已重建")
                 existing = None
             if existing is None:
                 wh.create(conn, table)
-            build.inserted, build.deleted = _apply_diff(wh, conn, table, policy, frame)
+            diff = _Diff(wh, conn, table)
+        masked = None
+        for part in _masked_parts(wh, read, policy, as_of, key, real_ids, chunk_rows):
+            if diff is not None:
+                frame = with_row_hash(part.frame)
+                for i in range(0, max(frame.height, 1), chunk_rows):
+                    diff.add(frame.slice(i, chunk_rows))
+            masked = part if masked is None else masked.followed_by(part, chunk_rows)
+        assert masked is not None
+        build = ShareBuild(policy, as_of, BuildAction.unchanged, masked, key_id=key_id, table_as_of=stored_as_of,
+                           notes=notes)
+        if older:
+            build.action = BuildAction.older
+        else:
+            assert diff is not None
+            build.inserted, build.deleted = diff.finish()
             changed = build.inserted or build.deleted
             row = (as_of, masked.rows_out, key_id, fingerprint)
             if state is None or tuple([stored_as_of, state[1], state[2], state[3]]) != row:
@@ -220,6 +266,96 @@ def build_share_output(
     return build
 
 
+@contextmanager
+def _snapshot_reader(wh: Warehouse, conn: sa.Connection) -> Iterator[sa.Connection]:
+    """Where the base rows are read page by page: on PostgreSQL a read-only REPEATABLE READ
+    transaction beside the write (every page from one snapshot of the base library, as the one read
+    it replaces); on SQLite the write transaction itself (one connection at a time)."""
+    if not wh.is_postgres:
+        yield conn
+        return
+    with wh.engine.connect().execution_options(isolation_level="REPEATABLE READ") as read, read.begin():
+        read.execute(sa.text("SET TRANSACTION READ ONLY"))
+        yield read
+
+
+def _masked_parts(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date,
+                  key: PseudonymKey | None, real_ids: ValueSet | None, chunk_rows: int) -> Iterator[MaskedOutput]:
+    """The masked output page by page (an open output: in one piece, k-anonymity needs every row)."""
+    pages = snapshot_pages(wh, conn, policy, as_of, chunk_rows)
+    if policy.kind == OutputKind.open:
+        pages = iter([pl.concat(list(pages))])
+    for page in pages:
+        yield mask_snapshot(policy, page, as_of=as_of, key=key, real_ids=real_ids)
+
+
+class _Diff:
+    """Bring a share table to new content page by page, in the database, as the whole-frame diff did
+    before: rows whose content hash no longer occurs as often are deleted, the new ones inserted.
+
+    The old table's hash counts stay in a temporary table (``old``); every page's hashes go to
+    another (``new``). A page's rows whose hash the old table did not hold are inserted at once;
+    the others are the old table's rows again. At the end the hashes whose count changed are
+    settled: their old rows deleted, and as many copies of the (identical) content inserted as the
+    new pages held — so (inserted, deleted) count what they always did.
+    """
+
+    def __init__(self, wh: Warehouse, conn: sa.Connection, table: sa.Table) -> None:
+        self.wh, self.conn, self.table = wh, conn, table
+        self.name = wh._name(table)
+        self.h = wh.quote(ROW_HASH_COLUMN)
+        self.old, self.new, self.page = (wh.quote(f"gongshu_share_{n}") for n in ("old", "new", "page"))
+        self.inserted = 0
+        self._temp("old", f"SELECT {self.h}, COUNT(*) AS n FROM {self.name} GROUP BY {self.h}")
+        conn.execute(sa.text(f"CREATE INDEX {wh.quote('gongshu_share_old_h')} ON {self.old} ({self.h})"))
+        wh.temp_table(conn, "gongshu_share_new", pl.DataFrame(schema={ROW_HASH_COLUMN: pl.String()}))
+        self.new_table = sa.Table("gongshu_share_new", sa.MetaData(), sa.Column(ROW_HASH_COLUMN, sa.Text()))
+
+    def _temp(self, name: str, select: str) -> None:
+        q = self.wh.quote(f"gongshu_share_{name}")
+        self.conn.execute(sa.text(f"DROP TABLE IF EXISTS {q}"))
+        on_commit = " ON COMMIT DROP" if self.wh.is_postgres else ""
+        self.conn.execute(sa.text(f"CREATE TEMPORARY TABLE {q}{on_commit} AS {select}"))
+
+    def add(self, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
+        wh, conn = self.wh, self.conn
+        hashes = frame.select(ROW_HASH_COLUMN)
+        wh.insert(conn, self.new_table, hashes)
+        page = wh.temp_table(conn, "gongshu_share_page", hashes.unique())
+        known = wh.read(conn, f"SELECT p.{self.h} FROM {page} p JOIN {self.old} o ON o.{self.h} = p.{self.h}",
+                        {ROW_HASH_COLUMN: pl.String()}).get_column(ROW_HASH_COLUMN)
+        conn.execute(sa.text(f"DROP TABLE {page}"))
+        self.inserted += wh.insert(conn, self.table, frame.filter(~pl.col(ROW_HASH_COLUMN).is_in(known)))
+
+    def finish(self) -> tuple[int, int]:
+        """Settle the hashes the old table held; (inserted, deleted)."""
+        wh, conn, h = self.wh, self.conn, self.h
+        self._temp("changed", f"SELECT o.{h}, o.n AS n_old, COALESCE(x.n, 0) AS n_new FROM {self.old} o "
+                              f"LEFT JOIN (SELECT {h}, COUNT(*) AS n FROM {self.new} GROUP BY {h}) x ON x.{h} = o.{h} "
+                              f"WHERE COALESCE(x.n, 0) <> o.n")
+        changed = wh.quote("gongshu_share_changed")
+        deleted, again, most = conn.execute(sa.text(
+            f"SELECT COALESCE(SUM(n_old), 0), COALESCE(SUM(n_new), 0), COALESCE(MAX(n_new), 0) FROM {changed}")).one()
+        if deleted:
+            cols = ", ".join(wh.quote(c.name) for c in self.table.columns)
+            self._temp("content", f"SELECT DISTINCT {cols} FROM {self.name} WHERE {h} IN "
+                                  f"(SELECT {h} FROM {changed} WHERE n_new > 0)")
+            content = wh.quote("gongshu_share_content")
+            conn.execute(sa.text(f"DELETE FROM {self.name} WHERE {h} IN (SELECT {h} FROM {changed})"))
+            if again:
+                conn.execute(sa.text(
+                    f"INSERT INTO {self.name} ({cols}) WITH RECURSIVE gongshu_seq(i) AS (SELECT 1 UNION ALL "
+                    f"SELECT i + 1 FROM gongshu_seq WHERE i < {int(most)}) "
+                    f"SELECT {', '.join('c.' + wh.quote(c.name) for c in self.table.columns)} FROM {content} c "
+                    f"JOIN {changed} g ON g.{h} = c.{h} JOIN gongshu_seq s ON s.i <= g.n_new"))
+            conn.execute(sa.text(f"DROP TABLE {content}"))
+        for t in (changed, self.new, self.old):
+            conn.execute(sa.text(f"DROP TABLE {t}"))
+        return self.inserted + int(again), int(deleted)
+
+
 def _ensure(wh: Warehouse, tables: list[sa.Table]) -> None:
     """Create the layer's shared tables once, in a short transaction of their own: share assets run
     in parallel, and a second creator waits for the first one's commit (:meth:`Warehouse.create`),
@@ -233,38 +369,19 @@ def _as_date(v) -> dt.date:
     return v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10])
 
 
-def _apply_diff(wh: Warehouse, conn: sa.Connection, table: sa.Table, policy: OutputPolicy,
-                frame: pl.DataFrame) -> tuple[int, int]:
-    """Delete rows whose content hash no longer occurs (as often), insert the new ones; (inserted, deleted)."""
-    name = wh.qualified("share", policy.name)
-    h = wh.quote(ROW_HASH_COLUMN)
-    old = wh.read(conn, f"SELECT {h}, COUNT(*) FROM {name} GROUP BY {h}",
-                  {ROW_HASH_COLUMN: pl.String(), "n_old": pl.Int64()})
-    new = frame.group_by(ROW_HASH_COLUMN).agg(pl.len().cast(pl.Int64).alias("n_new"))
-    diff = new.join(old, on=ROW_HASH_COLUMN, how="full", coalesce=True).with_columns(
-        pl.col("n_new").fill_null(0), pl.col("n_old").fill_null(0)
-    ).filter(pl.col("n_new") != pl.col("n_old"))
-    gone = diff.filter(pl.col("n_old") > 0)
-    deleted = int(gone.get_column("n_old").sum()) if gone.height else 0
-    if gone.height:
-        tmp = wh.temp_table(conn, "gongshu_share_gone", gone.select(ROW_HASH_COLUMN))
-        conn.execute(sa.text(f"DELETE FROM {name} WHERE {h} IN (SELECT {h} FROM {tmp})"))
-        conn.execute(sa.text(f"DROP TABLE {tmp}"))
-    fresh = frame.filter(pl.col(ROW_HASH_COLUMN).is_in(diff.filter(pl.col("n_new") > 0).get_column(ROW_HASH_COLUMN)))
-    inserted = wh.insert(conn, table, fresh)
-    return inserted, deleted
-
-
 # --- checks ------------------------------------------------------------------------------------------
 
 
 def leak_findings(wh: Warehouse, catalogue: Catalogue, build: ShareBuild,
-                  texts: dict[str, tuple[str, set[str]]], needles: Needles | None = None) -> tuple[list[Finding], Needles]:
-    """Raw identifiers in the stored table, the export files and metadata texts ({where: (text, public columns)})."""
+                  texts: dict[str, tuple[str, set[str]]], needles: Needles | None = None,
+                  chunk_rows: int = SHARE_CHUNK_ROWS) -> tuple[list[Finding], Needles]:
+    """Raw identifiers in the stored table (read in pages of about ``chunk_rows`` rows), the export
+    files and metadata texts ({where: (text, public columns)})."""
     needles = needles or Needles.from_warehouse(wh, catalogue)
     public = build.policy.public_columns()
     typed = [c for c, t in build.policy.schema().items() if t != pl.String]
-    findings = scan_table(wh, "share", build.policy.name, needles, public)
+    findings = scan_table(wh, "share", build.policy.name, needles, public, page_by=ROW_HASH_COLUMN,
+                          page_rows=chunk_rows)
     for path in build.files.all() if build.files else []:
         findings += scan_file(path, needles, public, typed)
     for where, (text, columns) in texts.items():
@@ -403,12 +520,12 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         # every output of the night (Needles.cached), used for the format-preserving tokens and the scan
         needles, reused = Needles.cached(wh, catalogue)
         build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root(),
-                                   needles=needles)
+                                   needles=needles, chunk_rows=warehouse.share_chunk_rows)
         m = build.masked
         preview_md = preview(build.frame, {}).value  # already masked: shown as stored
         texts = {f"{key.to_user_string()} 预览": (preview_md, policy.public_columns()),
                  **_upstream_previews(context, catalogue, policy)}
-        findings, needles = leak_findings(wh, catalogue, build, texts, needles)
+        findings, needles = leak_findings(wh, catalogue, build, texts, needles, warehouse.share_chunk_rows)
         scanned = [wh.qualified("share", policy.name), *(str(p) for p in (build.files.all() if build.files else [])),
                    *texts]
         checks = [leak_check(findings, needles, scanned, reused)]

@@ -33,6 +33,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -42,7 +43,8 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code
-from desensitize.reidentify import linked_people, people_table, rebuilt_ids
+from desensitize.lookup import ValueSet
+from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
 
@@ -148,6 +150,27 @@ class Needles:
 
     def __len__(self) -> int:
         return self.ids.len() + self.mobiles.len() + self.names.len() + self.addresses.len()
+
+    # Looked up page by page, column by column: each set hashed once (desensitize/lookup.py).
+    @cached_property
+    def id_set(self) -> ValueSet:
+        return ValueSet(self.ids)
+
+    @cached_property
+    def mobile_set(self) -> ValueSet:
+        return ValueSet(self.mobiles)
+
+    @cached_property
+    def name_set(self) -> ValueSet:
+        return ValueSet(self.names)
+
+    @cached_property
+    def address_set(self) -> ValueSet:
+        return ValueSet(self.addresses)
+
+    @cached_property
+    def people_index(self) -> PeopleIndex:
+        return PeopleIndex(self.people)
 
     @classmethod
     def cached(cls, wh: Warehouse, catalogue: Catalogue) -> tuple[Needles, bool]:
@@ -292,8 +315,8 @@ def _mask(kind: LeakKind, value: str) -> str:
 DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 
-def _hits(values: pl.Series, needles: pl.Series) -> pl.Series:
-    return values.filter(values.is_in(needles)) if needles.len() and values.len() else values.clear()
+def _hits(values: pl.Series, needles: ValueSet) -> pl.Series:
+    return values.filter(needles.contains(values)) if len(needles) and values.len() else values.clear()
 
 
 def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
@@ -318,18 +341,23 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         # of their digits can be shaped like a phone number by chance; compare them whole.
         whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
-        runs = ((LeakKind.id_number, ID_RUN, needles.ids), (LeakKind.mobile, MOBILE_RUN, needles.mobiles))
-        for kind, pattern, pool in runs:
-            if not pool.len():
+        runs = ((LeakKind.id_number, ID_RUN, needles.ids, "id_set"), (LeakKind.mobile, MOBILE_RUN, needles.mobiles,
+                                                                      "mobile_set"))
+        for kind, pattern, values, lookup in runs:
+            if not values.len():
                 continue
+            pool = getattr(needles, lookup)
             candidates = s if whole else text.str.extract_all(pattern).explode().drop_nulls()
             found = _hits(candidates.str.to_uppercase(), pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
         if name in public:
             continue
-        for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
-            found = _hits(s, pool)
+        for kind, values, lookup in ((LeakKind.name, needles.names, "name_set"),
+                                     (LeakKind.address, needles.addresses, "address_set")):
+            if not values.len():
+                continue
+            found = _hits(s, getattr(needles, lookup))
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
     return findings + scan_rows(frame, needles, location, public)
@@ -340,10 +368,11 @@ def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_colum
     beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py)."""
     findings = [Finding(location, " + ".join([col, *helpers]), LeakKind.id_rebuilt, count,
                         _mask(LeakKind.id_rebuilt, sample))
-                for col, helpers, count, sample in rebuilt_ids(frame, needles.ids)]
+                for col, helpers, count, sample in rebuilt_ids(frame, needles.id_set if needles.ids.len() else needles.ids)]
     findings += [Finding(location, " + ".join(cols), LeakKind.person_linked, count,
                          _mask(LeakKind.person_linked, name))
-                 for cols, count, name in linked_people(frame, needles.people, set(public_columns))]
+                 for cols, count, name in linked_people(frame, needles.people, set(public_columns),
+                                                        needles.people_index if needles.people.height else None)]
     return findings
 
 
@@ -494,15 +523,76 @@ def scan_tree(root: Path, needles: Needles, public_columns: Iterable[str] = ()) 
 
 
 def scan_table(wh: Warehouse, layer: str, name: str, needles: Needles,
-               public_columns: Iterable[str] = ()) -> list[Finding]:
-    """Findings in a warehouse table, every column read back as text."""
+               public_columns: Iterable[str] = (), *, page_by: str | None = None,
+               page_rows: int | None = None) -> list[Finding]:
+    """Findings in a warehouse table, every column read back as text.
+
+    With ``page_by`` (a column, e.g. a share table's row hash) and ``page_rows``, the table is read
+    in pages of about ``page_rows`` rows — ranges of that column's values, equal values in one page,
+    nulls in the first — and the pages' findings are put together (:func:`merge_findings`).
+    """
     if not wh.exists(layer, name):
         return []
     schema, table = wh.table_ref(layer, name)
     described = sa.inspect(wh.engine).get_columns(table, schema=schema)
     cols = [c["name"] for c in described]
     typed = [c["name"] for c in described if isinstance(c["type"], _NOT_TEXT)]
-    select = ", ".join(wh.quote(c) for c in cols)
+    select = f"SELECT {', '.join(wh.quote(c) for c in cols)} FROM {wh.qualified(layer, name)}"
+    where = wh.qualified(layer, name)
     with wh.engine.connect() as conn:
-        frame = wh.read(conn, f"SELECT {select} FROM {wh.qualified(layer, name)}", {c: pl.String() for c in cols})
-    return scan_frame(frame, needles, wh.qualified(layer, name), public_columns, exact_columns=typed)
+        if page_by is None or page_rows is None or page_by not in cols:
+            frame = wh.read(conn, select, {c: pl.String() for c in cols})
+            return scan_frame(frame, needles, where, public_columns, exact_columns=typed)
+        col = wh.quote(page_by)
+        bounds = wh.read(conn, f"SELECT v FROM (SELECT {col} AS v, ROW_NUMBER() OVER (ORDER BY {col}) AS gongshu_rn "
+                               f"FROM {wh.qualified(layer, name)} WHERE {col} IS NOT NULL) r "
+                               f"WHERE gongshu_rn > 1 AND (gongshu_rn - 1) % :n = 0 ORDER BY v",
+                         {"v": pl.String()}, {"n": int(page_rows)}).get_column("v").unique(maintain_order=True)
+        edges: list[str | None] = [None, *bounds.to_list(), None]
+        parts = []
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            conds = [f"{col} >= :lo"] if lo is not None else [f"({col} < :hi OR {col} IS NULL)" if hi is not None
+                                                               else "1 = 1"]
+            if lo is not None and hi is not None:
+                conds.append(f"{col} < :hi")
+            frame = wh.read(conn, f"{select} WHERE {' AND '.join(conds)}", {c: pl.String() for c in cols},
+                            {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None})
+            if frame.height or i == 0:
+                parts.append(scan_frame(frame, needles, where, public_columns, exact_columns=typed))
+    return merge_findings(parts, cols)
+
+
+_ORDER = [LeakKind.id_number, LeakKind.mobile, LeakKind.name, LeakKind.address, LeakKind.id_rebuilt,
+          LeakKind.person_linked]
+
+
+def merge_findings(parts: list[list[Finding]], columns: list[str]) -> list[Finding]:
+    """The findings of one haystack scanned in pages, as one scan gives them: one per (column, kind),
+    counts added, the first page's sample, in :func:`scan_frame`'s order (columns, then what rows
+    give back). A rebuilt ID lists every column that completed it on any page."""
+    merged: dict[tuple[str | None, LeakKind], Finding] = {}
+    helpers: dict[tuple[str | None, LeakKind], list[str]] = {}
+    for part in parts:
+        for f in part:
+            column = f.column
+            if f.kind == LeakKind.id_rebuilt and column:
+                column, *more = column.split(" + ")
+                seen = helpers.setdefault((column, f.kind), [])
+                seen += [m for m in more if m not in seen]
+            k = (column, f.kind)
+            if k in merged:
+                merged[k] = Finding(f.location, merged[k].column, f.kind, merged[k].count + f.count, merged[k].sample)
+            else:
+                merged[k] = Finding(f.location, column, f.kind, f.count, f.sample)
+    out = []
+    for (column, kind), f in merged.items():
+        if kind == LeakKind.id_rebuilt:
+            f = Finding(f.location, " + ".join([column or "", *helpers.get((column, kind), [])]), kind, f.count, f.sample)
+        out.append(f)
+    position = {c: i for i, c in enumerate(columns)}
+
+    def order(f: Finding) -> tuple[int, int]:
+        row = 0 if not f.kind.of_a_row else _ORDER.index(f.kind)
+        first = (f.column or "").split(" + ")[0]
+        return row, position.get(first, len(position)) * len(_ORDER) + (_ORDER.index(f.kind) if not row else 0)
+    return sorted(out, key=order)

@@ -15,6 +15,7 @@ import polars as pl
 
 from catalog.models import OutputKind
 from desensitize.kanon import KAnonymity, Ladder, k_anonymise
+from desensitize.lookup import ValueSet, member
 from desensitize.policy import (
     KEY_ID_COLUMN,
     ROW_HASH_COLUMN,
@@ -41,6 +42,9 @@ class MissingKeyError(PseudonymKeyError):
         )
 
 
+SHARE_CHUNK_ROWS = 50_000  # entities a share output masks and writes at a time (Settings.share_chunk_rows)
+
+
 @dataclass
 class MaskedOutput:
     frame: pl.DataFrame
@@ -48,10 +52,21 @@ class MaskedOutput:
     rows_selected: int  # rows this class may carry (discriminator, at least one value)
     kanon: KAnonymity | None = None
     fpe_dropped: dict[str, int] = field(default_factory=dict)  # FPE tokens equal to a real ID → null
+    rows_after: int = 0  # masked rows of later pages, written but not held (:meth:`followed_by`)
 
     @property
     def rows_out(self) -> int:
-        return self.frame.height
+        return self.frame.height + self.rows_after
+
+    def followed_by(self, page: MaskedOutput, keep: int) -> MaskedOutput:
+        """This output with a further page of the same output (masked row by row): counts add up,
+        ``frame`` holds the output's first ``keep`` rows (the rest are counted in ``rows_after``)."""
+        dropped = {c: self.fpe_dropped.get(c, 0) + page.fpe_dropped.get(c, 0)
+                   for c in dict.fromkeys([*self.fpe_dropped, *page.fpe_dropped])}
+        take = page.frame.head(max(0, keep - self.frame.height)) if self.rows_after == 0 else page.frame.clear()
+        return MaskedOutput(pl.concat([self.frame, take]), self.rows_in + page.rows_in,
+                            self.rows_selected + page.rows_selected, self.kanon, dropped,
+                            self.rows_after + page.rows_out - take.height)
 
 
 def ladder(c: ColumnPolicy) -> list[Rule]:
@@ -86,7 +101,7 @@ def mask_snapshot(
     *,
     as_of: dt.date,
     key: PseudonymKey | None = None,
-    real_ids: pl.Series | None = None,
+    real_ids: pl.Series | ValueSet | None = None,
 ) -> MaskedOutput:
     """The masked rows of ``policy`` from base rows valid on ``as_of``.
 
@@ -123,7 +138,7 @@ def mask_snapshot(
     if real_ids is not None:
         for c in policy.columns:
             if c.rule.spec.startswith("fpe_id") and c.column in out.columns:
-                hit = out.get_column(c.column).is_in(real_ids)
+                hit = member(out.get_column(c.column), real_ids)
                 dropped[c.column] = int(hit.sum())
                 if dropped[c.column]:
                     out = out.with_columns(pl.when(hit).then(None).otherwise(pl.col(c.column)).alias(c.column))

@@ -30,6 +30,7 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
+from desensitize.lookup import ValueSet, member
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
@@ -180,10 +181,10 @@ def rebuild_ids(fragments: pl.Series, birth: pl.Series | None = None, sex: pl.Se
     return out
 
 
-def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series) -> list[tuple[str, list[str], int, str]]:
+def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series | ValueSet) -> list[tuple[str, list[str], int, str]]:
     """Rows of ``frame`` whose masked ID number, with the columns beside it, gives back a real one:
     (masked-ID column, the columns that completed it, rows, one rebuilt number)."""
-    if real_ids.len() == 0 or frame.height == 0:
+    if len(real_ids) == 0 or frame.height == 0:
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
     frags = {n: f for n, s in cols.items() if (f := id_fragments(s)) is not None}
@@ -206,7 +207,7 @@ def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series) -> list[tuple[str, lis
                 continue  # without a date beside it this mask hides too much
             for sn in [None, *sexes]:
                 ids = rebuild_ids(frag, dates.get(dn) if dn else None, sexes.get(sn) if sn else None)
-                real = ids.is_in(real_ids).fill_null(False).to_numpy()
+                real = member(ids, real_ids).to_numpy()
                 if (real & ~hit).any():
                     helpers += [x for x in (dn, sn) if x and x not in helpers]
                     sample = sample or ids.filter(pl.Series(real & ~hit))[0]
@@ -226,15 +227,32 @@ def people_table(ids: pl.Series, names: pl.Series, addresses: pl.Series | None =
         "id", "name", rules.to_level(pl.col("address"), "district").alias("district")).unique()
 
 
-def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set[str]) -> list[tuple[list[str], int, str]]:
+class PeopleIndex:
+    """What :func:`linked_people` looks persons up in, computed once for many frames: their names,
+    and the (name, birth date, place) combinations that belong to exactly one person."""
+
+    def __init__(self, people: pl.DataFrame) -> None:
+        self.names = ValueSet(people.get_column("name"))
+        keyed = {
+            "region": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"),
+                                    pl.col("id").str.slice(0, 6).alias("place")),
+            "district": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"),
+                                      pl.col("district").alias("place")),
+        }
+        self.unique = {k: v.drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
+                       for k, v in keyed.items()}
+
+
+def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set[str],
+                  index: PeopleIndex | None = None) -> list[tuple[list[str], int, str]]:
     """Rows whose full name, full birth date and region match exactly one person of ``people``:
-    (the three columns, rows, the name)."""
+    (the three columns, rows, the name). ``index``: :class:`PeopleIndex` of ``people``, when kept."""
     if people.height == 0 or frame.height == 0:
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
-    known = people.get_column("name")
+    index = index or PeopleIndex(people)
     names = [n for n, s in cols.items() if n not in public_columns and s.dtype == pl.String
-             and _text(s).is_in(known).any()]
+             and bool(index.names.contains(_text(s)).any())]
     if not names:
         return []
     dates = {n: b for n, s in cols.items() if n not in names and (b := date_column(s, full=True)) is not None}
@@ -255,13 +273,7 @@ def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set
             district = t.to_frame("a").select(rules.to_level(pl.col("a"), "district")).to_series()
             if district.drop_nulls().len():
                 regions[n] = ("district", district)
-    keyed = {
-        "region": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"), pl.col("id").str.slice(0, 6)
-                                .alias("place")),
-        "district": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"), pl.col("district").alias("place")),
-    }
-    unique = {k: v.drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
-              for k, v in keyed.items()}
+    unique = index.unique
     out = []
     for nn in names:
         for dn, birth in dates.items():

@@ -25,8 +25,12 @@ from warehouse.base import (
     value_elements,
 )
 from warehouse.ods import BATCHES
-from warehouse.std import mergeable_batch, read_std
+from warehouse.std import mergeable_batch, read_std, std_schema
 from warehouse.store import Warehouse
+
+MERGE_CHUNK_KEYS = 50_000  # entities merged at a time (Settings.merge_chunk_keys, GONGSHU_MERGE_CHUNK_KEYS)
+KeyRange = tuple[tuple | None, tuple | None]  # [lo, hi) of a library's key; None: open on that side
+WHOLE: KeyRange = (None, None)
 
 
 @dataclass
@@ -56,31 +60,129 @@ def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
 
 
 def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
-           keys: pl.DataFrame | None = None, changed_only: set[str] = frozenset()) -> pl.DataFrame:
+           keys: pl.DataFrame | None = None, key_range: KeyRange = WHOLE,
+           staged: dict[str, str] | None = None, changed_only: set[str] = frozenset()) -> pl.DataFrame:
     """The authoritative values the batches ``batch_ids`` (of one date) delivered, one row per entity
-    (only the entities in ``keys``, when given). For the batches in ``changed_only`` only the records
+    (only the entities in ``keys``, when given, and in ``key_range``; a batch in ``staged`` is read
+    from its copy there, :func:`_stage`). For the batches in ``changed_only`` only the records
     standardised for them: not those carried unchanged from the previous batch (:func:`_carried_held`)."""
     if not batch_ids:
         return incoming_values(catalogue, lib, [])
+    rows = range_condition(wh, lib.key, key_range)
+    batches = []
+    for resource, batch_id, batch_no in _std_batches(wh, conn, catalogue, lib, batch_ids):
+        frame = read_std(wh, conn, catalogue, resource, batch_id, _used_columns(catalogue, lib, resource),
+                         latest=True, rows=rows, table=(staged or {}).get(batch_id),
+                         carried=batch_id not in changed_only)
+        if keys is not None:
+            frame = frame.join(keys, on=lib.key, how="semi")
+        batches.append((resource, batch_no, frame))
+    return incoming_values(catalogue, lib, batches)
+
+
+def _std_batches(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library,
+                 batch_ids: list[str]) -> list[tuple]:
+    """(resource, batch id, batch number) of the batches that give the library authoritative values."""
+    if not batch_ids:
+        return []
     info = wh.read(conn, f"SELECT batch_id, batch_no, resource_id FROM {wh.qualified('ods', BATCHES)} "
                    f"WHERE batch_id IN ({', '.join(f':b{i}' for i in range(len(batch_ids)))})",
                    {"batch_id": pl.String(), "batch_no": pl.Int64(), "resource_id": pl.String()},
                    {f"b{i}": b for i, b in enumerate(batch_ids)})
     by_id = {r.id: r for r in catalogue.resources_of(lib.code)}
-    batches = []
+    out = []
     for row in info.sort("batch_id").iter_rows(named=True):
         resource = by_id.get(row["resource_id"])
         if resource is None or not catalogue.authoritative_elements(resource):
             continue
-        frame = read_std(wh, conn, catalogue, resource, row["batch_id"], _used_columns(catalogue, lib, resource),
-                         latest=True, carried=row["batch_id"] not in changed_only)
-        if keys is not None:
-            frame = frame.join(keys, on=lib.key, how="semi")
-        batches.append((resource, row["batch_no"], frame))
-    return incoming_values(catalogue, lib, batches)
+        out.append((resource, row["batch_id"], row["batch_no"]))
+    return out
 
 
-def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date: dt.date) -> MergeResult:
+def _stage(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library,
+           batch_ids: list[str]) -> dict[str, str]:
+    """Copy the rows the merge reads of each batch into a temporary table indexed by the library's
+    key, once: each key range then reads its rows by index, where the std table (indexed by batch)
+    would be scanned for the whole batch once per range. {batch id: quoted table}."""
+    out = {}
+    for i, (resource, batch_id, _) in enumerate(_std_batches(wh, conn, catalogue, lib, batch_ids)):
+        used = set(_used_columns(catalogue, lib, resource)) | set(resource.key) | {"_row_no"}
+        cols = ", ".join(["_batch_id", *(wh.quote(c) for c in std_schema(catalogue, resource) if c in used)])
+        name = wh.quote(f"gongshu_merge_stage_{i}")
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE TEMPORARY TABLE {name}{' ON COMMIT DROP' if wh.is_postgres else ''} AS "
+                             f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b"),
+                     {"b": batch_id})
+        conn.execute(sa.text(f"CREATE INDEX {wh.quote(f'gongshu_merge_stage_{i}_key')} ON {name} "
+                             f"({', '.join(wh.quote(k) for k in lib.key)})"))
+        if wh.is_postgres:
+            conn.execute(sa.text(f"ANALYZE {name}"))  # temporary tables are never analysed on their own
+        out[batch_id] = name
+    return out
+
+
+def key_ranges(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
+               chunk_keys: int) -> list[KeyRange]:
+    """Consecutive key ranges [lo, hi) of at most ``chunk_keys`` of the entities the batches deliver,
+    covering every key (the first is open below, the last above): the merge takes one at a time.
+
+    The boundaries are every ``chunk_keys``-th distinct key, counted in the database (a window over
+    the batches' keys), and the ranges are compared there too, in the same collation: only the
+    boundaries reach the client, however many entities there are.
+    """
+    sources = _std_batches(wh, conn, catalogue, lib, batch_ids)
+    if not sources:
+        return [WHOLE]
+    keys = ", ".join(wh.quote(k) for k in lib.key)
+    union = " UNION ".join(f"SELECT {keys} FROM {wh.qualified('std', r.id)} WHERE _batch_id = :s{i}"
+                           for i, (r, _, _) in enumerate(sources))
+    schema = {k: base_schema(lib)[k] for k in lib.key}
+    bounds = wh.read(
+        conn,
+        f"SELECT {keys} FROM (SELECT {keys}, ROW_NUMBER() OVER (ORDER BY {keys}) AS gongshu_rn FROM ({union}) u) r "
+        f"WHERE gongshu_rn > 1 AND (gongshu_rn - 1) % :n = 0 ORDER BY {keys}",
+        schema, {"n": chunk_keys, **{f"s{i}": b for i, (_, b, _) in enumerate(sources)}},
+    )
+    edges: list[tuple | None] = [None, *bounds.iter_rows(), None]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def range_condition(wh: Warehouse, key: list[str], key_range: KeyRange, alias: str = "") -> tuple[str, dict] | None:
+    """SQL condition (and its parameters) for keys in ``key_range`` (None: every key)."""
+    lo, hi = key_range
+    if lo is None and hi is None:
+        return None
+    cols = [f"{alias}{wh.quote(k)}" for k in key]
+    lhs = cols[0] if len(cols) == 1 else f"({', '.join(cols)})"
+    conds, params = [], {}
+    for name, op, values in (("gongshu_lo", ">=", lo), ("gongshu_hi", "<", hi)):
+        if values is None:
+            continue
+        names = [f"{name}{i}" for i in range(len(values))]
+        rhs = ", ".join(f":{n}" for n in names)
+        conds.append(f"{lhs} {op} {rhs if len(names) == 1 else f'({rhs})'}")
+        params.update(zip(names, values, strict=True))
+    return " AND ".join(conds), params
+
+
+@dataclass
+class _Chunk:
+    """What merging one key range did (summed over the ranges into the merge log)."""
+
+    incoming: int = 0
+    new_entities: int = 0
+    changed_entities: int = 0
+    unchanged: int = 0
+    rebuilt_entities: int = 0
+
+    def __iadd__(self, other: _Chunk) -> _Chunk:
+        for f in ("incoming", "new_entities", "changed_entities", "unchanged", "rebuilt_entities"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        return self
+
+
+def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date: dt.date, *,
+                  chunk_keys: int = MERGE_CHUNK_KEYS) -> MergeResult:
     """Merge every resource's mergeable batch of ``batch_date`` into base library ``library``.
 
     The library's state depends only on what was delivered, never on the order batch dates are
@@ -89,6 +191,11 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
     batch merged before — folds that entity's history again from the date on, from the facts of
     every date merged since (:func:`fold_history`). All in one transaction; merging the same
     batches for a date again changes nothing.
+
+    Entities are merged by key range, at most ``chunk_keys`` delivered entities at a time
+    (:func:`key_ranges`): incoming values, the versions they follow, plan, fold and writes of one
+    range before the next, so memory is bounded by the chunk, not the library; every step works
+    entity by entity, so the result is the same as in one piece.
     """
     lib = catalogue.library(library)
     table, log = base_table(wh, lib), merge_log_table(wh)
@@ -99,59 +206,83 @@ def merge_library(wh: Warehouse, catalogue: Catalogue, library: str, batch_date:
         before = merged_batches(wh, conn, library)
         if before.get(batch_date) == batch_ids and wh.exists("base", lib.code):
             return MergeResult(lib.code, batch_ids, 0, 0, 0, 0, 0, *_counts(wh, conn, base), merged_before=True)
-        incoming = _facts(wh, conn, catalogue, lib, batch_ids,
-                          changed_only=_carried_held(catalogue, lib, chosen, before, batch_date))
+        ranges = key_ranges(wh, conn, catalogue, lib, batch_ids, chunk_keys)
+        changed_only = _carried_held(catalogue, lib, chosen, before, batch_date)
     replaced = [b for b in before.get(batch_date, []) if b not in batch_ids]
-    with wh.begin() as conn:
+    done = _Chunk()
+    with wh.begin() as conn, wh.engine.connect() as read:
         wh.create(conn, table)
         wh.create(conn, log)
-        keys = incoming.select(lib.key)
-        if replaced:  # entities a replaced batch of this date had set are folded again as well
-            keys = pl.concat([keys, _keys_from_batches(wh, conn, lib, replaced)]).unique()
-        versions = _versions_from(wh, conn, lib, keys, batch_date)
-        if any(d > batch_date for d in before):
-            # a backfill: later dates were merged already, and what they delivered (changed or not)
-            # follows this date's values in every entity's history
-            fold_keys = keys.unique()
-            tail = keys.clear()
-        else:
-            # the usual night: the entity is new, or its one open version started before this date
-            tail = versions.group_by(lib.key).agg(
-                pl.len().alias("__n"), pl.col(VALID_FROM).max().alias("__from"),
-                pl.col(VALID_TO).is_null().all().alias("__open"),
-            ).filter((pl.col("__n") == 1) & (pl.col("__from") < batch_date) & pl.col("__open")).select(lib.key)
-            fold_keys = versions.select(lib.key).unique().join(tail, on=lib.key, how="anti")
-            if replaced:
-                fold_keys = pl.concat([fold_keys, _keys_from_batches(wh, conn, lib, replaced)]).unique()
-        plan = plan_merge(lib, incoming.join(fold_keys, on=lib.key, how="anti"),
-                          versions.join(tail, on=lib.key, how="semi"), batch_date)
-        rebuilt = _fold(wh, conn, catalogue, lib, batch_date, incoming, fold_keys, versions, before)
-        key_list = ", ".join(wh.quote(k) for k in lib.key)
-        if plan.close.height:
-            ctmp = wh.temp_table(conn, "gongshu_close_keys", plan.close)
-            conn.execute(sa.text(
-                f"UPDATE {base} SET {VALID_TO} = :d WHERE {VALID_TO} IS NULL AND ({key_list}) IN "
-                f"(SELECT {key_list} FROM {ctmp})"), {"d": batch_date})
-            conn.execute(sa.text(f"DROP TABLE {ctmp}"))
-        if rebuilt is not None:
-            old = versions.join(fold_keys, on=lib.key, how="semi").select(*lib.key, VALID_FROM)
-            rtmp = wh.temp_table(conn, "gongshu_refold_versions", old)
-            conn.execute(sa.text(
-                f"DELETE FROM {base} WHERE ({key_list}, {VALID_FROM}) IN (SELECT {key_list}, {VALID_FROM} FROM {rtmp})"))
-            conn.execute(sa.text(f"DROP TABLE {rtmp}"))
-            wh.insert(conn, table, rebuilt)
-        wh.insert(conn, table, plan.insert)
+        # committed std rows: on PostgreSQL read beside the transaction (a bulk read, ADBC), on
+        # SQLite through it (one connection at a time); in several ranges, from copies indexed by
+        # the key, in the transaction
+        staged = _stage(wh, conn, catalogue, lib, batch_ids) if len(ranges) > 1 else {}
+        # a first load has no versions to look up, in any range (the ranges' entities are disjoint)
+        empty = wh.scalar(conn, f"SELECT 1 FROM {base} LIMIT 1") is None
+        source = read if wh.is_postgres and not staged else conn
+        for key_range in ranges:
+            done += _merge_range(wh, conn, source, catalogue, lib, batch_date, batch_ids, replaced, before, key_range,
+                                 staged, empty, changed_only)
+        for name in staged.values():
+            conn.execute(sa.text(f"DROP TABLE {name}"))
         conn.execute(sa.text(f"DELETE FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date = :d"),
                      {"l": lib.code, "d": batch_date})
         wh.insert(conn, log, pl.DataFrame([{
             "library": lib.code, "batch_date": batch_date, "batch_ids": ",".join(batch_ids),
-            "incoming": incoming.height, "new_entities": plan.new_entities,
-            "changed_entities": plan.changed_entities, "unchanged": plan.unchanged,
-            "rebuilt_entities": fold_keys.height,
+            "incoming": done.incoming, "new_entities": done.new_entities,
+            "changed_entities": done.changed_entities, "unchanged": done.unchanged,
+            "rebuilt_entities": done.rebuilt_entities,
         }], schema=MERGE_LOG_SCHEMA))
         counts = _counts(wh, conn, base)
-    return MergeResult(lib.code, batch_ids, incoming.height, plan.new_entities, plan.changed_entities,
-                       plan.unchanged, fold_keys.height, *counts)
+    return MergeResult(lib.code, batch_ids, done.incoming, done.new_entities, done.changed_entities,
+                       done.unchanged, done.rebuilt_entities, *counts)
+
+
+def _merge_range(wh: Warehouse, conn: sa.Connection, source: sa.Connection, catalogue: Catalogue, lib: Library,
+                 batch_date: dt.date, batch_ids: list[str], replaced: list[str], before: dict[dt.date, list[str]],
+                 key_range: KeyRange, staged: dict[str, str], empty: bool, changed_only: set[str]) -> _Chunk:
+    """Merge the entities of one key range (inside the merge's transaction ``conn``)."""
+    base = wh.qualified("base", lib.code)
+    table = base_table(wh, lib)
+    incoming = _facts(wh, source, catalogue, lib, batch_ids, key_range=key_range, staged=staged,
+                      changed_only=changed_only)
+    keys = incoming.select(lib.key)
+    if replaced:  # entities a replaced batch of this date had set are folded again as well
+        keys = pl.concat([keys, _keys_from_batches(wh, conn, lib, replaced, key_range)]).unique()
+    versions = pl.DataFrame(schema=base_schema(lib)) if empty else _versions_from(wh, conn, lib, keys, batch_date)
+    if any(d > batch_date for d in before):
+        # a backfill: later dates were merged already, and what they delivered (changed or not)
+        # follows this date's values in every entity's history
+        fold_keys = keys.unique()
+        tail = keys.clear()
+    else:
+        # the usual night: the entity is new, or its one open version started before this date
+        tail = versions.group_by(lib.key).agg(
+            pl.len().alias("__n"), pl.col(VALID_FROM).max().alias("__from"),
+            pl.col(VALID_TO).is_null().all().alias("__open"),
+        ).filter((pl.col("__n") == 1) & (pl.col("__from") < batch_date) & pl.col("__open")).select(lib.key)
+        fold_keys = versions.select(lib.key).unique().join(tail, on=lib.key, how="anti")
+        if replaced:
+            fold_keys = pl.concat([fold_keys, _keys_from_batches(wh, conn, lib, replaced, key_range)]).unique()
+    plan = plan_merge(lib, incoming.join(fold_keys, on=lib.key, how="anti"),
+                      versions.join(tail, on=lib.key, how="semi"), batch_date)
+    rebuilt = _fold(wh, source, catalogue, lib, batch_date, incoming, fold_keys, versions, before, key_range)
+    key_list = ", ".join(wh.quote(k) for k in lib.key)
+    if plan.close.height:
+        ctmp = wh.temp_table(conn, "gongshu_close_keys", plan.close)
+        conn.execute(sa.text(
+            f"UPDATE {base} SET {VALID_TO} = :d WHERE {VALID_TO} IS NULL AND ({key_list}) IN "
+            f"(SELECT {key_list} FROM {ctmp})"), {"d": batch_date})
+        conn.execute(sa.text(f"DROP TABLE {ctmp}"))
+    if rebuilt is not None:
+        old = versions.join(fold_keys, on=lib.key, how="semi").select(*lib.key, VALID_FROM)
+        rtmp = wh.temp_table(conn, "gongshu_refold_versions", old)
+        conn.execute(sa.text(
+            f"DELETE FROM {base} WHERE ({key_list}, {VALID_FROM}) IN (SELECT {key_list}, {VALID_FROM} FROM {rtmp})"))
+        conn.execute(sa.text(f"DROP TABLE {rtmp}"))
+        wh.insert(conn, table, rebuilt)
+    wh.insert(conn, table, plan.insert)
+    return _Chunk(incoming.height, plan.new_entities, plan.changed_entities, plan.unchanged, fold_keys.height)
 
 
 def _carried_held(catalogue: Catalogue, lib: Library, chosen: list, before: dict[dt.date, list[str]],
@@ -193,14 +324,14 @@ def _carried_held(catalogue: Catalogue, lib: Library, chosen: list, before: dict
 
 def _fold(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_date: dt.date,
           incoming: pl.DataFrame, keys: pl.DataFrame, versions: pl.DataFrame,
-          before: dict[dt.date, list[str]]) -> pl.DataFrame | None:
+          before: dict[dt.date, list[str]], key_range: KeyRange = WHOLE) -> pl.DataFrame | None:
     """The refolded versions of ``keys`` from the version before ``batch_date`` on (None: no keys)."""
     if keys.height == 0:
         return None
     mine = versions.join(keys, on=lib.key, how="semi")
     seed = mine.filter(pl.col(VALID_FROM) < batch_date)
     facts = [(batch_date, incoming.join(keys, on=lib.key, how="semi"))]
-    facts += [(d, _facts(wh, conn, catalogue, lib, ids, keys)) for d, ids in sorted(before.items()) if d > batch_date]
+    facts += [(d, _facts(wh, conn, catalogue, lib, ids, keys, key_range)) for d, ids in sorted(before.items()) if d > batch_date]
     return fold_history(lib, seed, facts)
 
 
@@ -224,8 +355,9 @@ def _versions_from(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.Da
     return frame
 
 
-def _keys_from_batches(wh: Warehouse, conn: sa.Connection, lib: Library, batch_ids: list[str]) -> pl.DataFrame:
-    """Keys of the entities any of whose values came from one of ``batch_ids``."""
+def _keys_from_batches(wh: Warehouse, conn: sa.Connection, lib: Library, batch_ids: list[str],
+                       key_range: KeyRange = WHOLE) -> pl.DataFrame:
+    """Keys of the entities (in ``key_range``) any of whose values came from one of ``batch_ids``."""
     schema = {k: base_schema(lib)[k] for k in lib.key}
     if not wh.exists("base", lib.code) or not value_elements(lib):
         return pl.DataFrame(schema=schema)
@@ -236,8 +368,10 @@ def _keys_from_batches(wh: Warehouse, conn: sa.Connection, lib: Library, batch_i
         return pl.DataFrame(schema=schema)
     listed = ", ".join(str(int(n)) for n in nos)
     where = " OR ".join(f"{wh.quote(lineage(e)[0])} IN ({listed})" for e in value_elements(lib))
+    in_range, params = range_condition(wh, lib.key, key_range) or ("1 = 1", {})
     keys = ", ".join(wh.quote(k) for k in lib.key)
-    return wh.read(conn, f"SELECT DISTINCT {keys} FROM {wh.qualified('base', lib.code)} WHERE {where}", schema)
+    return wh.read(conn, f"SELECT DISTINCT {keys} FROM {wh.qualified('base', lib.code)} WHERE ({where}) AND {in_range}",
+                   schema, params)
 
 
 def _counts(wh: Warehouse, conn: sa.Connection, base: str) -> tuple[int, int]:

@@ -77,8 +77,11 @@ def reconciliation_table(wh: Warehouse) -> sa.Table:
 
 
 def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str,
-             columns: list[str] | None = None, *, latest: bool = False, carried: bool = True) -> pl.DataFrame:
-    """The accepted rows of one std batch in delivery order (only ``columns``, when given).
+             columns: list[str] | None = None, *, latest: bool = False, carried: bool = True,
+             rows: tuple[str, dict] | None = None, table: str | None = None) -> pl.DataFrame:
+    """The accepted rows of one std batch in delivery order (only ``columns``, when given; only the
+    rows meeting the SQL condition ``rows`` = (condition, its parameters), when given; the batch's own
+    rows from ``table``, a copy of them, when given — carried rows always from their source batches).
 
     With ``latest``, one row per key: the last version of each key in the batch. Only a versioned
     resource (a 前置库) has several — its rows are numbered in watermark order, so the last is the
@@ -92,16 +95,17 @@ def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource:
     if columns is not None:
         schema = {c: t for c, t in schema.items() if c in columns or c == "_row_no" or (latest and c in resource.key)}
     cols = ", ".join(wh.quote(c) for c in schema)
+    where, params = rows or ("1 = 1", {})
 
-    def rows_of(b: str) -> pl.DataFrame:
-        return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b",
-                       schema, {"b": b}, bulk=True)
+    def rows_of(b: str, source: str | None = None) -> pl.DataFrame:
+        return wh.read(conn, f"SELECT {cols} FROM {source or wh.qualified('std', resource.id)} "
+                             f"WHERE _batch_id = :b AND {where}", schema, {"b": b, **params}, bulk=True)
 
-    frame = rows_of(batch_id)
+    frame = rows_of(batch_id, table)
     if carried:
         parts = [frame]
-        for (source,), rows in carried_rows(read_carried(wh, conn, batch_id)).group_by("source_batch_id"):
-            parts.append(rows.join(rows_of(str(source)), left_on="source_row_no", right_on="_row_no", how="inner")
+        for (source,), held in carried_rows(read_carried(wh, conn, batch_id)).group_by("source_batch_id"):
+            parts.append(held.join(rows_of(str(source)), left_on="source_row_no", right_on="_row_no", how="inner")
                          .select(pl.col("row_no").alias("_row_no"), *[c for c in schema if c != "_row_no"]))
         frame = pl.concat(parts) if len(parts) > 1 else frame
     frame = frame.sort("_row_no")
