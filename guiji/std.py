@@ -17,7 +17,7 @@ from guiji.ods import IngestResult, receive, store
 from guiji.standardize import Standardized, standardize
 from quality.expectations import validate
 from quality.results import BLOCKING_MIN_PASS_RATE, masked_failures, store_results, withheld_reason
-from quality.rules import Severity, resource_rules
+from quality.rules import Severity, evaluated, failing, resource_rules
 from warehouse.ods import (
     Batch,
     batches_table,
@@ -30,6 +30,7 @@ from warehouse.std import (
     RECONCILIATION,
     RECONCILIATION_SCHEMA,
     quarantine_table,
+    read_std,
     reconciliation_table,
     std_table,
 )
@@ -99,6 +100,7 @@ def standardize_batch(
             return StdResult(None, None)
         ods = read_ods(wh, conn, resource, batch.batch_id)
     out, failures = _standardize(catalogue, resource, batch_date, batch, ods, with_gx, min_pass_rate, docs)
+    _count_carried(wh, catalogue, resource, batch_date, out)
     _write(wh, catalogue, resource, batch_date, out, failures, run_id)
     return out
 
@@ -131,8 +133,34 @@ def collect(
                                          min_pass_rate, docs)
         finally:
             written.result()  # the ODS batch is committed (or its error raised) before anything else is written
+    _count_carried(wh, catalogue, resource, batch_date, out)
     _write(wh, catalogue, resource, batch_date, out, failures, run_id)
     return received, out
+
+
+def _count_carried(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date,
+                   out: StdResult) -> None:
+    """The warning rules counted over the carried records too, as they were standardised in the batch that
+    stores them (their values are those values): a record re-delivered unchanged still fails what it
+    failed, so a department's rule results and score cover everything it delivered, not only what
+    changed. (Blocking rules count carried records as passed in :func:`_standardize`: they were accepted.)"""
+    if out.batch is None or out.result is None or not out.carried or out.result.rule_counts.is_empty():
+        return
+    with wh.engine.connect() as conn:
+        held = read_std(wh, conn, catalogue, resource, out.batch.batch_id, own=False)
+    rules = [r for r in resource_rules(catalogue, resource, batch_date) if r.severity != Severity.blocking]
+    if not rules or held.is_empty():
+        return
+    counts = held.select([evaluated(r).sum().alias(f"n{i}") for i, r in enumerate(rules)]
+                         + [failing(r).sum().alias(f"u{i}") for i, r in enumerate(rules)]).row(0, named=True)
+    extra = pl.DataFrame({"rule_id": [r.id for r in rules],
+                          "__n": [int(counts[f"n{i}"] or 0) for i in range(len(rules))],
+                          "__u": [int(counts[f"u{i}"] or 0) for i in range(len(rules))]},
+                         schema={"rule_id": pl.String, "__n": pl.Int64, "__u": pl.Int64})
+    out.result.rule_counts = out.result.rule_counts.join(extra, on="rule_id", how="left").with_columns(
+        (pl.col("evaluated") + pl.col("__n").fill_null(0)).alias("evaluated"),
+        (pl.col("failed") + pl.col("__u").fill_null(0)).alias("failed"),
+    ).drop("__n", "__u")
 
 
 def _standardize(

@@ -77,7 +77,7 @@ def reconciliation_table(wh: Warehouse) -> sa.Table:
 
 
 def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource, batch_id: str,
-             columns: list[str] | None = None, *, latest: bool = False, carried: bool = True,
+             columns: list[str] | None = None, *, latest: bool = False, carried: bool = True, own: bool = True,
              rows: tuple[str, dict] | None = None, table: str | None = None) -> pl.DataFrame:
     """The accepted rows of one std batch in delivery order (only ``columns``, when given; only the
     rows meeting the SQL condition ``rows`` = (condition, its parameters), when given; the batch's own
@@ -89,7 +89,8 @@ def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource:
 
     The records the batch carried unchanged from the previous one (``ods.carried``) are accepted
     rows of the batch too: they are read from the batches that store them, under this batch's row
-    numbers. ``carried=False``: only the rows standardised for this batch (what changed).
+    numbers. ``carried=False``: only the rows standardised for this batch (what changed);
+    ``own=False``: only the carried ones.
     """
     schema = std_schema(catalogue, resource)
     if columns is not None:
@@ -101,7 +102,7 @@ def read_std(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource:
         return wh.read(conn, f"SELECT {cols} FROM {source or wh.qualified('std', resource.id)} "
                              f"WHERE _batch_id = :b AND {where}", schema, {"b": b, **params}, bulk=True)
 
-    frame = rows_of(batch_id, table)
+    frame = rows_of(batch_id, table) if own else pl.DataFrame(schema=schema)
     if carried:
         parts = [frame]
         for (source,), held in carried_rows(read_carried(wh, conn, batch_id)).group_by("source_batch_id"):
