@@ -143,7 +143,8 @@ def _count_carried(wh: Warehouse, catalogue: Catalogue, resource: Resource, batc
     """The warning rules counted over the carried records too, as they were standardised in the batch that
     stores them (their values are those values): a record re-delivered unchanged still fails what it
     failed, so a department's rule results and score cover everything it delivered, not only what
-    changed. (Blocking rules count carried records as passed in :func:`_standardize`: they were accepted.)"""
+    changed; GX's counts beside them likewise. (Blocking rules count carried records as passed in
+    :func:`_standardize`: they were accepted.)"""
     if out.batch is None or out.result is None or not out.carried or out.result.rule_counts.is_empty():
         return
     with wh.engine.connect() as conn:
@@ -161,6 +162,11 @@ def _count_carried(wh: Warehouse, catalogue: Catalogue, resource: Resource, batc
         (pl.col("evaluated") + pl.col("__n").fill_null(0)).alias("evaluated"),
         (pl.col("failed") + pl.col("__u").fill_null(0)).alias("failed"),
     ).drop("__n", "__u")
+    if out.gx_counts:  # GX validated these records in the batch that stores them, with the same outcome
+        for rule_id, n, u in extra.iter_rows():
+            if rule_id in out.gx_counts:
+                ev, fa = out.gx_counts[rule_id]
+                out.gx_counts[rule_id] = (ev + n, fa + u)
 
 
 def _standardize(
