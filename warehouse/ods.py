@@ -184,30 +184,22 @@ class Batch:
 
 def latest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
     """The newest batch of a resource for a batch date (highest sequence number)."""
-    if not wh.exists("ods", BATCHES):
-        return None
-    frame = wh.read(
-        conn,
-        f"SELECT {', '.join(BATCH_SCHEMA)} FROM {wh.qualified('ods', BATCHES)} "
-        "WHERE resource_id = :r AND batch_date = :d ORDER BY seq DESC LIMIT 1",
-        BATCH_SCHEMA,
-        {"r": resource.id, "d": batch_date},
-    )
-    return Batch.from_row(frame.row(0, named=True)) if frame.height else None
+    return _newest_batch(wh, conn, resource, "batch_date = :d", batch_date)
 
 
 def previous_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, batch_date: dt.date) -> Batch | None:
     """The resource's newest batch of the latest batch date before ``batch_date`` (a full snapshot
     delivered again is compared with it)."""
+    return _newest_batch(wh, conn, resource, "batch_date < :d", batch_date)
+
+
+def _newest_batch(wh: Warehouse, conn: sa.Connection, resource: Resource, dates: str,
+                  batch_date: dt.date) -> Batch | None:
     if not wh.exists("ods", BATCHES):
         return None
-    frame = wh.read(
-        conn,
-        f"SELECT {', '.join(BATCH_SCHEMA)} FROM {wh.qualified('ods', BATCHES)} "
-        "WHERE resource_id = :r AND batch_date < :d ORDER BY batch_date DESC, seq DESC LIMIT 1",
-        BATCH_SCHEMA,
-        {"r": resource.id, "d": batch_date},
-    )
+    frame = wh.read(conn, f"SELECT {', '.join(BATCH_SCHEMA)} FROM {wh.qualified('ods', BATCHES)} "
+                          f"WHERE resource_id = :r AND {dates} ORDER BY batch_date DESC, seq DESC LIMIT 1",
+                    BATCH_SCHEMA, {"r": resource.id, "d": batch_date})
     return Batch.from_row(frame.row(0, named=True)) if frame.height else None
 
 
