@@ -657,20 +657,22 @@ def main() -> int:
                     with TempDatabase(args.pg_url) as url:
                         refs[n].append(raw_copy_reference(prepared, url, n))
             with TempDatabase(args.pg_url) as url:
-                checkpoint(url)
-                night = run_night(url, landing, day, args.workers, variables, catalogue_path)
-                nights.append(night)
-                if night.status != "SUCCESS":
-                    return 1
-                night.rows = layer_rows(url, catalogue, day)
-                floors.append(write_floor(url))
-                if args.incremental:  # the next night on the same warehouse
+
+                def night_of(when: dt.date, into: list[Night]) -> bool:
+                    """One night into ``url`` (checkpointed first), its rows per layer counted; False: it failed."""
                     checkpoint(url)
-                    inc = run_night(url, landing, next_day, args.workers, variables, catalogue_path)
-                    increments.append(inc)
-                    if inc.status != "SUCCESS":
-                        return 1
-                    inc.rows = layer_rows(url, catalogue, next_day)
+                    night = run_night(url, landing, when, args.workers, variables, catalogue_path)
+                    into.append(night)
+                    if night.status == "SUCCESS":
+                        night.rows = layer_rows(url, catalogue, when)
+                    return night.status == "SUCCESS"
+
+                if not night_of(day, nights):
+                    return 1
+                floors.append(write_floor(url))
+                # the next night on the same warehouse
+                if args.incremental and not night_of(next_day, increments):
+                    return 1
     finally:
         server.shutdown()
         server.server_close()
