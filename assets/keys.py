@@ -23,9 +23,17 @@ import datetime as dt
 from dagster import AssetKey, DailyPartitionsDefinition
 
 from catalog.loader import Catalogue, CatalogueError
-from catalog.models import DatabaseChannel, Library, Resource
+from catalog.models import DatabaseChannel, Labelled, Library, Resource
 
-LAYER_LABELS = {"ods": "贴源层", "std": "标准层", "base": "基础库", "share": "共享开放", "quality": "数据质量"}
+
+class Layer(Labelled):
+    """The layer an asset belongs to: its code is the first part of the key and the kind badge."""
+
+    ods = "ods", "贴源层"
+    std = "std", "标准层"
+    base = "base", "基础库"
+    share = "share", "共享开放"
+    quality = "quality", "数据质量"
 
 
 def first_batch_date(catalogue: Catalogue) -> dt.date:
@@ -63,18 +71,17 @@ def base_key(lib: Library) -> AssetKey:
 
 def resource_label(catalogue: Catalogue, resource: Resource, layer: str) -> str:
     """``贴源层 · 市公安局 · 户籍人口信息``: the label of a resource's asset in ``layer`` (ods, std)."""
-    return f"{LAYER_LABELS[layer]} · {catalogue.department(resource.department).name} · {resource.name}"
+    return f"{Layer(layer).label} · {catalogue.department(resource.department).name} · {resource.name}"
 
 
 def library_label(lib: Library) -> str:
     """``基础库 · 人口基础库``."""
-    return f"{LAYER_LABELS['base']} · {lib.name}"
+    return f"{Layer.base.label} · {lib.name}"
 
 
 def label_kinds(layer: str) -> set[str]:
     """The kind that names an asset's layer in the graph (``ods``, ``std`` …; ASCII, as tag keys must be)."""
-    assert layer in LAYER_LABELS, layer
-    return {layer}
+    return {Layer(layer).value}
 
 
 def labelled(label: str, description: str) -> str:

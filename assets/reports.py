@@ -6,7 +6,7 @@ import datetime as dt
 
 from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
-from assets.keys import LAYER_LABELS, label_kinds, labelled
+from assets.keys import Layer, label_kinds, labelled
 from assets.resources import MailerResource, PseudonymKeyResource, Settings, WarehouseResource
 from assets.scorecard import SCORECARD_KEY
 from assets.tickets import TICKETS_KEY
@@ -29,7 +29,7 @@ def build_department_reports_asset(catalogue: Catalogue, partitions):
         kinds={"html", "excel", *label_kinds("quality")},
         tags={"layer": "quality"},
         description=labelled(
-            f"{LAYER_LABELS['quality']} · 部门数据质量报告",
+            f"{Layer.quality.label} · 部门数据质量报告",
             "部门数据质量报告: 每个数源部门一份 (HTML + XLSX), 含评分、规则结果、时效、一数一源冲突、"
             "失败记录(标识脱敏并附令牌)与校核工单; 写入 $GONGSHU_HOME/reports/<日期>/, 经邮件(SMTP 或发件箱)送达, "
             "超期工单上报数据工程师。"

@@ -7,7 +7,7 @@ import datetime as dt
 import polars as pl
 from dagster import AssetKey, MaterializeResult, MetadataValue, asset
 
-from assets.keys import LAYER_LABELS, base_key, label_kinds, labelled
+from assets.keys import Layer, base_key, label_kinds, labelled
 from assets.resources import Settings, WarehouseResource
 from assets.tickets import TICKETS_KEY
 from catalog.loader import Catalogue
@@ -31,7 +31,7 @@ def build_scorecard_asset(catalogue: Catalogue, partitions):
         kinds={"polars", "sql", *label_kinds("quality")},
         tags={"layer": "quality"},
         description=labelled(
-            f"{LAYER_LABELS['quality']} · 部门数据质量评分",
+            f"{Layer.quality.label} · 部门数据质量评分",
             "部门数据质量评分 (GB/T 36344 六个维度): 规则得分 → 维度得分 → 资源得分 → 部门数据质量分 Q; "
             "校核响应分 R (按 quality/tickets 同步后的工单); 综合得分 = 0.8Q + 0.2R 与等级。结果按运行写入 "
             "quality.scorecard。权重见 scorecard.yaml / GONGSHU_SCORECARD_*。"

@@ -39,7 +39,7 @@ from dagster import (
 
 from assets.checks import with_batch_date
 from assets.factory import preview
-from assets.keys import LAYER_LABELS, base_key, label_kinds, labelled, ods_key, owner, std_key
+from assets.keys import Layer, base_key, label_kinds, labelled, ods_key, owner, std_key
 from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Labelled, OutputKind, Sensitivity
@@ -502,7 +502,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         kinds=kinds,
         owners=[owner(catalogue, d) for d in sorted({r.department for r in resources})],
         tags={"layer": "share", "library": lib.code, "share_kind": policy.kind.value},
-        description=labelled(f"{LAYER_LABELS['share']} · {policy.label}", description),
+        description=labelled(f"{Layer.share.label} · {policy.label}", description),
         automation_condition=AutomationCondition.eager(),
         metadata={"基础库": lib.name, "类别": policy.kind.label, "适用目录属性": ", ".join(policy.classes)},
     )

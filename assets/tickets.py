@@ -7,7 +7,7 @@ import datetime as dt
 import polars as pl
 from dagster import AssetKey, MaterializeResult, asset
 
-from assets.keys import LAYER_LABELS, base_key, label_kinds, labelled
+from assets.keys import Layer, base_key, label_kinds, labelled
 from assets.resources import Settings, WarehouseResource
 from catalog.loader import Catalogue
 from quality.config import load_config
@@ -31,7 +31,7 @@ def build_tickets_asset(catalogue: Catalogue, partitions):
         kinds={"polars", "sql", *label_kinds("quality")},
         tags={"layer": "quality"},
         description=labelled(
-            f"{LAYER_LABELS['quality']} · 校核工单",
+            f"{Layer.quality.label} · 校核工单",
             "校核工单: 每条失败记录、每组一数一源冲突一张工单, 随部门质量报告发出, 5 个工作日内校核(按法定节假日计)。"
             "每个批次日期同步一次: 新开、后续交付已更正的修复、逾期未处理的标为超期并上报数据工程师; "
             "写入 quality.tickets 与 audit.ticket_events。"

@@ -23,11 +23,27 @@ from pathlib import Path
 import polars as pl
 
 from catalog.loader import Catalogue
+from catalog.models import Labelled
 from desensitize.display import spreadsheet_safe
 from desensitize.policy import KEY_ID_COLUMN, OutputPolicy
 
 DICTIONARY_COLUMNS = ["字段", "中文名称", "数据类型", "处理规则", "准标识符", "代码表"]
-_TYPE_ZH = {pl.String: "文本", pl.Date: "日期", pl.Float64: "数值", pl.Int64: "整数", pl.Boolean: "布尔"}
+
+
+class ColumnType(Labelled):
+    """The 数据类型 of a published column in the data dictionary: the polars type's name, in Chinese."""
+
+    String = "String", "文本"
+    Date = "Date", "日期"
+    Float64 = "Float64", "数值"
+    Int64 = "Int64", "整数"
+    Boolean = "Boolean", "布尔"
+
+
+def type_label(dtype: pl.DataType) -> str:
+    """``文本``, ``日期`` …; the polars name for a type without a Chinese one."""
+    member = ColumnType._value2member_map_.get(type(dtype).__name__)
+    return member.label if isinstance(member, ColumnType) else str(dtype)
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,7 @@ def data_dictionary(policy: OutputPolicy, catalogue: Catalogue, columns: list[st
     by_token = {c.token_column: c for c in policy.columns if c.token}
     rows = []
     for name in columns:
-        dtype = _TYPE_ZH.get(type(schema[name]), str(schema[name]))
+        dtype = type_label(schema[name])
         if name in by_column:
             c = by_column[name]
             codelist = next((cl for cl in catalogue.city.codelists if cl.code == c.element.codelist), None)

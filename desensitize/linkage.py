@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from catalog.models import Element, ElementType
+from catalog.models import Element, ElementType, Labelled
 
 ID_LENGTH = 18
 BIRTH_DIGITS = range(6, 14)  # YYYYMMDD
@@ -47,6 +47,15 @@ ID_MASK = "keep_first_last(6, 4)"  # region and sequence visible: where no birth
 ID_MASK_HUTOOL = "keep_first_last(1, 2)"  # Hutool DesensitizedUtil ID_CARD
 MIN_CANDIDATES = 2
 """A row may not narrow an ID number down to fewer candidates than this (i.e. to one)."""
+
+
+class BirthPrecision(Labelled):
+    """How much of an ID-derived birth date a row shows (:attr:`Exposure.birth`)."""
+
+    day = "day", "出生日期(完整)"
+    month = "month", "出生年月"
+    year = "year", "出生年份"
+
 
 PRECISION_DIGITS = {"day": 8, "month": 6, "year": 4}  # birth-date digits a date shown at that precision reveals
 _SPEC = re.compile(r"^\s*([a-z_]+)\s*(?:\(([^()]*)\))?\s*(?:\+\s*token\s*)?$")
@@ -106,8 +115,7 @@ class Exposure:
         return frozenset(range(BIRTH_DIGITS.start, BIRTH_DIGITS.start + n))
 
     def describe(self) -> str:
-        parts = {"day": "出生日期(完整)", "month": "出生年月", "year": "出生年份"}
-        shown = ([parts[self.birth]] if self.birth else []) + (["性别"] if self.sex else [])
+        shown = ([BirthPrecision(self.birth).label] if self.birth else []) + (["性别"] if self.sex else [])
         return "、".join(shown) or "无"
 
 

@@ -151,7 +151,7 @@ def _make_rule(name: str, args: list[str]) -> Rule:
         level = (a[0] if a else "district") if name == "keep_address" else name.removeprefix("to_")
         if level not in ("province", "city", "district", "street"):
             raise ValueError(f"地址层级应为 province/city/district/street, 得到 {level!r}")
-        zh = {"province": "省", "city": "市", "district": "区/县", "street": "街道/乡镇"}[level]
+        zh = rules.AddressLevel(level).label
         if name == "keep_address":
             return Rule(f"keep_address({level})", f"保留到{zh}, 其余遮蔽为 ******",
                         lambda x, c: rules.keep_address(x, level))  # type: ignore[arg-type]

@@ -27,18 +27,24 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal
 
 import polars as pl
 
-from catalog.models import Element, ElementType, Semantic, Sensitivity
+from catalog.models import Element, ElementType, Labelled, Semantic, Sensitivity
 from desensitize.linkage import ID_MASK, NOTHING, Exposure, exposure, is_id_element, joint_id_rule
 
 MASK = "*"
 _STARS = MASK * 256  # longest run a mask ever needs; longer middles keep 256 stars (length hidden)
 REDACTED = "******"
 
-AddressLevel = Literal["province", "city", "district", "street"]
+
+class AddressLevel(Labelled):
+    """The administrative level an address is kept or generalised to."""
+
+    province = "province", "省"
+    city = "city", "市"
+    district = "district", "区/县"
+    street = "street", "街道/乡镇"
 
 
 def _str(expr: pl.Expr) -> pl.Expr:
@@ -132,7 +138,7 @@ _ADMIN = {
 _ORDER = ("street", "district", "city", "province")
 
 
-def address_prefix(expr: pl.Expr, level: AddressLevel = "district") -> pl.Expr:
+def address_prefix(expr: pl.Expr, level: AddressLevel = AddressLevel.district) -> pl.Expr:
     """The administrative prefix of an address down to ``level``; a coarser level when the finer
     one is not found, null when none is (no guessing: an unrecognised address yields nothing).
 
@@ -144,7 +150,7 @@ def address_prefix(expr: pl.Expr, level: AddressLevel = "district") -> pl.Expr:
     return _str(expr).str.strip_chars().str.extract(pattern, 1)
 
 
-def keep_address(expr: pl.Expr, level: AddressLevel = "district", mask: str = REDACTED) -> pl.Expr:
+def keep_address(expr: pl.Expr, level: AddressLevel = AddressLevel.district, mask: str = REDACTED) -> pl.Expr:
     """Keep an address up to its 区/县 (or ``level``) and mask the rest:
     浙江省温州市鹿城区五马街道解放路12号 → 浙江省温州市鹿城区******. Unrecognised → ``******``."""
     prefix = address_prefix(expr, level)
@@ -152,7 +158,7 @@ def keep_address(expr: pl.Expr, level: AddressLevel = "district", mask: str = RE
         pl.concat_str([prefix.fill_null(""), pl.lit(mask)]))
 
 
-def to_level(expr: pl.Expr, level: AddressLevel = "district") -> pl.Expr:
+def to_level(expr: pl.Expr, level: AddressLevel = AddressLevel.district) -> pl.Expr:
     """Generalise an address to its 区/县 (or ``level``): 浙江省温州市鹿城区五马街道… → 浙江省温州市鹿城区."""
     return address_prefix(expr, level)
 

@@ -45,13 +45,14 @@ from urllib3.util.retry import Retry
 
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource, outside_folder
 from warehouse.ods import source_columns
+from warehouse.std import QuarantineReason
 from warehouse.store import adbc_connect, literal_sql
 
 META_COLUMNS = ("_row_no", "_source", "_raw", "_error")
 REPLACEMENT = "\ufffd"  # what undecodable bytes become; the 标准层 quarantines such values
 NUL_MARK = "\u2400"  # what a NUL character becomes: PostgreSQL text cannot hold NUL, both databases keep ␀
 FORMULA_MARK = "\ufffc"  # starts an XLSX formula cell that has no computed value: "\ufffcC5=SUM(A1:A4)"
-WRONG_ENCODING = "wrong_encoding"
+WRONG_ENCODING = QuarantineReason.wrong_encoding.value
 ENCODING_NAMES = {"utf-8": "UTF-8", "gbk": "GBK", "gb18030": "GB18030"}
 
 

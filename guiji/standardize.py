@@ -23,20 +23,8 @@ from catalog.models import ElementType, Resource
 from catalog.normalize import halfwidth, parse_expr
 from guiji.channels import FORMULA_MARK, NUL_MARK, REPLACEMENT, WRONG_ENCODING
 from quality.rules import VERSION, Kind, Rule, Severity, evaluated, expected_text, failing, resource_rules
-from warehouse.std import QUARANTINE_SCHEMA, std_schema
+from warehouse.std import QUARANTINE_SCHEMA, QuarantineReason, std_schema
 
-REASONS: dict[str, str] = {
-    "unparseable": "无法解析的记录",
-    WRONG_ENCODING: "文件编码与目录声明不符, 整个文件隔离",
-    "bad_encoding": "含无法解码的字节",
-    "nul_byte": "含 NUL 空字符 (贴源层记为 ␀)",
-    "formula_no_value": "公式单元格没有计算结果",
-    "bad_date": "日期无法解析",
-    "bad_number": "数值无法解析",
-}
-"""Quarantine reason codes and the Chinese text departments read (where a row carries its own,
-more precise reason — the file and encoding of ``wrong_encoding``, the cell of
-``formula_no_value`` — that one is stored)."""
 RECORD_CODES = (WRONG_ENCODING,)
 """Reason codes a channel gives a whole record through ``_error`` (``<code>: <reason>``)."""
 
@@ -165,7 +153,7 @@ def standardize(
             pl.lit(field, pl.String).alias("field"),
             pl.lit(column, pl.String).alias("column"),
             pl.lit(code, pl.String).alias("reason_code"),
-            (pl.lit(REASONS[code], pl.String) if why is None else pl.col(f"__w{i}")).alias("reason"),
+            (pl.lit(QuarantineReason(code).label, pl.String) if why is None else pl.col(f"__w{i}")).alias("reason"),
             pl.col(f"__r{i}").alias("raw_value"),
         )
         for i, (code, field, column, _, _, why) in enumerate(checks)

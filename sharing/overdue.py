@@ -10,13 +10,18 @@ from collections.abc import Sequence
 import polars as pl
 
 from catalog.loader import Catalogue
+from catalog.models import Labelled
 from quality.mail import Mailer, MailError
 from quality.templating import render
 from quality.tickets.transitions import working_days_late
 from sharing import store
 from sharing.workflow import ApplicationStatus
 
-MAIL_ACTION = "mail_overdue"
+
+class MailAction(Labelled):
+    """``audit.share_events.action`` of a mail about an application (beside the ``Event`` values)."""
+
+    overdue = "mail_overdue", "超期通知邮件"
 
 
 def overdue_applications(wh, today: dt.date) -> list[dict]:
@@ -83,7 +88,7 @@ def escalate(wh, catalogue: Catalogue, today: dt.date, mailer: Mailer | None, en
             row["updated_at"] = now
             store.save_application(wh, conn, row)
             store.append(wh, conn, store.EVENTS, [{
-                "event_id": store.new_id(), "application_id": a["application_id"], "at": now, "action": MAIL_ACTION,
+                "event_id": store.new_id(), "application_id": a["application_id"], "at": now, "action": MailAction.overdue.value,
                 "from_status": row["status"], "to_status": row["status"], "actor": "gongshu",
                 "note": f"{subject} → {', '.join(to)}", "elements": None, "rows": None}])
         sent.append(a["application_id"])

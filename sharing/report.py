@@ -13,9 +13,10 @@ from openpyxl import Workbook
 from desensitize.display import spreadsheet_safe
 from quality.templating import render
 from sharing import store
+from sharing.overdue import MailAction
 from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision, Event
 
-_LABELS = {e.value: e.label for e in Event} | {"mail_overdue": "超期通知邮件"}
+_LABELS = {e.value: e.label for e in (*Event, *MailAction)}
 
 
 def report_context(wh, application_id: str) -> dict:

@@ -8,10 +8,25 @@ import polars as pl
 import sqlalchemy as sa
 
 from catalog.loader import Catalogue
-from catalog.models import Resource
+from catalog.models import Labelled, Resource
 from catalog.normalize import element_dtype
 from warehouse.ods import BATCH_SCHEMA, BATCHES, Batch, carried_rows, open_delivery_failures, read_carried
 from warehouse.store import Column, Warehouse
+
+
+class QuarantineReason(Labelled):
+    """Why the 标准层 quarantined a value (``reason_code`` of the quarantine table) and the Chinese
+    text departments read (``reason``; where a row carries its own, more precise reason — the file
+    and encoding of ``wrong_encoding``, the cell of ``formula_no_value`` — that one is stored)."""
+
+    unparseable = "unparseable", "无法解析的记录"
+    wrong_encoding = "wrong_encoding", "文件编码与目录声明不符, 整个文件隔离"
+    bad_encoding = "bad_encoding", "含无法解码的字节"
+    nul_byte = "nul_byte", "含 NUL 空字符 (贴源层记为 ␀)"
+    formula_no_value = "formula_no_value", "公式单元格没有计算结果"
+    bad_date = "bad_date", "日期无法解析"
+    bad_number = "bad_number", "数值无法解析"
+
 
 QUARANTINE_SCHEMA = {
     "_row_no": pl.Int64,
