@@ -1,7 +1,9 @@
 """Trace accuracy on leaks of the extracts a city has written (after ``make demo``): for each
 application's latest extract, 100 leaks of 100–500 sampled rows, each column kept with probability
 0.6 (the key-id column always dropped; the token column too unless --keep-tokens), shuffled and
-renamed; each traced as ``gongshu share trace`` does (without recording it in the audit).
+renamed; each traced as ``gongshu share trace`` does (without recording it in the audit). The
+warehouse, catalogue and key come from the environment as for ``gongshu`` (``assets.resources``);
+without ``GONGSHU_PSEUDONYM_KEY`` the demo key in the home folder.
 
     .venv/bin/python benchmarks/share_trace_accuracy.py [--home .gongshu] [--leaks 100] [--keep-tokens]
 """
@@ -15,29 +17,32 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from dagster import build_resources
 
+from assets.resources import VARIABLES, resources_from_env, settings_from_env
 from catalog.loader import load_catalogue
 from desensitize.pseudonym import PseudonymKey
 from sharing import store
 from sharing.trace import trace_file
-from warehouse.migrations import open_warehouse
-from warehouse.store import sqlite_url
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--home", default=os.environ.get("GONGSHU_HOME", str(REPO / ".gongshu")))
+    p.add_argument("--home", help="home folder (default: GONGSHU_HOME, else assets.resources.DEFAULT_HOME)")
     p.add_argument("--leaks", type=int, default=100)
     p.add_argument("--keep-tokens", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
-    home = Path(args.home)
-    wh = open_warehouse(os.environ.get("GONGSHU_WAREHOUSE_URL") or sqlite_url(home))
-    cat = load_catalogue(os.environ.get("GONGSHU_CATALOG") or REPO / "catalog" / "demo")
-    secret = os.environ.get("GONGSHU_PSEUDONYM_KEY") or (home / "demo-pseudonym.key").read_text().strip()
-    key = PseudonymKey.from_secret(secret)
+    if args.home:
+        os.environ[VARIABLES["home"]] = args.home
+    settings = settings_from_env()
+    with build_resources(resources_from_env(settings=settings)) as r:
+        key = r.pseudonym.get_or_none() or PseudonymKey.from_secret(
+            (settings.home_path / "demo-pseudonym.key").read_text().strip(), settings.pseudonym_algorithm)
+        return trace_leaks(r.warehouse.get(), load_catalogue(settings.catalogue_path), key, args)
+
+
+def trace_leaks(wh, cat, key: PseudonymKey, args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     tmp = Path(tempfile.mkdtemp())
     extracts = store.read_extracts(wh).filter(pl.col("leaks") == 0).sort("at").unique("application_id", keep="last")
