@@ -85,11 +85,12 @@ demo: install demo-key
 	    --manifest "$(GONGSHU_LANDING)/manifest.json"
 	$(BIN)/gongshu score-detection --manifest "$(GONGSHU_LANDING)/manifest.json"
 	@# a leak of 200 sampled rows of the extract, columns reordered, token and key-id columns dropped: traced
+	@# to the application applied for above (--expect: any other verdict fails the demo)
 	@app=$$(sed -n 's/^申请编号 \([^ ]*\).*/\1/p' "$(GONGSHU_HOME)/share-apply.txt"); \
 	  $(BIN)/python -c 'import sys, polars as pl; f = pl.read_csv(sys.argv[1], infer_schema=False); \
 	    f.sample(200, seed=1).select("mobile", "name", "valid_from").write_csv(sys.argv[2])' \
 	    "$$(ls -d "$(GONGSHU_HOME)/share/$$app"/*/ | tail -1)$$app.csv" "$(GONGSHU_HOME)/share-leak-sample.csv" && \
-	  $(WITH_KEY) $(BIN)/gongshu share trace "$(GONGSHU_HOME)/share-leak-sample.csv" --by make-demo
+	  $(WITH_KEY) $(BIN)/gongshu share trace "$(GONGSHU_HOME)/share-leak-sample.csv" --by make-demo --expect "$$app"
 
 test: lint browser
 	$(BIN)/python -m pytest -m "not ui_backfill" -n $(TEST_WORKERS) --dist loadfile

@@ -531,9 +531,13 @@ def _share(args: argparse.Namespace, r, catalogue, configured) -> int:
 
 
 def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
-    """Name the application a leaked file came from (exit 0), or say it cannot (exit 1), with the evidence."""
+    """Name the application a leaked file came from (exit 0), or say it cannot (exit 1), with the evidence;
+    ``--expect ID``: exit 1 too when the application named is another one."""
     from sharing.trace import TraceError, trace_file
 
+    if args.expect is not None and not args.expect.strip():
+        print("错误: --expect 需要预期的申请编号", file=sys.stderr)
+        return 2
     key = r.pseudonym.get_or_none()
     if key is None:
         print("错误: 溯源需要假名化密钥 (GONGSHU_PSEUDONYM_KEY): 指纹由它按申请派生", file=sys.stderr)
@@ -545,7 +549,13 @@ def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
         return 2
     for line in t.lines():
         print(line)
-    return 0 if t.application is not None else 1
+    if t.application is None:
+        return 1
+    expected = args.expect.strip() if args.expect is not None else None
+    if expected is not None and t.application["application_id"] != expected:
+        print(f"错误: 溯源结果为申请 {t.application['application_id']}, 不是预期的申请 {expected}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def show_lines(wh, application_id: str) -> list[str]:
@@ -743,6 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = shs.add_parser("trace", help="溯源: 泄露的提取文件来自哪份申请")
     st.add_argument("file")
     st.add_argument("--by", default=None, help="操作人 (记入审计)")
+    st.add_argument("--expect", default=None, metavar="申请编号",
+                    help="预期的来源申请: 溯源结果不是它 (或无法确定来源) 时以非零状态退出")
     sh.set_defaults(func=cmd_share)
     ds = sub.add_parser("definitions-snapshot",
                         help="输出代码位置快照 (资产、检查、作业、调度、传感器、资源; 示范目录与默认设置)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from openpyxl import Workbook
+from openpyxl import Workbook, load_workbook
 
 from catalog.loader import load_catalogue
 from desensitize.pseudonym import PseudonymKey, pseudonymise
@@ -207,3 +207,83 @@ def test_an_extract_that_would_publish_a_raw_identifier_is_refused_and_removed(w
     assert not (root / a / AS_OF.isoformat()).exists()
     audit = store.read_extracts(wh, a)
     assert audit.item(0, "leaks") > 0 and audit.item(0, "rows") == 0
+
+
+def _catalogue(tmp_path: Path, old: str, new: str, fields: str = ""):
+    """The demo catalogue with one line of its 人口库 changed (and ``fields`` added to 社会保险参保信息)."""
+    folder = tmp_path / "catalog"
+    shutil.copytree(DEMO, folder)
+    main = folder / "catalogue.yaml"
+    text = main.read_text(encoding="utf-8")
+    assert old in text
+    main.write_text(text.replace(old, new), encoding="utf-8")
+    with (folder / "resources" / "rsj_sbcb.yaml").open("a", encoding="utf-8") as f:
+        f.write(fields)
+    return load_catalogue(folder)
+
+
+def test_an_extract_whose_rows_give_the_id_number_back_is_refused_and_removed(world, tmp_path) -> None:
+    """A catalogue that does not mark 出生日期 as derived from the ID number: the joint choice of masks
+    cannot see the linkage and keeps the ID's default keep_first_last(6, 4) — exactly the 8 birth-date
+    digits hidden — beside the full 出生日期. No single cell is a raw identifier; the row is. The scan
+    rebuilds the numbers, the extract is refused, nothing stays on disk and the audit records it."""
+    wh, _, people, root = world
+    cat = _catalogue(tmp_path, "authority: gaj, derived_from_id: birth_date, quasi_identifier: true}",
+                     "authority: gaj, quasi_identifier: true}")
+    a = approved(wh, cat, "rsj", ["birth_date", "insurance_status"], "待遇资格核对")
+    with pytest.raises(ExtractRefused, match="原始标识符") as err:
+        write_extract(wh, cat, a, AS_OF, KEY, root)
+    assert "id_number + birth_date" in str(err.value)  # the rebuilt-ID finding, masked
+    assert not any(i in str(err.value) for i in people.get_column("id_number"))
+    assert not (root / a / AS_OF.isoformat()).exists()
+    audit = store.read_extracts(wh, a)
+    assert audit.item(0, "leaks") >= people.height and audit.item(0, "rows") == 0
+    # the demo catalogue marks it: the ID is masked keep_first_last(1, 2) there and the extract is written
+    b = approved(wh, demo_catalogue(), "rsj", ["birth_date", "insurance_status"], "待遇资格核对")
+    x = write_extract(wh, demo_catalogue(), b, AS_OF, KEY, root)
+    assert x.policy.column("id_number").rule.spec == "keep_first_last(1, 2)" and x.rows == people.height
+
+
+def test_granted_text_that_a_spreadsheet_would_run_as_a_formula_is_written_as_text(warehouse_url, tmp_path) -> None:
+    """A text value of the base library that begins with = + - @ (CSV injection) is delivered with a
+    leading quote in the CSV and as a text cell (never a formula) in the XLSX; a plain number kept as
+    text and the numeric column stay as they are."""
+    cat = _catalogue(tmp_path, "      - {code: insurance_status,",
+                     "      - {code: pension, name: 养老金月额(元), type: decimal, authority: rsj}\n"
+                     "      - {code: remark, name: 备注, type: string, authority: rsj}\n"
+                     "      - {code: insurance_status,",
+                     "  - {column: YLJ, element: pension}\n  - {column: BZ, element: remark}\n")
+    wh = open_warehouse(warehouse_url)
+    hyperlink = '=HYPERLINK("http://x","y")'  # a remark (the name of person 0 is another formula)
+    remarks = [hyperlink, "@SUM(A1:A9)", "+86 571 8888", "-12.5", "正常"]
+    people = persons(50).with_row_index("i").with_columns(
+        pl.when(pl.col("i") == 0).then(pl.lit('=HYPERLINK("http://x","z")')).otherwise(pl.col("name")).alias("name"),
+        pl.col("i").map_elements(lambda i: remarks[min(i, 4)], return_dtype=pl.String).alias("remark"),
+        pl.when(pl.col("i") == 0).then(-12.5).otherwise(3000.25).alias("pension")).drop("i")
+    write_base(wh, cat, people, SINCE)
+    a = approved(wh, cat, "rsj", ["name", "remark", "pension"], "待遇发放核对")
+    x = write_extract(wh, cat, a, AS_OF, KEY, tmp_path / "share")
+    assert x.policy.column("remark").rule.spec == "keep" and x.policy.column("name").rule.spec == "keep_first(1)"
+    csv = pl.read_csv(x.files[0], infer_schema=False)
+    by_remark = dict(zip(csv.get_column("remark"), csv.get_column("pension"), strict=True))
+    assert by_remark["'" + hyperlink] == "-12.5"  # the formula quoted; its row's number untouched
+    assert {"'@SUM(A1:A9)", "'+86 571 8888", "-12.5", "正常"} <= set(by_remark)
+    assert not csv.get_column("remark").str.contains(r"^[=+@]").any()
+    names = csv.get_column("name")
+    assert names.filter(names.str.starts_with("'=")).len() == 1  # 「=＊…」: the mask keeps the first character
+    assert not names.str.contains(r"^[=+\-@]").any()
+    assert set(csv.get_column("pension")) == {"-12.5", "3000.25"}  # no quote before a negative number
+
+    ws = load_workbook(x.files[1])["数据"]
+    header = [c.value for c in ws[1]]
+    remark, pension, name = (header.index(c) for c in ("remark", "pension", "name"))
+    rows = list(ws.iter_rows(min_row=2))
+    assert len(rows) == people.height
+    assert not any(c.data_type == "f" for r in rows for c in r)
+    cells = {r[remark].value: r for r in rows}
+    assert cells["'" + hyperlink][remark].data_type == "s"
+    assert cells["'" + hyperlink][pension].data_type == "n" and cells["'" + hyperlink][pension].value == -12.5
+    assert {"'@SUM(A1:A9)", "'+86 571 8888", "-12.5", "正常"} <= set(cells)
+    assert all(r[pension].data_type == "n" and r[pension].value in (-12.5, 3000.25) for r in rows)
+    assert sum(1 for r in rows if str(r[name].value).startswith("'=")) == 1
+    wh.dispose()

@@ -257,6 +257,40 @@ def test_the_cli_traces_a_leak_or_says_it_cannot(warehouse_url, tmp_path, monkey
     wh.dispose()
 
 
+def test_the_cli_trace_fails_when_the_leak_comes_from_another_application_than_expected(
+        warehouse_url, tmp_path, monkeypatch, capsys) -> None:
+    """``--expect ID`` (what ``make demo`` checks its own application with): exit 0 only when the leak is
+    traced to that application; another application, or no verdict, exits 1 with the reason."""
+    monkeypatch.setenv("GONGSHU_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", "cli-trace-test-key-0123456789")
+    wh = open_warehouse(warehouse_url)
+    cat = demo_catalogue()
+    write_base(wh, cat, persons(300), dt.date(2026, 11, 1))
+    apps = []
+    for dept in ("rsj", "mzj"):
+        app_id = sc.apply(wh, cat, requester=dept, library="person", elements=["mobile"], purpose="核对",
+                          until=dt.date(2099, 1, 1)).application["application_id"]
+        sc.review(wh, app_id, dept="rsj", agree=True)
+        sc.decide(wh, app_id, approve=True, by="王局")
+        apps.append(app_id)
+    mine, other = apps
+    x = write_extract(wh, cat, other, dt.date(2026, 11, 20), PseudonymKey(b"cli-trace-test-key-0123456789"), tmp_path)
+    leak = tmp_path / "leak.csv"
+    pl.read_csv(x.files[0], infer_schema=False).sample(100, seed=5).select("mobile").write_csv(leak)
+    assert main(["share", "trace", str(leak), "--expect", mine]) == 1
+    captured = capsys.readouterr()
+    assert f"来源: 申请 {other}" in captured.out
+    assert f"溯源结果为申请 {other}, 不是预期的申请 {mine}" in captured.err
+    assert main(["share", "trace", str(leak), "--expect", other]) == 0
+    assert "错误" not in capsys.readouterr().err
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("mobile\n" + "\n".join(f"13{i:01d}****{i:04d}" for i in range(200)), encoding="utf-8")
+    assert main(["share", "trace", str(unknown), "--expect", other]) == 1
+    assert main(["share", "trace", str(leak), "--expect", " "]) == 2  # an empty id ($app unset) checks nothing
+    assert "需要预期的申请编号" in capsys.readouterr().err
+    wh.dispose()
+
+
 def test_overdue_opinions_and_approvals_are_in_the_summary_and_mailed_once(wh, demo, tmp_path) -> None:
     late_opinion = apply_rsj(wh, demo)["application_id"]  # due 2026-10-13
     late_approval = apply_rsj(wh, demo, elements=["mobile"])["application_id"]
