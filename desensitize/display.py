@@ -11,7 +11,8 @@
   such a cell gets a leading single quote; a plain number (``-12.5``, ``+86…``) is left alone, since
   a spreadsheet reads it as the number it is, and numeric columns are never touched.
   :func:`spreadsheet_safe` does it for a whole frame, :func:`spreadsheet_text` for one cell, with
-  the same pattern.
+  the same pattern; :func:`unquote_formulas` takes that quote off again (what the leak scanner
+  compares when it reads a CSV or workbook back).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import polars as pl
 
 FORMULA_START = r"^[=+\-@\t\r]"
+QUOTED_FORMULA = r"^'([=+\-@\t\r])"
 PLAIN_NUMBER = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
 _FORMULA = re.compile(FORMULA_START)
 _NUMBER = re.compile(PLAIN_NUMBER)
@@ -50,6 +52,11 @@ def neutralise_formulas(expr: pl.Expr) -> pl.Expr:
     """:func:`spreadsheet_text` as a polars expression over a text column."""
     risky = expr.str.contains(FORMULA_START) & ~expr.str.contains(PLAIN_NUMBER)
     return pl.when(risky.fill_null(False)).then(pl.concat_str([pl.lit("'"), expr])).otherwise(expr)
+
+
+def unquote_formulas(expr: pl.Expr) -> pl.Expr:
+    """The text a cell held before :func:`neutralise_formulas`: one leading ``'`` before a formula start taken off."""
+    return expr.str.replace(QUOTED_FORMULA, "${1}")
 
 
 def spreadsheet_safe(frame: pl.DataFrame) -> pl.DataFrame:

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
-from desensitize.display import md_code
+from desensitize.display import md_code, unquote_formulas
 from desensitize.lookup import ValueSet
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import lineage, value_elements
@@ -447,7 +447,7 @@ def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
     loc = str(path)
     if suffix == ".csv":
         frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
-        return scan_frame(frame, needles, loc, public_columns, exact_columns)
+        return scan_frame(_unquoted(frame), needles, loc, public_columns, exact_columns)
     if suffix == ".json":
         doc = json.loads(path.read_text(encoding="utf-8"))
         records = doc.get("records") if isinstance(doc, dict) else doc
@@ -479,6 +479,12 @@ def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
     return []
 
 
+def _unquoted(frame: pl.DataFrame) -> pl.DataFrame:
+    """A spreadsheet file's text cells as they were before spreadsheet-safe writing (desensitize/display.py):
+    ``'=…``, ``'-…``, ``'\t…`` lose the quote it adds, so a raw value behind it is compared as itself."""
+    return frame.with_columns(unquote_formulas(pl.col(pl.String)))
+
+
 def scan_workbook(data: bytes, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
     """Findings in every cell of every sheet of an XLSX workbook, a column per sheet column, named
     ``<sheet>!<n>`` (1-based; a header row is scanned like any other row). The cells are read as text
@@ -488,7 +494,7 @@ def scan_workbook(data: bytes, needles: Needles, location: str, public_columns: 
     findings: list[Finding] = []
     for title, frame in sheets.items():
         if frame.width:
-            findings += scan_frame(frame.rename({c: f"{title}!{i + 1}" for i, c in enumerate(frame.columns)}),
+            findings += scan_frame(_unquoted(frame).rename({c: f"{title}!{i + 1}" for i, c in enumerate(frame.columns)}),
                                    needles, location, public_columns)
     return findings
 

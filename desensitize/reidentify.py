@@ -13,6 +13,8 @@ a workbook sheet), vectorised over all rows:
    exactly one ID number fits it *and* that number is a real one of the base libraries (the
    threshold of docs/masking.md: a unique candidate that is somebody's number). More than five
    hidden digits always leave at least 10⁶ / 11 candidates, so such rows are not enumerated.
+   A full-width ``＊`` (how an extract's fingerprint writes some mask characters) is a mask
+   character like ``*`` wherever a value is parsed, so a fingerprinted file is read as masked too.
    Columns are recognised by their values, not their names: any column may be tried as the birth
    date or the sex of any masked-ID column, and the base-library check keeps chance from counting.
 2. **A person from name + birth date + region.** A full name (as published, unmasked, in a column
@@ -45,7 +47,8 @@ _MALE, _FEMALE, _UNKNOWN = {"1", "男", "M", "MALE"}, {"2", "女", "F", "FEMALE"
 
 
 def _text(s: pl.Series) -> pl.Series:
-    return s.cast(pl.String).str.strip_chars()
+    """Values as text, a fingerprint's ``＊`` read as the ``*`` it stands for (``110105＊*＊…``)."""
+    return s.cast(pl.String).str.replace_all(rules.FULLWIDTH_MASK, rules.MASK, literal=True).str.strip_chars()
 
 
 def id_fragments(s: pl.Series) -> pl.Series | None:

@@ -34,6 +34,7 @@ from catalog.models import Element, ElementType, Labelled, Semantic, Sensitivity
 from desensitize.linkage import ID_MASK, NOTHING, Exposure, exposure, is_id_element, joint_id_rule
 
 MASK = "*"
+FULLWIDTH_MASK = "\uff0a"  # ＊: what an extract's fingerprint writes for some masks (sharing/fingerprint.py)
 _STARS = MASK * 256  # longest run a mask ever needs; longer middles keep 256 stars (length hidden)
 REDACTED = "******"
 

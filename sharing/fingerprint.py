@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from desensitize.pseudonym import PseudonymKey
+from desensitize.rules import FULLWIDTH_MASK, MASK
 
-PLAIN = "*"
-MARK = "\uff0a"  # ＊ FULLWIDTH ASTERISK: in GBK/GB18030 too (a recipient may save the CSV as GBK)
+PLAIN = MASK
+MARK = FULLWIDTH_MASK  # ＊ FULLWIDTH ASTERISK: in GBK/GB18030 too (a recipient may save the CSV as GBK)
 MASK_CHARS = PLAIN + MARK
 MIN_BITS = 64  # independent bits a verdict needs: a wrong key agrees on all of them with p = 2^-64
 MATCH_RATE = 0.9

@@ -231,3 +231,48 @@ def test_json_records_are_scanned_as_one_frame_and_everything_around_them_too(tm
     found = scan_file(tmp_path / "nested.json", NEEDLES)
     assert sorted((f.column, f.kind) for f in found) == [("contact", "mobile"), ("holder", "id_number"),
                                                          ("note", "id_number")]
+
+
+def test_fullwidth_asterisks_of_a_fingerprinted_file_are_mask_characters_too(tmp_path: Path) -> None:
+    # sharing/fingerprint.py writes some mask characters as ＊ (U+FF0A): a file scanned alone must
+    # still be read as masked values, whichever glyph each position carries
+    ids = [p[0] for p in PERSONS]
+    marked = [m[:6] + "＊*＊＊*＊**" + m[14:] for m in mask(ids, 6, 4)]
+    frame = pl.DataFrame({"id": marked, "birth": ["1935-03-15", "1980-01-01"]})
+    assert [(f.column, f.kind, f.count) for f in scan_frame(frame, PEOPLE_NEEDLES, "t")] == [
+        ("id + birth", "id_rebuilt", 2)]
+    # a birth date masked with ＊ shows its year only: nothing to complete, as with *
+    assert scan_frame(frame.with_columns(pl.Series("birth", ["1935-＊＊-＊＊", "1980-*＊-**"])),
+                      PEOPLE_NEEDLES, "t") == []
+    # and the region of a ＊-masked ID pins down a person with a full name and birth date
+    linked = pl.DataFrame({"name": ["欧阳娜娜", "王五"], "birth": ["1935-03-15", "1990-01-01"],
+                           "id": [ids[0][:6] + "＊" * 12, "330302" + "＊*" * 6]})
+    assert [(f.column, f.kind, f.count) for f in scan_frame(linked, PEOPLE_NEEDLES, "t") if f.kind != "name"] == [
+        ("name + birth + id", "person_linked", 1)]
+    frame.write_csv(tmp_path / "extract.csv")
+    assert [(f.column, f.kind, f.count) for f in scan_file(tmp_path / "extract.csv", PEOPLE_NEEDLES)] == [
+        ("id + birth", "id_rebuilt", 2)]
+
+
+def test_a_spreadsheet_safe_quote_does_not_hide_a_raw_value_in_a_csv_or_workbook(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    from desensitize.display import spreadsheet_safe
+
+    # raw values as spreadsheet_safe writes them: a name stored as =李四, a name and an address
+    # with a stray tab / carriage return before them become '=…, '\t…, '\r…
+    needles = Needles.of(names=["李丽", "=李四"], addresses=["浙江省温州市鹿城区五马街道解放路12号"])
+    raw = pl.DataFrame({"name": ["\t李丽", "=李四"], "addr": ["\r浙江省温州市鹿城区五马街道解放路12号", "x"],
+                        "note": ["'=x", "'李丽"]})
+    safe = spreadsheet_safe(raw)
+    assert safe.row(0)[:2] == ("'\t李丽", "'\r浙江省温州市鹿城区五马街道解放路12号") and safe.item(1, "name") == "'=李四"
+    expected = [("name", "name", 2), ("addr", "address", 1)]  # note's '李丽 is not what it writes for 李丽
+    safe.write_csv(tmp_path / "x.csv")
+    assert kinds(scan_file(tmp_path / "x.csv", needles)) == expected
+    book = tmp_path / "x.xlsx"
+    wb = xlsxwriter.Workbook(book, {"strings_to_formulas": False, "strings_to_numbers": False})
+    ws = wb.add_worksheet("数据")
+    for i, row in enumerate(safe.iter_rows()):
+        ws.write_row(i, 0, row)
+    wb.close()
+    assert kinds(scan_file(book, needles)) == [("数据!1", "name", 2), ("数据!2", "address", 1)]
