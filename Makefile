@@ -33,8 +33,10 @@ BENCH_PERSONS ?= 1000000
 # nights of the bench (each into a fresh database; medians printed)
 BENCH_RUNS ?= 3
 # make test runs the test files on this many pytest-xdist workers (each file whole on one worker, so a
-# file's module fixtures are built once); 0 runs them in this process, in order
-TEST_WORKERS ?= 2
+# file's module fixtures are built once; the slowest files first, tests/conftest.py SLOW_FIRST); 0 runs
+# them in this process, in order. Three on two cores: the end-to-end files spend much of their time
+# waiting on daemons, brokers and step processes (whole suite: 7:20 on three, 11:33 on two)
+TEST_WORKERS ?= 3
 # The demo's pseudonymisation key: GONGSHU_PSEUDONYM_KEY when set, else a random key made once per
 # checkout in .gongshu/ (git-ignored). Production sets the variable from its secret store.
 DEMO_KEY := $(GONGSHU_HOME)/demo-pseudonym.key
@@ -93,7 +95,7 @@ demo: install demo-key
 	  $(WITH_KEY) $(BIN)/gongshu share trace "$(GONGSHU_HOME)/share-leak-sample.csv" --by make-demo --expect "$$app"
 
 test: lint browser
-	$(BIN)/python -m pytest -m "not ui_backfill" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not ui_backfill" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-core: install
 	$(BIN)/python -m pytest -m "not e2e"
