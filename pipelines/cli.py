@@ -560,7 +560,8 @@ def _share_trace(args: argparse.Namespace, r, catalogue, wh) -> int:
 
 def show_lines(wh, application_id: str) -> list[str]:
     from sharing import store
-    from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision, Event
+    from sharing.report import event_label
+    from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatus, Decision
 
     apps = store.read_applications(wh, application_id=application_id.strip())
     if apps.is_empty():
@@ -582,8 +583,7 @@ def show_lines(wh, application_id: str) -> list[str]:
                    + (f" · 意见: {e['opinion_note']}" if e["opinion_note"] else ""))
     out.append("  审计记录:")
     for ev in store.read_events(wh, a["application_id"]).iter_rows(named=True):
-        label = Event(ev["action"]).label if ev["action"] in Event._value2member_map_ else ev["action"]
-        out.append(f"    {ev['at']:%Y-%m-%d %H:%M} {label} · {ev['actor'] or ''}" + (f" · {ev['note']}" if ev["note"] else ""))
+        out.append(f"    {ev['at']:%Y-%m-%d %H:%M} {event_label(ev['action'])} · {ev['actor'] or ''}" + (f" · {ev['note']}" if ev["note"] else ""))
     ex = store.read_extracts(wh, a["application_id"])
     for x in ex.iter_rows(named=True):
         out.append(f"    {x['at']:%Y-%m-%d %H:%M} 提取 {x['as_of']} · {x['rows']} 行 · {x['folder']}")

@@ -19,6 +19,11 @@ from sharing.workflow import ApplicationError, ApplicationKind, ApplicationStatu
 _LABELS = {e.value: e.label for e in (*Event, *MailAction)}
 
 
+def event_label(action: str) -> str:
+    """The Chinese label of an ``audit.share_events.action`` (a transition or a mail)."""
+    return _LABELS.get(action, action)
+
+
 def report_context(wh, application_id: str) -> dict:
     apps = store.read_applications(wh, application_id=application_id)
     if apps.is_empty():
@@ -26,7 +31,7 @@ def report_context(wh, application_id: str) -> dict:
     a = apps.row(0, named=True)
     elements = [{**e, "decision_label": Decision(e["decision"]).label}
                 for e in store.read_elements(wh, application_id=application_id).iter_rows(named=True)]
-    events = [{**e, "label": _LABELS.get(e["action"], e["action"])}
+    events = [{**e, "label": event_label(e["action"])}
               for e in store.read_events(wh, application_id).iter_rows(named=True)]
     extracts = store.read_extracts(wh, application_id)
     traces = store.read_traces(wh).filter(pl.col("application_id") == application_id)

@@ -16,7 +16,7 @@ from openpyxl import load_workbook
 
 from catalog.loader import Catalogue, load_catalogue
 from desensitize.pseudonym import PseudonymKey
-from pipelines.cli import main
+from pipelines.cli import main, show_lines
 from quality.mail import Mailer, read_deliveries
 from sharing import commands as sc
 from sharing import store
@@ -308,6 +308,8 @@ def test_overdue_opinions_and_approvals_are_in_the_summary_and_mailed_once(wh, d
     sent = read_deliveries(wh, "share_overdue")
     assert sent.height == 2
     assert "mail_overdue" in store.read_events(wh, late_opinion).get_column("action").to_list()
+    shown = "\n".join(show_lines(wh, late_opinion))  # gongshu share show: the mail by its label, not its code
+    assert "超期通知邮件" in shown and "mail_overdue" not in shown
     assert "已于 2026-10-16 通知" in "\n".join(summary_lines(wh, demo, dt.date(2026, 10, 19)))
 
 
