@@ -21,7 +21,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
-from warehouse.base import merged_batches, read_as_of
+from warehouse.base import base_schema, merged_batches, read_as_of
 from warehouse.std import mergeable_batch, read_std
 from warehouse.store import Column, Warehouse
 
@@ -121,7 +121,9 @@ def _copy_batches(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date
             continue
         batch = mergeable_batch(wh, conn, resource, batch_date)
         if batch is not None and wh.exists("std", resource.id):
-            out.append((resource, batch.batch_id, read_std(wh, conn, catalogue, resource, batch.batch_id, latest=True)))
+            # only what the comparison uses: the key and the copied elements (and the row number)
+            out.append((resource, batch.batch_id, read_std(wh, conn, catalogue, resource, batch.batch_id,
+                                                           [*lib.key, *copies(catalogue, resource)], latest=True)))
     return out
 
 
@@ -130,7 +132,9 @@ def _observe(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.
     """(rates, conflicts, every identity compared with its batch) of ``batches`` against what the base
     library held on ``batch_date``, whatever order dates were merged in; None: nothing to compare."""
     keys = pl.concat([f.select(lib.key) for _, _, f in batches]).unique() if batches else None
-    current = read_as_of(wh, conn, lib, keys, batch_date) if keys is not None else None
+    used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
+    current = read_as_of(wh, conn, lib, keys, batch_date, [c for c in base_schema(lib) if c in used]) \
+        if keys is not None else None
     if current is None:
         return None
     result = compare_copies(catalogue, lib, batches, current)

@@ -10,8 +10,9 @@ import polars as pl
 import sqlalchemy as sa
 
 from catalog.loader import Catalogue
+from catalog.models import Library
 from quality.consistency import REF_SCHEMA, referential
-from warehouse.base import merged_batches, read_on
+from warehouse.base import base_schema, holds_on, lineage, merged_batches, read_on
 from warehouse.store import Column, Warehouse
 
 REFERENCE_FAILURES = "reference_failures"
@@ -22,6 +23,43 @@ TABLE_SCHEMA: dict[str, pl.DataType] = {"batch_date": pl.Date(), **{k: v() for k
 class ReferenceRun:
     failures: pl.DataFrame
     counts: pl.DataFrame
+
+
+def reference_columns(catalogue: Catalogue, lib: Library) -> dict[str, list[str]]:
+    """The base-table columns :func:`quality.consistency.referential` uses of each library ``lib``'s
+    references need: ``lib``'s key, referencing elements and name fields with the lineage of each
+    (what a finding points at), and each target's key and name element."""
+    need: dict[str, set[str]] = {lib.code: set(lib.key)}
+    for ref in lib.references:
+        for e in (ref.element, ref.name_field):
+            if e:
+                need[lib.code] |= {e, *lineage(e)}
+        for t in ref.targets:
+            tlib = catalogue.library(t.library)
+            need.setdefault(t.library, set()).update(tlib.key, [t.name_element] if t.name_element else [])
+    return {code: [c for c in base_schema(catalogue.library(code)) if c in cols] for code, cols in need.items()}
+
+
+def read_references_on(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library,
+                       day: dt.date) -> tuple[dict[str, pl.DataFrame], set[str]]:
+    """(frames, libraries holding no entity) that :func:`quality.consistency.referential` checks ``lib``'s
+    references of ``day`` with: only the columns it uses, and of each other target library only the
+    entities ``lib`` refers to (a semi-join in the database)."""
+    columns = reference_columns(catalogue, lib)
+    frames = {lib.code: read_on(wh, conn, lib, day, columns[lib.code])}
+    empty = set() if frames[lib.code].height else {lib.code}
+    for code, cols in columns.items():
+        if code == lib.code:
+            continue
+        target = catalogue.library(code)
+        elements = [r.element for r in lib.references if any(t.library == code for t in r.targets)]
+        if len(target.key) == 1:
+            frames[code] = read_on(wh, conn, target, day, cols, referenced_by=(lib, elements))
+            if not holds_on(wh, conn, target, day):
+                empty.add(code)
+        else:  # referential does not check a target of a composite key
+            frames[code] = pl.DataFrame(schema={c: t for c, t in base_schema(target).items() if c in cols})
+    return frames, empty
 
 
 def check_references(wh: Warehouse, catalogue: Catalogue, library: str, batch_date: dt.date) -> ReferenceRun:
@@ -39,13 +77,12 @@ def check_references(wh: Warehouse, catalogue: Catalogue, library: str, batch_da
         wh.create(conn, table)
         later = sorted({d for code in needed for d in merged_batches(wh, conn, code) if d > batch_date})
         for day in [batch_date, *later]:
-            frames = {code: read_on(wh, conn, catalogue.library(code), day) if wh.exists("base", code) else None
-                      for code in needed}
             conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', REFERENCE_FAILURES)} "
                                  "WHERE library = :l AND batch_date = :d"), {"l": library, "d": day})
-            if any(f is None for f in frames.values()):
+            if not all(wh.exists("base", code) for code in needed):
                 continue
-            failures, counts = referential(catalogue, lib, frames[lib.code], frames)
+            frames, empty = read_references_on(wh, conn, catalogue, lib, day)
+            failures, counts = referential(catalogue, lib, frames[lib.code], frames, empty=empty)
             wh.insert(conn, table, failures.with_columns(pl.lit(day).alias("batch_date")))
             if day == batch_date:
                 run = ReferenceRun(failures, counts)

@@ -149,3 +149,48 @@ def test_a_representative_name_mismatch_carries_the_lineage_of_the_name() -> Non
     (bad,) = failures.iter_rows(named=True)
     assert bad["kind"] == "name_mismatch"
     assert (bad["source_batch"], bad["source_row"]) == ("scjg_qydj.20261010.1", 3)
+
+
+def test_a_reference_check_reads_only_what_it_uses_and_finds_the_same(warehouse: Warehouse, city) -> None:
+    """The check reads the referencing columns with their lineage and, of each target, the key and name of
+    the entities referred to (in the database): the same failures and counts as from whole libraries — also
+    when a target holds entities but none of those referred to (they are missing, not unchecked)."""
+    from quality.consistency import referential
+    from quality.references import read_references_on, reference_columns
+    from warehouse.base import read_on
+
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    stranger = citykit.id_number("370202", "19750505", 77)
+    citykit.write_json(landing / "zz" / f"{DAY1:%Y%m%d}" / "zheng.json", [
+        {"no": "A-0001", "owner": PEOPLE[0][0], "owner_name": PEOPLE[0][1]},
+        {"no": "A-0002", "owner": PEOPLE[1][0], "owner_name": "李莉"},
+        {"no": "A-0003", "owner": stranger, "owner_name": "陌生人"},
+    ])
+    citykit.write_xlsx(landing / "gs" / f"{DAY1:%Y%m%d}" / "xuke.xlsx", ["许可证号", "企业代码", "企业名称"],
+                       [["B-02", citykit.uscc("91370202MA0000009"), "无名公司"]])  # no holder the org library has
+    run_day(warehouse, cat, landing, DAY1)
+    lib = cat.library("permits")
+    with warehouse.engine.connect() as conn:
+        whole = {code: read_on(warehouse, conn, cat.library(code), DAY1) for code in ("permits", "people", "org")}
+        frames, empty = read_references_on(warehouse, conn, cat, lib, DAY1)
+    columns = reference_columns(cat, lib)
+    assert columns == {"permits": ["kind", "number", "holder", "holder__batch", "holder__row", "holder_name",
+                                   "holder_name__batch", "holder_name__row"],
+                       "people": ["pid", "full_name"], "org": ["code", "title"]}
+    assert frames["permits"].equals(whole["permits"].select(columns["permits"]))
+    holders = whole["permits"].get_column("holder")
+    for code, key in (("people", "pid"), ("org", "code")):
+        assert frames[code].equals(whole[code].filter(pl.col(key).is_in(holders)).select(columns[code]))
+    assert frames["people"].height == 2 < whole["people"].height and frames["org"].height == 0 < whole["org"].height
+    assert empty == set()
+
+    got, counts = referential(cat, lib, frames["permits"], frames, empty=empty)
+    want, want_counts = referential(cat, lib, whole["permits"], whole)
+    assert got.sort("entity_key", "target").equals(want.sort("entity_key", "target"))
+    assert counts.equals(want_counts)
+    assert ("missing", "org", citykit.uscc("91370202MA0000009")) in \
+        set(zip(got["kind"], got["target"], got["value"], strict=True))
+    run = check_references(warehouse, cat, "permits", DAY1)
+    assert run.failures.sort("entity_key", "target").equals(want.sort("entity_key", "target"))
+    assert run.counts.equals(want_counts)

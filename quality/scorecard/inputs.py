@@ -26,11 +26,12 @@ from quality.consistency import compare_copies, copies, referential
 from quality.freshness.calendar import city_zone, end_of_day
 from quality.freshness.evaluate import Status
 from quality.freshness.store import evaluate_catalogue
+from quality.references import reference_columns
 from quality.rules import Dimension, Severity, resource_rules
 from quality.scorecard.compute import RESPONSE_SCHEMA, RULE_INPUT_SCHEMA
 from quality.tickets.store import read_tickets
 from quality.tickets.transitions import TicketKind
-from warehouse.base import read_current
+from warehouse.base import base_schema, read_current
 from warehouse.std import read_std, reconciliation_for
 from warehouse.store import Warehouse
 
@@ -127,10 +128,17 @@ def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.Dat
     by_id = {r.id: r for r in catalogue.resources}
     rows: list[dict] = []
     current: dict[str, pl.DataFrame] = {}
+    # only the base-library columns the comparisons and references use
+    used: dict[str, set[str]] = {}
+    for lib in catalogue.libraries:
+        used.setdefault(lib.code, set()).update(lib.key, *(copies(catalogue, r) for r in catalogue.resources_of(lib.code)))
+        for code, cols in (reference_columns(catalogue, lib) if lib.references else {}).items():
+            used.setdefault(code, set()).update(cols)
     with wh.engine.connect() as conn:
         def base(code: str) -> pl.DataFrame | None:
             if code not in current and wh.exists("base", code):
-                current[code] = read_current(wh, conn, catalogue.library(code))
+                lib = catalogue.library(code)
+                current[code] = read_current(wh, conn, lib, columns=[c for c in base_schema(lib) if c in used[code]])
             return current.get(code)
 
         for lib in catalogue.libraries:
@@ -141,7 +149,8 @@ def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.Dat
                 cur = base(lib.code)
                 if cur is None:
                     continue
-                frame = read_std(wh, conn, catalogue, resource, batch_id, latest=True)
+                frame = read_std(wh, conn, catalogue, resource, batch_id, [*lib.key, *copies(catalogue, resource)],
+                                 latest=True)
                 result = compare_copies(catalogue, lib, [(resource, batch_id, frame)], cur)
                 auth_names = {}
                 for r in result.rates.iter_rows(named=True):
