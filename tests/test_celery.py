@@ -373,7 +373,7 @@ def test_a_worker_killed_in_the_middle_of_a_step_loses_no_step_and_the_night_bui
                         night.wait(timeout=max(deadline - time.monotonic(), 1))
                     except subprocess.TimeoutExpired:
                         pytest.fail(f"the run did not end {NIGHT_AFTER_KILL_S} s after {killed} was killed "
-                                    f"running {KILLED_STEP}: a step's task was lost with its worker\n"
+                                    f"running {KILLED_STEP}: a step's task was lost, or failed, with its worker\n"
                                     + _tails(logs))
                 finally:
                     _stop(night)
