@@ -29,13 +29,23 @@ LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s pid=%(process)d] %(mes
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """Celery settings (its lowercase names) beyond dagster-celery's defaults, for the executor and the
-    workers alike: the queue, and one step per worker child process. A child that has run a step exits
+    workers alike: the queue, one step per worker child process, and a step's task acknowledged only
+    when the step has ended (redelivered when its worker dies mid-step). A child that has run a step exits
     and the worker forks a fresh one from its parent, which has imported the code location once
     (``pipelines.celery_app``): a step pays a fork, not an import, and no step's memory stays behind in
     the process that runs the next one (as with the multiprocess executor's forkserver)."""
     return {
         "task_default_queue": settings.celery_queue,
         "worker_max_tasks_per_child": 1,
+        # a step's task is acknowledged when the step has ended, not when a worker takes it: a worker
+        # (or the child process running the step) killed mid-step leaves the task unacknowledged, and
+        # RabbitMQ (connection lost) or the worker's parent (child lost) puts it back on the queue for
+        # another worker; otherwise the task is gone and the run waits for it forever. Steps are
+        # rerun-safe (one transaction per batch). With dagster-celery's prefetch of 1 a worker holds no
+        # task beyond those it runs. These are read by the worker (it acknowledges); the run worker,
+        # which only publishes, ignores them.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
         # the run worker's reply queue (rpc://) goes an hour after its last use, not a day
         "result_expires": 3600,
         # the process id in every line of a worker's log: a step's events carry the id of the process

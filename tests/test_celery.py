@@ -1,10 +1,11 @@
 """Scale-out on Celery (``GONGSHU_EXECUTOR=celery``): the setting, the executor and its secret, the one
 queue declaration both sides share, and the nightly job of a generated city run by two Celery workers
-(separate processes on RabbitMQ) building the same base libraries as the default multiprocess executor.
+(separate processes on RabbitMQ) building the same base libraries as the default multiprocess executor,
+also when a worker, or the process running a step, is killed in the middle of a step.
 
-The end-to-end test needs the broker of this machine (RabbitMQ on 127.0.0.1:5672, guest/guest, or
-``GONGSHU_TEST_CELERY_BROKER``) and PostgreSQL: under CI=true it fails when either is unreachable,
-elsewhere it skips.
+The end-to-end tests need the broker of this machine (RabbitMQ on 127.0.0.1:5672, guest/guest, or
+``GONGSHU_TEST_CELERY_BROKER``) and PostgreSQL: under CI=true they fail when either is unreachable,
+elsewhere they skip.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 from dagster_celery.executor import CeleryExecutor
 from dagster_celery.make_app import make_app
+from dagster_celery.tasks import create_task
 from kombu import Connection
 
 from assets.resources import DEFAULT_CELERY_BROKER, Settings, SettingsError, celery_broker
@@ -109,6 +112,11 @@ def test_workers_declare_the_queue_exactly_as_the_executor_publishes_to_it() -> 
     assert list(worker.amqp.queues.consume_from) == ["gongshu-night"]
     assert producer.conf.task_default_queue == worker.conf.task_default_queue == "gongshu-night"
     assert worker.conf.worker_max_tasks_per_child == 1
+    # a step's task is acknowledged when the step has ended, and goes back to the queue when its worker
+    # process dies (the end-to-end case: test_a_worker_killed_in_the_middle_of_a_step_…)
+    step_task = create_task(worker)
+    assert step_task.acks_late and step_task.reject_on_worker_lost
+    assert worker.conf.worker_prefetch_multiplier == 1
 
 
 def test_gongshu_run_on_celery_with_no_broker_stops_with_one_clear_message(tmp_path, monkeypatch, capsys) -> None:
@@ -200,21 +208,24 @@ def _delete_queue(queue: str) -> None:
         channel.exchange_delete(queue)
 
 
-@pytest.mark.e2e
-@pytest.mark.postgres
-def test_two_celery_workers_build_the_same_base_libraries_as_the_default_executor(tmp_path: Path) -> None:
-    """A generated city's night (1,500 persons, one date) on PostgreSQL, once with the default executor and
-    once on two Celery workers (separate processes, their own queue): every step ran in a worker's process
-    (its events name the worker, and their process ids are in that worker's log), both workers ran steps,
-    and the base libraries hold the same rows."""
+@dataclass(frozen=True)
+class City:
+    """A generated city (1,500 persons, one date) served as on a night, and its base libraries as the
+    default multiprocess executor builds them on PostgreSQL: what each Celery night must equal."""
+
+    environ: dict[str, str]
+    default_libraries: dict[str, tuple[int, int, str]]
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[City]:
     _broker_or_skip()
     from generator import generate
 
-    landing = tmp_path / "landing"
+    root = tmp_path_factory.mktemp("city")
+    landing = root / "landing"
     generate(load_catalogue(DEMO_CATALOGUE), persons=PERSONS, seed=11, date=DAY, out=landing, days=1, progress=False)
     server, base = serve_in_thread(landing)
-    queue = f"gongshu-test-{uuid.uuid4().hex[:10]}"
-    names = [f"w1-{queue}", f"w2-{queue}"]
     common = {
         **os.environ,
         "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # dagster-celery starts `celery`
@@ -228,30 +239,68 @@ def test_two_celery_workers_build_the_same_base_libraries_as_the_default_executo
     for var in ("GONGSHU_EXECUTOR", "GONGSHU_CELERY_QUEUE", "GONGSHU_WAREHOUSE_URL", "DAGSTER_PG_URL"):
         common.pop(var, None)
     try:
-        with fresh_pg_database() as default_url, fresh_pg_database() as celery_url:
-            default_env = {**common, "GONGSHU_WAREHOUSE_URL": default_url, "GONGSHU_HOME": str(tmp_path / "h1"),
-                           "DAGSTER_HOME": str(tmp_path / "d1")}
+        with fresh_pg_database() as default_url:
+            default_env = {**common, "GONGSHU_WAREHOUSE_URL": default_url, "GONGSHU_HOME": str(root / "h"),
+                           "DAGSTER_HOME": str(root / "d")}
             start = time.monotonic()
             out = _night(default_env)
             print(f"default executor: {time.monotonic() - start:.1f} s")
             assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
             assert "Celery" not in out.stderr
+            default_libraries = _base_libraries(default_url)
+        assert set(default_libraries) == {"person", "legal_entity", "spatial", "license"}
+        assert all(rows > 0 for rows, _, _ in default_libraries.values())
+        yield City(common, default_libraries)
+    finally:
+        server.shutdown()
+        server.server_close()
 
-            # one machine: the workers and the run share DAGSTER_HOME (the instance's storage)
-            env = {**common, "GONGSHU_WAREHOUSE_URL": celery_url, "GONGSHU_HOME": str(tmp_path / "h2"),
-                   "DAGSTER_HOME": str(tmp_path / "d2"), "GONGSHU_EXECUTOR": "celery",
-                   "GONGSHU_CELERY_QUEUE": queue}
-            subprocess.run([str(BIN / "gongshu"), "instance"], env=env, check=True, capture_output=True)
+
+def _celery_env(city: City, tmp_path: Path, warehouse_url: str, queue: str) -> dict[str, str]:
+    """The environment of the Celery night: the run and the workers share DAGSTER_HOME (one machine),
+    whose instance storage is created before the workers start."""
+    env = {**city.environ, "GONGSHU_WAREHOUSE_URL": warehouse_url, "GONGSHU_HOME": str(tmp_path / "h"),
+           "DAGSTER_HOME": str(tmp_path / "d"), "GONGSHU_EXECUTOR": "celery", "GONGSHU_CELERY_QUEUE": queue}
+    subprocess.run([str(BIN / "gongshu"), "instance"], env=env, check=True, capture_output=True)
+    return env
+
+
+def _wait_until_listening(procs: list[subprocess.Popen], queue: str, logs: Path) -> None:
+    app = worker_app(Settings(celery_queue=queue), BROKER)
+    deadline = time.monotonic() + 180
+    while len(ready := listening_workers(app, queue)) < len(procs) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), _tails(logs)
+        time.sleep(1)
+    app.close()
+    assert len(ready) == len(procs), f"workers not ready: {ready}\n{_tails(logs)}"
+
+
+def _ran_on(engine_records) -> dict[str, list[str]]:
+    """Step → the Celery workers that said they executed it (one per attempt), from the engine events."""
+    ran_on: dict[str, list[str]] = {}
+    for r in engine_records:
+        event = r.event_log_entry.dagster_event
+        meta = (event.event_specific_data.metadata or {}) if event.is_engine_event else {}
+        if "Celery worker" in meta:
+            ran_on.setdefault(r.event_log_entry.step_key, []).append(meta["Celery worker"].value.split("@")[0])
+    return ran_on
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_two_celery_workers_build_the_same_base_libraries_as_the_default_executor(city: City, tmp_path: Path) -> None:
+    """The generated city's night on two Celery workers (separate processes, their own queue): every step
+    ran in a worker's process (its events name the worker, and their process ids are in that worker's
+    log), both workers ran steps, and the base libraries hold the same rows as with the default executor."""
+    queue = f"gongshu-test-{uuid.uuid4().hex[:10]}"
+    names = [f"w1-{queue}", f"w2-{queue}"]
+    try:
+        with fresh_pg_database() as celery_url:
+            env = _celery_env(city, tmp_path, celery_url, queue)
             logs = tmp_path / "workers"
             logs.mkdir()
             with _workers(env, names, logs) as procs:
-                app = worker_app(Settings(celery_queue=queue), BROKER)
-                deadline = time.monotonic() + 180
-                while len(ready := listening_workers(app, queue)) < 2 and time.monotonic() < deadline:
-                    assert all(p.poll() is None for p in procs), _tails(logs)
-                    time.sleep(1)
-                app.close()
-                assert len(ready) == 2, f"workers not ready: {ready}\n{_tails(logs)}"
+                _wait_until_listening(procs, queue, logs)
                 start = time.monotonic()
                 out = _night(env)
                 print(f"two Celery workers: {time.monotonic() - start:.1f} s")
@@ -259,18 +308,14 @@ def test_two_celery_workers_build_the_same_base_libraries_as_the_default_executo
                 assert f"队列 {queue} 上有 2 个工作进程" in out.stderr
             worker_pids = {name: _logged_pids(logs / f"{name}.log") for name in names}
 
-            with DagsterInstance.from_config(str(tmp_path / "d2")) as instance:
+            with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
                 run = instance.get_runs(limit=1)[0]
                 assert run.job_name == NIGHTLY_JOB
                 starts = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
                 engine = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
                 run_pid = instance.get_records_for_run(
                     run.run_id, of_type=DagsterEventType.RUN_START).records[0].event_log_entry.dagster_event.pid
-            ran_on = {}  # step → the Celery worker that says it executed it
-            for r in engine:
-                meta = r.event_log_entry.dagster_event.event_specific_data.metadata or {}
-                if "Celery worker" in meta:
-                    ran_on[r.event_log_entry.step_key] = meta["Celery worker"].value.split("@")[0]
+            ran_on = {step: workers[0] for step, workers in _ran_on(engine).items()}
             steps = {r.event_log_entry.step_key: r.event_log_entry.dagster_event.pid for r in starts}
             assert len(steps) >= 20 and set(steps) <= set(ran_on)
             for step, pid in steps.items():
@@ -282,14 +327,108 @@ def test_two_celery_workers_build_the_same_base_libraries_as_the_default_executo
             assert all(per_worker.values()), "both workers ran steps"
 
             # same input, same base libraries (current rows, versions, and their content)
-            default_libraries, celery_libraries = _base_libraries(default_url), _base_libraries(celery_url)
-            assert set(default_libraries) == {"person", "legal_entity", "spatial", "license"}
-            assert all(rows > 0 for rows, _, _ in default_libraries.values())
-            assert celery_libraries == default_libraries
+            assert _base_libraries(celery_url) == city.default_libraries
     finally:
-        server.shutdown()
-        server.server_close()
         _delete_queue(queue)
+
+
+# the step whose worker is killed: the 户籍 ODS+std step, the 归集's largest delivery
+KILLED_STEP = "guiji_gaj_hjrk"
+# the step whose process alone is killed, later in the night (人口库's merge, after the 户籍 step)
+CHILD_KILLED_STEP = "base__person"
+# after the first kill, the rest of the night on the one worker left; a lost task would hang the run
+NIGHT_AFTER_KILL_S = 240
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_a_worker_killed_in_the_middle_of_a_step_loses_no_step_and_the_night_builds_the_same_libraries(
+        city: City, tmp_path: Path) -> None:
+    """Two Celery workers. The one running the 户籍 step is killed (SIGKILL to its main and child
+    process) once the step has started: the step's task, not yet acknowledged, goes back to the queue
+    and the other worker runs the step again. Later the process running 人口库's merge on the worker
+    left is killed alone: its worker puts the task back on the queue and runs it in a fresh child. The
+    run succeeds and the base libraries equal the default executor's."""
+    queue = f"gongshu-test-{uuid.uuid4().hex[:10]}"
+    names = [f"w1-{queue}", f"w2-{queue}"]
+    try:
+        with fresh_pg_database() as celery_url:
+            env = _celery_env(city, tmp_path, celery_url, queue)
+            logs = tmp_path / "workers"
+            logs.mkdir()
+            with _workers(env, names, logs) as procs:
+                _wait_until_listening(procs, queue, logs)
+                with open(tmp_path / "night.log", "wb") as night_log:
+                    night = subprocess.Popen(
+                        [str(BIN / "gongshu"), "run", "--date", DAY.isoformat(), "--no-summary"], cwd=REPO,
+                        env=env, stdout=night_log, stderr=subprocess.STDOUT, start_new_session=True)
+                try:
+                    with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
+                        killed, killed_pid = _kill_in_step(KILLED_STEP, instance, night, 180,
+                                                           lambda worker, _pid: procs[names.index(worker)])
+                        deadline = time.monotonic() + NIGHT_AFTER_KILL_S
+                        survivor, child_pid = _kill_in_step(CHILD_KILLED_STEP, instance, night,
+                                                            deadline - time.monotonic(), lambda _w, pid: pid)
+                    try:
+                        night.wait(timeout=max(deadline - time.monotonic(), 1))
+                    except subprocess.TimeoutExpired:
+                        pytest.fail(f"the run did not end {NIGHT_AFTER_KILL_S} s after {killed} was killed "
+                                    f"running {KILLED_STEP}: a step's task was lost, or failed, with its worker\n"
+                                    + _tails(logs))
+                finally:
+                    _stop(night)
+                night_out = (tmp_path / "night.log").read_text(encoding="utf-8", errors="replace")
+                assert night.returncode == 0, night_out[-3000:] + _tails(logs)
+
+            with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
+                run = instance.get_runs(limit=1)[0]
+                assert run.job_name == NIGHTLY_JOB
+                records = instance.get_records_for_run(run.run_id, of_type={
+                    DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}).records
+                ran_on = _ran_on(instance.get_records_for_run(
+                    run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records)
+            assert survivor != killed
+            survivor_pids = _logged_pids(logs / f"{survivor}.log")
+            for step, first_pid, workers in ((KILLED_STEP, killed_pid, [killed, survivor]),
+                                             (CHILD_KILLED_STEP, child_pid, [survivor, survivor])):
+                events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.step_key == step]
+                starts = [e.pid for e in events if e.event_type == DagsterEventType.STEP_START]
+                successes = [e.pid for e in events if e.event_type == DagsterEventType.STEP_SUCCESS]
+                # started in the killed process, never finished there; started again and finished elsewhere
+                assert starts[0] == first_pid and len(starts) == 2 and successes == [starts[1]], (step, events)
+                assert ran_on[step] == workers and starts[1] in survivor_pids, (step, ran_on[step])
+
+            assert _base_libraries(celery_url) == city.default_libraries
+    finally:
+        _delete_queue(queue)
+
+
+def _kill_in_step(step: str, instance: DagsterInstance, night: subprocess.Popen, timeout_s: float,
+                  victim: Callable[[str, int], subprocess.Popen | int]) -> tuple[str, int]:
+    """Wait until ``step`` has started in a worker, then SIGKILL ``victim(worker, pid of the step's
+    process)``: a worker's ``Popen`` (its process group: the worker's main process and the child running
+    the step) or a process id. The worker's name and the step process's id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert night.poll() is None, f"the run ended before {step} started"
+        runs = instance.get_runs(limit=1)
+        if runs:
+            records = instance.get_records_for_run(runs[0].run_id, of_type={
+                DagsterEventType.STEP_START, DagsterEventType.ENGINE_EVENT}).records
+            ours = [r for r in records if r.event_log_entry.step_key == step]
+            started = [r.event_log_entry.dagster_event.pid for r in ours
+                       if r.event_log_entry.dagster_event.event_type == DagsterEventType.STEP_START]
+            workers = _ran_on(ours).get(step)
+            if started and workers:
+                target = victim(workers[0], started[0])
+                if isinstance(target, subprocess.Popen):
+                    os.killpg(target.pid, signal.SIGKILL)
+                    target.wait()
+                else:
+                    os.kill(target, signal.SIGKILL)
+                return workers[0], started[0]
+        time.sleep(0.1)
+    pytest.fail(f"{step} did not start in {timeout_s:.0f} s")
 
 
 def _logged_pids(log: Path) -> set[int]:
