@@ -4,7 +4,9 @@
 built from the base-library versions valid on the partition date, masked by the policy of
 ``desensitize/policy.py``, and written to the warehouse layer ``share`` in one transaction:
 incrementally (rows whose content hash changed are deleted and inserted; a rerun writes nothing),
-never moving a dataset back to an older date than it already shows. Open outputs are also
+never moving a dataset back to an older date than it already shows. When the table was built for an
+earlier date of the same library state, policy and key, only the entities whose version changed in
+between are masked again (:func:`_apply_changes`); otherwise every entity is. Open outputs are also
 exported as files (``desensitize/export.py``) after k-anonymity (``desensitize/kanon.py``).
 
 Every asset carries a blocking check that scans what it published for raw identifiers
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 from dagster import (
@@ -50,20 +53,22 @@ from desensitize.lookup import ValueSet
 from desensitize.masking import SHARE_CHUNK_ROWS, MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
 from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
-from warehouse.base import VALID_FROM, VALID_TO, base_schema
+from warehouse.base import VALID_FROM, VALID_TO, base_schema, merges_digest
 from warehouse.store import Warehouse, sql_type
 
 OUTPUTS = "outputs"  # share.outputs: one row per dataset — its snapshot date, rows, key id, policy
 BUILD_LOG = "share_builds"  # audit.share_builds: one row per build
 OUTPUTS_SCHEMA: dict[str, pl.DataType] = {
     "output": pl.String(), "library": pl.String(), "kind": pl.String(), "as_of": pl.Date(), "rows": pl.Int64(),
-    "key_id": pl.String(), "policy": pl.String(),
+    "key_id": pl.String(), "policy": pl.String(), "base_merges": pl.String(),
 }
 BUILD_LOG_SCHEMA: dict[str, pl.DataType] = {
     "output": pl.String(), "as_of": pl.Date(), "action": pl.String(), "base_rows": pl.Int64(),
     "rows": pl.Int64(), "inserted": pl.Int64(), "deleted": pl.Int64(), "generalised": pl.Int64(),
     "suppressed": pl.Int64(), "key_id": pl.String(), "policy": pl.String(), "built_at": pl.Datetime("us"),
+    "mode": pl.String(),
 }
+INCREMENTAL_PREVIEW_ROWS = 5_000  # rows of build.frame after an incremental build (the preview's)
 
 
 class BuildAction(Labelled):
@@ -72,6 +77,13 @@ class BuildAction(Labelled):
     written = "written", "已写入变化"
     unchanged = "unchanged", "内容未变, 未写入"
     older = "older", "已有更新日期的快照, 未改写"
+
+
+class BuildMode(Labelled):
+    """How a build found the output's new content (``audit.share_builds.mode``)."""
+
+    full = "full", "全量: 逐页脱敏全部有效记录并与原表比对"
+    incremental = "incremental", "增量: 仅重新脱敏上次快照日以来版本有变化的实体"
 
 
 # --- resources ---------------------------------------------------------------------------------------
@@ -108,15 +120,20 @@ def share_table(wh: Warehouse, policy: OutputPolicy) -> sa.Table:
     return _table(wh, "share", policy.name, schema, indexes=[[ROW_HASH_COLUMN]])
 
 
-def _snapshot_query(wh: Warehouse, policy: OutputPolicy) -> tuple[str, dict[str, pl.DataType]]:
+def _snapshot_select(wh: Warehouse, policy: OutputPolicy) -> tuple[str, dict[str, pl.DataType]]:
+    """SELECT (without WHERE) of the base-library columns this output reads, and their types."""
     lib = policy.library
     full = base_schema(lib)
     wanted = list(dict.fromkeys([*lib.key, *(c.column for c in policy.columns),
                                  *([lib.discriminator.element] if lib.discriminator else []), VALID_FROM]))
     schema = {c: full[c] for c in wanted}
     cols = ", ".join(wh.quote(c) for c in schema)
-    return (f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_FROM} <= :d "
-            f"AND ({VALID_TO} IS NULL OR {VALID_TO} > :d)"), schema
+    return f"SELECT {cols} FROM {wh.qualified('base', lib.code)}", schema
+
+
+def _snapshot_query(wh: Warehouse, policy: OutputPolicy) -> tuple[str, dict[str, pl.DataType]]:
+    select, schema = _snapshot_select(wh, policy)
+    return f"{select} WHERE {VALID_FROM} <= :d AND ({VALID_TO} IS NULL OR {VALID_TO} > :d)", schema
 
 
 def read_snapshot(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date) -> pl.DataFrame:
@@ -166,6 +183,7 @@ class ShareBuild:
     files: ExportFiles | None = None
     table_as_of: dt.date | None = None
     notes: list[str] = field(default_factory=list)
+    mode: BuildMode = BuildMode.full
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -214,11 +232,14 @@ def build_share_output(
     key_id = key.key_id if key and policy.keyed else None
     _ensure(wh, [outputs, log])
     with wh.begin() as conn, _snapshot_reader(wh, conn) as read:
-        state = conn.execute(sa.text(f"SELECT as_of, rows, key_id, policy FROM {wh.qualified('share', OUTPUTS)} "
-                                     "WHERE output = :o"), {"o": policy.name}).one_or_none()
+        state = conn.execute(sa.text(f"SELECT as_of, rows, key_id, policy, base_merges "
+                                     f"FROM {wh.qualified('share', OUTPUTS)} WHERE output = :o"),
+                             {"o": policy.name}).one_or_none()
         stored_as_of = _as_date(state[0]) if state else None
         older = stored_as_of is not None and stored_as_of > as_of
-        notes, diff = [], None
+        # what the library's versions valid on as_of are made of, read in the snapshot the pages come from
+        merges = merges_digest(wh, read, policy.library.code, as_of)
+        notes, diff, masked, mode, counts = [], None, None, BuildMode.full, (0, 0)
         if not older:
             existing = _current_columns(conn, table)
             if existing is not None and existing != [c.name for c in table.columns]:
@@ -227,30 +248,41 @@ def build_share_output(
                 existing = None
             if existing is None:
                 wh.create(conn, table)
-            diff = _Diff(wh, conn, table)
-        masked = None
-        for part in _masked_parts(wh, read, policy, as_of, key, real_ids, chunk_rows):
-            if diff is not None:
-                frame = with_row_hash(part.frame)
-                for i in range(0, max(frame.height, 1), chunk_rows):
-                    diff.add(frame.slice(i, chunk_rows))
-            masked = part if masked is None else masked.followed_by(part, chunk_rows)
+            prior = None if existing is None else _incremental_from(wh, read, policy, state, key_id, fingerprint,
+                                                                     real_ids is not None)
+            if prior is not None:
+                applied = _apply_changes(wh, conn, read, table, policy, prior, as_of, key, int(state[1]),
+                                         min(chunk_rows, INCREMENTAL_PREVIEW_ROWS))
+                if applied is None:
+                    notes.append("增量结果与原表不符, 已改为全量重算")
+                else:
+                    masked, counts = applied[0], applied[1:]
+                    mode = BuildMode.incremental
+            if masked is None:
+                diff = _Diff(wh, conn, table)
+        if masked is None:
+            for part in _masked_parts(wh, read, policy, as_of, key, real_ids, chunk_rows):
+                if diff is not None:
+                    frame = with_row_hash(part.frame)
+                    for i in range(0, max(frame.height, 1), chunk_rows):
+                        diff.add(frame.slice(i, chunk_rows))
+                masked = part if masked is None else masked.followed_by(part, chunk_rows)
         assert masked is not None
         build = ShareBuild(policy, as_of, BuildAction.unchanged, masked, key_id=key_id, table_as_of=stored_as_of,
-                           notes=notes)
+                           notes=notes, mode=mode)
         if older:
             build.action = BuildAction.older
         else:
-            assert diff is not None
-            build.inserted, build.deleted = diff.finish()
+            build.inserted, build.deleted = diff.finish() if diff is not None else counts
             changed = build.inserted or build.deleted
-            row = (as_of, masked.rows_out, key_id, fingerprint)
-            if state is None or tuple([stored_as_of, state[1], state[2], state[3]]) != row:
+            row = (as_of, masked.rows_out, key_id, fingerprint, merges)
+            if state is None or tuple([stored_as_of, *state[1:]]) != row:
                 conn.execute(sa.text(f"DELETE FROM {wh.qualified('share', OUTPUTS)} WHERE output = :o"),
                              {"o": policy.name})
                 wh.insert(conn, outputs, pl.DataFrame([{
                     "output": policy.name, "library": policy.library.code, "kind": policy.kind.value,
                     "as_of": as_of, "rows": masked.rows_out, "key_id": key_id, "policy": fingerprint,
+                    "base_merges": merges,
                 }], schema=OUTPUTS_SCHEMA))
             build.action = BuildAction.written if changed else BuildAction.unchanged
             build.table_as_of = as_of
@@ -260,6 +292,7 @@ def build_share_output(
             "rows": masked.rows_out, "inserted": build.inserted, "deleted": build.deleted,
             "generalised": k.generalised if k else 0, "suppressed": k.suppressed if k else 0,
             "key_id": key_id, "policy": fingerprint, "built_at": dt.datetime.now(),
+            "mode": None if older else build.mode.value,
         }], schema=BUILD_LOG_SCHEMA))
     if policy.kind == OutputKind.open and open_root is not None:
         build.files = write_open_export(policy, catalogue, masked.frame, open_root, as_of)
@@ -287,6 +320,93 @@ def _masked_parts(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_o
         pages = iter([pl.concat(list(pages))])
     for page in pages:
         yield mask_snapshot(policy, page, as_of=as_of, key=key, real_ids=real_ids)
+
+
+def _incremental_from(wh: Warehouse, read: sa.Connection, policy: OutputPolicy, state, key_id: str | None,
+                      fingerprint: str, fpe: bool) -> dt.date | None:
+    """The date P the table holds the output of, when the output of a date D ≥ P may be had from it by
+    masking only the entities whose version changed in (P, D] (:func:`_apply_changes`); None: build in full.
+
+    Only when every output row is a function of its base row alone and the table is exactly the output of
+    P as the library stands now: not an open output (k-anonymised as a whole), no rule relative to the
+    snapshot date (``age_band``), no format-preserving ID (nulled when equal to any real ID of any base
+    library: a new person elsewhere can change an unchanged row), the same policy and key as the table
+    was built with, and the library's merges of the dates up to P as they were then (a backfill or a
+    re-delivery of such a date changes versions valid on P: :func:`warehouse.base.merges_digest`).
+    """
+    if (state is None or state[4] is None or state[1] is None or policy.kind == OutputKind.open or policy.dated or fpe
+            or state[2] != key_id or state[3] != fingerprint or not wh.exists("base", policy.library.code)):
+        return None
+    prior = _as_date(state[0])
+    return prior if merges_digest(wh, read, policy.library.code, prior) == state[4] else None
+
+
+def _apply_changes(wh: Warehouse, conn: sa.Connection, read: sa.Connection, table: sa.Table, policy: OutputPolicy,
+                   prior: dt.date, as_of: dt.date, key: PseudonymKey | None, rows_before: int,
+                   preview_rows: int) -> tuple[MaskedOutput, int, int] | None:
+    """Bring the table from the output of ``prior`` (P) to the output of ``as_of`` (D) by the entities
+    whose version changed in between; (masked, inserted, deleted), or None (nothing written) when the
+    table does not hold the rows it should.
+
+    A version is valid on d when valid_from ≤ d < valid_to (valid_to exclusive, NULL: still valid), and
+    an entity's versions do not overlap. So an entity shows another version on D than on P exactly when
+    its version valid on P ends in (P, D] — those are the old rows — or its version valid on D starts
+    in (P, D] — the new rows; every other entity shows the same version on both dates. The share table
+    holds masked rows (often no raw key), so the rows are not found by entity: both sides are masked
+    and hashed, and per content hash the table's count changes by (new − old) — the hashes whose count
+    changes are settled as :class:`_Diff` settles them (every stored copy deleted, the new count
+    inserted), so (inserted, deleted) are what a full build reports. A count that would fall below
+    zero means the table is not the output of P: nothing is written, the caller builds in full.
+    """
+    select, schema = _snapshot_select(wh, policy)
+    h = ROW_HASH_COLUMN
+    if wh.scalar(conn, f"SELECT COUNT(*) FROM {wh._name(table)}") != rows_before:
+        return None  # rows added or removed since the build that recorded the count
+    params = {"p": prior, "d": as_of}
+    old = wh.read(read, f"{select} WHERE {VALID_FROM} <= :p AND {VALID_TO} > :p AND {VALID_TO} <= :d",
+                  schema, params)
+    new = wh.read(read, f"{select} WHERE {VALID_FROM} > :p AND {VALID_FROM} <= :d "
+                  f"AND ({VALID_TO} IS NULL OR {VALID_TO} > :d)", schema, params)
+    old = with_row_hash(mask_snapshot(policy, old, as_of=prior, key=key).frame)
+    new = with_row_hash(mask_snapshot(policy, new, as_of=as_of, key=key).frame)
+    net = (new.group_by(h).len("n_new").join(old.group_by(h).len("n_old"), on=h, how="full", coalesce=True)
+           .select(h, (pl.col("n_new").fill_null(0).cast(pl.Int64) - pl.col("n_old").fill_null(0).cast(pl.Int64))
+                   .alias("net"))
+           .filter(pl.col("net") != 0))
+    inserted = deleted = 0
+    if net.height:
+        name = wh._name(table)
+        q = wh.quote(h)
+        tmp = wh.temp_table(conn, "gongshu_share_delta", net.select(h))
+        stored = wh.read(conn, f"SELECT t.{q}, COUNT(*) AS stored FROM {name} t JOIN {tmp} d ON d.{q} = t.{q} "
+                         f"GROUP BY t.{q}", {h: pl.String(), "stored": pl.Int64()})
+        net = net.join(stored, on=h, how="left").with_columns(pl.col("stored").fill_null(0))
+        net = net.with_columns((pl.col("stored") + pl.col("net")).alias("target"))
+        if net.filter(pl.col("target") < 0).height:
+            conn.execute(sa.text(f"DROP TABLE {tmp}"))
+            return None
+        deleted = int(net.get_column("stored").sum())
+        if deleted:
+            conn.execute(sa.text(f"DELETE FROM {name} WHERE {q} IN (SELECT {q} FROM {tmp})"))
+        conn.execute(sa.text(f"DROP TABLE {tmp}"))
+        content = pl.concat([new, old]).unique(subset=h, keep="first", maintain_order=True)
+        content = content.join(net.select(h, "target"), on=h, how="inner").filter(pl.col("target") > 0)
+        copies = pl.Series(np.repeat(np.arange(content.height), content.get_column("target").to_numpy()))
+        rows = content.drop("target").select(pl.all().gather(copies))
+        inserted = wh.insert(conn, table, rows)
+    rows_out = rows_before + int(net.get_column("net").sum()) if net.height else rows_before
+    query, _ = _snapshot_query(wh, policy)
+    rows_in = int(read.execute(sa.text(f"SELECT COUNT(*) FROM ({query}) s"), {"d": as_of}).scalar_one())
+    head = None  # the output's first preview_rows rows, as a full build in pages of that many holds them
+    for page in snapshot_pages(wh, read, policy, as_of, preview_rows):
+        part = mask_snapshot(policy, page, as_of=as_of, key=key)
+        head = part if head is None else head.followed_by(part, preview_rows)
+        if head.frame.height >= preview_rows:
+            break
+    assert head is not None
+    frame = head.frame.head(preview_rows)
+    masked = MaskedOutput(frame, rows_in, rows_out, None, {}, rows_out - frame.height)
+    return masked, inserted, deleted
 
 
 class _Diff:
@@ -558,6 +678,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         if m.kanon is not None:
             metadata["k-匿名: 进一步泛化行数"] = m.kanon.generalised
             metadata["k-匿名: 抑制行数"] = m.kanon.suppressed
+        metadata["构建方式"] = build.mode.label
         if build.notes:
             metadata["说明"] = "; ".join(build.notes)
         return with_batch_date(MaterializeResult(metadata=metadata, check_results=checks), context.partition_key)

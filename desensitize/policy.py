@@ -107,6 +107,7 @@ class Rule:
     keyed: bool = False
     generalises: bool = False  # a generalisation (year, district, grid): eligible as a quasi-identifier
     coarser: str | None = None  # next rung of the k-anonymity ladder (None: suppression)
+    dated: bool = False  # the value depends on the snapshot date (Context.as_of), not only on the row
 
     @property
     def outputs(self) -> bool:
@@ -168,7 +169,7 @@ def _make_rule(name: str, args: list[str]) -> Rule:
     if name == "age_band":
         w = _int(a, 0, 5)
         return Rule(f"age_band({w})", f"按{w}岁分段的年龄(截至快照日)", lambda x, c: rules.age_band(x, c.as_of, w),
-                    generalises=True, coarser=f"age_band({w * 2})" if w < 20 else None)
+                    generalises=True, dated=True, coarser=f"age_band({w * 2})" if w < 20 else None)
     if name == "round":
         d = _int(a, 0, 2)
         return Rule(f"round({d})", f"保留{d}位小数", lambda x, c: rules.round_coordinate(x, d), dtype="float",
@@ -332,6 +333,12 @@ class OutputPolicy:
         """The output has keyed columns (tokens, format-preserving IDs): it joins every other keyed
         output under the same key."""
         return any(c.token or c.rule.keyed for c in self.columns)
+
+    @property
+    def dated(self) -> bool:
+        """A column's value depends on the snapshot date (``age_band``): an unchanged base row may
+        give another output row on another date."""
+        return any(c.rule.dated for c in self.columns if c.rule.outputs)
 
     def exposure(self) -> Exposure:
         """What a row of this output shows of an ID number through ID-derived elements (linkage.py)."""

@@ -20,7 +20,7 @@ from warehouse.migrations import IrreversibleMigration, heads, open_warehouse, u
 from warehouse.migrations.__main__ import main as cli
 from warehouse.store import Warehouse
 
-HEAD = "0007"
+HEAD = "0008"
 SHARE_TABLES = ["share.applications", "share.application_elements", "audit.share_events",
                 "audit.share_extracts", "audit.share_traces"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import polars as pl
 import sqlalchemy as sa
@@ -80,6 +81,22 @@ def merged_batches(wh: Warehouse, conn: sa.Connection, library: str) -> dict[dt.
     rows = conn.execute(sa.text(f"SELECT batch_date, batch_ids FROM {wh.qualified('audit', MERGE_LOG)} "
                                 "WHERE library = :l"), {"l": library}).fetchall()
     return {_as_date(d): [b for b in (ids or "").split(",") if b] for d, ids in rows}
+
+
+def merges_digest(wh: Warehouse, conn: sa.Connection, library: str, upto: dt.date) -> str:
+    """A digest of the merge log of ``library`` for the batch dates up to ``upto``: what the library's
+    versions valid on ``upto`` (or any earlier date) are made of. A merge of a later date leaves them
+    as they are (it changes versions from its own date on); a merge of such a date — a backfill, a
+    re-delivery merged again — writes its log row again, so the digest changes."""
+    rows = []
+    if wh.exists("audit", MERGE_LOG):
+        rows = conn.execute(sa.text(
+            "SELECT batch_date, batch_ids, incoming, new_entities, changed_entities, unchanged, rebuilt_entities "
+            f"FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date <= :d ORDER BY batch_date"),
+            {"l": library, "d": upto}).fetchall()
+    text = repr([(_as_date(r[0]).isoformat(), r[1] or "", *(None if v is None else int(v) for v in r[2:]))
+                 for r in rows])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _as_date(v) -> dt.date:
