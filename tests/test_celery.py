@@ -286,50 +286,76 @@ def _ran_on(engine_records) -> dict[str, list[str]]:
     return ran_on
 
 
+@dataclass
+class CeleryNight:
+    """A night on two workers: its queue, the workers' names, the environment of the workers and of
+    ``gongshu run``, the folder of the workers' logs, and the warehouse the night writes."""
+
+    queue: str
+    names: list[str]
+    env: dict[str, str]
+    logs: Path
+    warehouse_url: str
+
+    @contextmanager
+    def workers(self) -> Iterator[list[subprocess.Popen]]:
+        """The two workers' processes, listening on the queue."""
+        with _workers(self.env, self.names, self.logs) as procs:
+            _wait_until_listening(procs, self.queue, self.logs)
+            yield procs
+
+
+@contextmanager
+def _celery_night(city: City, tmp_path: Path) -> Iterator[CeleryNight]:
+    """A fresh PostgreSQL warehouse and a queue of the test's own (deleted afterwards)."""
+    queue = f"gongshu-test-{uuid.uuid4().hex[:10]}"
+    try:
+        with fresh_pg_database() as url:
+            logs = tmp_path / "workers"
+            logs.mkdir()
+            yield CeleryNight(queue, [f"w1-{queue}", f"w2-{queue}"], _celery_env(city, tmp_path, url, queue),
+                              logs, url)
+    finally:
+        _delete_queue(queue)
+
+
 @pytest.mark.e2e
 @pytest.mark.postgres
 def test_two_celery_workers_build_the_same_base_libraries_as_the_default_executor(city: City, tmp_path: Path) -> None:
     """The generated city's night on two Celery workers (separate processes, their own queue): every step
     ran in a worker's process (its events name the worker, and their process ids are in that worker's
     log), both workers ran steps, and the base libraries hold the same rows as with the default executor."""
-    queue = f"gongshu-test-{uuid.uuid4().hex[:10]}"
-    names = [f"w1-{queue}", f"w2-{queue}"]
-    try:
-        with fresh_pg_database() as celery_url:
-            env = _celery_env(city, tmp_path, celery_url, queue)
-            logs = tmp_path / "workers"
-            logs.mkdir()
-            with _workers(env, names, logs) as procs:
-                _wait_until_listening(procs, queue, logs)
-                start = time.monotonic()
-                out = _night(env)
-                print(f"two Celery workers: {time.monotonic() - start:.1f} s")
-                assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + _tails(logs)
-                assert f"队列 {queue} 上有 2 个工作进程" in out.stderr
-            worker_pids = {name: _logged_pids(logs / f"{name}.log") for name in names}
+    with _celery_night(city, tmp_path) as night_of:
+        queue, names, env, logs, celery_url = (night_of.queue, night_of.names, night_of.env, night_of.logs,
+                                               night_of.warehouse_url)
+        with night_of.workers():
+            start = time.monotonic()
+            out = _night(env)
+            print(f"two Celery workers: {time.monotonic() - start:.1f} s")
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + _tails(logs)
+            assert f"队列 {queue} 上有 2 个工作进程" in out.stderr
+        worker_pids = {name: _logged_pids(logs / f"{name}.log") for name in names}
 
-            with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
-                run = instance.get_runs(limit=1)[0]
-                assert run.job_name == NIGHTLY_JOB
-                starts = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
-                engine = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
-                run_pid = instance.get_records_for_run(
-                    run.run_id, of_type=DagsterEventType.RUN_START).records[0].event_log_entry.dagster_event.pid
-            ran_on = {step: workers[0] for step, workers in _ran_on(engine).items()}
-            steps = {r.event_log_entry.step_key: r.event_log_entry.dagster_event.pid for r in starts}
-            assert len(steps) >= 20 and set(steps) <= set(ran_on)
-            for step, pid in steps.items():
-                worker = ran_on[step]
-                assert worker in names
-                assert pid != run_pid and pid in worker_pids[worker], (step, pid, worker)
-            per_worker = {n: sorted(s for s in steps if ran_on[s] == n) for n in names}
-            print("steps per worker:", {n: len(v) for n, v in per_worker.items()}, per_worker)
-            assert all(per_worker.values()), "both workers ran steps"
+        with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
+            run = instance.get_runs(limit=1)[0]
+            assert run.job_name == NIGHTLY_JOB
+            starts = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
+            engine = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+            run_pid = instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.RUN_START).records[0].event_log_entry.dagster_event.pid
+        ran_on = {step: workers[0] for step, workers in _ran_on(engine).items()}
+        steps = {r.event_log_entry.step_key: r.event_log_entry.dagster_event.pid for r in starts}
+        assert len(steps) >= 20 and set(steps) <= set(ran_on)
+        for step, pid in steps.items():
+            worker = ran_on[step]
+            assert worker in names
+            assert pid != run_pid and pid in worker_pids[worker], (step, pid, worker)
+        per_worker = {n: sorted(s for s in steps if ran_on[s] == n) for n in names}
+        print("steps per worker:", {n: len(v) for n, v in per_worker.items()}, per_worker)
+        assert all(per_worker.values()), "both workers ran steps"
 
-            # same input, same base libraries (current rows, versions, and their content)
-            assert _base_libraries(celery_url) == city.default_libraries
-    finally:
-        _delete_queue(queue)
+        # same input, same base libraries (current rows, versions, and their content)
+        assert _base_libraries(celery_url) == city.default_libraries
 
 
 # the step whose worker is killed: the 户籍 ODS+std step, the 归集's largest delivery
@@ -349,58 +375,50 @@ def test_a_worker_killed_in_the_middle_of_a_step_loses_no_step_and_the_night_bui
     and the other worker runs the step again. Later the process running 人口库's merge on the worker
     left is killed alone: its worker puts the task back on the queue and runs it in a fresh child. The
     run succeeds and the base libraries equal the default executor's."""
-    queue = f"gongshu-test-{uuid.uuid4().hex[:10]}"
-    names = [f"w1-{queue}", f"w2-{queue}"]
-    try:
-        with fresh_pg_database() as celery_url:
-            env = _celery_env(city, tmp_path, celery_url, queue)
-            logs = tmp_path / "workers"
-            logs.mkdir()
-            with _workers(env, names, logs) as procs:
-                _wait_until_listening(procs, queue, logs)
-                with open(tmp_path / "night.log", "wb") as night_log:
-                    night = subprocess.Popen(
-                        [str(BIN / "gongshu"), "run", "--date", DAY.isoformat(), "--no-summary"], cwd=REPO,
-                        env=env, stdout=night_log, stderr=subprocess.STDOUT, start_new_session=True)
+    with _celery_night(city, tmp_path) as night_of:
+        names, env, logs, celery_url = night_of.names, night_of.env, night_of.logs, night_of.warehouse_url
+        with night_of.workers() as procs:
+            with open(tmp_path / "night.log", "wb") as night_log:
+                night = subprocess.Popen(
+                    [str(BIN / "gongshu"), "run", "--date", DAY.isoformat(), "--no-summary"], cwd=REPO,
+                    env=env, stdout=night_log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
+                    killed, killed_pid = _kill_in_step(KILLED_STEP, instance, night, 180,
+                                                       lambda worker, _pid: procs[names.index(worker)])
+                    deadline = time.monotonic() + NIGHT_AFTER_KILL_S
+                    survivor, child_pid = _kill_in_step(CHILD_KILLED_STEP, instance, night,
+                                                        deadline - time.monotonic(), lambda _w, pid: pid)
                 try:
-                    with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
-                        killed, killed_pid = _kill_in_step(KILLED_STEP, instance, night, 180,
-                                                           lambda worker, _pid: procs[names.index(worker)])
-                        deadline = time.monotonic() + NIGHT_AFTER_KILL_S
-                        survivor, child_pid = _kill_in_step(CHILD_KILLED_STEP, instance, night,
-                                                            deadline - time.monotonic(), lambda _w, pid: pid)
-                    try:
-                        night.wait(timeout=max(deadline - time.monotonic(), 1))
-                    except subprocess.TimeoutExpired:
-                        pytest.fail(f"the run did not end {NIGHT_AFTER_KILL_S} s after {killed} was killed "
-                                    f"running {KILLED_STEP}: a step's task was lost, or failed, with its worker\n"
-                                    + _tails(logs))
-                finally:
-                    _stop(night)
-                night_out = (tmp_path / "night.log").read_text(encoding="utf-8", errors="replace")
-                assert night.returncode == 0, night_out[-3000:] + _tails(logs)
+                    night.wait(timeout=max(deadline - time.monotonic(), 1))
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"the run did not end {NIGHT_AFTER_KILL_S} s after {killed} was killed "
+                                f"running {KILLED_STEP}: a step's task was lost, or failed, with its worker\n"
+                                + _tails(logs))
+            finally:
+                _stop(night)
+            night_out = (tmp_path / "night.log").read_text(encoding="utf-8", errors="replace")
+            assert night.returncode == 0, night_out[-3000:] + _tails(logs)
 
-            with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
-                run = instance.get_runs(limit=1)[0]
-                assert run.job_name == NIGHTLY_JOB
-                records = instance.get_records_for_run(run.run_id, of_type={
-                    DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}).records
-                ran_on = _ran_on(instance.get_records_for_run(
-                    run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records)
-            assert survivor != killed
-            survivor_pids = _logged_pids(logs / f"{survivor}.log")
-            for step, first_pid, workers in ((KILLED_STEP, killed_pid, [killed, survivor]),
-                                             (CHILD_KILLED_STEP, child_pid, [survivor, survivor])):
-                events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.step_key == step]
-                starts = [e.pid for e in events if e.event_type == DagsterEventType.STEP_START]
-                successes = [e.pid for e in events if e.event_type == DagsterEventType.STEP_SUCCESS]
-                # started in the killed process, never finished there; started again and finished elsewhere
-                assert starts[0] == first_pid and len(starts) == 2 and successes == [starts[1]], (step, events)
-                assert ran_on[step] == workers and starts[1] in survivor_pids, (step, ran_on[step])
+        with DagsterInstance.from_config(str(tmp_path / "d")) as instance:
+            run = instance.get_runs(limit=1)[0]
+            assert run.job_name == NIGHTLY_JOB
+            records = instance.get_records_for_run(run.run_id, of_type={
+                DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}).records
+            ran_on = _ran_on(instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records)
+        assert survivor != killed
+        survivor_pids = _logged_pids(logs / f"{survivor}.log")
+        for step, first_pid, workers in ((KILLED_STEP, killed_pid, [killed, survivor]),
+                                         (CHILD_KILLED_STEP, child_pid, [survivor, survivor])):
+            events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.step_key == step]
+            starts = [e.pid for e in events if e.event_type == DagsterEventType.STEP_START]
+            successes = [e.pid for e in events if e.event_type == DagsterEventType.STEP_SUCCESS]
+            # started in the killed process, never finished there; started again and finished elsewhere
+            assert starts[0] == first_pid and len(starts) == 2 and successes == [starts[1]], (step, events)
+            assert ran_on[step] == workers and starts[1] in survivor_pids, (step, ran_on[step])
 
-            assert _base_libraries(celery_url) == city.default_libraries
-    finally:
-        _delete_queue(queue)
+        assert _base_libraries(celery_url) == city.default_libraries
 
 
 def _kill_in_step(step: str, instance: DagsterInstance, night: subprocess.Popen, timeout_s: float,
