@@ -22,7 +22,7 @@ import re
 import polars as pl
 
 FORMULA_START = r"^[=+\-@\t\r]"
-QUOTED_FORMULA = r"^'([=+\-@\t\r])"
+QUOTED_FORMULA = rf"^'({FORMULA_START.removeprefix('^')})"  # the quote neutralise_formulas puts before one
 PLAIN_NUMBER = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
 _FORMULA = re.compile(FORMULA_START)
 _NUMBER = re.compile(PLAIN_NUMBER)

@@ -258,7 +258,8 @@ def test_granted_text_that_a_spreadsheet_would_run_as_a_formula_is_written_as_te
     remarks = [hyperlink, "@SUM(A1:A9)", "+86 571 8888", "-12.5", "正常"]
     people = persons(50).with_row_index("i").with_columns(
         pl.when(pl.col("i") == 0).then(pl.lit('=HYPERLINK("http://x","z")')).otherwise(pl.col("name")).alias("name"),
-        pl.col("i").map_elements(lambda i: remarks[min(i, 4)], return_dtype=pl.String).alias("remark"),
+        pl.col("i").clip(upper_bound=len(remarks) - 1).replace_strict(dict(enumerate(remarks)),
+                                                                      return_dtype=pl.String).alias("remark"),
         pl.when(pl.col("i") == 0).then(-12.5).otherwise(3000.25).alias("pension")).drop("i")
     write_base(wh, cat, people, SINCE)
     a = approved(wh, cat, "rsj", ["name", "remark", "pension"], "待遇发放核对")
