@@ -543,9 +543,11 @@ def layer_rows(url: str, catalogue: Catalogue, day: dt.date) -> dict[str, object
 
 
 def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: dict[str, str],
-              catalogue_path: Path) -> Night:
+              catalogue_path: Path, key: str) -> Night:
     """Launch ``nightly_guiji`` for ``day`` through a fresh Dagster instance and the code location, as
-    ``gongshu run`` does, into the warehouse at ``url``; wait for it; its figures."""
+    ``gongshu run`` does, into the warehouse at ``url``; wait for it; its figures. ``key``: the
+    pseudonym key, the same for every night of one warehouse (as in production: a new key re-tokenises
+    every keyed output in full)."""
     from dagster import DagsterInstance
 
     from pipelines.cli import cmd_instance, console_logging
@@ -560,7 +562,7 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
             "GONGSHU_CATALOG": str(catalogue_path),
             WAREHOUSE_URL: url,
             "GONGSHU_MAX_CONCURRENT": str(workers),
-            KEY_ENV: os.environ.get(KEY_ENV) or secrets.token_urlsafe(32),
+            KEY_ENV: key,
             # the code server imports the code location of this checkout
             "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
             "DAGSTER_DISABLE_TELEMETRY": "1",
@@ -657,11 +659,12 @@ def main() -> int:
                     with TempDatabase(args.pg_url) as url:
                         refs[n].append(raw_copy_reference(prepared, url, n))
             with TempDatabase(args.pg_url) as url:
+                key = os.environ.get(KEY_ENV) or secrets.token_urlsafe(32)  # one warehouse, one key
 
                 def night_of(when: dt.date, into: list[Night]) -> bool:
                     """One night into ``url`` (checkpointed first), its rows per layer counted; False: it failed."""
                     checkpoint(url)
-                    night = run_night(url, landing, when, args.workers, variables, catalogue_path)
+                    night = run_night(url, landing, when, args.workers, variables, catalogue_path, key)
                     into.append(night)
                     if night.status == "SUCCESS":
                         night.rows = layer_rows(url, catalogue, when)
