@@ -353,10 +353,10 @@ def _apply_changes(wh: Warehouse, conn: sa.Connection, read: sa.Connection, tabl
     its version valid on P ends in (P, D] — those are the old rows — or its version valid on D starts
     in (P, D] — the new rows; every other entity shows the same version on both dates. The share table
     holds masked rows (often no raw key), so the rows are not found by entity: both sides are masked
-    and hashed, and per content hash the table's count changes by (new − old) — the hashes whose count
-    changes are settled as :class:`_Diff` settles them (every stored copy deleted, the new count
-    inserted), so (inserted, deleted) are what a full build reports. A count that would fall below
-    zero means the table is not the output of P: nothing is written, the caller builds in full.
+    and hashed, and per content hash the table's count changes by (new − old) — settled as
+    :class:`_Diff` settles it (that many identical copies inserted or deleted, :func:`_delete_surplus`),
+    so (inserted, deleted) are what a full build reports. A count that would fall below zero means the
+    table is not the output of P: nothing is written, the caller builds in full.
     """
     select, schema = _snapshot_select(wh, policy)
     h = ROW_HASH_COLUMN
@@ -380,20 +380,20 @@ def _apply_changes(wh: Warehouse, conn: sa.Connection, read: sa.Connection, tabl
         tmp = wh.temp_table(conn, "gongshu_share_delta", net.select(h))
         stored = wh.read(conn, f"SELECT t.{q}, COUNT(*) AS stored FROM {name} t JOIN {tmp} d ON d.{q} = t.{q} "
                          f"GROUP BY t.{q}", {h: pl.String(), "stored": pl.Int64()})
-        net = net.join(stored, on=h, how="left").with_columns(pl.col("stored").fill_null(0))
-        net = net.with_columns((pl.col("stored") + pl.col("net")).alias("target"))
-        if net.filter(pl.col("target") < 0).height:
-            conn.execute(sa.text(f"DROP TABLE {tmp}"))
-            return None
-        deleted = int(net.get_column("stored").sum())
-        if deleted:
-            conn.execute(sa.text(f"DELETE FROM {name} WHERE {q} IN (SELECT {q} FROM {tmp})"))
         conn.execute(sa.text(f"DROP TABLE {tmp}"))
-        content = pl.concat([new, old]).unique(subset=h, keep="first", maintain_order=True)
-        content = content.join(net.select(h, "target"), on=h, how="inner").filter(pl.col("target") > 0)
-        copies = pl.Series(np.repeat(np.arange(content.height), content.get_column("target").to_numpy()))
-        rows = content.drop("target").select(pl.all().gather(copies))
-        inserted = wh.insert(conn, table, rows)
+        net = net.join(stored, on=h, how="left").with_columns(pl.col("stored").fill_null(0))
+        if net.filter(pl.col("stored") + pl.col("net") < 0).height:
+            return None
+        surplus = net.filter(pl.col("net") < 0).select(h, (-pl.col("net")).alias("surplus"))
+        if surplus.height:
+            tmp = wh.temp_table(conn, "gongshu_share_surplus", surplus)
+            deleted = _delete_surplus(wh, conn, name, tmp)
+            conn.execute(sa.text(f"DROP TABLE {tmp}"))
+        # a hash whose count grows occurs in the new rows; its copies are identical
+        content = (new.unique(subset=h, keep="first", maintain_order=True)
+                   .join(net.filter(pl.col("net") > 0).select(h, "net"), on=h, how="inner"))
+        copies = pl.Series(np.repeat(np.arange(content.height), content.get_column("net").to_numpy()))
+        inserted = wh.insert(conn, table, content.drop("net").select(pl.all().gather(copies)))
     rows_out = rows_before + int(net.get_column("net").sum()) if net.height else rows_before
     query, _ = _snapshot_query(wh, policy)
     rows_in = int(read.execute(sa.text(f"SELECT COUNT(*) FROM ({query}) s"), {"d": as_of}).scalar_one())
@@ -416,8 +416,10 @@ class _Diff:
     The old table's hash counts stay in a temporary table (``old``); every page's hashes go to
     another (``new``). A page's rows whose hash the old table did not hold are inserted at once;
     the others are the old table's rows again. At the end the hashes whose count changed are
-    settled: their old rows deleted, and as many copies of the (identical) content inserted as the
-    new pages held — so (inserted, deleted) count what they always did.
+    settled: rows with the same hash are identical, so a count that fell loses that many copies
+    (:func:`_delete_surplus`) and a count that grew gains that many copies of the stored content —
+    (inserted, deleted) count the rows that differ, and a k-anonymised group that gains one member
+    writes one row, not the group again.
     """
 
     def __init__(self, wh: Warehouse, conn: sa.Connection, table: sa.Table) -> None:
@@ -457,23 +459,40 @@ class _Diff:
                               f"WHERE COALESCE(x.n, 0) <> o.n")
         changed = wh.quote("gongshu_share_changed")
         deleted, again, most = conn.execute(sa.text(
-            f"SELECT COALESCE(SUM(n_old), 0), COALESCE(SUM(n_new), 0), COALESCE(MAX(n_new), 0) FROM {changed}")).one()
-        if deleted:
+            f"SELECT COALESCE(SUM(CASE WHEN n_old > n_new THEN n_old - n_new ELSE 0 END), 0), "
+            f"COALESCE(SUM(CASE WHEN n_new > n_old THEN n_new - n_old ELSE 0 END), 0), "
+            f"COALESCE(MAX(n_new - n_old), 0) FROM {changed}")).one()
+        temps = [changed, self.new, self.old]
+        if again:
             cols = ", ".join(wh.quote(c.name) for c in self.table.columns)
             self._temp("content", f"SELECT DISTINCT {cols} FROM {self.name} WHERE {h} IN "
-                                  f"(SELECT {h} FROM {changed} WHERE n_new > 0)")
-            content = wh.quote("gongshu_share_content")
-            conn.execute(sa.text(f"DELETE FROM {self.name} WHERE {h} IN (SELECT {h} FROM {changed})"))
-            if again:
-                conn.execute(sa.text(
-                    f"INSERT INTO {self.name} ({cols}) WITH RECURSIVE gongshu_seq(i) AS (SELECT 1 UNION ALL "
-                    f"SELECT i + 1 FROM gongshu_seq WHERE i < {int(most)}) "
-                    f"SELECT {', '.join('c.' + wh.quote(c.name) for c in self.table.columns)} FROM {content} c "
-                    f"JOIN {changed} g ON g.{h} = c.{h} JOIN gongshu_seq s ON s.i <= g.n_new"))
-            conn.execute(sa.text(f"DROP TABLE {content}"))
-        for t in (changed, self.new, self.old):
+                                  f"(SELECT {h} FROM {changed} WHERE n_new > n_old)")
+            conn.execute(sa.text(
+                f"INSERT INTO {self.name} ({cols}) WITH RECURSIVE gongshu_seq(i) AS (SELECT 1 UNION ALL "
+                f"SELECT i + 1 FROM gongshu_seq WHERE i < {int(most)}) "
+                f"SELECT {', '.join('c.' + wh.quote(c.name) for c in self.table.columns)} FROM "
+                f"{wh.quote('gongshu_share_content')} c JOIN {changed} g ON g.{h} = c.{h} "
+                f"JOIN gongshu_seq s ON s.i <= g.n_new - g.n_old"))
+            temps.append(wh.quote("gongshu_share_content"))
+        if deleted:
+            self._temp("surplus", f"SELECT {h}, n_old - n_new AS surplus FROM {changed} WHERE n_old > n_new")
+            _delete_surplus(wh, conn, self.name, wh.quote("gongshu_share_surplus"))
+            temps.append(wh.quote("gongshu_share_surplus"))
+        for t in temps:
             conn.execute(sa.text(f"DROP TABLE {t}"))
         return self.inserted + int(again), int(deleted)
+
+
+def _delete_surplus(wh: Warehouse, conn: sa.Connection, name: str, surplus: str) -> int:
+    """Delete from the table ``name``, for every content hash of the table ``surplus`` (hash, surplus),
+    ``surplus`` of its rows — rows with the same hash are identical copies, so which ones does not
+    matter (PostgreSQL's ``ctid``, SQLite's ``rowid`` tell them apart); the rows deleted."""
+    rid = "ctid" if wh.is_postgres else "rowid"
+    h = wh.quote(ROW_HASH_COLUMN)
+    pick = (f"SELECT r FROM (SELECT t.{rid} AS r, s.surplus AS k, ROW_NUMBER() OVER (PARTITION BY t.{h}) AS i "
+            f"FROM {name} t JOIN {surplus} s ON s.{h} = t.{h}) x WHERE i <= k")
+    where = f"{rid} = ANY(ARRAY({pick}))" if wh.is_postgres else f"{rid} IN ({pick})"
+    return conn.execute(sa.text(f"DELETE FROM {name} WHERE {where}")).rowcount
 
 
 def _ensure(wh: Warehouse, tables: list[sa.Table]) -> None:

@@ -3,11 +3,13 @@ one piece gives — tables, build counts, files and leak findings — on SQLite 
 
 from __future__ import annotations
 
+import polars as pl
 import sqlalchemy as sa
 
-from assets.share import build_share_output, leak_findings
+from assets.share import _Diff, _table, build_share_output, leak_findings
 from desensitize.leaks import LeakKind, Needles, scan_table
-from desensitize.policy import share_policies
+from desensitize.masking import with_row_hash
+from desensitize.policy import ROW_HASH_COLUMN, share_policies
 from tests import citykit
 from tests.citykit import PEOPLE
 from tests.test_order import Warehouses, warehouses  # noqa: F401  (fixture)
@@ -31,7 +33,7 @@ def night(wh, cat, landing, open_root, day, chunk_rows: int) -> list[tuple]:
 def test_share_outputs_built_in_pages_are_those_built_in_one_piece(warehouses: Warehouses, city,  # noqa: F811
                                                                    tmp_path) -> None:
     """Day 2 renames a resident (a restricted row replaced) and adds one to the open data's largest
-    group (a row whose content hash occurs once more: the old copies go, as many new ones come)."""
+    group (a row whose content hash occurs once more: one more copy, the others stay)."""
     cat, landing, _ = city
     day1 = crowd_rows()
     day2 = crowd_rows(rename={PEOPLE[2][0]: "钱强"}) + [[citykit.id_number("370202", "19800501", 199), "新居民", "M",
@@ -56,7 +58,8 @@ def test_share_outputs_built_in_pages_are_those_built_in_one_piece(warehouses: W
     n = len(share_policies(cat))
     changed = {b[0]: b[1:4] for b in one[1][2 * n:3 * n]}  # day 2's first builds (then its rerun)
     assert changed["people_restricted"] == ("written", 2, 1)  # the renamed resident's row replaced, one new
-    assert changed["people_open"][0] == "written" and changed["people_open"][1] > 1  # a group's copies rewritten
+    # the group's content hash occurs once more: one copy written, the group's other copies left alone
+    assert changed["people_open"] == ("written", 1, 0)
 
 
 def test_a_leak_scan_in_pages_finds_what_one_scan_finds(warehouse, city) -> None:  # noqa: F811
@@ -101,3 +104,30 @@ def test_a_value_set_answers_as_is_in_does_even_when_hashes_collide() -> None:
         collided._hashes = np.full_like(collided._hashes, pl.Series([probe]).hash(seed=lookup._SEED)[0])
         assert collided.contains(pl.Series([probe, None])).to_list() == [inside, False]
     assert ValueSet(pl.Series([], dtype=pl.String)).contains(values).sum() == 0
+
+
+def test_a_diff_writes_only_the_copies_whose_count_changed(warehouse) -> None:
+    """Rows with one content hash are identical copies (an open output's k-anonymised groups): a hash
+    whose count falls loses that many copies, one whose count grows gains that many, a new hash is
+    inserted, a vanished one deleted — the table then holds the new content, and (inserted, deleted)
+    count the rows that differ, not the groups written again."""
+    table = _table(warehouse, "share", "diff_probe", {"v": pl.String(), ROW_HASH_COLUMN: pl.String()},
+                   indexes=[[ROW_HASH_COLUMN]])
+
+    def frame(counts: dict[str, int]) -> pl.DataFrame:
+        return with_row_hash(pl.DataFrame({"v": [v for v, n in counts.items() for _ in range(n)]}))
+
+    with warehouse.begin() as conn:
+        warehouse.create(conn, table)
+        warehouse.insert(conn, table, frame({"a": 3, "b": 2, "c": 1, "e": 2}))
+    new = {"a": 1, "b": 4, "d": 2, "e": 2}
+    with warehouse.begin() as conn:
+        diff = _Diff(warehouse, conn, table)
+        page = frame(new)
+        for i in range(0, page.height, 3):  # in pages, as a build adds them
+            diff.add(page.slice(i, 3))
+        counts = diff.finish()
+    assert counts == (2 + 2, 2 + 1)  # b +2, d +2; a −2, c −1; e untouched
+    with warehouse.engine.connect() as conn:
+        stored = conn.execute(sa.text(f"SELECT v, COUNT(*) FROM {warehouse._name(table)} GROUP BY v")).all()
+    assert dict(stored) == new
