@@ -611,6 +611,39 @@ def _upstream_previews(context: AssetExecutionContext, catalogue: Catalogue,
     return out
 
 
+NEEDLES_KEY = AssetKey(["share", "leak_needles"])
+
+
+def build_needles_asset(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+    """The leak scanner's raw values, collected once a night after every base library is merged
+    (:meth:`Needles.cached`): every share output of the partition depends on it and reads them back,
+    instead of the first outputs to start collecting them at once, from a base library still merging."""
+
+    @asset(
+        key=NEEDLES_KEY,
+        deps=[base_key(lib) for lib in catalogue.libraries],
+        group_name="share",
+        partitions_def=partitions,
+        kinds={"polars", "sql", *label_kinds("share")},
+        tags={"layer": "share"},
+        description=labelled(
+            f"{Layer.share.label} · 泄露扫描比对值",
+            "各基础库全部版本中的身份号码、手机号、姓名、完整地址原值(去重), 在各库合并之后每晚汇集一次, "
+            "存入内部表 audit.leak_needles (不共享), 供本分区每个共享/开放数据集的泄露扫描与格式保留令牌复用。"
+            "元数据只记数量, 不含任何原值。"),
+        automation_condition=AutomationCondition.eager(),
+    )
+    def _needles(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        needles, reused = Needles.cached(warehouse.get(), catalogue)
+        return with_batch_date(MaterializeResult(metadata={
+            "身份号码": needles.ids.len(), "手机号": needles.mobiles.len(), "姓名": needles.names.len(),
+            "地址": needles.addresses.len(), "人员(姓名+出生日期+地区)": needles.people.height,
+            "来源": "沿用已汇集的比对值(基础库未变)" if reused else "自基础库汇集",
+        }), context.partition_key)
+
+    return _needles
+
+
 def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
                       partitions: DailyPartitionsDefinition) -> AssetsDefinition:
     lib = policy.library
@@ -634,7 +667,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
 
     @asset(
         key=key,
-        deps=[base_key(lib)],
+        deps=[base_key(lib), NEEDLES_KEY],
         check_specs=specs,
         group_name="share",
         partitions_def=partitions,
@@ -655,8 +688,9 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
             error = MissingKeyError(policy)
             context.log.error(str(error))
             raise Failure(description=str(error), allow_retries=False)
-        # the base libraries' raw identifiers: collected once per state of the base libraries for
-        # every output of the night (Needles.cached), used for the format-preserving tokens and the scan
+        # the base libraries' raw identifiers: collected once a night by the leak-needles asset this
+        # output depends on, read back here (Needles.cached collects them itself only when the base
+        # libraries changed since, e.g. this asset materialised alone); for the format-preserving tokens and the scan
         needles, reused = Needles.cached(wh, catalogue)
         build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root(),
                                    needles=needles, chunk_rows=warehouse.share_chunk_rows)
@@ -706,5 +740,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
 
 
 def build_share_assets(catalogue: Catalogue, partitions: DailyPartitionsDefinition) -> list[AssetsDefinition]:
-    """Every share/open asset of the catalogue (raises PolicyError if a column has no rule)."""
-    return [build_share_asset(catalogue, p, partitions) for p in share_policies(catalogue)]
+    """Every share/open asset of the catalogue (raises PolicyError if a column has no rule), and the
+    leak needles they share."""
+    return [build_needles_asset(catalogue, partitions),
+            *(build_share_asset(catalogue, p, partitions) for p in share_policies(catalogue))]

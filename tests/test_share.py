@@ -12,8 +12,10 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
+from assets.keys import base_key
 from assets.resources import OpenDataResource, WarehouseResource, resources_from_env
 from assets.share import (
+    NEEDLES_KEY,
     build_share_assets,
     build_share_output,
     leak_findings,
@@ -259,9 +261,12 @@ def _partitions(cat: Catalogue):
 def test_the_demo_city_shows_one_share_asset_per_library_and_class_with_its_rules() -> None:
     cat = load_catalogue(DEMO_CATALOGUE)
     specs = {s.key: s for a in build_share_assets(cat, _partitions(cat)) for s in a.specs}
-    assert {k.to_user_string() for k in specs} == {f"share/{p.name}" for p in share_policies(cat)}
+    assert {k.to_user_string() for k in specs} == {f"share/{p.name}" for p in share_policies(cat)} | {"share/leak_needles"}
     person = specs[AssetKey(["share", "person_restricted"])]
-    assert person.group_name == "share" and {d.asset_key for d in person.deps} == {AssetKey(["base", "person"])}
+    assert person.group_name == "share"
+    # its base library, and the leak needles collected once after every base library is merged
+    assert {d.asset_key for d in person.deps} == {AssetKey(["base", "person"]), NEEDLES_KEY}
+    assert {d.asset_key for d in specs[NEEDLES_KEY].deps} == {base_key(lib) for lib in cat.libraries}
     assert "| 公民身份号码 | id_number | 高度敏感 | 保留前1位和后2位" in person.description
     assert "| 手机号码 | mobile | 敏感 | 手机号保留前3位和后4位" in person.description
     opened = specs[AssetKey(["share", "person_open"])]
