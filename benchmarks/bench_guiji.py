@@ -651,6 +651,7 @@ def main() -> int:
     refs: dict[int, list[tuple[float, int]]] = {n: [] for n in streams}
     nights: list[Night] = []
     increments: list[Night] = []
+    key = os.environ.get(KEY_ENV) or secrets.token_urlsafe(32)  # one key for every night of a warehouse
     floors: list[tuple[float, int, int]] = []
     try:
         for _ in range(args.runs):
@@ -659,8 +660,6 @@ def main() -> int:
                     with TempDatabase(args.pg_url) as url:
                         refs[n].append(raw_copy_reference(prepared, url, n))
             with TempDatabase(args.pg_url) as url:
-                key = os.environ.get(KEY_ENV) or secrets.token_urlsafe(32)  # one warehouse, one key
-
                 def night_of(when: dt.date, into: list[Night]) -> bool:
                     """One night into ``url`` (checkpointed first), its rows per layer counted; False: it failed."""
                     checkpoint(url)
@@ -819,6 +818,11 @@ def report_incremental(args: argparse.Namespace, firsts: list[Night], nights: li
     print("  步骤时长合计, 按阶段: " + ", ".join(
         f"{stage} {med(n.stages[stage] for n in nights):.2f} s (首次 {med(n.stages[stage] for n in firsts):.2f} s)"
         for stage in STAGES))
+    slowest = max(nights, key=lambda n: n.night_s)
+    print(f"  {'最长依赖链 (整夜)':<34} {med(n.night_path_s for n in nights):8.2f} s  ("
+          + " → ".join(f"{k} {slowest_step(slowest, k):.2f}" for k in slowest.night_path) + ")")
+    print("  最慢 5 步: " + ", ".join(f"{st.key} {st.seconds:.2f} s"
+                                   for st in sorted(slowest.steps, key=lambda st: -st.seconds)[:5]))
     print(f"  {'写入行数 (ods+std+隔离+base)':<34} {w2['total']:>8,} 行 = 首次全量 {w1['total']:,} 行的 "
           f"{w2['total'] / max(w1['total'], 1):.1%}  (目标 ≤ 10%)")
     print("    " + " · ".join(f"{k} {w2[k]:,} (首次 {w1[k]:,})" for k in w2 if k != "total"))
