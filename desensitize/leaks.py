@@ -43,7 +43,7 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
-from desensitize.lookup import ValueSet
+from desensitize.lookup import Probe, ValueSet
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
@@ -315,8 +315,30 @@ def _mask(kind: LeakKind, value: str) -> str:
 DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 
-def _hits(values: pl.Series, needles: ValueSet) -> pl.Series:
-    return values.filter(needles.contains(values)) if len(needles) and values.len() else values.clear()
+_SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)
+
+
+class _Lookup:
+    """A column's values prepared once for the needle sets it is looked up in. A column whose
+    first values repeat (a code, a mask, a date) is looked up by its distinct values: the same
+    answer, a fraction of the hashing and sorting on a large table."""
+
+    def __init__(self, values: pl.Series) -> None:
+        self.values = values
+        few = values.len() >= 4 * _SAMPLE and values.head(_SAMPLE).n_unique() * 2 < _SAMPLE
+        self.distinct = values.unique(maintain_order=True) if few else None
+        self._probe: Probe | None = None
+
+    def hits(self, needles: ValueSet) -> pl.Series:
+        """The values that are needles, in order (with repeats)."""
+        if not len(needles) or not self.values.len():
+            return self.values.clear()
+        if self._probe is None:
+            self._probe = Probe(self.values if self.distinct is None else self.distinct)
+        found = self._probe.values.filter(needles.contains(self._probe))
+        if self.distinct is None or not found.len():
+            return found
+        return self.values.filter(self.values.is_in(found.implode()))
 
 
 def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
@@ -343,21 +365,23 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
         runs = ((LeakKind.id_number, ID_RUN, needles.ids, "id_set"), (LeakKind.mobile, MOBILE_RUN, needles.mobiles,
                                                                       "mobile_set"))
+        upper = _Lookup(s.str.to_uppercase()) if whole and any(v.len() for _, _, v, _ in runs) else None
         for kind, pattern, values, lookup in runs:
             if not values.len():
                 continue
             pool = getattr(needles, lookup)
-            candidates = s if whole else text.str.extract_all(pattern).explode().drop_nulls()
-            found = _hits(candidates.str.to_uppercase(), pool)
+            candidates = upper or _Lookup(text.str.extract_all(pattern).explode().drop_nulls().str.to_uppercase())
+            found = candidates.hits(pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
         if name in public:
             continue
+        plain = _Lookup(s)
         for kind, values, lookup in ((LeakKind.name, needles.names, "name_set"),
                                      (LeakKind.address, needles.addresses, "address_set")):
             if not values.len():
                 continue
-            found = _hits(s, getattr(needles, lookup))
+            found = plain.hits(getattr(needles, lookup))
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
     return findings + scan_rows(frame, needles, location, public)

@@ -29,15 +29,14 @@ class ValueSet:
     def __len__(self) -> int:
         return len(self._hashes)
 
-    def contains(self, values: pl.Series) -> pl.Series:
+    def contains(self, values: pl.Series | Probe) -> pl.Series:
         """A Boolean per value: is it in the set (as ``values.is_in(set)``, null → False)."""
+        probe = values if isinstance(values, Probe) else Probe(values)
+        values = probe.values
         out = np.zeros(values.len(), dtype=bool)
         if not len(self) or not values.len():
             return pl.Series(values.name, out)
-        values = values.cast(pl.String)
-        wanted = values.hash(seed=_SEED).to_numpy()
-        # in ascending order, each search starts where the last one ended (numpy keeps the hint)
-        by_hash = np.argsort(wanted, kind="stable")
+        wanted, by_hash = probe.wanted, probe.by_hash
         lo = np.empty_like(by_hash)
         lo[by_hash] = np.searchsorted(self._hashes, wanted[by_hash], "left")
         at = np.minimum(lo, len(self) - 1)
@@ -53,6 +52,17 @@ class ValueSet:
             end = np.searchsorted(self._hashes, wanted[i], "right")
             out[i] = v is not None and v in set(self._values.gather(self._order[lo[i]:end]).to_list())
         return pl.Series(values.name, out)
+
+
+class Probe:
+    """A batch of strings hashed and ordered once, to be looked up in several :class:`ValueSet`\ s
+    (a column against the ID numbers and the mobiles, or the names and the addresses)."""
+
+    def __init__(self, values: pl.Series) -> None:
+        self.values = values.cast(pl.String)
+        self.wanted = self.values.hash(seed=_SEED).to_numpy()
+        # in ascending order, each search starts where the last one ended (numpy keeps the hint)
+        self.by_hash = np.argsort(self.wanted, kind="stable")
 
 
 def member(values: pl.Series, pool: pl.Series | ValueSet) -> pl.Series:

@@ -276,3 +276,22 @@ def test_a_spreadsheet_safe_quote_does_not_hide_a_raw_value_in_a_csv_or_workbook
         ws.write_row(i, 0, row)
     wb.close()
     assert kinds(scan_file(book, needles)) == [("数据!1", "name", 2), ("数据!2", "address", 1)]
+
+
+def test_a_large_column_of_few_values_is_looked_up_by_its_distinct_values_with_the_same_findings() -> None:
+    """A large column whose first values repeat (codes, masks) is looked up by its distinct values:
+    every occurrence of a raw value is still counted, far from the head and repeated, and the sample
+    is the first one; a column of distinct values is looked up value by value — the same findings."""
+    n = 60_000
+    codes = [("1", "2")[i % 2] for i in range(n)]
+    for i in (12_345, 40_000, 59_999):
+        codes[i] = "李丽"
+    codes[50_000] = "13812345678"
+    distinct = [f"v{i}" for i in range(n)]
+    distinct[30_000] = "欧阳娜娜"
+    frame = pl.DataFrame({"code": codes, "distinct": distinct})
+    assert kinds(scan_frame(frame, NEEDLES, "t")) == [("code", "mobile", 1), ("code", "name", 3),
+                                                      ("distinct", "name", 1)]
+    # the same as each value alone
+    alone = [kinds(scan_frame(pl.DataFrame({"code": [v]}), NEEDLES, "t")) for v in ("李丽", "13812345678")]
+    assert alone == [[("code", "name", 1)], [("code", "mobile", 1)]]
