@@ -136,8 +136,10 @@ class Needles:
                     else:
                         continue
                     col = wh.quote(e.code)
-                    values = wh.read(conn, f"SELECT DISTINCT {col} AS v FROM {table} WHERE {col} IS NOT NULL",
-                                     {"v": pl.String()}, bulk=True).get_column("v")
+                    # every version's value read as it is and made distinct here, on every core: at 1 M
+                    # persons 0.3 s for the ID numbers against 1.5 s for PostgreSQL's DISTINCT
+                    values = wh.read(conn, f"SELECT {col} AS v FROM {table} WHERE {col} IS NOT NULL",
+                                     {"v": pl.String()}, bulk=True).get_column("v").unique()
                     for k in kinds:
                         parts[k].append(values)
                 persons.extend(_persons(wh, conn, lib, table))
@@ -269,8 +271,8 @@ def _persons(wh: Warehouse, conn: sa.Connection, lib: Library, table: str) -> li
                     and e.sensitivity != Sensitivity.public), None)
     cols = {"id": key[0].code, "name": names[0].code, **({"address": address.code} if address else {})}
     select = ", ".join(f"{wh.quote(c)} AS {a}" for a, c in cols.items())
-    rows = wh.read(conn, f"SELECT DISTINCT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
-                   {a: pl.String() for a in cols}, bulk=True)
+    rows = wh.read(conn, f"SELECT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
+                   {a: pl.String() for a in cols}, bulk=True).unique()
     return [people_table(rows.get_column("id"), rows.get_column("name"),
                          rows.get_column("address") if address else None)]
 
