@@ -519,8 +519,7 @@ def leak_findings(wh: Warehouse, catalogue: Catalogue, build: ShareBuild,
     needles = needles or Needles.from_warehouse(wh, catalogue)
     public = build.policy.public_columns()
     typed = [c for c, t in build.policy.schema().items() if t != pl.String]
-    findings = scan_table(wh, "share", build.policy.name, needles, public, page_by=ROW_HASH_COLUMN,
-                          page_rows=chunk_rows)
+    findings = scan_table(wh, "share", build.policy.name, needles, public, page_rows=chunk_rows)
     for path in build.files.all() if build.files else []:
         findings += scan_file(path, needles, public, typed)
     for where, (text, columns) in texts.items():

@@ -555,13 +555,13 @@ def scan_tree(root: Path, needles: Needles, public_columns: Iterable[str] = ()) 
 
 
 def scan_table(wh: Warehouse, layer: str, name: str, needles: Needles,
-               public_columns: Iterable[str] = (), *, page_by: str | None = None,
-               page_rows: int | None = None) -> list[Finding]:
+               public_columns: Iterable[str] = (), *, page_rows: int | None = None) -> list[Finding]:
     """Findings in a warehouse table, every column read back as text.
 
-    With ``page_by`` (a column, e.g. a share table's row hash) and ``page_rows``, the table is read
-    in pages of about ``page_rows`` rows — ranges of that column's values, equal values in one page,
-    nulls in the first — and the pages' findings are put together (:func:`merge_findings`).
+    With ``page_rows``, the table is read in one sequential pass and scanned ``page_rows`` rows at a
+    time (:meth:`Warehouse.read_pages`), the pages' findings put together (:func:`merge_findings`):
+    what one scan of the whole table finds, with a page in memory. (Pages by ranges of the row hash
+    read the table through its index, a range at a time: at 1 M rows 4.0 s against 0.9 s.)
     """
     if not wh.exists(layer, name):
         return []
@@ -571,26 +571,12 @@ def scan_table(wh: Warehouse, layer: str, name: str, needles: Needles,
     typed = [c["name"] for c in described if isinstance(c["type"], _NOT_TEXT)]
     select = f"SELECT {', '.join(wh.quote(c) for c in cols)} FROM {wh.qualified(layer, name)}"
     where = wh.qualified(layer, name)
+    as_text = {c: pl.String() for c in cols}
     with wh.engine.connect() as conn:
-        if page_by is None or page_rows is None or page_by not in cols:
-            frame = wh.read(conn, select, {c: pl.String() for c in cols})
-            return scan_frame(frame, needles, where, public_columns, exact_columns=typed)
-        col = wh.quote(page_by)
-        bounds = wh.read(conn, f"SELECT v FROM (SELECT {col} AS v, ROW_NUMBER() OVER (ORDER BY {col}) AS gongshu_rn "
-                               f"FROM {wh.qualified(layer, name)} WHERE {col} IS NOT NULL) r "
-                               f"WHERE gongshu_rn > 1 AND (gongshu_rn - 1) % :n = 0 ORDER BY v",
-                         {"v": pl.String()}, {"n": int(page_rows)}).get_column("v").unique(maintain_order=True)
-        edges: list[str | None] = [None, *bounds.to_list(), None]
-        parts = []
-        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-            conds = [f"{col} >= :lo"] if lo is not None else [f"({col} < :hi OR {col} IS NULL)" if hi is not None
-                                                               else "1 = 1"]
-            if lo is not None and hi is not None:
-                conds.append(f"{col} < :hi")
-            frame = wh.read(conn, f"{select} WHERE {' AND '.join(conds)}", {c: pl.String() for c in cols},
-                            {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None})
-            if frame.height or i == 0:
-                parts.append(scan_frame(frame, needles, where, public_columns, exact_columns=typed))
+        if page_rows is None:
+            return scan_frame(wh.read(conn, select, as_text), needles, where, public_columns, exact_columns=typed)
+        parts = [scan_frame(frame, needles, where, public_columns, exact_columns=typed)
+                 for frame in wh.read_pages(conn, select, as_text, page_rows)]
     return merge_findings(parts, cols)
 
 

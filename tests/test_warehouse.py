@@ -50,6 +50,25 @@ def test_every_declared_type_round_trips(warehouse: Warehouse) -> None:
     assert _read_all(warehouse, table).equals(frame)
 
 
+def test_a_table_read_in_pages_is_the_table_read_at_once(warehouse: Warehouse) -> None:
+    """One pass, a page of rows at a time (the leak scan's read): the pages put together are the
+    whole read — values that CSV must escape, NULLs and line breaks included — and an empty result
+    is one empty page."""
+    table = warehouse.table("audit", "paged", columns_of(SCHEMA), primary_key=["k"])
+    frame = _frame()
+    with warehouse.begin() as conn:
+        warehouse.create(conn, table)
+        warehouse.insert(conn, table, frame)
+    query = f"SELECT {', '.join(SCHEMA)} FROM {warehouse._name(table)}"
+    with warehouse.engine.connect() as conn:
+        for rows in (1, 3, 4, 10):
+            pages = list(warehouse.read_pages(conn, query, SCHEMA, rows))
+            assert [p.height for p in pages] == [min(rows, 4 - i) for i in range(0, 4, rows)]
+            assert pl.concat(pages).sort("k").equals(frame)
+        empty = list(warehouse.read_pages(conn, f"{query} WHERE k > 99", SCHEMA, 2))
+    assert len(empty) == 1 and empty[0].height == 0 and empty[0].schema == frame.schema
+
+
 def test_frames_are_sent_in_the_columns_types(warehouse: Warehouse) -> None:
     """A frame whose dtypes differ from the table's (narrower integers, nanosecond or zoned
     timestamps, a subset of the columns) is stored as the table declares it."""

@@ -407,6 +407,49 @@ class Warehouse:
             ) if rows else pl.DataFrame(schema={n: pl.String for n in schema})
         return cast_frame(raw, schema)
 
+    def read_pages(self, conn: Connection, query: str, schema: dict[str, pl.DataType], rows: int,
+                   params: dict | None = None) -> Iterator[pl.DataFrame]:
+        """Run a SELECT once and yield it as typed frames of ``rows`` rows (the last one shorter, at
+        least one frame): a whole table read in one sequential pass with only a page in memory. On
+        PostgreSQL the COPY's rows are gathered as they arrive (libpq hands over one whole row at a
+        time) and parsed a page at a time; on SQLite the cursor is fetched a page at a time."""
+        params, rows, empty = params or {}, max(int(rows), 1), True
+
+        def typed(raw: pl.DataFrame) -> pl.DataFrame:
+            return cast_frame(raw, schema)
+
+        if self.is_postgres:
+            dbapi = conn.connection.driver_connection
+            stmt, args = _pyformat(query, params)
+
+            def parse(buf: io.BytesIO) -> pl.DataFrame:
+                buf.seek(0)
+                return typed(pl.read_csv(buf, has_header=False, new_columns=list(schema),
+                                         schema={n: pl.String for n in schema}, null_values="\\N",
+                                         empty_string_is_null=False))
+
+            with redacting(), dbapi.cursor() as cur, cur.copy(
+                f"COPY ({stmt}) TO STDOUT WITH (FORMAT csv, NULL '\\N')", args or None
+            ) as copy:
+                buf, n = io.BytesIO(), 0
+                for row in copy:
+                    buf.write(row)
+                    n += 1
+                    if n == rows:
+                        yield parse(buf)
+                        buf, n, empty = io.BytesIO(), 0, False
+                if n:
+                    yield parse(buf)
+                    empty = False
+        else:
+            result = conn.execute(sa.text(query), params)
+            while chunk := result.fetchmany(rows):
+                empty = False
+                yield typed(pl.DataFrame([tuple(r) for r in chunk], schema={n: pl.String for n in schema},
+                                         orient="row", strict=False))
+        if empty:
+            yield pl.DataFrame(schema=schema)
+
     def _read_adbc(self, query: str, schema: dict[str, pl.DataType], params: dict) -> pl.DataFrame:
         if self._adbc is None:
             self._adbc = adbc_connect(self.engine, autocommit=True)
