@@ -146,15 +146,23 @@ def read_snapshot(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_o
 
 
 def snapshot_pages(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date,
-                   rows: int) -> Iterator[pl.DataFrame]:
-    """:func:`read_snapshot` in pages of at most ``rows`` entities, in key order (each page continues
-    after the last key of the one before: an entity has one version valid on a date)."""
+                   rows: int, *, one_pass: bool = True) -> Iterator[pl.DataFrame]:
+    """:func:`read_snapshot` in pages of at most ``rows`` entities, in key order.
+
+    On PostgreSQL (``conn`` a reading connection of its own, :func:`_snapshot_reader`) the snapshot is
+    one ordered query read a page at a time (:meth:`Warehouse.read_pages`): at 1 M persons 1.3 s
+    against 5.2 s for pages that each continue after the last key of the one before (an index range
+    per page), which SQLite keeps (its pages are read on the connection that writes the output) and
+    so does a caller that may stop early (``one_pass=False``: leaving a COPY half read cancels it)."""
     query, schema = _snapshot_query(wh, policy)
     key = policy.library.key
     if not wh.exists("base", policy.library.code):
         yield pl.DataFrame(schema=schema)
         return
     cols = [wh.quote(k) for k in key]
+    if one_pass and wh.is_postgres:
+        yield from wh.read_pages(conn, f"{query} ORDER BY {', '.join(cols)}", schema, rows, {"d": as_of})
+        return
     lhs = cols[0] if len(cols) == 1 else f"({', '.join(cols)})"
     rhs = ", ".join(f":gongshu_after{i}" for i in range(len(key)))
     after: tuple | None = None
@@ -398,7 +406,7 @@ def _apply_changes(wh: Warehouse, conn: sa.Connection, read: sa.Connection, tabl
     query, _ = _snapshot_query(wh, policy)
     rows_in = int(read.execute(sa.text(f"SELECT COUNT(*) FROM ({query}) s"), {"d": as_of}).scalar_one())
     head = None  # the output's first preview_rows rows, as a full build in pages of that many holds them
-    for page in snapshot_pages(wh, read, policy, as_of, preview_rows):
+    for page in snapshot_pages(wh, read, policy, as_of, preview_rows, one_pass=False):
         part = mask_snapshot(policy, page, as_of=as_of, key=key)
         head = part if head is None else head.followed_by(part, preview_rows)
         if head.frame.height >= preview_rows:
