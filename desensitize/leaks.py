@@ -43,7 +43,7 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
-from desensitize.lookup import Probe, ValueSet
+from desensitize.lookup import Probe, ValueSet, distinct_if_few
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
@@ -317,9 +317,6 @@ def _mask(kind: LeakKind, value: str) -> str:
 DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 
-_SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)
-
-
 class _Lookup:
     """A column's values prepared once for the needle sets it is looked up in. A column whose
     first values repeat (a code, a mask, a date) is looked up by its distinct values: the same
@@ -327,8 +324,7 @@ class _Lookup:
 
     def __init__(self, values: pl.Series) -> None:
         self.values = values
-        few = values.len() >= 4 * _SAMPLE and values.head(_SAMPLE).n_unique() * 2 < _SAMPLE
-        self.distinct = values.unique(maintain_order=True) if few else None
+        self.distinct = distinct_if_few(values)
         self._probe: Probe | None = None
 
     def hits(self, needles: ValueSet) -> pl.Series:

@@ -65,6 +65,18 @@ class Probe:
         self.by_hash = np.argsort(self.wanted, kind="stable")
 
 
+SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)
+
+
+def distinct_if_few(values: pl.Series) -> pl.Series | None:
+    """The distinct values of a large column whose first values repeat (a code, a mask, a date), in
+    order of first occurrence; None for a small column or one of mostly distinct values (tokens,
+    hashes), where making them distinct would cost as much as what it saves."""
+    if values.len() >= 4 * SAMPLE and values.head(SAMPLE).n_unique() * 2 < SAMPLE:
+        return values.unique(maintain_order=True)
+    return None
+
+
 def member(values: pl.Series, pool: pl.Series | ValueSet) -> pl.Series:
     """``values.is_in(pool)`` (null → False) for a plain series or a :class:`ValueSet`."""
     if isinstance(pool, ValueSet):

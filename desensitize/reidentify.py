@@ -32,7 +32,7 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
-from desensitize.lookup import ValueSet, member
+from desensitize.lookup import ValueSet, distinct_if_few, member
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
@@ -51,9 +51,19 @@ def _text(s: pl.Series) -> pl.Series:
     return s.cast(pl.String).str.replace_all(rules.FULLWIDTH_MASK, rules.MASK, literal=True).str.strip_chars()
 
 
+def _distinct_or_all(s: pl.Series) -> pl.Series:
+    few = distinct_if_few(s)
+    return s if few is None else few
+
+
 def id_fragments(s: pl.Series) -> pl.Series | None:
     """The masked ID numbers of a column (18 characters of digits, X and ``*``, at least one ``*``),
     upper-cased, null elsewhere; None when the column holds none."""
+    few = distinct_if_few(s)
+    if few is not None:  # most columns of a large table: none of their distinct values is a masked ID
+        u = _text(few).str.to_uppercase()
+        if not (u.str.contains(_FRAGMENT) & u.str.contains(r"\*")).any():
+            return None
     t = _text(s).str.to_uppercase()
     masked = t.str.contains(_FRAGMENT) & t.str.contains(r"\*")
     if not masked.any():
@@ -255,7 +265,7 @@ def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
     index = index or PeopleIndex(people)
     names = [n for n, s in cols.items() if n not in public_columns and s.dtype == pl.String
-             and bool(index.names.contains(_text(s)).any())]
+             and bool(index.names.contains(_text(_distinct_or_all(s))).any())]
     if not names:
         return []
     dates = {n: b for n, s in cols.items() if n not in names and (b := date_column(s, full=True)) is not None}

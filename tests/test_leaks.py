@@ -295,3 +295,20 @@ def test_a_large_column_of_few_values_is_looked_up_by_its_distinct_values_with_t
     # the same as each value alone
     alone = [kinds(scan_frame(pl.DataFrame({"code": [v]}), NEEDLES, "t")) for v in ("李丽", "13812345678")]
     assert alone == [[("code", "name", 1)], [("code", "mobile", 1)]]
+
+
+def test_rows_giving_a_person_back_are_found_in_a_large_table_of_repeated_values() -> None:
+    """Row rules on a large table whose columns repeat (masks, codes, dates: looked at by their
+    distinct values first): the two rows that give a person back are still found among 60,000."""
+    ids = [p[0] for p in PERSONS]
+    filler = 60_000
+    frame = pl.DataFrame({
+        "id_number": ["1**************9X"] * filler + mask(ids, 6, 4),
+        "birth_date": ["2001-01-01"] * filler + [p[2] for p in PERSONS],
+        "gender": ["1", "2"] * (filler // 2) + [p[3] for p in PERSONS],
+        "name": ["张*"] * filler + ["欧阳娜娜", "李*"],
+        "district": ["浙江省温州市龙湾区"] * filler + ["浙江省温州市鹿城区", "浙江省温州市瓯海区"],
+    })
+    found = [(f.column, f.kind, f.count) for f in scan_frame(frame, PEOPLE_NEEDLES, "t")]
+    assert ("id_number + birth_date", "id_rebuilt", 2) in found
+    assert ("name + birth_date + district", "person_linked", 1) in found
