@@ -53,7 +53,7 @@ from desensitize.lookup import ValueSet
 from desensitize.masking import SHARE_CHUNK_ROWS, MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
 from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
-from warehouse.base import VALID_FROM, VALID_TO, base_schema, merges_digest
+from warehouse.base import VALID_FROM, VALID_TO, base_schema, merges_digest, valid_on
 from warehouse.store import Warehouse, sql_type
 
 OUTPUTS = "outputs"  # share.outputs: one row per dataset — its snapshot date, rows, key id, policy
@@ -133,7 +133,7 @@ def _snapshot_select(wh: Warehouse, policy: OutputPolicy) -> tuple[str, dict[str
 
 def _snapshot_query(wh: Warehouse, policy: OutputPolicy) -> tuple[str, dict[str, pl.DataType]]:
     select, schema = _snapshot_select(wh, policy)
-    return f"{select} WHERE {VALID_FROM} <= :d AND ({VALID_TO} IS NULL OR {VALID_TO} > :d)", schema
+    return f"{select} WHERE {valid_on()}", schema
 
 
 def read_snapshot(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date) -> pl.DataFrame:
@@ -373,8 +373,7 @@ def _apply_changes(wh: Warehouse, conn: sa.Connection, read: sa.Connection, tabl
     params = {"p": prior, "d": as_of}
     old = wh.read(read, f"{select} WHERE {VALID_FROM} <= :p AND {VALID_TO} > :p AND {VALID_TO} <= :d",
                   schema, params)
-    new = wh.read(read, f"{select} WHERE {VALID_FROM} > :p AND {VALID_FROM} <= :d "
-                  f"AND ({VALID_TO} IS NULL OR {VALID_TO} > :d)", schema, params)
+    new = wh.read(read, f"{select} WHERE {VALID_FROM} > :p AND {valid_on()}", schema, params)
     old = with_row_hash(mask_snapshot(policy, old, as_of=prior, key=key).frame)
     new = with_row_hash(mask_snapshot(policy, new, as_of=as_of, key=key).frame)
     net = (new.group_by(h).len("n_new").join(old.group_by(h).len("n_old"), on=h, how="full", coalesce=True)

@@ -31,11 +31,12 @@ class ValueSet:
 
     def contains(self, values: pl.Series | Probe) -> pl.Series:
         """A Boolean per value: is it in the set (as ``values.is_in(set)``, null → False)."""
-        probe = values if isinstance(values, Probe) else Probe(values)
-        values = probe.values
+        probe = values if isinstance(values, Probe) else None
+        values = probe.values if probe else values.cast(pl.String)
         out = np.zeros(values.len(), dtype=bool)
         if not len(self) or not values.len():
             return pl.Series(values.name, out)
+        probe = probe or Probe(values)
         wanted, by_hash = probe.wanted, probe.by_hash
         lo = np.empty_like(by_hash)
         lo[by_hash] = np.searchsorted(self._hashes, wanted[by_hash], "left")

@@ -56,16 +56,20 @@ def _distinct_or_all(s: pl.Series) -> pl.Series:
     return s if few is None else few
 
 
+def _masked_id(s: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(the values upper-cased as text, whether each is a masked ID number)."""
+    t = _text(s).str.to_uppercase()
+    return t, t.str.contains(_FRAGMENT) & t.str.contains(r"\*")
+
+
 def id_fragments(s: pl.Series) -> pl.Series | None:
     """The masked ID numbers of a column (18 characters of digits, X and ``*``, at least one ``*``),
-    upper-cased, null elsewhere; None when the column holds none."""
+    upper-cased, null elsewhere; None when the column holds none (most columns of a large table:
+    told by their distinct values alone)."""
     few = distinct_if_few(s)
-    if few is not None:  # most columns of a large table: none of their distinct values is a masked ID
-        u = _text(few).str.to_uppercase()
-        if not (u.str.contains(_FRAGMENT) & u.str.contains(r"\*")).any():
-            return None
-    t = _text(s).str.to_uppercase()
-    masked = t.str.contains(_FRAGMENT) & t.str.contains(r"\*")
+    if few is not None and not _masked_id(few)[1].any():
+        return None
+    t, masked = _masked_id(s)
     if not masked.any():
         return None
     return t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series()

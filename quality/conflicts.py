@@ -21,7 +21,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
-from warehouse.base import base_schema, merged_batches, read_as_of
+from warehouse.base import merged_batches, read_as_of
 from warehouse.std import mergeable_batch, read_std
 from warehouse.store import Column, Warehouse
 
@@ -133,8 +133,7 @@ def _observe(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.
     library held on ``batch_date``, whatever order dates were merged in; None: nothing to compare."""
     keys = pl.concat([f.select(lib.key) for _, _, f in batches]).unique() if batches else None
     used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
-    current = read_as_of(wh, conn, lib, keys, batch_date, [c for c in base_schema(lib) if c in used]) \
-        if keys is not None else None
+    current = read_as_of(wh, conn, lib, keys, batch_date, used) if keys is not None else None
     if current is None:
         return None
     result = compare_copies(catalogue, lib, batches, current)

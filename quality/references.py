@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from catalog.loader import Catalogue
 from catalog.models import Library
 from quality.consistency import REF_SCHEMA, referential
-from warehouse.base import base_schema, holds_on, lineage, merged_batches, read_on
+from warehouse.base import holds_on, lineage, merged_batches, read_on, selected_schema
 from warehouse.store import Column, Warehouse
 
 REFERENCE_FAILURES = "reference_failures"
@@ -25,7 +25,7 @@ class ReferenceRun:
     counts: pl.DataFrame
 
 
-def reference_columns(catalogue: Catalogue, lib: Library) -> dict[str, list[str]]:
+def reference_columns(catalogue: Catalogue, lib: Library) -> dict[str, set[str]]:
     """The base-table columns :func:`quality.consistency.referential` uses of each library ``lib``'s
     references need: ``lib``'s key, referencing elements and name fields with the lineage of each
     (what a finding points at), and each target's key and name element."""
@@ -37,7 +37,7 @@ def reference_columns(catalogue: Catalogue, lib: Library) -> dict[str, list[str]
         for t in ref.targets:
             tlib = catalogue.library(t.library)
             need.setdefault(t.library, set()).update(tlib.key, [t.name_element] if t.name_element else [])
-    return {code: [c for c in base_schema(catalogue.library(code)) if c in cols] for code, cols in need.items()}
+    return need
 
 
 def read_references_on(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library,
@@ -58,7 +58,7 @@ def read_references_on(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue,
             if not holds_on(wh, conn, target, day):
                 empty.add(code)
         else:  # referential does not check a target of a composite key
-            frames[code] = pl.DataFrame(schema={c: t for c, t in base_schema(target).items() if c in cols})
+            frames[code] = pl.DataFrame(schema=selected_schema(target, cols))
     return frames, empty
 
 

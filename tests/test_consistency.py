@@ -175,13 +175,17 @@ def test_a_reference_check_reads_only_what_it_uses_and_finds_the_same(warehouse:
         whole = {code: read_on(warehouse, conn, cat.library(code), DAY1) for code in ("permits", "people", "org")}
         frames, empty = read_references_on(warehouse, conn, cat, lib, DAY1)
     columns = reference_columns(cat, lib)
-    assert columns == {"permits": ["kind", "number", "holder", "holder__batch", "holder__row", "holder_name",
-                                   "holder_name__batch", "holder_name__row"],
-                       "people": ["pid", "full_name"], "org": ["code", "title"]}
-    assert frames["permits"].equals(whole["permits"].select(columns["permits"]))
+    assert columns == {"permits": {"kind", "number", "holder", "holder__batch", "holder__row", "holder_name",
+                                   "holder_name__batch", "holder_name__row"},
+                       "people": {"pid", "full_name"}, "org": {"code", "title"}}
+
+    def in_table_order(code: str) -> list[str]:
+        return [c for c in whole[code].columns if c in columns[code]]
+
+    assert frames["permits"].equals(whole["permits"].select(in_table_order("permits")))
     holders = whole["permits"].get_column("holder")
     for code, key in (("people", "pid"), ("org", "code")):
-        assert frames[code].equals(whole[code].filter(pl.col(key).is_in(holders)).select(columns[code]))
+        assert frames[code].equals(whole[code].filter(pl.col(key).is_in(holders)).select(in_table_order(code)))
     assert frames["people"].height == 2 < whole["people"].height and frames["org"].height == 0 < whole["org"].height
     assert empty == set()
 

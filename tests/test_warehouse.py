@@ -65,6 +65,8 @@ def test_a_table_read_in_pages_is_the_table_read_at_once(warehouse: Warehouse) -
             pages = list(warehouse.read_pages(conn, query, SCHEMA, rows))
             assert [p.height for p in pages] == [min(rows, 4 - i) for i in range(0, 4, rows)]
             assert pl.concat(pages).sort("k").equals(frame)
+        (whole,) = warehouse.read_pages(conn, query, SCHEMA, None)  # what read() returns: one frame
+        assert whole.sort("k").equals(frame)
         empty = list(warehouse.read_pages(conn, f"{query} WHERE k > 99", SCHEMA, 2))
     assert len(empty) == 1 and empty[0].height == 0 and empty[0].schema == frame.schema
 

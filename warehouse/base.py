@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
 
 import polars as pl
 import sqlalchemy as sa
@@ -104,10 +105,10 @@ def _as_date(v) -> dt.date:
 
 
 def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | None = None,
-                 columns: list[str] | None = None) -> pl.DataFrame:
+                 columns: Iterable[str] | None = None) -> pl.DataFrame:
     """The current version of every entity of a base library (the first ``limit`` by key), each
     value's lineage batch as its batch id; only ``columns`` (base-table columns), when given."""
-    schema = _selected(lib, columns)
+    schema = selected_schema(lib, columns)
     cols = ", ".join(wh.quote(c) for c in schema)
     frame = wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} WHERE {VALID_TO} IS NULL "
                     f"ORDER BY {', '.join(wh.quote(k) for k in lib.key)}"
@@ -115,24 +116,25 @@ def read_current(wh: Warehouse, conn: sa.Connection, lib: Library, limit: int | 
     return with_batch_ids(frame, lib, batch_numbers(wh, conn))
 
 
-def _selected(lib: Library, columns: list[str] | None) -> dict[str, pl.DataType]:
-    """The base-table schema, only ``columns`` of it (in table order) when given."""
+def selected_schema(lib: Library, columns: Iterable[str] | None) -> dict[str, pl.DataType]:
+    """The base-table schema, only ``columns`` of it (in table order, whatever order they come in) when given."""
     schema = base_schema(lib)
     if columns is None:
         return schema
-    unknown = set(columns) - set(schema)
+    columns = set(columns)
+    unknown = columns - set(schema)
     if unknown:
         raise ValueError(f"{lib.code}: no such base-library columns: {sorted(unknown)}")
     return {c: t for c, t in schema.items() if c in columns}
 
 
-def _valid_on(alias: str = "") -> str:
+def valid_on(alias: str = "") -> str:
     """The SQL condition: the version was valid at the end of batch date ``:d``."""
     a = f"{alias}." if alias else ""
     return f"{a}{VALID_FROM} <= :d AND ({a}{VALID_TO} IS NULL OR {a}{VALID_TO} > :d)"
 
 
-def read_on(wh: Warehouse, conn: sa.Connection, lib: Library, day: dt.date, columns: list[str] | None = None,
+def read_on(wh: Warehouse, conn: sa.Connection, lib: Library, day: dt.date, columns: Iterable[str] | None = None,
             *, referenced_by: tuple[Library, list[str]] | None = None) -> pl.DataFrame:
     """:func:`read_current` as the library stood at the end of batch date ``day``: the version of every
     entity valid that day, whatever dates were merged since (a check of ``day`` gives the same answer
@@ -141,16 +143,16 @@ def read_on(wh: Warehouse, conn: sa.Connection, lib: Library, day: dt.date, colu
     ``columns``: only these base-table columns (in table order). ``referenced_by`` = (library, elements):
     only the entities whose (single-column) key is a value of one of those elements of that library on
     ``day`` — a semi-join in the database, so a reference check reads the referenced entities alone."""
-    schema = _selected(lib, columns)
+    schema = selected_schema(lib, columns)
     cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
-    where = _valid_on("b")
+    where = valid_on("b")
     if referenced_by is not None:
         if len(lib.key) != 1:
             raise ValueError(f"{lib.code}: referenced_by needs a single-column key")
         source, elements = referenced_by
         values = " UNION ".join(
             f"SELECT r.{wh.quote(e)} FROM {wh.qualified('base', source.code)} r "
-            f"WHERE {_valid_on('r')} AND r.{wh.quote(e)} IS NOT NULL" for e in elements)
+            f"WHERE {valid_on('r')} AND r.{wh.quote(e)} IS NOT NULL" for e in elements)
         where += f" AND b.{wh.quote(lib.key[0])} IN ({values})"
     frame = wh.read(conn, f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b WHERE {where} "
                     f"ORDER BY {', '.join('b.' + wh.quote(k) for k in lib.key)}", schema, {"d": day}, bulk=True)
@@ -159,7 +161,7 @@ def read_on(wh: Warehouse, conn: sa.Connection, lib: Library, day: dt.date, colu
 
 def holds_on(wh: Warehouse, conn: sa.Connection, lib: Library, day: dt.date) -> bool:
     """Whether the library held any entity at the end of batch date ``day``."""
-    return wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} WHERE {_valid_on()} LIMIT 1",
+    return wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} WHERE {valid_on()} LIMIT 1",
                      {"d": day}) is not None
 
 
@@ -173,11 +175,11 @@ def with_batch_ids(frame: pl.DataFrame, lib: Library, numbers: pl.DataFrame) -> 
 
 
 def read_as_of(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFrame, day: dt.date,
-               columns: list[str] | None = None) -> pl.DataFrame:
+               columns: Iterable[str] | None = None) -> pl.DataFrame:
     """The versions of the entities in ``keys`` valid on ``day`` (loaded into a temporary table and
     joined): what the base library held for them that day, whatever was merged since; only ``columns``
     (base-table columns), when given."""
-    schema = _selected(lib, columns)
+    schema = selected_schema(lib, columns)
     if keys.height == 0 or not wh.exists("base", lib.code) or \
             wh.scalar(conn, f"SELECT 1 FROM {wh.qualified('base', lib.code)} LIMIT 1") is None:
         return pl.DataFrame(schema=schema)
@@ -186,7 +188,7 @@ def read_as_of(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl.DataFr
     frame = wh.read(
         conn,
         f"SELECT {cols} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t ON {key_match(wh, 'b', 't', lib.key)} "
-        f"WHERE {_valid_on('b')}",
+        f"WHERE {valid_on('b')}",
         schema, {"d": day},
     )
     conn.execute(sa.text(f"DROP TABLE {tmp}"))

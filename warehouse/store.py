@@ -380,53 +380,26 @@ class Warehouse:
         params = params or {}
         if bulk and self.is_postgres and not conn.info.get("gongshu_write"):
             return self._read_adbc(query, schema, params)
-        if self.is_postgres:
-            buf = io.BytesIO()
-            dbapi = conn.connection.driver_connection
-            stmt, args = _pyformat(query, params)
-            with redacting(), dbapi.cursor() as cur, cur.copy(
-                f"COPY ({stmt}) TO STDOUT WITH (FORMAT csv, NULL '\\N')", args or None
-            ) as copy:
-                for block in copy:
-                    buf.write(block)
-            if buf.tell() == 0:
-                return pl.DataFrame(schema=schema)
-            buf.seek(0)
-            raw = pl.read_csv(
-                buf,
-                has_header=False,
-                new_columns=list(schema),
-                schema={n: pl.String for n in schema},
-                null_values="\\N",
-                empty_string_is_null=False,
-            )
-        else:
-            rows = conn.execute(sa.text(query), params).fetchall()
-            raw = pl.DataFrame(
-                [tuple(r) for r in rows], schema={n: pl.String for n in schema}, orient="row", strict=False
-            ) if rows else pl.DataFrame(schema={n: pl.String for n in schema})
-        return cast_frame(raw, schema)
+        (frame,) = self.read_pages(conn, query, schema, None, params)
+        return frame
 
-    def read_pages(self, conn: Connection, query: str, schema: dict[str, pl.DataType], rows: int,
+    def read_pages(self, conn: Connection, query: str, schema: dict[str, pl.DataType], rows: int | None,
                    params: dict | None = None) -> Iterator[pl.DataFrame]:
         """Run a SELECT once and yield it as typed frames of ``rows`` rows (the last one shorter, at
-        least one frame): a whole table read in one sequential pass with only a page in memory. On
+        least one frame; ``rows=None``: one frame, the whole result, as :meth:`read` returns it):
+        a whole table read in one sequential pass with only a page in memory. On
         PostgreSQL the COPY's rows are gathered as they arrive (libpq hands over one whole row at a
         time) and parsed a page at a time; on SQLite the cursor is fetched a page at a time."""
-        params, rows, empty = params or {}, max(int(rows), 1), True
-
-        def typed(raw: pl.DataFrame) -> pl.DataFrame:
-            return cast_frame(raw, schema)
-
+        params, rows, empty = params or {}, None if rows is None else max(int(rows), 1), True
         if self.is_postgres:
             dbapi = conn.connection.driver_connection
             stmt, args = _pyformat(query, params)
 
             def parse(buf: io.BytesIO) -> pl.DataFrame:
                 buf.seek(0)
-                return typed(pl.read_csv(buf, has_header=False, new_columns=list(schema),
-                                         schema={n: pl.String for n in schema}, null_values="\\N",
-                                         empty_string_is_null=False))
+                return cast_frame(pl.read_csv(buf, has_header=False, new_columns=list(schema),
+                                              schema={n: pl.String for n in schema}, null_values="\\N",
+                                              empty_string_is_null=False), schema)
 
             with redacting(), dbapi.cursor() as cur, cur.copy(
                 f"COPY ({stmt}) TO STDOUT WITH (FORMAT csv, NULL '\\N')", args or None
@@ -443,10 +416,10 @@ class Warehouse:
                     empty = False
         else:
             result = conn.execute(sa.text(query), params)
-            while chunk := result.fetchmany(rows):
+            while chunk := (result.fetchmany(rows) if rows else result.fetchall()):
                 empty = False
-                yield typed(pl.DataFrame([tuple(r) for r in chunk], schema={n: pl.String for n in schema},
-                                         orient="row", strict=False))
+                yield cast_frame(pl.DataFrame([tuple(r) for r in chunk], schema={n: pl.String for n in schema},
+                                              orient="row", strict=False), schema)
         if empty:
             yield pl.DataFrame(schema=schema)
 

@@ -31,7 +31,7 @@ from quality.rules import Dimension, Severity, resource_rules
 from quality.scorecard.compute import RESPONSE_SCHEMA, RULE_INPUT_SCHEMA
 from quality.tickets.store import read_tickets
 from quality.tickets.transitions import TicketKind
-from warehouse.base import base_schema, read_current
+from warehouse.base import read_current
 from warehouse.std import read_std, reconciliation_for
 from warehouse.store import Warehouse
 
@@ -137,8 +137,7 @@ def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.Dat
     with wh.engine.connect() as conn:
         def base(code: str) -> pl.DataFrame | None:
             if code not in current and wh.exists("base", code):
-                lib = catalogue.library(code)
-                current[code] = read_current(wh, conn, lib, columns=[c for c in base_schema(lib) if c in used[code]])
+                current[code] = read_current(wh, conn, catalogue.library(code), columns=used[code])
             return current.get(code)
 
         for lib in catalogue.libraries:
