@@ -127,14 +127,6 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:500]
 
 
-
-
-
-
-
-
-
-
 def _column_schema(schema: dict[str, pl.DataType], labels: dict[str, str]) -> TableSchema:
     return TableSchema(columns=[TableColumn(n, str(t), description=labels.get(n)) for n, t in schema.items()])
 

@@ -226,7 +226,6 @@ def cpu_busy() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-
 # --- the processes of the run: peak RSS ----------------------------------------------------------------
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

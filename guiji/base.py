@@ -47,16 +47,10 @@ class MergeResult:
     merged_before: bool = False  # the same batches were merged for this date already: nothing to do
 
 
-
-
 def _used_columns(catalogue: Catalogue, lib: Library, resource) -> list[str]:
     """What the merge takes from a std batch: keys, discriminator, the resource's authoritative values."""
     auth = catalogue.authoritative_elements(resource)
     return [*lib.key, *([lib.discriminator.element] if lib.discriminator else []), *auth]
-
-
-
-
 
 
 def _facts(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library, batch_ids: list[str],
@@ -378,15 +372,3 @@ def _counts(wh: Warehouse, conn: sa.Connection, base: str) -> tuple[int, int]:
     current = wh.scalar(conn, f"SELECT COUNT(*) FROM {base} WHERE {VALID_TO} IS NULL")
     total = wh.scalar(conn, f"SELECT COUNT(*) FROM {base}")
     return int(current), int(total)
-
-
-
-
-
-
-
-
-
-
-
-

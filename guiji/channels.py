@@ -89,8 +89,6 @@ class Delivery:
         return self.frame.height
 
 
-
-
 def empty_frame(columns: list[str]) -> pl.DataFrame:
     schema = {"_row_no": pl.Int64, "_source": pl.String, "_raw": pl.String, "_error": pl.String}
     schema.update({c: pl.String for c in columns})

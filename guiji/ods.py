@@ -50,8 +50,6 @@ class IngestResult:
     carried: pl.DataFrame | None = None  # a new batch's carried runs (warehouse.ods.CARRIED_SCHEMA)
 
 
-
-
 def read_window(resource: Resource, batch_date: dt.date) -> str | None:
     """Where the 前置库 read of a partition starts (inclusive); it ends at the next day, 00:00.
 
@@ -215,19 +213,3 @@ def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
             carried = carried_table(wh)
             wh.create(conn, carried)
             wh.insert(conn, carried, result.carried)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -29,11 +29,6 @@ RECORD_CODES = (WRONG_ENCODING,)
 """Reason codes a channel gives a whole record through ``_error`` (``<code>: <reason>``)."""
 
 
-
-
-
-
-
 RULE_COUNT_SCHEMA = {
     "rule_id": pl.String, "kind": pl.String, "dimension": pl.String, "severity": pl.String, "label": pl.String,
     "evaluated": pl.Int64, "failed": pl.Int64,
@@ -65,8 +60,6 @@ class Standardized:
     @property
     def quarantined_rows(self) -> int:
         return self.quarantine.get_column("_row_no").n_unique() if self.quarantine.height else 0
-
-
 
 
 def key_values(catalogue: Catalogue, resource: Resource) -> list[pl.Expr]:

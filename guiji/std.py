@@ -41,12 +41,6 @@ class ReconciliationError(AssertionError):
     """Rows were lost or counted twice: the batch is not written."""
 
 
-
-
-
-
-
-
 @dataclass
 class StdResult:
     batch: Batch | None
@@ -231,9 +225,3 @@ def _write(
         }], schema=RECONCILIATION_SCHEMA))
         store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
                       counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)
-
-
-
-
-
-

@@ -261,5 +261,3 @@ class Mailer:
         with self.warehouse.begin() as conn:
             self.warehouse.create(conn, table)
             self.warehouse.insert(conn, table, pl.DataFrame([record.row()], schema=DELIVERY_SCHEMA))
-
-

@@ -212,5 +212,3 @@ def write_extract(
 def last_extract_files(wh: Warehouse) -> pl.DataFrame:
     """The extracts recorded (application, date, folder), newest first."""
     return store.read_extracts(wh).sort("at", descending=True)
-
-

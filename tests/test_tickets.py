@@ -43,7 +43,6 @@ CONFIG = ScorecardConfig()
 HEADER = ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"]
 
 
-
 def run_day(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> None:
     """归集 of one batch date as the nightly job does it: ODS, 标准层, base libraries, 一数一源, references."""
     for r in cat.resources:
