@@ -231,7 +231,8 @@ def build_resource_assets(
         wh = warehouse.get()
         batch_date = dt.date.fromisoformat(context.partition_key)
         selected = context.selected_asset_keys
-        checking = {"min_pass_rate": settings.blocking_min_pass_rate, "docs": settings.gx_docs}
+        checking = {"min_pass_rate": settings.blocking_min_pass_rate, "docs": settings.gx_docs,
+                    "chunk_rows": settings.std_chunk_rows}
         if okey in selected:
             try:
                 if skey in selected:

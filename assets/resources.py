@@ -36,6 +36,7 @@ from catalog.models import ApiChannel, DatabaseChannel
 from desensitize.masking import SHARE_CHUNK_ROWS
 from desensitize.pseudonym import ALGORITHMS, KEY_ENV, PseudonymKey
 from guiji.base import MERGE_CHUNK_KEYS
+from guiji.std import STD_CHUNK_ROWS
 from quality.config import ENV_PREFIX as SCORECARD_PREFIX
 from quality.mail import TLS_MODES, Mailer, SmtpSettings, addresses, port_and_tls
 from quality.results import BLOCKING_MIN_PASS_RATE
@@ -62,6 +63,7 @@ VARIABLES: dict[str, str] = {
     "volume_min_ratio": "GONGSHU_VOLUME_MIN_RATIO",
     "engineer_emails": "GONGSHU_ENGINEER_EMAILS",
     "max_concurrent": "GONGSHU_MAX_CONCURRENT",
+    "std_chunk_rows": "GONGSHU_STD_CHUNK_ROWS",
     "merge_chunk_keys": "GONGSHU_MERGE_CHUNK_KEYS",
     "share_chunk_rows": "GONGSHU_SHARE_CHUNK_ROWS",
     "executor": "GONGSHU_EXECUTOR",
@@ -112,6 +114,9 @@ class Settings(ConfigurableResource):
     engineer_emails: list[str] = Field([], description="GONGSHU_ENGINEER_EMAILS: 数据工程师邮箱")
     max_concurrent: int = Field(2, ge=1, description="GONGSHU_MAX_CONCURRENT: 每晚归集作业的并行进程数"
                                                      "(celery 执行器下为每个工作进程的并发数)")
+    std_chunk_rows: int = Field(STD_CHUNK_ROWS, ge=1,
+                                description="GONGSHU_STD_CHUNK_ROWS: 标准层每次标准化、GX 校验与写入的记录数(按主键散列分片, "
+                                            "同一事务内), 决定 ods+std 步骤的内存上限")
     merge_chunk_keys: int = Field(MERGE_CHUNK_KEYS, ge=1,
                                   description="GONGSHU_MERGE_CHUNK_KEYS: 基础库合并每次处理的实体数(按主键区间分段, "
                                               "同一事务内), 决定合并步骤的内存上限")

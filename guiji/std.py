@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from catalog.loader import Catalogue
 from catalog.models import Resource
 from guiji.ods import IngestResult, receive, store
-from guiji.standardize import Standardized, standardize
-from quality.expectations import validate
+from guiji.standardize import Standardized, key_values, standardize
+from quality.expectations import Validation
 from quality.results import BLOCKING_MIN_PASS_RATE, masked_failures, store_results, withheld_reason
 from quality.rules import Severity, evaluated, failing, resource_rules
 from warehouse.ods import (
@@ -36,6 +36,9 @@ from warehouse.std import (
 )
 from warehouse.store import Warehouse
 
+STD_CHUNK_ROWS = 200_000  # records standardised at a time (Settings.std_chunk_rows, GONGSHU_STD_CHUNK_ROWS)
+PREVIEW_ROWS = 20  # accepted rows a result keeps for the asset's preview
+
 
 class ReconciliationError(AssertionError):
     """Rows were lost or counted twice: the batch is not written."""
@@ -50,10 +53,11 @@ class StdResult:
     data_docs: str | None = None
     withheld: str | None = None  # set when a blocking rule keeps the batch out of the base library
     carried: int = 0  # records carried unchanged from the previous batch: accepted, not standardised again
+    rows_accepted: int = 0  # records standardised and accepted (``result.accepted`` holds the first of them)
 
     @property
     def accepted(self) -> int:
-        return (self.result.accepted.height if self.result else 0) + self.carried
+        return self.rows_accepted + self.carried
 
     @property
     def quarantined(self) -> int:
@@ -79,7 +83,7 @@ def reconciliation_text(delivered: int, accepted: int, quarantined: int, batch: 
 def standardize_batch(
     wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, *,
     run_id: str = "manual", with_gx: bool = True, min_pass_rate: float = BLOCKING_MIN_PASS_RATE,
-    docs: Path | None = None,
+    docs: Path | None = None, chunk_rows: int = STD_CHUNK_ROWS,
 ) -> StdResult:
     """Rebuild the std rows, quarantine and rule results of the latest batch of ``resource``.
 
@@ -87,53 +91,124 @@ def standardize_batch(
     the same rows too and both counts are stored side by side, and with ``docs`` (the Data Docs
     folder, ``$GONGSHU_HOME/gx_docs``) the validation is rendered to ``<docs>/<resource>/<batch>.html``.
     A blocking rule below ``min_pass_rate`` (``GONGSHU_BLOCKING_MIN_PASS_RATE``) withholds the batch.
+    A batch of more than ``chunk_rows`` records is standardised, validated and written a slice at a
+    time (:func:`slices`), in the batch's one transaction.
     """
     with wh.engine.connect() as conn:
         batch = latest_batch(wh, conn, resource, batch_date)
         if batch is None:
             return StdResult(None, None)
         ods = read_ods(wh, conn, resource, batch.batch_id)
-    out, failures = _standardize(catalogue, resource, batch_date, batch, ods, with_gx, min_pass_rate, docs)
-    _count_carried(wh, catalogue, resource, batch_date, out)
-    _write(wh, catalogue, resource, batch_date, out, failures, run_id)
-    return out
+    return _standardize_and_write(wh, catalogue, resource, batch_date, batch, ods, run_id=run_id, with_gx=with_gx,
+                                  min_pass_rate=min_pass_rate, docs=docs, chunk_rows=chunk_rows)
 
 
 def collect(
     wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, landing: Path, *,
     variables: Mapping[str, str] | None = None, run_id: str = "manual", with_gx: bool = True,
-    min_pass_rate: float = BLOCKING_MIN_PASS_RATE, docs: Path | None = None,
+    min_pass_rate: float = BLOCKING_MIN_PASS_RATE, docs: Path | None = None, chunk_rows: int = STD_CHUNK_ROWS,
 ) -> tuple[IngestResult, StdResult]:
     """贴源层 and 标准层 of one delivery in one pass: what :func:`ingest` then
     :func:`standardize_batch` do, without reading the new batch back from the warehouse.
 
     The ODS rows are written by a worker thread while the same rows, in their stored form, are
-    standardised here; the std rows are written once the ODS batch has committed. A delivery that
-    is not a new batch (none, or the same content again) rebuilds the std rows of the latest batch.
-    ``variables``: the values of the channel's variables (:mod:`guiji.channels`).
+    standardised and written here (on PostgreSQL; SQLite takes one writer at a time, so there the
+    ODS batch is written first); the std transaction commits only once the ODS batch has committed.
+    A delivery that is not a new batch (none, or the same content again) rebuilds the std rows of
+    the latest batch. ``variables``: the values of the channel's variables (:mod:`guiji.channels`).
     """
     received = receive(wh, resource, batch_date, landing, variables, catalogue=catalogue)
+    checking = {"run_id": run_id, "with_gx": with_gx, "min_pass_rate": min_pass_rate, "docs": docs,
+                "chunk_rows": chunk_rows}
     if received.status != "new":
-        return received, standardize_batch(wh, catalogue, resource, batch_date, run_id=run_id, with_gx=with_gx,
-                                           min_pass_rate=min_pass_rate, docs=docs)
+        return received, standardize_batch(wh, catalogue, resource, batch_date, **checking)
     assert received.batch is not None and received.rows is not None
     # declared before the worker starts, so the two threads never declare a table at the same time
     batches_table(wh)
     ods_table(wh, resource)
+    std_table(wh, catalogue, resource), quarantine_table(wh), reconciliation_table(wh)
     with ThreadPoolExecutor(1, thread_name_prefix="gongshu-ods") as pool:
         written = pool.submit(store, wh, resource, received)
         try:
-            out, failures = _standardize(catalogue, resource, batch_date, received.batch, received.rows, with_gx,
-                                         min_pass_rate, docs)
+            if not wh.is_postgres:
+                written.result()
+            out = _standardize_and_write(wh, catalogue, resource, batch_date, received.batch, received.rows,
+                                         ods_committed=written.result, **checking)
         finally:
             written.result()  # the ODS batch is committed (or its error raised) before anything else is written
-    _count_carried(wh, catalogue, resource, batch_date, out)
-    _write(wh, catalogue, resource, batch_date, out, failures, run_id)
     return received, out
 
 
-def _count_carried(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date,
-                   out: StdResult) -> None:
+def slices(catalogue: Catalogue, resource: Resource, ods: pl.DataFrame, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """The ODS rows of a batch in ⌈rows / ``chunk_rows``⌉ slices (the batch itself when it fits in one).
+
+    A row goes to the slice its key picks (a hash of the key as the 标准层 parses it, so two spellings
+    of one key meet): every copy of a key is in one slice, which makes the batch's unique rule — the
+    only rule comparing rows — exact slice by slice. A row with a part of its key missing is never a
+    duplicate and goes by its row number, so a batch of unreadable records still spreads out.
+    """
+    n = -(-ods.height // max(chunk_rows, 1))
+    if n <= 1:
+        yield ods
+        return
+    keys = key_values(catalogue, resource)
+    by_row = pl.int_range(pl.len(), dtype=pl.UInt64) % n
+    if keys:
+        names = [k.meta.output_name() for k in keys]
+        pick = pl.when(pl.any_horizontal([pl.col(c).is_null() for c in names])).then(by_row).otherwise(
+            pl.struct(names).hash(seed=17) % n)
+        part = ods.select(*keys).select(pick.alias("p")).get_column("p")
+    else:
+        part = ods.select(by_row.alias("p")).get_column("p")
+    for i in range(n):
+        yield ods.filter(part == i)
+
+
+def _standardize_and_write(
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch: Batch, ods: pl.DataFrame, *,
+    run_id: str, with_gx: bool, min_pass_rate: float, docs: Path | None, chunk_rows: int,
+    ods_committed: Callable[[], object] | None = None,
+) -> StdResult:
+    """Replace the std rows, quarantine, reconciliation and rule results of one batch, in one transaction:
+    the accepted rows of each slice are written as it is standardised; the rows' reconciliation is
+    checked before the rest is written (:class:`ReconciliationError` rolls everything back)."""
+    std, qt, rec = std_table(wh, catalogue, resource), quarantine_table(wh), reconciliation_table(wh)
+    with wh.begin() as conn:
+        for t in (std, qt, rec):
+            wh.create(conn, t)
+        b = {"b": batch.batch_id}
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b"), b)
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', QUARANTINE)} WHERE batch_id = :b"), b)
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('audit', RECONCILIATION)} WHERE batch_id = :b"), b)
+
+        def write(accepted: pl.DataFrame) -> None:
+            wh.insert(conn, std, accepted.with_columns(pl.lit(batch.batch_id).alias("_batch_id")))
+
+        out, failures = _standardize(catalogue, resource, batch_date, batch, ods, with_gx, min_pass_rate, docs,
+                                     chunk_rows, write)
+        if ods_committed is not None:
+            ods_committed()  # the carried runs are in ods.carried, and std never commits before its ODS batch
+        _count_carried(wh, conn, catalogue, resource, batch_date, out)
+        result = out.result
+        assert result is not None
+        wh.insert(
+            conn, qt,
+            result.quarantine.rename({"_row_no": "row_no"}).with_columns(
+                pl.lit(batch.batch_id).alias("batch_id"), pl.lit(resource.id).alias("resource_id")
+            ),
+        )
+        wh.insert(conn, rec, pl.DataFrame([{
+            "batch_id": batch.batch_id, "resource_id": resource.id, "batch_date": batch_date,
+            "rows_delivered": out.delivered, "rows_accepted": out.accepted, "rows_quarantined": out.quarantined,
+            "id15_converted": result.converted_id15, "withheld": out.withheld, "rows_carried": out.carried,
+        }], schema=RECONCILIATION_SCHEMA))
+        store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
+                      counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)
+    return out
+
+
+def _count_carried(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, resource: Resource,
+                   batch_date: dt.date, out: StdResult) -> None:
     """The warning rules counted over the carried records too, as they were standardised in the batch that
     stores them (their values are those values): a record re-delivered unchanged still fails what it
     failed, so a department's rule results and score cover everything it delivered, not only what
@@ -141,10 +216,12 @@ def _count_carried(wh: Warehouse, catalogue: Catalogue, resource: Resource, batc
     :func:`_standardize`: they were accepted.)"""
     if out.batch is None or out.result is None or not out.carried or out.result.rule_counts.is_empty():
         return
-    with wh.engine.connect() as conn:
-        held = read_std(wh, conn, catalogue, resource, out.batch.batch_id, own=False)
     rules = [r for r in resource_rules(catalogue, resource, batch_date) if r.severity != Severity.blocking]
-    if not rules or held.is_empty():
+    if not rules:
+        return
+    held = read_std(wh, conn, catalogue, resource, out.batch.batch_id, {c for r in rules for c in r.columns},
+                    own=False)
+    if held.is_empty():
         return
     counts = held.select([evaluated(r).sum().alias(f"n{i}") for i, r in enumerate(rules)]
                          + [failing(r).sum().alias(f"u{i}") for i, r in enumerate(rules)]).row(0, named=True)
@@ -165,11 +242,37 @@ def _count_carried(wh: Warehouse, catalogue: Catalogue, resource: Resource, batc
 
 def _standardize(
     catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch: Batch, ods: pl.DataFrame, with_gx: bool,
-    min_pass_rate: float, docs: Path | None,
+    min_pass_rate: float, docs: Path | None, chunk_rows: int, write: Callable[[pl.DataFrame], None],
 ) -> tuple[StdResult, pl.DataFrame]:
-    result = standardize(ods, catalogue, resource, batch_date)
+    """Standardise the batch slice by slice (:func:`slices`), handing each slice's accepted rows to
+    ``write``; the quarantine, rule counts, GX validation and failing records are added up over the
+    slices. The result's ``accepted`` holds the first rows only (the preview's); ``rows_accepted`` counts all."""
+    rules = resource_rules(catalogue, resource, batch_date)
+    validation = Validation(rules, resource.id) if with_gx else None
+    accepted, id15, preview = 0, 0, None
+    quarantine, failures, counts = [], [], None
+    for part in slices(catalogue, resource, ods, chunk_rows):
+        result = standardize(part, catalogue, resource, batch_date)
+        write(result.accepted)
+        accepted += result.accepted.height
+        id15 += result.converted_id15
+        if preview is None or preview.height < PREVIEW_ROWS:
+            head = result.accepted.head(PREVIEW_ROWS)
+            preview = head if preview is None else pl.concat([preview, head]).head(PREVIEW_ROWS)
+        quarantine.append(result.quarantine)
+        counts = result.rule_counts if counts is None else counts.with_columns(
+            pl.col("evaluated") + result.rule_counts.get_column("evaluated"),
+            pl.col("failed") + result.rule_counts.get_column("failed"))
+        if validation is not None and result.parsed is not None and result.parsed.height:
+            validation.add(result.parsed)
+        keys = result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None \
+            else pl.DataFrame(schema={"_row_no": pl.Int64})
+        failures.append(masked_failures(catalogue, resource, result.failures, keys))
+    assert counts is not None and preview is not None
+    result = Standardized(preview, pl.concat(quarantine).sort("_row_no", "reason_code", "field", nulls_last=True),
+                          id15, counts)
     carried = batch.rows_carried
-    delivered, accepted, quarantined = ods.height + carried, result.accepted.height + carried, result.quarantined_rows
+    delivered, accepted, quarantined = ods.height + carried, accepted + carried, result.quarantined_rows
     if delivered != accepted + quarantined or delivered != batch.rows_delivered:
         raise ReconciliationError(
             f"{batch.batch_id}: 交付 {batch.rows_delivered} 行, 读出 {delivered} 行 (其中沿用 {carried}), "
@@ -182,46 +285,11 @@ def _standardize(
             pl.when(blocking).then(pl.col("evaluated") + carried).otherwise(pl.col("evaluated")).alias("evaluated"))
     withheld = withheld_reason(result.rule_counts, min_pass_rate)
     gx_counts, page = None, None
-    if with_gx and result.parsed is not None and result.parsed.height:
-        rules = resource_rules(catalogue, resource, batch_date)
-        gx_results, raw = validate(result.parsed, rules, resource.id,
-                                   docs=docs / resource.id / f"{batch.batch_id}.html" if docs else None)
+    if validation is not None and validation.rows:
+        gx_results, raw = validation.finish(docs / resource.id / f"{batch.batch_id}.html" if docs else None)
         severity = {r.id: r.severity for r in rules}
         gx_counts = {g.rule_id: (g.evaluated + (carried if severity.get(g.rule_id) == Severity.blocking else 0),
                                  g.failed) for g in gx_results}
         page = raw.get("data_docs")
-    failures = masked_failures(catalogue, resource, result.failures,
-                               result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None
-                               else pl.DataFrame(schema={"_row_no": pl.Int64}))
-    return StdResult(batch, result, delivered, gx_counts, page, withheld, carried), failures
-
-
-def _write(
-    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, out: StdResult,
-    failures: pl.DataFrame, run_id: str,
-) -> None:
-    """Replace the std rows, quarantine, reconciliation and rule results of one batch, in one transaction."""
-    batch, result = out.batch, out.result
-    assert batch is not None and result is not None
-    std, qt, rec = std_table(wh, catalogue, resource), quarantine_table(wh), reconciliation_table(wh)
-    with wh.begin() as conn:
-        for t in (std, qt, rec):
-            wh.create(conn, t)
-        b = {"b": batch.batch_id}
-        conn.execute(sa.text(f"DELETE FROM {wh.qualified('std', resource.id)} WHERE _batch_id = :b"), b)
-        conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', QUARANTINE)} WHERE batch_id = :b"), b)
-        conn.execute(sa.text(f"DELETE FROM {wh.qualified('audit', RECONCILIATION)} WHERE batch_id = :b"), b)
-        wh.insert(conn, std, result.accepted.with_columns(pl.lit(batch.batch_id).alias("_batch_id")))
-        wh.insert(
-            conn, qt,
-            result.quarantine.rename({"_row_no": "row_no"}).with_columns(
-                pl.lit(batch.batch_id).alias("batch_id"), pl.lit(resource.id).alias("resource_id")
-            ),
-        )
-        wh.insert(conn, rec, pl.DataFrame([{
-            "batch_id": batch.batch_id, "resource_id": resource.id, "batch_date": batch_date,
-            "rows_delivered": out.delivered, "rows_accepted": out.accepted, "rows_quarantined": out.quarantined,
-            "id15_converted": result.converted_id15, "withheld": out.withheld, "rows_carried": out.carried,
-        }], schema=RECONCILIATION_SCHEMA))
-        store_results(wh, conn, run_id=run_id, batch_id=batch.batch_id, resource=resource, batch_date=batch_date,
-                      counts=result.rule_counts, gx_counts=out.gx_counts, failures=failures)
+    out = StdResult(batch, result, delivered, gx_counts, page, withheld, carried, rows_accepted=accepted - carried)
+    return out, pl.concat(failures)

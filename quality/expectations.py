@@ -306,6 +306,98 @@ def write_data_docs(result, path: Path, static: Path | None = None) -> Path:
     return path
 
 
+class Validation:
+    """One batch validated by GX a slice at a time (:func:`validate` is one slice).
+
+    Each :meth:`add` runs the suite on a slice of the batch; the results are added up expectation
+    by expectation (row counts summed, rates recomputed from the sums, an expectation fails when it
+    fails on any slice: none of the suite's expectations has ``mostly``), so the counts, the Data
+    Docs page and the success are those of the whole batch as long as no expectation compares rows
+    of different slices — the 标准层 puts every copy of a key in the same slice for the unique rule.
+    """
+
+    def __init__(self, rules: list[Rule], name: str) -> None:
+        self.rules, self.name = rules, name
+        self.result = None
+        self.rows = 0
+
+    def add(self, frame: pl.DataFrame) -> None:
+        import great_expectations as gx
+
+        if not self.rules:
+            return
+        ctx = _context()
+        suite = gx.ExpectationSuite(name=self.name)
+        for r in self.rules:
+            suite.add_expectation(expectation_for(r))
+        ds_name = f"ds_{self.name}"
+        try:
+            ds = ctx.data_sources.get(ds_name)
+        except (KeyError, ValueError):
+            ds = ctx.data_sources.add_pandas(ds_name)
+        asset = ds.add_dataframe_asset(f"a_{len(ds.assets)}")
+        batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
+            batch_parameters={"dataframe": gx_frame(frame, self.rules)})
+        result = batch.validate(suite, result_format="SUMMARY")
+        self.rows += frame.height
+        if self.result is None:
+            self.result = result
+            return
+        _strip_values(result)
+        _strip_values(self.result)
+        for mine, theirs in zip(self.result.results, result.results, strict=True):
+            _add_counts(mine, theirs)
+        stats = self.result.statistics
+        ok = sum(1 for r in self.result.results if r.success)
+        stats["successful_expectations"] = ok
+        stats["unsuccessful_expectations"] = len(self.result.results) - ok
+        stats["success_percent"] = ok / len(self.result.results) * 100 if self.result.results else None
+        self.result.success = ok == len(self.result.results)
+
+    def finish(self, docs: Path | None = None) -> tuple[list[GxResult], dict]:
+        """Per-rule counts and the raw result; with ``docs`` the validation is also rendered as a Data
+        Docs page at that path (``raw["data_docs"]``)."""
+        if self.result is None:
+            return [], {}
+        out = []
+        for res in self.result.results:
+            meta = res.expectation_config.meta or {}
+            rule = next(r for r in self.rules if r.id == meta["rule_id"])
+            rr = res.result or {}
+            element = int(rr.get("element_count", self.rows) or 0)
+            missing = int(rr.get("missing_count") or 0)
+            unexpected = int(rr.get("unexpected_count") or 0)
+            # completeness and uniqueness count every row; map rules count the non-null values
+            evaluated = element if rule.counts_nulls else element - missing
+            out.append(GxResult(rule.id, evaluated, unexpected, bool(res.success)))
+        raw = self.result.to_json_dict()
+        if docs is not None:
+            raw["data_docs"] = str(write_data_docs(self.result, docs).resolve())
+        return out, raw
+
+
+def _add_counts(mine, theirs) -> None:
+    """Add one slice's result of an expectation to the running one, as GX would have counted the
+    rows of both at once (``_format_map_output``: the rates from the counts)."""
+    a, b = mine.result, theirs.result or {}
+    for k in ("element_count", "missing_count", "unexpected_count"):
+        if k in a:
+            a[k] = int(a[k] or 0) + int(b.get(k) or 0)
+    e, u = a.get("element_count") or 0, a.get("unexpected_count")
+    if u is not None:
+        total = u / e * 100 if e else None
+        nonmissing = total
+        if "missing_count" in a:
+            m = a["missing_count"]
+            a["missing_percent"] = m / e * 100 if e else None
+            nonmissing = u / (e - m) * 100 if e - m > 0 else None
+            a["unexpected_percent_nonmissing"] = nonmissing
+        if "unexpected_percent_total" in a:
+            a["unexpected_percent_total"] = total
+        a["unexpected_percent"] = nonmissing
+    mine.success = bool(mine.success) and bool(theirs.success)
+
+
 def validate(
     frame: pl.DataFrame, rules: list[Rule], name: str, docs: Path | None = None
 ) -> tuple[list[GxResult], dict]:
@@ -313,39 +405,9 @@ def validate(
 
     With ``docs`` the validation is also rendered as a Data Docs page at that path (``raw["data_docs"]``).
     """
-    import great_expectations as gx
-
-    if not rules:
-        return [], {}
-    ctx = _context()
-    suite = gx.ExpectationSuite(name=name)
-    for r in rules:
-        suite.add_expectation(expectation_for(r))
-    ds_name = f"ds_{name}"
-    try:
-        ds = ctx.data_sources.get(ds_name)
-    except (KeyError, ValueError):
-        ds = ctx.data_sources.add_pandas(ds_name)
-    asset = ds.add_dataframe_asset(f"a_{len(ds.assets)}")
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
-        batch_parameters={"dataframe": gx_frame(frame, rules)})
-    result = batch.validate(suite, result_format="SUMMARY")
-    out = []
-    for res in result.results:
-        meta = res.expectation_config.meta or {}
-        rule = next(r for r in rules if r.id == meta["rule_id"])
-        rr = res.result or {}
-        element = int(rr.get("element_count", frame.height) or 0)
-        missing = int(rr.get("missing_count") or 0)
-        unexpected = int(rr.get("unexpected_count") or 0)
-        # completeness and uniqueness count every row; map rules count the non-null values
-        evaluated = element if rule.counts_nulls else element - missing
-        failed = unexpected
-        out.append(GxResult(rule.id, evaluated, failed, bool(res.success)))
-    raw = result.to_json_dict()
-    if docs is not None:
-        raw["data_docs"] = str(write_data_docs(result, docs).resolve())
-    return out, raw
+    v = Validation(rules, name)
+    v.add(frame)
+    return v.finish(docs)
 
 
 def warm_up() -> None:

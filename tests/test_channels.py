@@ -191,6 +191,25 @@ def test_the_row_digest_tells_null_from_empty_field_boundaries_and_order_apart()
     assert len({frame_digest(base), *(frame_digest(v) for v in variants)}) == 4
 
 
+def test_the_delivery_digest_hashed_a_slice_at_a_time_is_the_digest_of_the_whole(monkeypatch) -> None:
+    """A large delivery's rows are hashed a slice at a time; the content hash is the one stored for
+    earlier batches (SHA-256 of every row digest in order), so an unchanged re-delivery stays unchanged."""
+    import hashlib
+
+    import polars_hash as plh
+
+    import guiji.channels as channels
+
+    frame = pl.DataFrame({"a": [f"v{i}" if i % 7 else None for i in range(11)], "b": [str(i) for i in range(11)]})
+    rows = frame.select(plh.concat_str([pl.when(pl.col(c).is_null()).then(pl.lit("\x00N"))
+                                       .otherwise(pl.lit("\x00V") + pl.col(c)) for c in frame.columns],
+                                      separator="\x1f").chash.sha2_256()).to_series().to_list()
+    whole = hashlib.sha256("".join(rows).encode()).hexdigest()
+    for size in (1, 3, 4, 11, 100):
+        monkeypatch.setattr(channels, "DIGEST_SLICE_ROWS", size)
+        assert frame_digest(frame) == whole
+
+
 def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat, tmp_path: Path) -> None:
     import sqlalchemy as sa
 

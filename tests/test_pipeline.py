@@ -197,6 +197,54 @@ def test_one_pass_collect_writes_what_ingest_then_standardize_write(warehouse: W
     assert _without_receipt_time(dump(warehouse)) == separate
 
 
+def _rule_results(wh: Warehouse) -> list[tuple]:
+    with wh.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            f"SELECT batch_id, rule_id, evaluated, failed, gx_evaluated, gx_failed FROM {wh.qualified('quality', 'rule_results')}"
+        )).fetchall()
+    return sorted(tuple(r) for r in rows)
+
+
+def test_a_batch_standardised_in_slices_is_the_batch_standardised_at_once(warehouse: Warehouse, city,
+                                                                          tmp_path: Path) -> None:
+    """A batch larger than ``chunk_rows`` is standardised, validated by GX and written a slice at a
+    time: the std rows, quarantine, reconciliation, failing records and both engines' rule counts are
+    those of the batch at once — a key delivered twice in two spellings is still found (each key's
+    copies share a slice), a row without a key is quarantined, an old 15-digit ID still converted."""
+    cat, landing = city
+    citykit.deliver_day1(landing, DAY1)
+    people = [[citykit.id_number("370202", f"1980{m:02d}{d:02d}", 10 + d), f"人{m}{d}", "M" if d % 2 else "F",
+               f"1980{m:02d}{d:02d}"] for m in (1, 2, 3) for d in (1, 2, 3, 4)]
+    people.append([f" {people[5][0]} ", "重复", "F", people[5][3]])  # people[5]'s key again, spelt with spaces
+    people.append(["", "无号", "M", "19800101"])
+    people.append([people[2][0], "又一个", "M", people[2][3]])
+    people.append(["370202800101111", "旧号", "M", "19800101"])  # 15 digits
+    people[7][3] = "1980-13-45"  # no such date
+    people[8][2] = "F" if people[8][2] == "M" else "M"  # a sex the ID number contradicts (a warning rule)
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"],
+                      people)
+
+    def night(chunk_rows: int, docs: Path) -> dict:
+        outs = {r.id: collect(warehouse, cat, r, DAY1, landing, variables=os.environ, docs=docs,
+                              chunk_rows=chunk_rows)[1] for r in cat.resources}
+        return {"tables": _without_receipt_time(dump(warehouse)), "rules": _rule_results(warehouse),
+                "outs": {k: (o.delivered, o.accepted, o.quarantined, o.result.converted_id15, o.gx_counts,
+                             o.result.rule_counts.to_dicts()) for k, o in outs.items()},
+                "pages": {k: Path(o.data_docs).exists() for k, o in outs.items() if o.data_docs}}
+
+    whole = night(1000, tmp_path / "whole")
+    _clear(warehouse)
+    sliced = night(2, tmp_path / "sliced")
+    assert sliced == whole
+    res = cat.resource("huzheng_renkou")
+    delivered, accepted, quarantined, id15, gx, counts = sliced["outs"][res.id]
+    assert (delivered, accepted, quarantined, id15) == (len(people), len(people) - 6, 6, 1)
+    unique = next(c for c in counts if c["kind"] == "unique")
+    assert unique["failed"] == 4 and gx[unique["rule_id"]][1] == 4
+    assert any(c["failed"] == 1 and c["kind"] == "id_gender" for c in counts)
+    assert all(sliced["pages"].values()) and sliced["pages"]
+
+
 def test_a_failed_ods_write_in_the_one_pass_step_writes_no_std_rows(warehouse: Warehouse, city, monkeypatch) -> None:
     import guiji.std as std_mod
 
@@ -227,16 +275,16 @@ def test_a_crash_after_the_ods_commit_is_finished_by_the_next_run(warehouse: War
         expected[r.id] = standardize_batch(warehouse, cat, r, DAY1)
     before = dump(warehouse)
     _clear(warehouse)
-    real_write = std_mod._write
+    real_store = std_mod.store_results
 
     def crash(*args, **kwargs):
-        raise RuntimeError("killed between the ODS and the std transaction")
+        raise RuntimeError("killed between the ODS and the std commit")
 
-    monkeypatch.setattr(std_mod, "_write", crash)
+    monkeypatch.setattr(std_mod, "store_results", crash)
     with pytest.raises(RuntimeError):
         collect(warehouse, cat, res, DAY1, landing)
     assert warehouse.exists("ods", res.id) and not warehouse.exists("std", res.id)
-    monkeypatch.setattr(std_mod, "_write", real_write)
+    monkeypatch.setattr(std_mod, "store_results", real_store)
     for r in cat.resources:
         received, out = collect(warehouse, cat, r, DAY1, landing, variables=os.environ)
         assert out.accepted == expected[r.id].accepted and out.quarantined == expected[r.id].quarantined
