@@ -46,11 +46,18 @@ from assets.keys import Layer, base_key, label_kinds, labelled, ods_key, owner, 
 from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
 from catalog.models import Labelled, OutputKind, Sensitivity
-from desensitize.export import ExportFiles, read_open_csv, write_open_export
-from desensitize.kanon import KAnonymity, smallest_group
+from desensitize.export import ExportFiles, write_open_export_pages
+from desensitize.kanon import KAnonymity
 from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
 from desensitize.lookup import ValueSet
-from desensitize.masking import SHARE_CHUNK_ROWS, MaskedOutput, MissingKeyError, mask_snapshot, with_row_hash
+from desensitize.masking import (
+    SHARE_CHUNK_ROWS,
+    MaskedOutput,
+    MissingKeyError,
+    mask_snapshot,
+    open_pages,
+    with_row_hash,
+)
 from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
 from warehouse.base import VALID_FROM, VALID_TO, base_schema, merges_digest, valid_on
@@ -184,10 +191,12 @@ class ShareBuild:
     table_as_of: dt.date | None = None
     notes: list[str] = field(default_factory=list)
     mode: BuildMode = BuildMode.full
+    preview: pl.DataFrame | None = None  # an open release's first rows as published (sorted)
 
     @property
     def frame(self) -> pl.DataFrame:
-        return self.masked.frame
+        """The output's first rows (the preview's): as published for an open release, else as built."""
+        return self.preview if self.preview is not None else self.masked.frame
 
 
 def _current_columns(conn: sa.Connection, table: sa.Table) -> list[str] | None:
@@ -260,12 +269,16 @@ def build_share_output(
                     mode = BuildMode.incremental
             if masked is None:
                 diff = _Diff(wh, conn, table)
+        release = open_root is not None and policy.kind == OutputKind.open
+        staged = _Staged(wh, conn, policy) if release and older else None
         if masked is None:
             for part in _masked_parts(wh, read, policy, as_of, key, real_ids, chunk_rows):
                 if diff is not None:
                     frame = with_row_hash(part.frame)
                     for i in range(0, max(frame.height, 1), chunk_rows):
                         diff.add(frame.slice(i, chunk_rows))
+                if staged is not None:
+                    staged.add(part.frame)
                 masked = part if masked is None else masked.followed_by(part, chunk_rows)
         assert masked is not None
         build = ShareBuild(policy, as_of, BuildAction.unchanged, masked, key_id=key_id, table_as_of=stored_as_of,
@@ -294,9 +307,51 @@ def build_share_output(
             "key_id": key_id, "policy": fingerprint, "built_at": dt.datetime.now(),
             "mode": None if older else build.mode.value,
         }], schema=BUILD_LOG_SCHEMA))
-    if policy.kind == OutputKind.open and open_root is not None:
-        build.files = write_open_export(policy, catalogue, masked.frame, open_root, as_of)
+        if release:
+            assert open_root is not None
+            # the release as the table (or, for an older date, the staged rows) holds it, sorted by the
+            # values shown, read in pages in this transaction; the preview is its first rows
+            source = staged.name if staged is not None else wh.qualified("share", policy.name)
+            pages = _sorted_release(wh, conn, policy, source, chunk_rows)
+            first: list[pl.DataFrame] = []
+
+            def keep_first(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+                for f in frames:
+                    if not first:
+                        first.append(f.head(chunk_rows))
+                    yield f
+
+            build.files = write_open_export_pages(policy, catalogue, keep_first(pages), masked.rows_out, open_root,
+                                                  as_of)
+            build.preview = first[0] if first else masked.frame.clear()
     return build
+
+
+class _Staged:
+    """An open release for an older date than the table's (not written to the table): its rows in a
+    temporary table of the transaction, to be exported sorted like the table's."""
+
+    def __init__(self, wh: Warehouse, conn: sa.Connection, policy: OutputPolicy) -> None:
+        self.wh, self.conn = wh, conn
+        self.name = wh.temp_table(conn, "gongshu_share_release", pl.DataFrame(schema=policy.schema()))
+        self.table = sa.Table("gongshu_share_release", sa.MetaData(),
+                              *[sa.Column(n, sql_type(t)) for n, t in policy.schema().items()])
+
+    def add(self, frame: pl.DataFrame) -> None:
+        if frame.height:
+            self.wh.insert(self.conn, self.table, frame)
+
+
+def _sorted_release(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, source: str,
+                    chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """The rows of an open release from ``source`` in pages, sorted by the values shown, column by column
+    (text by its bytes, as polars sorts it: ``COLLATE "C"`` on PostgreSQL, SQLite's own; nulls last) —
+    the order says nothing about the suppressed key."""
+    schema = policy.schema()
+    collate = ' COLLATE "C"' if wh.is_postgres else ""
+    order = ", ".join(f"{wh.quote(n)}{collate if t == pl.String else ''} NULLS LAST" for n, t in schema.items())
+    query = f"SELECT {', '.join(wh.quote(n) for n in schema)} FROM {source} ORDER BY {order}"
+    yield from wh.read_pages(conn, query, dict(schema), chunk_rows)
 
 
 @contextmanager
@@ -314,12 +369,15 @@ def _snapshot_reader(wh: Warehouse, conn: sa.Connection) -> Iterator[sa.Connecti
 
 def _masked_parts(wh: Warehouse, conn: sa.Connection, policy: OutputPolicy, as_of: dt.date,
                   key: PseudonymKey | None, real_ids: ValueSet | None, chunk_rows: int) -> Iterator[MaskedOutput]:
-    """The masked output page by page (an open output: in one piece, k-anonymity needs every row)."""
+    """The masked output page by page. An open output's base rows are read twice, in pages: once for
+    the quasi-identifiers' group sizes, once to mask them (:func:`desensitize.masking.open_pages`)."""
     pages = snapshot_pages(wh, conn, policy, as_of, chunk_rows)
-    if policy.kind == OutputKind.open:
-        pages = iter([pl.concat(list(pages))])
-    for page in pages:
-        yield mask_snapshot(policy, page, as_of=as_of, key=key, real_ids=real_ids)
+    if policy.kind != OutputKind.open:
+        for page in pages:
+            yield mask_snapshot(policy, page, as_of=as_of, key=key, real_ids=real_ids)
+        return
+    yield from open_pages(policy, pages, snapshot_pages(wh, conn, policy, as_of, chunk_rows), as_of=as_of, key=key,
+                          real_ids=real_ids)
 
 
 def _incremental_from(wh: Warehouse, read: sa.Connection, policy: OutputPolicy, state, key_id: str | None,
@@ -520,7 +578,7 @@ def leak_findings(wh: Warehouse, catalogue: Catalogue, build: ShareBuild,
     typed = [c for c, t in build.policy.schema().items() if t != pl.String]
     findings = scan_table(wh, "share", build.policy.name, needles, public, page_rows=chunk_rows)
     for path in build.files.all() if build.files else []:
-        findings += scan_file(path, needles, public, typed)
+        findings += scan_file(path, needles, public, typed, page_rows=chunk_rows)
     for where, (text, columns) in texts.items():
         findings += scan_text(text, needles, where, columns)
     return findings, needles
@@ -546,11 +604,14 @@ def kanon_check(build: ShareBuild) -> AssetCheckResult:
     policy = build.policy
     k = build.masked.kanon or KAnonymity(policy.k, policy.quasi_identifiers)
     qis = policy.quasi_identifiers
-    if build.files is None:
-        published = build.frame.select(qis) if qis else build.frame
-    else:
-        published = read_open_csv(build.files.csv, policy)
-    smallest = smallest_group(published, qis) if qis else None
+    if build.files is None:  # not exported: what the build counted
+        rows, smallest = build.masked.rows_out, k.smallest_group
+    else:  # the groups of the file as a user reads it, counted by polars' streaming engine
+        sizes = pl.scan_csv(build.files.csv, infer_schema=False).group_by(qis or pl.lit(1)).agg(
+            pl.len().alias("n")).select(pl.col("n").sum().alias("rows"), pl.col("n").min().alias("smallest")).collect(
+            engine="streaming")
+        rows, smallest = int(sizes.item(0, "rows") or 0), sizes.item(0, "smallest")
+    smallest = smallest if qis else None
     passed = smallest is None or smallest >= policy.k
     return AssetCheckResult(
         check_name="k_anonymity",
@@ -560,7 +621,7 @@ def kanon_check(build: ShareBuild) -> AssetCheckResult:
         metadata={
             "k": policy.k,
             "准标识符": ", ".join(qis) or "无",
-            "发布行数": published.height,
+            "发布行数": rows,
             "最小组行数": smallest if smallest is not None else 0,
             "组数": k.groups,
             "进一步泛化行数": k.generalised,

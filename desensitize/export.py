@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +86,24 @@ def data_dictionary(policy: OutputPolicy, catalogue: Catalogue, columns: list[st
     return pl.DataFrame(rows, schema=DICTIONARY_COLUMNS, orient="row")
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+class _Replacing:
+    """A file written under a temporary name and renamed into place when complete (never half there)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.tmp = path, path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.file = self.tmp.open("wb")
+
+    def write(self, text: str) -> None:
+        self.file.write(text.encode("utf-8"))
+
+    def done(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_open_export(
@@ -100,23 +114,56 @@ def write_open_export(
     as_of: dt.date,
 ) -> ExportFiles:
     """Write the three files of one open release; returns their paths."""
+    return write_open_export_pages(policy, catalogue, [frame], frame.height, root, as_of)
+
+
+def write_open_export_pages(
+    policy: OutputPolicy,
+    catalogue: Catalogue,
+    pages: Iterable[pl.DataFrame],
+    rows: int,
+    root: Path,
+    as_of: dt.date,
+) -> ExportFiles:
+    """:func:`write_open_export` of the release given in pages (in the order published; ``rows`` in all):
+    the same bytes, written a page at a time."""
     paths = export_paths(root, policy, as_of)
-    dictionary = data_dictionary(policy, catalogue, frame.columns)
-    # CSV is opened in spreadsheets: text cells that would start a formula get a leading quote
-    _write(paths.csv, spreadsheet_safe(frame).write_csv(date_format="%Y-%m-%d").encode("utf-8"))
-    _write(paths.dictionary, spreadsheet_safe(dictionary).write_csv().encode("utf-8"))
+    columns = list(policy.schema())
+    dictionary = data_dictionary(policy, catalogue, columns)
     head = {
         "dataset": policy.name,
         "title": policy.label,
         "as_of": as_of.isoformat(),
-        "rows": frame.height,
+        "rows": rows,
         "k": policy.k,
         "quasi_identifiers": policy.quasi_identifiers,
         "fields": dictionary.to_dicts(),
     }
     text = json.dumps(head, ensure_ascii=False, indent=1)
-    records = frame.write_json() if frame.height else "[]"
-    _write(paths.json, (text[:-2] + ',\n "records": ' + records + "\n}\n").encode("utf-8"))
+    csv, js = _Replacing(paths.csv), _Replacing(paths.json)
+    try:
+        js.write(text[:-2] + ',\n "records": [')
+        header, first = True, True
+        for page in pages:
+            if header or page.height:
+                # CSV is opened in spreadsheets: text cells that would start a formula get a leading quote
+                csv.write(spreadsheet_safe(page).write_csv(date_format="%Y-%m-%d", include_header=header))
+                header = False
+            if page.height:
+                js.write(("" if first else ",") + page.write_json()[1:-1])
+                first = False
+        if header:  # no pages: the header alone
+            csv.write(pl.DataFrame(schema=policy.schema()).write_csv())
+        js.write("]\n}\n")
+    except BaseException:
+        csv.abandon()
+        js.abandon()
+        raise
+    csv.done()
+    js.done()
+    dict_file = _Replacing(paths.dictionary)
+    dict_file.write(spreadsheet_safe(dictionary).write_csv())
+    dict_file.done()
     return paths
 
 

@@ -58,82 +58,133 @@ def k_anonymise(frame: pl.DataFrame, ladders: dict[str, Ladder], k: int) -> tupl
     """Publishable rows: the quasi-identifier columns of ``frame`` (raw values) replaced by their
     generalised forms so that every group has ≥ k rows; rows that cannot be made so are removed.
 
-    Other columns pass through unchanged. Row order is kept.
-
-    Rows in groups of ≥ k at the policy's own level are settled in one pass over the whole frame;
-    every later round works only on the rows still unsettled (a few percent), counting their groups
-    together with the settled rows that show the same values.
+    Other columns pass through unchanged. Row order is kept. (:class:`KAnonymiser` with one page.)
     """
-    qis = list(ladders)
-    report = KAnonymity(k=k, quasi_identifiers=qis, rows_in=frame.height)
-    if not qis or frame.height == 0:
-        report.rows_out = frame.height
+    if not ladders or frame.height == 0:
+        qis = list(ladders)
+        report = KAnonymity(k=k, quasi_identifiers=qis, rows_in=frame.height, rows_out=frame.height)
         report.smallest_group = smallest_group(frame, qis) if qis else (frame.height or None)
         report.groups = 0 if frame.height == 0 else (group_sizes(frame, qis).height if qis else 1)
         return frame, report
+    anon = KAnonymiser(ladders, k)
+    indexed = frame.with_row_index("__kanon_row")
+    anon.count(indexed)
+    settled, held = anon.split(indexed)
+    rest, report = anon.finish(held)
+    return pl.concat([settled, rest]).sort("__kanon_row").drop("__kanon_row"), report
 
-    top = {q: len(ladders[q]) - 1 for q in qis}
-    level = {q: f"__{q}#level" for q in qis}
-    raw = {q: f"__{q}#raw" for q in qis}
-    shown = frame.select([ladders[q][0](pl.col(q)).cast(pl.String).alias(q) for q in qis])
-    first = shown.select(pl.len().over(qis).alias("n")).get_column("n") >= k
-    settled = shown.filter(first).group_by(qis).agg(pl.len().alias("n"))
-    work = (
-        shown.with_row_index("__row")
-        .with_columns([frame.get_column(q).alias(raw[q]) for q in qis])
-        .filter(~first)
-        .with_columns([pl.lit(0, pl.Int8).alias(level[q]) for q in qis])
-    )
-    done: list[pl.DataFrame] = []
 
-    def display(q: str) -> pl.Expr:
-        expr = pl.when(pl.col(level[q]) == 0).then(ladders[q][0](pl.col(raw[q])).cast(pl.String))
-        for i in range(1, len(ladders[q])):
-            expr = expr.when(pl.col(level[q]) == i).then(ladders[q][i](pl.col(raw[q])).cast(pl.String))
-        return expr.alias(q)
+class KAnonymiser:
+    """:func:`k_anonymise` over a frame given a page at a time, in three passes over the pages:
 
-    while work.height:
-        mine = work.group_by(qis).agg(pl.len().alias("mine"))
-        counts = mine.join(settled, on=qis, how="left", nulls_equal=True).select(
-            *qis, (pl.col("mine") + pl.col("n").fill_null(0)).alias("total"))
-        work = work.join(counts, on=qis, how="left", nulls_equal=True, maintain_order="left")
-        ok = work.filter(pl.col("total") >= k).drop("total")
-        work = work.filter(pl.col("total") < k).drop("total")
-        if ok.height:
-            done.append(ok)
-            settled = pl.concat([settled, ok.group_by(qis).agg(pl.len().alias("n"))]).group_by(
-                qis).agg(pl.col("n").sum())
-        candidates = []
-        for q in qis:
-            below = work.filter(pl.col(level[q]) < top[q])
-            if below.height:
-                candidates.append((below.get_column(q).n_unique(), -qis.index(q), q))
-        if not candidates:
-            break  # every quasi-identifier of these rows is already suppressed
-        q = max(candidates)[2]
-        work = work.with_columns(
-            pl.when(pl.col(level[q]) < top[q]).then(pl.col(level[q]) + 1).otherwise(pl.col(level[q])).alias(level[q])
-        ).with_columns(display(q))
+    1. :meth:`count` every page: the size of each group at the policy's own level (one row per group);
+    2. :meth:`split` every page: the rows of groups of ≥ k are settled (published at the policy's
+       level, as they come), the others held back (a few percent);
+    3. :meth:`finish` the held rows: generalised round by round, counting their groups together with
+       the settled rows that show the same values, until every group has k rows (local recoding;
+       suppression of the rows that cannot get there).
 
-    report.suppressed = work.height
-    moved = pl.concat(done) if done else None
-    keep = pl.Series([True] * frame.height)
-    if report.suppressed:
-        keep = keep.scatter(work.get_column("__row"), False)
-    published_qis = shown
-    if moved is not None:
-        rows = moved.get_column("__row")
-        published_qis = shown.with_columns([shown.get_column(q).scatter(rows, moved.get_column(q)) for q in qis])
+    Settled pages and the finished rows together are what :func:`k_anonymise` gives for the pages
+    concatenated (in another row order), with the same report; no pass holds more than a page, the
+    group sizes and the held rows.
+    """
+
+    def __init__(self, ladders: dict[str, Ladder], k: int) -> None:
+        self.ladders, self.k, self.qis = ladders, k, list(ladders)
+        self.sizes: pl.DataFrame | None = None  # group → rows, at the policy's level
+        self.rows_in = 0
+        self.first = 0  # rows settled by split
+
+    def _shown(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.select([self.ladders[q][0](pl.col(q)).cast(pl.String).alias(q) for q in self.qis])
+
+    def count(self, page: pl.DataFrame) -> None:
+        self.rows_in += page.height
+        if not self.qis:
+            return
+        sizes = self._shown(page).group_by(self.qis).agg(pl.len().alias("n"))
+        self.sizes = sizes if self.sizes is None else pl.concat([self.sizes, sizes]).group_by(self.qis).agg(
+            pl.col("n").sum())
+
+    def _settled_sizes(self) -> pl.DataFrame:
+        sizes = self.sizes if self.sizes is not None else pl.DataFrame(schema={**{q: pl.String for q in self.qis},
+                                                                               "n": pl.UInt32})
+        return sizes.filter(pl.col("n") >= self.k)
+
+    def split(self, page: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(the page's settled rows, quasi-identifiers shown at the policy's level; its rows held back, raw)."""
+        if not self.qis:  # nothing to group by: every row is published as it is
+            self.first += page.height
+            return page, page.clear()
+        shown = self._shown(page)
+        n = shown.join(self._settled_sizes(), on=self.qis, how="left", nulls_equal=True,
+                       maintain_order="left").get_column("n")
+        first = n.is_not_null()
+        self.first += int(first.sum())
+        return page.with_columns(shown).filter(first), page.filter(~first)
+
+    def finish(self, held: pl.DataFrame) -> tuple[pl.DataFrame, KAnonymity]:
+        """The held rows generalised (those that cannot reach k removed), and the report of the whole."""
+        qis, k, ladders = self.qis, self.k, self.ladders
+        report = KAnonymity(k=k, quasi_identifiers=qis, rows_in=self.rows_in)
+        if not qis:
+            report.rows_out, report.groups = self.first, 1 if self.first else 0
+            report.smallest_group = self.first or None
+            return held, report
+        top = {q: len(ladders[q]) - 1 for q in qis}
+        level = {q: f"__{q}#level" for q in qis}
+        raw = {q: f"__{q}#raw" for q in qis}
+        settled = self._settled_sizes()
+        work = (held.with_row_index("__held")
+                .with_columns([pl.col(q).alias(raw[q]) for q in qis])
+                .with_columns(self._shown(held))
+                .with_columns([pl.lit(0, pl.Int8).alias(level[q]) for q in qis]))
+        done: list[pl.DataFrame] = []
+
+        def display(q: str) -> pl.Expr:
+            expr = pl.when(pl.col(level[q]) == 0).then(ladders[q][0](pl.col(raw[q])).cast(pl.String))
+            for i in range(1, len(ladders[q])):
+                expr = expr.when(pl.col(level[q]) == i).then(ladders[q][i](pl.col(raw[q])).cast(pl.String))
+            return expr.alias(q)
+
+        while work.height:
+            mine = work.group_by(qis).agg(pl.len().alias("mine"))
+            counts = mine.join(settled, on=qis, how="left", nulls_equal=True).select(
+                *qis, (pl.col("mine") + pl.col("n").fill_null(0)).alias("total"))
+            work = work.join(counts, on=qis, how="left", nulls_equal=True, maintain_order="left")
+            ok = work.filter(pl.col("total") >= k).drop("total")
+            work = work.filter(pl.col("total") < k).drop("total")
+            if ok.height:
+                done.append(ok)
+                settled = pl.concat([settled, ok.group_by(qis).agg(pl.len().alias("n"))]).group_by(
+                    qis).agg(pl.col("n").sum())
+            candidates = []
+            for q in qis:
+                below = work.filter(pl.col(level[q]) < top[q])
+                if below.height:
+                    candidates.append((below.get_column(q).n_unique(), -qis.index(q), q))
+            if not candidates:
+                break  # every quasi-identifier of these rows is already suppressed
+            q = max(candidates)[2]
+            work = work.with_columns(
+                pl.when(pl.col(level[q]) < top[q]).then(pl.col(level[q]) + 1).otherwise(pl.col(level[q])).alias(
+                    level[q])
+            ).with_columns(display(q))
+
+        report.suppressed = work.height
+        helper = ["__held", *raw.values(), *level.values()]
+        moved = pl.concat(done) if done else work.clear()
         report.generalised = moved.filter(pl.any_horizontal([pl.col(level[q]) > 0 for q in qis])).height
         for q in qis:
+            if not done:
+                report.levels[q] = {0: self.first}
+                continue
             by_level = dict(moved.group_by(level[q]).len().iter_rows())
-            by_level[0] = by_level.get(0, 0) + int(first.sum())
+            by_level[0] = by_level.get(0, 0) + self.first
             report.levels[q] = {int(lv): int(n) for lv, n in sorted(by_level.items()) if n}
-    else:
-        report.levels = {q: {0: int(first.sum())} for q in qis}
-    published = frame.with_columns(published_qis).filter(keep)
-    report.rows_out = published.height
-    sizes = group_sizes(published, qis)
-    report.groups = sizes.height
-    report.smallest_group = int(sizes.get_column("n").min()) if sizes.height else None
-    return published, report
+        published = moved.sort("__held").drop(helper)
+        report.rows_out = self.first + published.height
+        sizes = settled  # the settled groups and every group the held rows joined, at their final values
+        report.groups = sizes.height
+        report.smallest_group = int(sizes.get_column("n").min()) if sizes.height else None
+        return published, report

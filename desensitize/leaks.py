@@ -29,15 +29,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import ijson
 import polars as pl
 import sqlalchemy as sa
+from ijson.common import ObjectBuilder
 
 from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
@@ -459,39 +460,78 @@ def _json_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> Non
         out.setdefault((key, number), []).append(str(value))
 
 
+def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[str],
+               page_rows: int | None) -> list[Finding]:
+    """A JSON file read as it is parsed (ijson): the records (``{"records": [...]}`` or a top-level
+    list) ``page_rows`` at a time — flat records (what the open-data export writes) as a frame, JSON
+    numbers compared exactly, a key whose values mix numbers and text read as text; records with
+    nested values by the row rules and as leaves (decided page by page: a file mixing both reads each
+    page as what it holds) — and every other value as a leaf, by its key."""
+    with path.open("rb") as f:
+        top = f.read(4096).lstrip()[:1]
+    items = "records.item" if top == b"{" else "item" if top == b"[" else None
+    parts: list[list[Finding]] = []
+    columns: dict[str, None] = {}
+    leaves: dict[tuple[str, bool], list[str]] = {}
+
+    def records(page: list) -> None:
+        if not page:
+            return
+        if not all(isinstance(r, dict) for r in page):
+            _json_leaves(page, "records" if items == "records.item" else "", leaves)
+            return
+        rows = pl.DataFrame(page, infer_schema_length=None, strict=False)
+        columns.update(dict.fromkeys(rows.columns))
+        if all(t.is_numeric() or t in (pl.String, pl.Boolean, pl.Null) for t in rows.dtypes):
+            exact = [c for c, t in rows.schema.items() if t.is_numeric()]
+            parts.append(scan_frame(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns, exact))
+        else:
+            parts.append(scan_rows(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns))
+            _json_leaves(page, "records" if items == "records.item" else "", leaves)
+
+    if items is not None:
+        with path.open("rb") as f:
+            page: list = []
+            for item in ijson.items(f, items, use_float=True):
+                page.append(item)
+                if page_rows is not None and len(page) >= page_rows:
+                    records(page)
+                    page = []
+            records(page)
+    rest = ObjectBuilder()
+    with path.open("rb") as f:  # everything but the records
+        for prefix, event, value in ijson.parse(f, use_float=True):
+            if items is None or (prefix != items and not prefix.startswith(items + ".")):
+                rest.event(event, value)
+    _json_leaves(getattr(rest, "value", None), "", leaves)
+    findings = merge_findings(parts, list(columns)) if parts else []
+    for (key, number), values in leaves.items():
+        name = key or "_"
+        findings += scan_frame(pl.DataFrame({name: values}), needles, loc, public_columns,
+                               exact_columns=[name] if number else ())
+    return findings
+
+
 def scan_file(path: Path, needles: Needles, public_columns: Iterable[str] = (),
-              exact_columns: Iterable[str] = ()) -> list[Finding]:
+              exact_columns: Iterable[str] = (), *, page_rows: int | None = None) -> list[Finding]:
     """Findings in one export/report file (CSV, JSON, Markdown/text/HTML, XLSX, .eml); others are not read.
 
     ``exact_columns``: CSV columns that hold numbers or dates (JSON numbers are known as such).
+    ``page_rows``: a CSV file's rows, a JSON file's records, read and scanned that many at a time
+    (findings put together as for one scan, :func:`merge_findings`); None: the whole file at once.
     """
     suffix = path.suffix.lower()
     loc = str(path)
     if suffix == ".csv":
-        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
-        return scan_frame(_unquoted(frame), needles, loc, public_columns, exact_columns)
+        if page_rows is None:
+            frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+            return scan_frame(_unquoted(frame), needles, loc, public_columns, exact_columns)
+        lazy = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+        parts = [scan_frame(_unquoted(frame), needles, loc, public_columns, exact_columns)
+                 for frame in lazy.collect_batches(chunk_size=page_rows)]
+        return merge_findings(parts, lazy.collect_schema().names())
     if suffix == ".json":
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        records = doc.get("records") if isinstance(doc, dict) else doc
-        rest = doc
-        findings: list[Finding] = []
-        if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
-            rows = pl.DataFrame(records, infer_schema_length=None, strict=False)
-            if all(t.is_numeric() or t in (pl.String, pl.Boolean, pl.Null) for t in rows.dtypes):
-                # flat records (what the open-data export writes): one frame, JSON numbers exact;
-                # a key whose values mix numbers and text is read as text (scanned the stricter way)
-                exact = [c for c, t in rows.schema.items() if t.is_numeric()]
-                findings += scan_frame(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns, exact)
-                rest = {k: v for k, v in doc.items() if k != "records"} if isinstance(doc, dict) else None
-            else:
-                findings += scan_rows(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns)
-        leaves: dict[tuple[str, bool], list[str]] = {}
-        _json_leaves(rest, "", leaves)
-        for (key, number), values in leaves.items():
-            name = key or "_"
-            findings += scan_frame(pl.DataFrame({name: values}), needles, loc, public_columns,
-                                   exact_columns=[name] if number else ())
-        return findings
+        return _scan_json(path, needles, loc, public_columns, page_rows)
     if suffix in TEXT_SUFFIXES:
         return scan_text(path.read_text(encoding="utf-8", errors="replace"), needles, loc, public_columns)
     if suffix == ".xlsx":

@@ -8,13 +8,14 @@ dropped). No storage here: ``assets/share.py`` reads the base and writes the sha
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from catalog.models import OutputKind
-from desensitize.kanon import KAnonymity, Ladder, k_anonymise
+from desensitize.kanon import KAnonymiser, KAnonymity, Ladder, k_anonymise
 from desensitize.lookup import ValueSet, member
 from desensitize.policy import (
     KEY_ID_COLUMN,
@@ -65,7 +66,7 @@ class MaskedOutput:
                    for c in dict.fromkeys([*self.fpe_dropped, *page.fpe_dropped])}
         take = page.frame.head(max(0, keep - self.frame.height)) if self.rows_after == 0 else page.frame.clear()
         return MaskedOutput(pl.concat([self.frame, take]), self.rows_in + page.rows_in,
-                            self.rows_selected + page.rows_selected, self.kanon, dropped,
+                            self.rows_selected + page.rows_selected, page.kanon or self.kanon, dropped,
                             self.rows_after + page.rows_out - take.height)
 
 
@@ -112,6 +113,21 @@ def mask_snapshot(
     (:class:`MissingKeyError` otherwise): published empty, the tokens would silently replace the
     ones consumers have joined on.
     """
+    page = mask_rows(policy, snapshot, as_of=as_of, key=key, real_ids=real_ids)
+    return anonymised(policy, page, as_of=as_of, key=key) if policy.kind == OutputKind.open else page
+
+
+def mask_rows(
+    policy: OutputPolicy,
+    snapshot: pl.DataFrame,
+    *,
+    as_of: dt.date,
+    key: PseudonymKey | None = None,
+    real_ids: pl.Series | ValueSet | None = None,
+) -> MaskedOutput:
+    """What :func:`mask_snapshot` does row by row, so a page at a time: the rows the class carries,
+    every column masked by its rule — an open output's quasi-identifiers left raw, in a frame not yet
+    in the output's types, for :func:`anonymised` over all the pages together."""
     if policy.keyed and key is None:
         raise MissingKeyError(policy)
     ctx = Context(as_of=as_of, key=key)
@@ -142,19 +158,60 @@ def mask_snapshot(
                 dropped[c.column] = int(hit.sum())
                 if dropped[c.column]:
                     out = out.with_columns(pl.when(hit).then(None).otherwise(pl.col(c.column)).alias(c.column))
+    if policy.kind != OutputKind.open:
+        out = out.select([pl.col(n).cast(t) for n, t in schema.items()])
+    return MaskedOutput(out, snapshot.height, rows.height, None, dropped)
 
-    report = None
-    if policy.kind == OutputKind.open:
-        ladders: dict[str, Ladder] = {}
-        for q in qis:
-            rungs = ladder(policy.column(q))
-            ladders[q] = [(lambda x, r=r: r.build(x, ctx)) for r in rungs] + [lambda x: pl.lit(None, pl.String)]
-        out, report = k_anonymise(out, ladders, policy.k)
-        # Row order must say nothing about the (suppressed) key: publish sorted by the values shown.
-        out = out.sort(out.columns, nulls_last=True)
 
-    out = out.select([pl.col(n).cast(t) for n, t in schema.items()])
-    return MaskedOutput(out, snapshot.height, rows.height, report, dropped)
+def open_ladders(policy: OutputPolicy, as_of: dt.date, key: PseudonymKey | None = None) -> dict[str, Ladder]:
+    """The k-anonymity ladder of each quasi-identifier of an open output, as expressions."""
+    ctx = Context(as_of=as_of, key=key)
+    ladders: dict[str, Ladder] = {}
+    for q in policy.quasi_identifiers:
+        rungs = ladder(policy.column(q))
+        ladders[q] = [(lambda x, r=r: r.build(x, ctx)) for r in rungs] + [lambda x: pl.lit(None, pl.String)]
+    return ladders
+
+
+def quasi_identifiers(policy: OutputPolicy, snapshot: pl.DataFrame) -> pl.DataFrame:
+    """The raw quasi-identifiers of the rows an open output carries (what :func:`mask_rows` leaves
+    raw in them): what :meth:`KAnonymiser.count` counts, without masking the rest."""
+    rows = _selected(policy, snapshot)
+    return rows.select(policy.quasi_identifiers) if policy.quasi_identifiers else rows.select(pl.first())
+
+
+def open_pages(policy: OutputPolicy, pages: Iterable[pl.DataFrame], again: Iterable[pl.DataFrame], *,
+               as_of: dt.date, key: PseudonymKey | None = None,
+               real_ids: pl.Series | ValueSet | None = None) -> Iterator[MaskedOutput]:
+    """An open output a page at a time from the base rows read twice, in pages (``pages``, then the
+    same rows again as ``again``): k-anonymised over every row (:class:`KAnonymiser`) with only a page,
+    the group sizes and the few rows to generalise further in memory. Yields each page's settled rows
+    as masked, then the rows generalised at the end — the last part carries the k-anonymity report.
+    The rows are in no particular order: the open files are written sorted by the values shown."""
+    anon = KAnonymiser(open_ladders(policy, as_of, key), policy.k)
+    for page in pages:
+        anon.count(quasi_identifiers(policy, page))
+    schema = policy.schema()
+    held: list[pl.DataFrame] = []
+    for page in again:
+        masked = mask_rows(policy, page, as_of=as_of, key=key, real_ids=real_ids)
+        settled, rest = anon.split(masked.frame)
+        held.append(rest)
+        yield MaskedOutput(settled.select([pl.col(n).cast(t) for n, t in schema.items()]), masked.rows_in,
+                           masked.rows_selected, None, masked.fpe_dropped)
+    rest, report = anon.finish(pl.concat(held))
+    yield MaskedOutput(rest.select([pl.col(n).cast(t) for n, t in schema.items()]), 0, 0, report)
+
+
+def anonymised(policy: OutputPolicy, pages: MaskedOutput, *, as_of: dt.date,
+               key: PseudonymKey | None = None) -> MaskedOutput:
+    """An open output from its rows masked by :func:`mask_rows`: k-anonymised over every row (a
+    quasi-identifier group spans the city) and sorted by the values shown."""
+    out, report = k_anonymise(pages.frame, open_ladders(policy, as_of, key), policy.k)
+    # Row order must say nothing about the (suppressed) key: publish sorted by the values shown.
+    out = out.sort(out.columns, nulls_last=True)
+    out = out.select([pl.col(n).cast(t) for n, t in policy.schema().items()])
+    return MaskedOutput(out, pages.rows_in, pages.rows_selected, report, pages.fpe_dropped)
 
 
 def with_row_hash(frame: pl.DataFrame) -> pl.DataFrame:

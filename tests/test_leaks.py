@@ -312,3 +312,37 @@ def test_rows_giving_a_person_back_are_found_in_a_large_table_of_repeated_values
     found = [(f.column, f.kind, f.count) for f in scan_frame(frame, PEOPLE_NEEDLES, "t")]
     assert ("id_number + birth_date", "id_rebuilt", 2) in found
     assert ("name + birth_date + district", "person_linked", 1) in found
+
+
+def test_a_file_scanned_in_pages_gives_what_one_scan_of_it_gives(tmp_path: Path) -> None:
+    """CSV rows and JSON records read and scanned a few at a time (an open release's files at city
+    scale): the same findings — counts added over the pages, the first page's sample, the row rules
+    across columns, the values around the records — as the file read whole."""
+    ids = [p[0] for p in PERSONS]
+    rows = pl.DataFrame({
+        "id": [*mask(ids, 6, 4), "11***", RAW_ID, "x", RAW_ID, "33***"],
+        "birth": [p[2] for p in PERSONS] + ["1990-01-01", "1990-01-02", "-", "1991-01-01", "1992-02-02"],
+        "name": ["欧**", "李丽", "王*", "张*", "欧阳娜娜", "李*", "赵*"],
+        "phone": ["138****5678", "13812345678", None, "13812345678", "-", "139****0000", "13812345678"],
+    })
+    rows.write_csv(tmp_path / "release.csv")
+    doc = {"dataset": "x", "contact": "13812345678", "rows": rows.height, "records": rows.to_dicts(),
+           "after": {"owner": RAW_ID}}
+    (tmp_path / "release.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "list.json").write_text(json.dumps(rows.to_dicts(), ensure_ascii=False), encoding="utf-8")
+    nested = {**doc, "records": [*doc["records"][:3], {"id": "x", "extra": {"note": RAW_ID}}, *doc["records"][3:]]}
+    (tmp_path / "nested.json").write_text(json.dumps(nested, ensure_ascii=False), encoding="utf-8")
+    needles = Needles.of(ids=[*ids, RAW_ID], mobiles=["13812345678"], names=[p[1] for p in PERSONS],
+                         people=[(p[0], p[1], p[4]) for p in PERSONS])
+    for name in ("release.csv", "release.json", "list.json"):
+        whole = scan_file(tmp_path / name, needles)
+        assert whole, name
+        for page_rows in (1, 2, 3, 100):
+            assert scan_file(tmp_path / name, needles, page_rows=page_rows) == whole, (name, page_rows)
+    # records with nested values are read as such page by page: a page of flat records as a frame, the
+    # page holding the nested one leaf by leaf — every raw identifier is found either way
+    whole = {(f.column, f.kind) for f in scan_file(tmp_path / "nested.json", needles)}
+    for page_rows in (1, 2, 3, 100):
+        paged = {(f.column, f.kind) for f in scan_file(tmp_path / "nested.json", needles, page_rows=page_rows)}
+        raw = {(c, k) for c, k in whole if k in ("id_number", "mobile", "name")}
+        assert raw <= paged, page_rows
