@@ -332,7 +332,10 @@ class Warehouse:
         sees what a later read of the table would return.
         """
         text_cols = [n for n, t in frame.schema.items() if t == pl.String]
-        if not self.is_postgres or not text_cols:
+        if not self.is_postgres or not text_cols or not frame.height:
+            return frame
+        # looked for first: rewriting every text column allocates it again, on every COPY
+        if not frame.select(pl.any_horizontal(pl.col(text_cols).str.contains("\x00", literal=True)).any()).item():
             return frame
         return frame.with_columns(pl.col(text_cols).str.replace_all("\x00", "", literal=True))
 
@@ -346,19 +349,23 @@ class Warehouse:
         the types of the table's columns (:func:`wire_type`).
         """
         cols = ", ".join(self.quote(n) for n in frame.columns)
-        arrow = self.stored(frame).select(
-            [_to_wire(pl.col(n), frame.schema[n], wire_type(table.c[n].type)).alias(n) for n in frame.columns]
-        ).to_arrow()
-        encoder = ArrowToPostgresBinaryEncoder(arrow.schema)
+        wire = [_to_wire(pl.col(n), frame.schema[n], wire_type(table.c[n].type)).alias(n) for n in frame.columns]
         dbapi = conn.connection.driver_connection
-        # A queued writer sends each block from a worker thread while the next one is encoded.
+        encoder = None
+        # A queued writer sends each block from a worker thread while the next one is encoded; the frame
+        # becomes Arrow a block at a time (a whole batch converted at once is a second copy of it).
         with dbapi.cursor() as cur, cur.copy(
             f"COPY {self._name(table)} ({cols}) FROM STDIN WITH (FORMAT binary)", writer=QueuedLibpqWriter(cur),
         ) as copy:
-            copy.write(encoder.write_header())
-            for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
-                copy.write(encoder.write_batch(batch))
-            copy.write(encoder.finish())
+            for i in range(0, frame.height, _COPY_CHUNK_ROWS):
+                arrow = self.stored(frame.slice(i, _COPY_CHUNK_ROWS)).select(wire).to_arrow()
+                if encoder is None:
+                    encoder = ArrowToPostgresBinaryEncoder(arrow.schema)
+                    copy.write(encoder.write_header())
+                for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
+                    copy.write(encoder.write_batch(batch))
+            if encoder is not None:
+                copy.write(encoder.finish())
 
     # --- bulk read ---------------------------------------------------------------------------
     def read(
