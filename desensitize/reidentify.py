@@ -250,14 +250,14 @@ class PeopleIndex:
 
     def __init__(self, people: pl.DataFrame) -> None:
         self.names = ValueSet(people.get_column("name"))
-        keyed = {
-            "region": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"),
-                                    pl.col("id").str.slice(0, 6).alias("place")),
-            "district": people.select("name", pl.col("id").str.slice(6, 8).alias("birth"),
-                                      pl.col("district").alias("place")),
-        }
-        self.unique = {k: v.drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
-                       for k, v in keyed.items()}
+        places = {"region": pl.col("id").str.slice(0, 6), "district": pl.col("district")}
+        # a person is an ID number: one person's versions (the same ID, name and place) count once,
+        # two persons sharing a name, a birth date and a place count twice (neither is pinned down)
+        self.unique = {
+            k: people.select("id", "name", pl.col("id").str.slice(6, 8).alias("birth"), place.alias("place"))
+            .drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
+            .select("name", "birth", "place")
+            for k, place in places.items()}
 
 
 def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set[str],

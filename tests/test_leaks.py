@@ -195,6 +195,22 @@ def test_a_name_birth_date_and_region_that_match_one_person_of_the_base_library_
             if f.kind == "person_linked"] == []
 
 
+def test_a_name_birth_date_and_region_shared_by_two_persons_pin_down_neither() -> None:
+    """Two persons (two ID numbers) with one name, birth date and region: a row showing those three
+    matches both, so it gives nobody back; one person's several versions still count as one."""
+    twins = [_id("330302", "19800101", 11), _id("330302", "19800101", 23)]
+    needles = Needles.of(ids=twins, names=["张伟"],
+                         people=[(twins[0], "张伟", "浙江省温州市鹿城区解放路1号"),
+                                 (twins[0], "张伟", "浙江省温州市瓯海区娄桥街道2号"),  # moved: a second version
+                                 (twins[1], "张伟", "浙江省温州市鹿城区五马街道3号")])
+    frame = pl.DataFrame({"name": ["张伟"], "birth": ["1980-01-01"], "region": ["330302"]})
+    assert [f for f in scan_frame(frame, needles, "t") if f.kind == "person_linked"] == []
+    by_district = pl.DataFrame({"name": ["张伟", "张伟"], "birth": ["1980-01-01"] * 2,
+                                "district": ["浙江省温州市鹿城区", "浙江省温州市瓯海区"]})
+    found = [f for f in scan_frame(by_district, needles, "t") if f.kind == "person_linked"]
+    assert [(f.column, f.count) for f in found] == [("name + birth + district", 1)]  # only 瓯海区: one person
+
+
 def test_values_in_markdown_code_spans_are_read_as_their_text() -> None:
     ids = [p[0] for p in PERSONS]
     text = ("| id | birth | name |\n|---|---|---|\n"
