@@ -223,11 +223,11 @@ class Needles:
 
     @classmethod
     def _from_parquet(cls, data: bytes) -> Needles:
-        rows = pl.read_parquet(io.BytesIO(data))
+        rows = pl.scan_parquet(io.BytesIO(data))  # each kind read on its own: never every kind at once, twice
 
         def values(kind: str) -> pl.Series:
-            return rows.filter(pl.col("kind") == kind).get_column("v").alias("v")
-        people = rows.filter(pl.col("kind") == "people").select(pl.col("v").alias("id"), "name", "district")
+            return rows.filter(pl.col("kind") == kind).select("v").collect().get_column("v")
+        people = rows.filter(pl.col("kind") == "people").select(pl.col("v").alias("id"), "name", "district").collect()
         return cls(values("ids"), values("mobiles"), values("names"), values("addresses"), people)
 
 

@@ -249,14 +249,14 @@ class PeopleIndex:
     and the (name, birth date, place) combinations that belong to exactly one person."""
 
     def __init__(self, people: pl.DataFrame) -> None:
-        self.names = ValueSet(people.get_column("name"))
+        self.names = ValueSet(people.get_column("name").unique())
         places = {"region": pl.col("id").str.slice(0, 6), "district": pl.col("district")}
         # a person is an ID number: one person's versions (the same ID, name and place) count once,
         # two persons sharing a name, a birth date and a place count twice (neither is pinned down)
         self.unique = {
-            k: people.select("id", "name", pl.col("id").str.slice(6, 8).alias("birth"), place.alias("place"))
+            k: people.lazy().select("id", "name", pl.col("id").str.slice(6, 8).alias("birth"), place.alias("place"))
             .drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
-            .select("name", "birth", "place")
+            .select("name", "birth", "place").collect(engine="streaming")
             for k, place in places.items()}
 
 
