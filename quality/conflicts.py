@@ -158,42 +158,71 @@ def _as_observations(conflicts: pl.DataFrame, matches: pl.DataFrame, batch_date:
     ], how="vertical_relaxed").cast(OBSERVATION_SCHEMA)
 
 
-def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date) -> ConsistencyRun:
+CONSISTENCY_CHUNK_KEYS = 200_000  # delivered entities compared at a time (the merge's GONGSHU_MERGE_CHUNK_KEYS in the job)
+
+
+def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date: dt.date,
+                              chunk_keys: int = CONSISTENCY_CHUNK_KEYS) -> ConsistencyRun:
     """Compare every non-authoritative copy delivered on ``batch_date`` with what the base library held
     that day, record the date's observations and fold the ledger rows they touch, all in one transaction.
 
     A backfill (dates after ``batch_date`` were merged already) checks those dates again in the same
     transaction, oldest first: what they showed can change with what ``batch_date`` delivered (an
     authority's value that holds on, a difference that a later match closes). A nightly run has no later
-    dates and checks one date; a backfill run newest first checks each later date again per date."""
+    dates and checks one date; a backfill run newest first checks each later date again per date.
+
+    The copies are compared about ``chunk_keys`` delivered entities at a time (:func:`_key_slices`),
+    the base library read for those entities only, and only the comparisons that may close a
+    difference kept between slices."""
     lib = catalogue.library(library)
     with wh.begin() as conn:
         wh.create(conn, observations_table(wh))
         wh.create(conn, conflicts_table(wh))
-        run = _check_date(wh, conn, catalogue, lib, batch_date)
+        run = _check_date(wh, conn, catalogue, lib, batch_date, chunk_keys)
         for day in sorted(d for d in merged_batches(wh, conn, library) if d > batch_date):
-            _check_date(wh, conn, catalogue, lib, day)
+            _check_date(wh, conn, catalogue, lib, day, chunk_keys)
         open_total = wh.scalar(conn, f"SELECT COUNT(*) FROM {wh.qualified('quality', CONFLICTS)} "
                                      "WHERE library = :l AND status = 'open'", {"l": library})
     run.changes.open_total = int(open_total or 0)
     return run
 
 
-def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date) -> ConsistencyRun:
+def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> list[list[tuple]]:
+    """``batches`` cut into ⌈entities / ``chunk_keys``⌉ slices by a hash of the entity key: every copy of
+    one entity (in every resource) is in the same slice, with the same resources in every slice."""
+    n = -(-sum(f.height for _, _, f in batches) // max(chunk_keys, 1))
+    if n <= 1:
+        return [batches]
+    parts = [(r, b, f, f.select((pl.struct(lib.key).hash(seed=29) % n).alias("p")).get_column("p"))
+             for r, b, f in batches]
+    return [[(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)]
+
+
+def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
+                chunk_keys: int = CONSISTENCY_CHUNK_KEYS) -> ConsistencyRun:
     """One date's comparison, observations and the ledger rows they touch (inside the caller's transaction)."""
     library = lib.code
-    observed = _observe(wh, conn, catalogue, lib, batch_date, _copy_batches(wh, conn, catalogue, lib, batch_date))
-    rates, found, compared = observed if observed is not None else (
-        pl.DataFrame(), pl.DataFrame(schema=CONFLICT_SCHEMA),
-        pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]}))
-    found = found.cast(CONFLICT_SCHEMA)
     obs_name = wh.qualified("quality", OBSERVATIONS)
     cols = ", ".join(wh.quote(c) for c in OBSERVATION_SCHEMA)
     known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
-    differed = pl.concat([known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY),
-                          found.select(IDENTITY)]).unique()
-    # a match is kept only for an identity that differed on some date: it may be what closes it
-    matches = compared.join(found, on=IDENTITY, how="anti").join(differed, on=IDENTITY, how="semi")
+    earlier = known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY)
+    rates, found_parts, match_parts = None, [], []
+    for part in _key_slices(lib, _copy_batches(wh, conn, catalogue, lib, batch_date), chunk_keys):
+        observed = _observe(wh, conn, catalogue, lib, batch_date, part)
+        if observed is None:
+            continue
+        slice_rates, found, compared = observed
+        found = found.cast(CONFLICT_SCHEMA)
+        # a match is kept only for an identity that differed on some date: it may be what closes it
+        # (an identity's comparisons and differences are all in one slice)
+        differed = pl.concat([earlier, found.select(IDENTITY)]).unique()
+        match_parts.append(compared.join(found, on=IDENTITY, how="anti").join(differed, on=IDENTITY, how="semi"))
+        found_parts.append(found)
+        rates = slice_rates if rates is None else rates.with_columns(  # the same resources and elements
+            pl.col("compared") + slice_rates.get_column("compared"), pl.col("matched") + slice_rates.get_column("matched"))
+    rates = rates if rates is not None else pl.DataFrame()
+    found = pl.concat(found_parts) if found_parts else pl.DataFrame(schema=CONFLICT_SCHEMA)
+    matches = pl.concat(match_parts) if match_parts else pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]})
     today = _as_observations(found, matches, batch_date)
     replaced = known.filter(pl.col("batch_date") == batch_date)
     conn.execute(sa.text(f"DELETE FROM {obs_name} WHERE library = :l AND batch_date = :d"), {"l": library, "d": batch_date})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from quality.conflicts import check_library_consistency, read_conflicts
 from quality.references import check_references
@@ -17,12 +18,15 @@ def conflicts(wh: Warehouse) -> pl.DataFrame:
         return read_conflicts(wh, conn, "people").sort("entity_key")
 
 
-def test_a_copy_that_differs_from_the_authority_is_a_conflict_until_fixed(warehouse: Warehouse, city) -> None:
+@pytest.mark.parametrize("chunk_keys", [200_000, 1])
+def test_a_copy_that_differs_from_the_authority_is_a_conflict_until_fixed(warehouse: Warehouse, city,
+                                                                          chunk_keys: int) -> None:
+    """(With ``chunk_keys`` 1 the copies are compared one entity at a time: the same rates, ticket and closing.)"""
     cat, landing = city
     citykit.deliver_day1(landing, DAY1)
     citykit.write_db(landing, [(PEOPLE[2][0], "赵钢", "13700000003", f"{DAY1} 09:00:00")])  # 户政 says 赵强
     run_day(warehouse, cat, landing, DAY1)
-    run = check_library_consistency(warehouse, cat, "people", DAY1)
+    run = check_library_consistency(warehouse, cat, "people", DAY1, chunk_keys)
     rate = run.rates.filter(pl.col("element") == "full_name").row(0, named=True)
     assert (rate["department"], rate["compared"], rate["matched"]) == ("shebao", 3, 2)
     c = conflicts(warehouse).row(0, named=True)
@@ -32,14 +36,14 @@ def test_a_copy_that_differs_from_the_authority_is_a_conflict_until_fixed(wareho
     assert run.changes.opened == 1
 
     # the same partition again: the same ticket, not a new one, not seen twice
-    again = check_library_consistency(warehouse, cat, "people", DAY1)
+    again = check_library_consistency(warehouse, cat, "people", DAY1, chunk_keys)
     assert again.changes.opened == 0 and conflicts(warehouse).height == 1
     assert conflicts(warehouse).get_column("times_seen").to_list() == [1]
 
     # day 2: the department re-delivers the entity with the authoritative name → closed by that batch
     citykit.write_db(landing, [(PEOPLE[2][0], "赵强", "13700000003", f"{DAY2} 09:00:00")])
     run_day(warehouse, cat, landing, DAY2)
-    fixed = check_library_consistency(warehouse, cat, "people", DAY2)
+    fixed = check_library_consistency(warehouse, cat, "people", DAY2, chunk_keys)
     c = conflicts(warehouse).row(0, named=True)
     assert fixed.changes.closed == 1
     assert (c["status"], c["closed_batch"], c["closed_date"]) == ("closed", "shebao_canbao.20261010.1", DAY2)
