@@ -333,9 +333,8 @@ class _Staged:
 
     def __init__(self, wh: Warehouse, conn: sa.Connection, policy: OutputPolicy) -> None:
         self.wh, self.conn = wh, conn
-        self.name = wh.temp_table(conn, "gongshu_share_release", pl.DataFrame(schema=policy.schema()))
-        self.table = sa.Table("gongshu_share_release", sa.MetaData(),
-                              *[sa.Column(n, sql_type(t)) for n, t in policy.schema().items()])
+        self.table = wh.temp(conn, "gongshu_share_release", pl.DataFrame(schema=policy.schema()))
+        self.name = wh.quote(self.table.name)
 
     def add(self, frame: pl.DataFrame) -> None:
         if frame.height:
@@ -487,8 +486,7 @@ class _Diff:
         self.inserted = 0
         self._temp("old", f"SELECT {self.h}, COUNT(*) AS n FROM {self.name} GROUP BY {self.h}")
         conn.execute(sa.text(f"CREATE INDEX {wh.quote('gongshu_share_old_h')} ON {self.old} ({self.h})"))
-        wh.temp_table(conn, "gongshu_share_new", pl.DataFrame(schema={ROW_HASH_COLUMN: pl.String()}))
-        self.new_table = sa.Table("gongshu_share_new", sa.MetaData(), sa.Column(ROW_HASH_COLUMN, sa.Text()))
+        self.new_table = wh.temp(conn, "gongshu_share_new", pl.DataFrame(schema={ROW_HASH_COLUMN: pl.String()}))
 
     def _temp(self, name: str, select: str) -> None:
         q = self.wh.quote(f"gongshu_share_{name}")

@@ -60,12 +60,8 @@ def k_anonymise(frame: pl.DataFrame, ladders: dict[str, Ladder], k: int) -> tupl
 
     Other columns pass through unchanged. Row order is kept. (:class:`KAnonymiser` with one page.)
     """
-    if not ladders or frame.height == 0:
-        qis = list(ladders)
-        report = KAnonymity(k=k, quasi_identifiers=qis, rows_in=frame.height, rows_out=frame.height)
-        report.smallest_group = smallest_group(frame, qis) if qis else (frame.height or None)
-        report.groups = 0 if frame.height == 0 else (group_sizes(frame, qis).height if qis else 1)
-        return frame, report
+    if frame.height == 0:
+        return frame, KAnonymity(k=k, quasi_identifiers=list(ladders))
     anon = KAnonymiser(ladders, k)
     indexed = frame.with_row_index("__kanon_row")
     anon.count(indexed)

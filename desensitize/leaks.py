@@ -470,6 +470,7 @@ def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[
     with path.open("rb") as f:
         top = f.read(4096).lstrip()[:1]
     items = "records.item" if top == b"{" else "item" if top == b"[" else None
+    under = "records" if items == "records.item" else ""  # the key a record's leaves are found under
     parts: list[list[Finding]] = []
     columns: dict[str, None] = {}
     leaves: dict[tuple[str, bool], list[str]] = {}
@@ -478,7 +479,7 @@ def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[
         if not page:
             return
         if not all(isinstance(r, dict) for r in page):
-            _json_leaves(page, "records" if items == "records.item" else "", leaves)
+            _json_leaves(page, under, leaves)
             return
         rows = pl.DataFrame(page, infer_schema_length=None, strict=False)
         columns.update(dict.fromkeys(rows.columns))
@@ -487,7 +488,7 @@ def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[
             parts.append(scan_frame(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns, exact))
         else:
             parts.append(scan_rows(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns))
-            _json_leaves(page, "records" if items == "records.item" else "", leaves)
+            _json_leaves(page, under, leaves)
 
     if items is not None:
         with path.open("rb") as f:

@@ -159,8 +159,13 @@ def mask_rows(
                 if dropped[c.column]:
                     out = out.with_columns(pl.when(hit).then(None).otherwise(pl.col(c.column)).alias(c.column))
     if policy.kind != OutputKind.open:
-        out = out.select([pl.col(n).cast(t) for n, t in schema.items()])
+        out = _typed(policy, out)
     return MaskedOutput(out, snapshot.height, rows.height, None, dropped)
+
+
+def _typed(policy: OutputPolicy, frame: pl.DataFrame) -> pl.DataFrame:
+    """The output's columns in their published types."""
+    return frame.select([pl.col(n).cast(t) for n, t in policy.schema().items()])
 
 
 def open_ladders(policy: OutputPolicy, as_of: dt.date, key: PseudonymKey | None = None) -> dict[str, Ladder]:
@@ -173,13 +178,6 @@ def open_ladders(policy: OutputPolicy, as_of: dt.date, key: PseudonymKey | None 
     return ladders
 
 
-def quasi_identifiers(policy: OutputPolicy, snapshot: pl.DataFrame) -> pl.DataFrame:
-    """The raw quasi-identifiers of the rows an open output carries (what :func:`mask_rows` leaves
-    raw in them): what :meth:`KAnonymiser.count` counts, without masking the rest."""
-    rows = _selected(policy, snapshot)
-    return rows.select(policy.quasi_identifiers) if policy.quasi_identifiers else rows.select(pl.first())
-
-
 def open_pages(policy: OutputPolicy, pages: Iterable[pl.DataFrame], again: Iterable[pl.DataFrame], *,
                as_of: dt.date, key: PseudonymKey | None = None,
                real_ids: pl.Series | ValueSet | None = None) -> Iterator[MaskedOutput]:
@@ -190,17 +188,15 @@ def open_pages(policy: OutputPolicy, pages: Iterable[pl.DataFrame], again: Itera
     The rows are in no particular order: the open files are written sorted by the values shown."""
     anon = KAnonymiser(open_ladders(policy, as_of, key), policy.k)
     for page in pages:
-        anon.count(quasi_identifiers(policy, page))
-    schema = policy.schema()
+        anon.count(_selected(policy, page))  # only the quasi-identifiers are looked at
     held: list[pl.DataFrame] = []
     for page in again:
         masked = mask_rows(policy, page, as_of=as_of, key=key, real_ids=real_ids)
         settled, rest = anon.split(masked.frame)
         held.append(rest)
-        yield MaskedOutput(settled.select([pl.col(n).cast(t) for n, t in schema.items()]), masked.rows_in,
-                           masked.rows_selected, None, masked.fpe_dropped)
+        yield MaskedOutput(_typed(policy, settled), masked.rows_in, masked.rows_selected, None, masked.fpe_dropped)
     rest, report = anon.finish(pl.concat(held))
-    yield MaskedOutput(rest.select([pl.col(n).cast(t) for n, t in schema.items()]), 0, 0, report)
+    yield MaskedOutput(_typed(policy, rest), 0, 0, report)
 
 
 def anonymised(policy: OutputPolicy, pages: MaskedOutput, *, as_of: dt.date,
@@ -209,8 +205,7 @@ def anonymised(policy: OutputPolicy, pages: MaskedOutput, *, as_of: dt.date,
     quasi-identifier group spans the city) and sorted by the values shown."""
     out, report = k_anonymise(pages.frame, open_ladders(policy, as_of, key), policy.k)
     # Row order must say nothing about the (suppressed) key: publish sorted by the values shown.
-    out = out.sort(out.columns, nulls_last=True)
-    out = out.select([pl.col(n).cast(t) for n, t in policy.schema().items()])
+    out = _typed(policy, out.sort(out.columns, nulls_last=True))
     return MaskedOutput(out, pages.rows_in, pages.rows_selected, report, pages.fpe_dropped)
 
 

@@ -34,7 +34,7 @@ from warehouse.std import (
     reconciliation_table,
     std_table,
 )
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, slice_numbers
 
 STD_CHUNK_ROWS = 200_000  # records standardised at a time (Settings.std_chunk_rows, GONGSHU_STD_CHUNK_ROWS)
 PREVIEW_ROWS = 20  # accepted rows a result keeps for the asset's preview
@@ -151,15 +151,7 @@ def slices(catalogue: Catalogue, resource: Resource, ods: pl.DataFrame, chunk_ro
     if n <= 1:
         yield ods
         return
-    keys = key_values(catalogue, resource)
-    by_row = pl.int_range(pl.len(), dtype=pl.UInt64) % n
-    if keys:
-        names = [k.meta.output_name() for k in keys]
-        pick = pl.when(pl.any_horizontal([pl.col(c).is_null() for c in names])).then(by_row).otherwise(
-            pl.struct(names).hash(seed=17) % n)
-        part = ods.select(*keys).select(pick.alias("p")).get_column("p")
-    else:
-        part = ods.select(by_row.alias("p")).get_column("p")
+    part = slice_numbers(ods, key_values(catalogue, resource), n)
     for i in range(n):
         yield ods.filter(part == i)
 

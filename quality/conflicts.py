@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
 from warehouse.base import merged_batches, read_as_of
 from warehouse.std import mergeable_batch, read_std
-from warehouse.store import Column, Warehouse
+from warehouse.store import Column, Warehouse, slice_numbers
 
 CONFLICTS = "conflicts"
 IDENTITY = ["library", "element", "department", "entity_key"]
@@ -193,8 +193,7 @@ def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> list[list[tuple]]
     n = -(-sum(f.height for _, _, f in batches) // max(chunk_keys, 1))
     if n <= 1:
         return [batches]
-    parts = [(r, b, f, f.select((pl.struct(lib.key).hash(seed=29) % n).alias("p")).get_column("p"))
-             for r, b, f in batches]
+    parts = [(r, b, f, slice_numbers(f, [pl.col(k) for k in lib.key], n)) for r, b, f in batches]
     return [[(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)]
 
 

@@ -358,7 +358,8 @@ def test_a_file_scanned_in_pages_gives_what_one_scan_of_it_gives(tmp_path: Path)
     # records with nested values are read as such page by page: a page of flat records as a frame, the
     # page holding the nested one leaf by leaf — every raw identifier is found either way
     whole = {(f.column, f.kind) for f in scan_file(tmp_path / "nested.json", needles)}
+    raw = {(c, k) for c, k in whole if k in ("id_number", "mobile", "name")}
+    assert {("note", "id_number"), ("owner", "id_number"), ("contact", "mobile")} <= raw
     for page_rows in (1, 2, 3, 100):
         paged = {(f.column, f.kind) for f in scan_file(tmp_path / "nested.json", needles, page_rows=page_rows)}
-        raw = {(c, k) for c, k in whole if k in ("id_number", "mobile", "name")}
         assert raw <= paged, page_rows

@@ -267,13 +267,17 @@ class Warehouse:
 
     def temp_table(self, conn: Connection, name: str, frame: pl.DataFrame) -> str:
         """Load a frame into a temporary table of this transaction; returns its quoted name."""
+        return self._name(self.temp(conn, name, frame))
+
+    def temp(self, conn: Connection, name: str, frame: pl.DataFrame) -> sa.Table:
+        """:meth:`temp_table`, returning the table itself (for :meth:`insert` to append more rows)."""
         cols = [sa.Column(n, sql_type(t)) for n, t in frame.schema.items()]
         kw = {"postgresql_on_commit": "DROP"} if self.is_postgres else {}
         t = sa.Table(name, sa.MetaData(), *cols, prefixes=["TEMPORARY"], **kw)
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.quote(name)}"))
         t.create(conn)
         self.insert(conn, t, frame)
-        return self.quote(name)
+        return t
 
     def layer_tables(self, layer: str) -> list[str]:
         """Names of the tables a layer holds (as ``table`` and ``qualified`` take them)."""
@@ -520,6 +524,19 @@ def _from_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     if dtype == pl.Boolean:
         return col.is_in(["t", "true", "1", "True"]).cast(pl.Boolean)
     return col.cast(dtype)
+
+
+def slice_numbers(frame: pl.DataFrame, keys: list[pl.Expr], n: int) -> pl.Series:
+    """Which of ``n`` slices each row of ``frame`` goes to (a step holding one slice at a time): by a hash
+    of the ``keys`` expressions, so rows with equal keys share a slice; a row with part of its key
+    missing (or with no keys given) by its row number."""
+    by_row = pl.int_range(pl.len(), dtype=pl.UInt64) % n
+    if not keys:
+        return frame.select(by_row.alias("p")).get_column("p")
+    names = [k.meta.output_name() for k in keys]
+    pick = pl.when(pl.any_horizontal([pl.col(c).is_null() for c in names])).then(by_row).otherwise(
+        pl.struct(names).hash(seed=17) % n)
+    return frame.select(*keys).select(pick.alias("p")).get_column("p")
 
 
 def cast_frame(raw: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
