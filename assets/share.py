@@ -233,7 +233,7 @@ def build_share_output(
         raise MissingKeyError(policy)
     real_ids = None
     if any(c.rule.spec.startswith("fpe_id") for c in policy.columns):
-        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).id_set  # hashed once for every page
+        real_ids = (needles or Needles.from_warehouse(wh, catalogue)).ids  # hashed once for every page
     table = share_table(wh, policy)
     outputs = _table(wh, "share", OUTPUTS, OUTPUTS_SCHEMA, primary_key=["output"])
     log = _table(wh, "audit", BUILD_LOG, BUILD_LOG_SCHEMA)
@@ -638,8 +638,7 @@ def leak_check(findings: list[Finding], needles: Needles, scanned: list[str],
         description="未发现原始标识符" if not findings else f"发现 {sum(f.count for f in findings)} 处原始标识符",
         metadata={
             "发现": MetadataValue.md("\n".join(f"- {f.markdown()}" for f in findings) or "无"),
-            "比对的原始值": f"身份号码 {needles.ids.len():,}, 手机号 {needles.mobiles.len():,}, "
-                           f"姓名 {needles.names.len():,}, 地址 {needles.addresses.len():,}"
+            "比对的原始值": ", ".join(f"{k} {n:,}" for k, n in needles.counts().items())
                            + ("" if reused is None else
                               ("; 取自本批基础库状态已汇集的比对值" if reused else "; 本步骤自基础库汇集")),
             "扫描范围": MetadataValue.md("\n".join(f"- {s}" for s in scanned)),
@@ -686,15 +685,14 @@ def build_needles_asset(catalogue: Catalogue, partitions: DailyPartitionsDefinit
         description=labelled(
             f"{Layer.share.label} · 泄露扫描比对值",
             "各基础库全部版本中的身份号码、手机号、姓名、完整地址原值(去重), 在各库合并之后每晚汇集一次, "
-            "存入内部表 audit.leak_needles (不共享), 供本分区每个共享/开放数据集的泄露扫描与格式保留令牌复用。"
-            "元数据只记数量, 不含任何原值。"),
+            "以两个 64 位哈希值存入内部表 audit.leak_needle_hashes (不共享, 不存原值), "
+            "供本分区每个共享/开放数据集的泄露扫描与格式保留令牌复用。元数据只记数量, 不含任何原值。"),
         automation_condition=AutomationCondition.eager(),
     )
     def _needles(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         needles, reused = Needles.cached(warehouse.get(), catalogue)
         return with_batch_date(MaterializeResult(metadata={
-            "身份号码": needles.ids.len(), "手机号": needles.mobiles.len(), "姓名": needles.names.len(),
-            "地址": needles.addresses.len(), "人员(姓名+出生日期+地区)": needles.people.height,
+            **needles.counts(),
             "来源": "沿用已汇集的比对值(基础库未变)" if reused else "自基础库汇集",
         }), context.partition_key)
 

@@ -30,12 +30,12 @@ import datetime as dt
 import hashlib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import ijson
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 from ijson.common import ObjectBuilder
@@ -44,7 +44,7 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
-from desensitize.lookup import Probe, ValueSet, distinct_if_few
+from desensitize.lookup import HASH_SCHEME, Probe, ValueSet, distinct_if_few, hash_pair
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
@@ -72,51 +72,75 @@ class LeakKind(Labelled):
         return self in (LeakKind.id_rebuilt, LeakKind.person_linked)
 
 
+KINDS = ("ids", "mobiles", "names", "addresses")
+NEEDLE_PAGE_ROWS = 500_000
+"""Values of a base-library column read and hashed at a time while the needles are collected."""
+
+
+def _cleaned(kind: str, values: pl.Series) -> pl.Series:
+    """The values of a kind that are needles: ID- and mobile-shaped values (ID numbers upper-cased),
+    names of two characters or more, addresses that say more than their 区/县."""
+    v = values.cast(pl.String).drop_nulls().str.strip_chars()
+    if kind == "ids":
+        v = v.str.to_uppercase()
+        return v.filter(v.str.contains(r"^\d{17}[\dX]$"))
+    if kind == "mobiles":
+        return v.filter(v.str.contains(r"^1[3-9]\d{9}$"))
+    if kind == "names":
+        return v.filter(v.str.len_chars() >= 2)
+    # An "address" that is only a district is what the open data publishes on purpose.
+    district = v.to_frame("v").select(rules.to_level(pl.col("v"), "district")).to_series()
+    return v.filter(district.is_null() | (district != v))
+
+
+class _Collector:
+    """Needles gathered a page of values at a time: each page cleaned and hashed, its text let go."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[tuple]] = {k: [] for k in KINDS}
+        self.people = PeopleIndex()
+
+    def add(self, kind: str, values: pl.Series) -> None:
+        clean = _cleaned(kind, values)
+        if clean.len():
+            self.parts[kind].append(hash_pair(clean.unique()))
+
+    def finish(self) -> Needles:
+        sets = {k: ValueSet.union(self.parts.pop(k)) for k in KINDS}
+        return Needles(**sets, people=self.people.finish())
+
+
+def _empty() -> ValueSet:
+    return ValueSet.of(pl.Series([], dtype=pl.String))
+
+
 @dataclass(frozen=True)
 class Needles:
-    """Raw identifiers to look for (each a distinct, non-null String series)."""
+    """Raw identifiers to look for, each kind a :class:`ValueSet`: hashes, no raw value kept
+    (16 bytes a value: the needles of a 10 M-person city fit beside a share step's page)."""
 
-    ids: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
-    mobiles: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
-    names: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
-    addresses: pl.Series = field(default_factory=lambda: pl.Series("v", [], pl.String))
-    # persons (id, name, district) of libraries keyed by an ID number: for name + birth date + region
-    people: pl.DataFrame = field(default_factory=lambda: people_table(pl.Series([], dtype=pl.String),
-                                                                      pl.Series([], dtype=pl.String)))
+    ids: ValueSet = field(default_factory=_empty)
+    mobiles: ValueSet = field(default_factory=_empty)
+    names: ValueSet = field(default_factory=_empty)
+    addresses: ValueSet = field(default_factory=_empty)
+    # persons of libraries keyed by an ID number: for name + birth date + region
+    people: PeopleIndex = field(default_factory=PeopleIndex)
 
     @classmethod
     def of(cls, ids: Iterable[str] = (), mobiles: Iterable[str] = (), names: Iterable[str] = (),
            addresses: Iterable[str] = (), people: Iterable[tuple[str, str, str | None]] = ()) -> Needles:
         """Needles from values; ``people`` as (id number, name, address or None)."""
-        def s(values: Iterable[str] | pl.Series) -> pl.Series:
-            return pl.Series("v", values, pl.String) if not isinstance(values, pl.Series) else values.cast(pl.String)
+        collector = _Collector()
+        for kind, values in zip(KINDS, (ids, mobiles, names, addresses), strict=True):
+            collector.add(kind, values if isinstance(values, pl.Series) else pl.Series("v", list(values), pl.String))
         rows = list(people)
-        persons = people_table(s([r[0] for r in rows]), s([r[1] for r in rows]), s([r[2] for r in rows]))
-        return cls._clean(s(ids), s(mobiles), s(names), s(addresses), persons)
+        collector.people.add(people_table(*(pl.Series([r[i] for r in rows], dtype=pl.String) for i in range(3))))
+        return collector.finish()
 
     @classmethod
-    def _clean(cls, ids: pl.Series, mobiles: pl.Series, names: pl.Series, addresses: pl.Series,
-               people: pl.DataFrame | None = None) -> Needles:
-        ids = ids.str.strip_chars().str.to_uppercase()
-        ids = ids.filter(ids.str.contains(r"^\d{17}[\dX]$")).unique()
-        mobiles = mobiles.str.strip_chars()
-        mobiles = mobiles.filter(mobiles.str.contains(r"^1[3-9]\d{9}$")).unique()
-        names = names.str.strip_chars()
-        names = names.filter(names.str.len_chars() >= 2).unique()
-        addresses = addresses.str.strip_chars().drop_nulls()
-        # An "address" that is only a district is what the open data publishes on purpose.
-        district = addresses.to_frame("v").select(rules.to_level(pl.col("v"), "district")).to_series()
-        addresses = addresses.filter(district.is_null() | (district != addresses)).unique()
-        if people is None:
-            people = cls().people
-        return cls(ids.drop_nulls().alias("v"), mobiles.drop_nulls().alias("v"), names.drop_nulls().alias("v"),
-                   addresses.alias("v"), people)
-
-    @classmethod
-    def from_warehouse(cls, wh: Warehouse, catalogue: Catalogue) -> Needles:
-        """Every raw identifier of every version of every base library."""
-        parts: dict[str, list[pl.Series]] = {"ids": [], "mobiles": [], "names": [], "addresses": []}
-        persons: list[pl.DataFrame] = []
+    def from_warehouse(cls, wh: Warehouse, catalogue: Catalogue, *, page_rows: int = NEEDLE_PAGE_ROWS) -> Needles:
+        """Every raw identifier of every version of every base library, read ``page_rows`` values at a time."""
+        collector = _Collector()
         with wh.engine.connect() as conn:
             for lib in catalogue.libraries:
                 if not wh.exists("base", lib.code):
@@ -137,43 +161,30 @@ class Needles:
                     else:
                         continue
                     col = wh.quote(e.code)
-                    # every version's value read as it is and made distinct here, on every core: at 1 M
-                    # persons 0.3 s for the ID numbers against 1.5 s for PostgreSQL's DISTINCT
-                    values = wh.read(conn, f"SELECT {col} AS v FROM {table} WHERE {col} IS NOT NULL",
-                                     {"v": pl.String()}, bulk=True).get_column("v").unique()
-                    for k in kinds:
-                        parts[k].append(values)
-                persons.extend(_persons(wh, conn, lib, table))
-
-        def cat(k: str) -> pl.Series:
-            return pl.concat(parts[k]) if parts[k] else pl.Series("v", [], pl.String)
-
-        people = pl.concat(persons).unique() if persons else None
-        return cls._clean(cat("ids"), cat("mobiles"), cat("names"), cat("addresses"), people)
+                    # every version's value read as it is and made distinct here, a page at a time
+                    for page in wh.read_pages(conn, f"SELECT {col} AS v FROM {table} WHERE {col} IS NOT NULL",
+                                              {"v": pl.String()}, page_rows):
+                        values = page.get_column("v")
+                        for k in kinds:
+                            collector.add(k, values)
+                for persons in _persons(wh, conn, lib, table, page_rows):
+                    collector.people.add(persons)
+        return collector.finish()
 
     def __len__(self) -> int:
-        return self.ids.len() + self.mobiles.len() + self.names.len() + self.addresses.len()
+        return len(self.ids) + len(self.mobiles) + len(self.names) + len(self.addresses)
 
-    # Looked up page by page, column by column: each set hashed once (desensitize/lookup.py).
-    @cached_property
-    def id_set(self) -> ValueSet:
-        return ValueSet(self.ids)
+    def counts(self) -> dict[str, int]:
+        """How many of each kind (what a step's metadata shows: never a value)."""
+        return {"身份号码": len(self.ids), "手机号": len(self.mobiles), "姓名": len(self.names),
+                "地址": len(self.addresses), "人员(姓名+出生日期+地区)": self.people.persons}
 
-    @cached_property
-    def mobile_set(self) -> ValueSet:
-        return ValueSet(self.mobiles)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Needles) and self._sets() == other._sets() and \
+            self.people.persons == other.people.persons
 
-    @cached_property
-    def name_set(self) -> ValueSet:
-        return ValueSet(self.names)
-
-    @cached_property
-    def address_set(self) -> ValueSet:
-        return ValueSet(self.addresses)
-
-    @cached_property
-    def people_index(self) -> PeopleIndex:
-        return PeopleIndex(self.people)
+    def _sets(self) -> list[ValueSet]:
+        return [self.ids, self.mobiles, self.names, self.addresses, self.people.names, *self.people.unique.values()]
 
     @classmethod
     def cached(cls, wh: Warehouse, catalogue: Catalogue) -> tuple[Needles, bool]:
@@ -182,26 +193,26 @@ class Needles:
         Every share output of a night scans against the same needles; each step used to collect
         them again from every version of every base library (a DISTINCT over each identifying
         column: ~2–3.5 s a step at 100,000 persons, ~8.5 s at 1 M). The first step to need them for
-        a state of the base libraries (:func:`base_state`) stores them in ``audit.leak_needles`` as
-        one Parquet value beside the base libraries they come from (an internal table, never
-        shared, as raw as the base libraries); the others read that one row back. The state is the
-        row's primary key: of two steps that collected them at once, one stores them, and the
-        rows of earlier states are deleted in the same transaction.
+        a state of the base libraries (:func:`base_state`) stores them in ``audit.leak_needle_hashes``
+        (an internal table, never shared): their hashes, a kind in parts of at most
+        :data:`PART_VALUES` values, each part one Parquet value, read back a part at a time. The
+        state and the part are the key: of two steps that collected them at once, one stores them,
+        and the rows of earlier states are deleted in the same transaction.
         """
         state = base_state(wh, catalogue)
         table = needles_table(wh)
         if wh.exists("audit", NEEDLES):
-            with wh.engine.connect() as conn:
-                data = conn.execute(sa.select(table.c.data).where(table.c.state == state)).scalar_one_or_none()
-            if data is not None:
-                return cls._from_parquet(bytes(data)), True
+            needles = cls._stored(wh, table, state)
+            if needles is not None:
+                return needles, True
         needles = cls.from_warehouse(wh, catalogue)
         try:
             with wh.begin() as conn:
                 wh.create(conn, table)
                 conn.execute(table.delete().where(table.c.state != state))
-                conn.execute(table.insert().values(state=state, built_at=dt.datetime.now(),
-                                                   data=needles._parquet()))
+                built = dt.datetime.now()
+                for part, (kind, data) in enumerate(needles._parts()):
+                    conn.execute(table.insert().values(state=state, part=part, kind=kind, built_at=built, data=data))
         except sa.exc.IntegrityError:
             pass  # another step stored this state's needles first: they are the same
         except sa.exc.DBAPIError as e:
@@ -211,44 +222,61 @@ class Needles:
             # needles are complete all the same, and the next step stores them
         return needles, False
 
-    def _parquet(self) -> bytes:
-        def values(kind: str, s: pl.Series) -> pl.DataFrame:
-            return pl.DataFrame({"kind": kind, "v": s}).with_columns(
-                name=pl.lit(None, pl.String), district=pl.lit(None, pl.String))
-        parts = [values(k, getattr(self, k)) for k in ("ids", "mobiles", "names", "addresses")]
-        parts.append(self.people.select(pl.lit("people").alias("kind"), pl.col("id").alias("v"), "name", "district"))
-        buf = io.BytesIO()
-        pl.concat([p.cast(NEEDLES_ROW) for p in parts]).write_parquet(buf, compression="zstd")
-        return buf.getvalue()
+    def _parts(self) -> Iterator[tuple[str, bytes]]:
+        """(kind, Parquet of (a, b)) per part; the persons' count as the kind ``persons`` (one row)."""
+        sets = {**{k: getattr(self, k) for k in KINDS}, "people_names": self.people.names,
+                **{f"people_{k}": v for k, v in self.people.unique.items()}}
+        for kind, values in sets.items():
+            for lo in range(0, max(len(values), 1), PART_VALUES):
+                yield kind, _parquet(values.a[lo:lo + PART_VALUES], values.b[lo:lo + PART_VALUES])
+        yield "persons", _parquet(np.array([self.people.persons], np.uint64), np.zeros(1, np.uint64))
 
     @classmethod
-    def _from_parquet(cls, data: bytes) -> Needles:
-        rows = pl.scan_parquet(io.BytesIO(data))  # each kind read on its own: never every kind at once, twice
+    def _stored(cls, wh: Warehouse, table: sa.Table, state: str) -> Needles | None:
+        """The needles stored for ``state``, a part at a time; None when none are (complete)."""
+        with wh.engine.connect() as conn:
+            parts = conn.execute(sa.select(table.c.part, table.c.kind).where(table.c.state == state)
+                                 .order_by(table.c.part)).all()
+            if not parts or parts[-1].kind != "persons":
+                return None
+            arrays: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+            for part, kind in parts:
+                data = conn.execute(sa.select(table.c.data).where(table.c.state == state, table.c.part == part)).scalar_one()
+                frame = pl.read_parquet(io.BytesIO(bytes(data)))
+                del data
+                arrays.setdefault(kind, []).append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
+        sets = {k: ValueSet.union(v) for k, v in arrays.items()}
+        people = PeopleIndex(sets["people_names"], {k: sets[f"people_{k}"] for k in PeopleIndex().unique},
+                             int(arrays["persons"][0][0][0]))
+        return cls(*(sets[k] for k in KINDS), people=people)
 
-        def values(kind: str) -> pl.Series:
-            return rows.filter(pl.col("kind") == kind).select("v").collect().get_column("v")
-        people = rows.filter(pl.col("kind") == "people").select(pl.col("v").alias("id"), "name", "district").collect()
-        return cls(values("ids"), values("mobiles"), values("names"), values("addresses"), people)
+
+def _parquet(a: np.ndarray, b: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    pl.DataFrame({"a": a, "b": b}, schema={"a": pl.UInt64, "b": pl.UInt64}).write_parquet(buf, compression="lz4")
+    return buf.getvalue()
 
 
-NEEDLES = "leak_needles"
-NEEDLES_ROW: dict[str, pl.DataType] = {"kind": pl.String(), "v": pl.String(), "name": pl.String(),
-                                       "district": pl.String()}
+NEEDLES = "leak_needle_hashes"
+PART_VALUES = 2_000_000
+"""Hash pairs per stored part (32 MB): a part is one value read back whole."""
 
 
 def needles_table(wh: Warehouse) -> sa.Table:
-    return wh.table("audit", NEEDLES, [Column("state", pl.String()), Column("built_at", pl.Datetime()),
-                                       Column("data", pl.Binary())], primary_key=["state"])
+    return wh.table("audit", NEEDLES, [Column("state", pl.String()), Column("part", pl.Int64()),
+                                       Column("kind", pl.String()), Column("built_at", pl.Datetime()),
+                                       Column("data", pl.Binary())], primary_key=["state", "part"])
 
 
 def base_state(wh: Warehouse, catalogue: Catalogue) -> str:
     """A digest of what the needles are made of: per base library, its rows and the sums of its
     lineage columns (every value carries the number of the batch and the row it came from, and
-    batch numbers only grow, so a value merged, replaced or folded again changes a sum), and the
-    catalogue's identifying elements. Cheaper than the DISTINCTs it stands for: one pass of
-    integer sums per library."""
-    parts = [repr(sorted((lib.code, e.code, e.type.value, e.semantic.value if e.semantic else None,
-                          e.sensitivity.value) for lib in catalogue.libraries for e in lib.elements))]
+    batch numbers only grow, so a value merged, replaced or folded again changes a sum), the
+    catalogue's identifying elements, and how values are hashed (:data:`HASH_SCHEME`: polars'
+    hashes hold within one version). Cheaper than the reads it stands for: one pass of integer sums
+    per library."""
+    parts = [HASH_SCHEME, repr(sorted((lib.code, e.code, e.type.value, e.semantic.value if e.semantic else None,
+                                       e.sensitivity.value) for lib in catalogue.libraries for e in lib.elements))]
     with wh.engine.connect() as conn:
         for lib in catalogue.libraries:
             if not wh.exists("base", lib.code):
@@ -262,20 +290,22 @@ def base_state(wh: Warehouse, catalogue: Catalogue) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def _persons(wh: Warehouse, conn: sa.Connection, lib: Library, table: str) -> list[pl.DataFrame]:
-    """(id, name, district) of every version of a library keyed by an ID number with a person's name."""
+def _persons(wh: Warehouse, conn: sa.Connection, lib: Library, table: str,
+             page_rows: int = NEEDLE_PAGE_ROWS) -> Iterator[pl.DataFrame]:
+    """(id, name, district) of every version of a library keyed by an ID number with a person's name,
+    ``page_rows`` versions at a time (:func:`desensitize.reidentify.people_table`)."""
     key = [lib.element(k) for k in lib.key]
     names = [e for e in lib.elements if e.semantic == Semantic.person_name and e.sensitivity != Sensitivity.public]
     if len(key) != 1 or key[0].type != ElementType.id_number or not names:
-        return []
+        return
     address = next((e for e in lib.elements if e.semantic == Semantic.address
                     and e.sensitivity != Sensitivity.public), None)
     cols = {"id": key[0].code, "name": names[0].code, **({"address": address.code} if address else {})}
     select = ", ".join(f"{wh.quote(c)} AS {a}" for a, c in cols.items())
-    rows = wh.read(conn, f"SELECT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
-                   {a: pl.String() for a in cols}, bulk=True).unique()
-    return [people_table(rows.get_column("id"), rows.get_column("name"),
-                         rows.get_column("address") if address else None)]
+    for rows in wh.read_pages(conn, f"SELECT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
+                              {a: pl.String() for a in cols}, page_rows):
+        yield people_table(rows.get_column("id"), rows.get_column("name"),
+                           rows.get_column("address") if address else None)
 
 
 @dataclass(frozen=True)
@@ -362,13 +392,11 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         # of their digits can be shaped like a phone number by chance; compare them whole.
         whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
-        runs = ((LeakKind.id_number, ID_RUN, needles.ids, "id_set"), (LeakKind.mobile, MOBILE_RUN, needles.mobiles,
-                                                                      "mobile_set"))
-        upper = _Lookup(s.str.to_uppercase()) if whole and any(v.len() for _, _, v, _ in runs) else None
-        for kind, pattern, values, lookup in runs:
-            if not values.len():
+        runs = ((LeakKind.id_number, ID_RUN, needles.ids), (LeakKind.mobile, MOBILE_RUN, needles.mobiles))
+        upper = _Lookup(s.str.to_uppercase()) if whole and any(len(pool) for _, _, pool in runs) else None
+        for kind, pattern, pool in runs:
+            if not len(pool):
                 continue
-            pool = getattr(needles, lookup)
             candidates = upper or _Lookup(text.str.extract_all(pattern).explode().drop_nulls().str.to_uppercase())
             found = candidates.hits(pool)
             if found.len():
@@ -376,11 +404,10 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         if name in public:
             continue
         plain = _Lookup(s)
-        for kind, values, lookup in ((LeakKind.name, needles.names, "name_set"),
-                                     (LeakKind.address, needles.addresses, "address_set")):
-            if not values.len():
+        for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
+            if not len(pool):
                 continue
-            found = plain.hits(getattr(needles, lookup))
+            found = plain.hits(pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
     return findings + scan_rows(frame, needles, location, public)
@@ -391,11 +418,10 @@ def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_colum
     beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py)."""
     findings = [Finding(location, " + ".join([col, *helpers]), LeakKind.id_rebuilt, count,
                         _mask(LeakKind.id_rebuilt, sample))
-                for col, helpers, count, sample in rebuilt_ids(frame, needles.id_set if needles.ids.len() else needles.ids)]
+                for col, helpers, count, sample in rebuilt_ids(frame, needles.ids)]
     findings += [Finding(location, " + ".join(cols), LeakKind.person_linked, count,
                          _mask(LeakKind.person_linked, name))
-                 for cols, count, name in linked_people(frame, needles.people, set(public_columns),
-                                                        needles.people_index if needles.people.height else None)]
+                 for cols, count, name in linked_people(frame, needles.people, set(public_columns))]
     return findings
 
 

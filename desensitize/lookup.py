@@ -3,8 +3,16 @@
 ``values.is_in(needles)`` builds a hash table of the needles on every call: with a share output
 scanned and masked in pages, that is the whole needle set again for every page, column and kind
 (0.5 s per call against 1 M needles). A :class:`ValueSet` hashes and sorts the set once; a lookup
-hashes only the batch and binary-searches the sorted 64-bit hashes (numpy), then compares the
-candidates' text, so the answer is exactly ``is_in``'s (nulls are never members).
+hashes only the batch and binary-searches the sorted hashes (numpy).
+
+The set keeps no strings: each member is two 64-bit hashes of its text under two seeds (16 bytes a
+value, where the strings and their positions took ~60), so the needles of a 10 M-person city fit a
+share step and what is stored of them (``audit.leak_needle_hashes``) holds no raw identifier. A value
+is a member when both of its hashes are a member's: ``is_in``'s answer (nulls are never members),
+except for a value sharing 128 bits of hash with a member — a false finding, never a missed one,
+about once in 10²² lookups against 10⁷ needles. The hashes are polars' (stable within one polars
+version: :data:`HASH_SCHEME` names the version, and the needles stored under another are collected
+again).
 """
 
 from __future__ import annotations
@@ -12,47 +20,67 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-_SEED = 0x6E65_6564
+_SEEDS = (0x6E65_6564, 0x6C65_616B)
+HASH_SCHEME = f"polars {pl.__version__} seeds {_SEEDS[0]:x}/{_SEEDS[1]:x}"
+
+
+def hash_pair(values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The two 64-bit hashes of each value's text (a null hashes like any value: callers drop them)."""
+    s = values.cast(pl.String)
+    return s.hash(seed=_SEEDS[0]).to_numpy(), s.hash(seed=_SEEDS[1]).to_numpy()
 
 
 class ValueSet:
-    """A fixed set of strings, hashed and sorted once for :meth:`contains`."""
+    """A fixed set of strings as their sorted hash pairs (:func:`hash_pair`), for :meth:`contains`."""
 
-    def __init__(self, values: pl.Series) -> None:
-        # the values themselves are not copied: sorted hashes and their positions, 16 bytes a value
-        self._values = values if values.dtype == pl.String and not values.null_count() else \
-            values.cast(pl.String).drop_nulls()
-        hashes = self._values.hash(seed=_SEED).to_numpy()
-        self._order = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[self._order]
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        """From the hash pairs of its members (in any order, repeats allowed)."""
+        a, b = np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)
+        order = np.lexsort((b, a))
+        a, b = a[order], b[order]
+        del order
+        keep = np.ones(len(a), dtype=bool)
+        keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        self.a, self.b = (a, b) if keep.all() else (a[keep], b[keep])
+
+    @classmethod
+    def of(cls, values: pl.Series) -> ValueSet:
+        """The set of the non-null values of a series."""
+        return cls(*hash_pair(values.cast(pl.String).drop_nulls()))
+
+    @classmethod
+    def union(cls, parts: list[tuple[np.ndarray, np.ndarray]]) -> ValueSet:
+        """The set of several batches of hash pairs (one per page read)."""
+        if not parts:
+            return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        return cls(np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]))
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self.a)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ValueSet) and np.array_equal(self.a, other.a) and np.array_equal(self.b, other.b)
 
     def contains(self, values: pl.Series | Probe) -> pl.Series:
         """A Boolean per value: is it in the set (as ``values.is_in(set)``, null → False)."""
-        probe = values if isinstance(values, Probe) else None
-        values = probe.values if probe else values.cast(pl.String)
-        out = np.zeros(values.len(), dtype=bool)
-        if not len(self) or not values.len():
-            return pl.Series(values.name, out)
-        probe = probe or Probe(values)
-        wanted, by_hash = probe.wanted, probe.by_hash
+        probe = values if isinstance(values, Probe) else Probe(values)
+        n = probe.values.len()
+        if not len(self) or not n:
+            return pl.Series(probe.values.name, np.zeros(n, dtype=bool))
+        wanted, by_hash = probe.a, probe.by_hash
         lo = np.empty_like(by_hash)
-        lo[by_hash] = np.searchsorted(self._hashes, wanted[by_hash], "left")
+        lo[by_hash] = np.searchsorted(self.a, wanted[by_hash], "left")
         at = np.minimum(lo, len(self) - 1)
-        found = self._hashes[at] == wanted
+        same = self.a[at] == wanted
+        out = same & (self.b[at] == probe.b)
         after = np.minimum(at + 1, len(self) - 1)
-        shared = found & (after != at) & (self._hashes[after] == wanted)  # two members with this hash
-        one = np.nonzero(found & ~shared)[0]
-        if one.size:
-            same = self._values.gather(self._order[lo[one]]) == values.gather(one)
-            out[one] = same.fill_null(False).to_numpy()
-        for i in np.nonzero(shared)[0]:  # two members share 64 bits of hash: as rare as that
-            v = values[int(i)]
-            end = np.searchsorted(self._hashes, wanted[i], "right")
-            out[i] = v is not None and v in set(self._values.gather(self._order[lo[i]:end]).to_list())
-        return pl.Series(values.name, out)
+        further = same & ~out & (after != at) & (self.a[after] == wanted)  # members sharing 64 bits of hash
+        for i in np.nonzero(further)[0]:
+            end = np.searchsorted(self.a, wanted[i], "right")
+            out[i] = bool((self.b[lo[i]:end] == probe.b[i]).any())
+        if probe.nulls is not None:
+            out &= ~probe.nulls
+        return pl.Series(probe.values.name, out)
 
 
 class Probe:
@@ -61,9 +89,10 @@ class Probe:
 
     def __init__(self, values: pl.Series) -> None:
         self.values = values.cast(pl.String)
-        self.wanted = self.values.hash(seed=_SEED).to_numpy()
+        self.a, self.b = hash_pair(self.values)
+        self.nulls = self.values.is_null().to_numpy() if self.values.null_count() else None
         # in ascending order, each search starts where the last one ended (numpy keeps the hint)
-        self.by_hash = np.argsort(self.wanted, kind="stable")
+        self.by_hash = np.argsort(self.a, kind="stable")
 
 
 SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)

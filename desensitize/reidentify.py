@@ -32,7 +32,7 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
-from desensitize.lookup import ValueSet, distinct_if_few, member
+from desensitize.lookup import ValueSet, distinct_if_few, hash_pair, member
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
@@ -235,7 +235,7 @@ def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series | ValueSet) -> list[tup
 
 
 def people_table(ids: pl.Series, names: pl.Series, addresses: pl.Series | None = None) -> pl.DataFrame:
-    """Persons of a base library for :func:`linked_people`: (id, name, district) per version."""
+    """Persons of a base library for :class:`PeopleIndex`: (id, name, district) per version."""
     if addresses is None:
         addresses = pl.Series([None] * ids.len(), dtype=pl.String)
     frame = pl.DataFrame({"id": ids.cast(pl.String).str.strip_chars().str.to_uppercase(),
@@ -244,30 +244,77 @@ def people_table(ids: pl.Series, names: pl.Series, addresses: pl.Series | None =
         "id", "name", rules.to_level(pl.col("address"), "district").alias("district")).unique()
 
 
+# where a person is: the 6 leading digits of the ID number (a region code), or the 区/县 of the address
+_PLACES = {"region": pl.col("id").str.slice(0, 6), "district": pl.col("district")}
+
+
+def _combination(name: pl.Expr, birth: pl.Expr, place: pl.Expr) -> pl.Expr:
+    """One text for (name, birth date, place), hashed as one value; null when any part is."""
+    return pl.concat_str([name, birth, place], separator="\x1f")
+
+
 class PeopleIndex:
-    """What :func:`linked_people` looks persons up in, computed once for many frames: their names,
-    and the (name, birth date, place) combinations that belong to exactly one person."""
+    """What :func:`linked_people` looks persons up in, as hashes (:class:`ValueSet`, no name or ID
+    number kept): the persons' names, and per kind of place the (name, birth date, place)
+    combinations that belong to exactly one person; ``persons``: how many ID numbers.
 
-    def __init__(self, people: pl.DataFrame) -> None:
-        self.names = ValueSet(people.get_column("name").unique())
-        places = {"region": pl.col("id").str.slice(0, 6), "district": pl.col("district")}
-        # a person is an ID number: one person's versions (the same ID, name and place) count once,
-        # two persons sharing a name, a birth date and a place count twice (neither is pinned down)
-        self.unique = {
-            k: people.lazy().select("id", "name", pl.col("id").str.slice(6, 8).alias("birth"), place.alias("place"))
-            .drop_nulls().unique().group_by("name", "birth", "place").len().filter(pl.col("len") == 1)
-            .select("name", "birth", "place").collect(engine="streaming")
-            for k, place in places.items()}
+    Built a page of persons at a time (:meth:`add`, then :meth:`finish`); a person is an ID number
+    (its first 64-bit hash): one person's versions (the same ID, name and place) count once, two
+    persons sharing a name, a birth date and a place count twice (neither is pinned down)."""
+
+    def __init__(self, names: ValueSet | None = None, unique: dict[str, ValueSet] | None = None,
+                 persons: int = 0) -> None:
+        self.names = names or ValueSet.of(pl.Series([], dtype=pl.String))
+        self.unique = unique or {k: ValueSet.of(pl.Series([], dtype=pl.String)) for k in _PLACES}
+        self.persons = persons
+        self._names: list[tuple[np.ndarray, np.ndarray]] = []
+        self._ids: list[np.ndarray] = []
+        self._combos: dict[str, list[pl.DataFrame]] = {k: [] for k in _PLACES}
+
+    @classmethod
+    def of(cls, people: pl.DataFrame) -> PeopleIndex:
+        """The index of a :func:`people_table` frame."""
+        index = cls()
+        index.add(people)
+        return index.finish()
+
+    def add(self, people: pl.DataFrame) -> None:
+        """A page of :func:`people_table` rows."""
+        if people.height == 0:
+            return
+        self._names.append(hash_pair(people.get_column("name").unique()))
+        person = pl.Series("p", hash_pair(people.get_column("id"))[0])
+        self._ids.append(np.unique(person.to_numpy()))
+        for kind, place in _PLACES.items():
+            combo = people.select(_combination(pl.col("name"), pl.col("id").str.slice(6, 8), place).alias("c"))
+            frame = pl.DataFrame({"p": person, "c": combo.get_column("c")}).drop_nulls()
+            a, b = hash_pair(frame.get_column("c"))
+            self._combos[kind].append(pl.DataFrame({"p": frame.get_column("p"), "a": a, "b": b}).unique())
+
+    def finish(self) -> PeopleIndex:
+        """The index of every page added (the pages are let go)."""
+        self.names = ValueSet.union(self._names)
+        self.persons = len(np.unique(np.concatenate(self._ids))) if self._ids else 0
+        for kind, parts in self._combos.items():
+            if not parts:
+                continue
+            once = (pl.concat(parts).lazy().unique().group_by("a", "b").len().filter(pl.col("len") == 1)
+                    .select("a", "b").collect(engine="streaming"))
+            parts.clear()
+            self.unique[kind] = ValueSet(once.get_column("a").to_numpy(), once.get_column("b").to_numpy())
+        self._names, self._ids = [], []
+        return self
+
+    def __len__(self) -> int:
+        return self.persons
 
 
-def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set[str],
-                  index: PeopleIndex | None = None) -> list[tuple[list[str], int, str]]:
-    """Rows whose full name, full birth date and region match exactly one person of ``people``:
-    (the three columns, rows, the name). ``index``: :class:`PeopleIndex` of ``people``, when kept."""
-    if people.height == 0 or frame.height == 0:
+def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[str]) -> list[tuple[list[str], int, str]]:
+    """Rows whose full name, full birth date and region match exactly one person of the index:
+    (the three columns, rows, the name)."""
+    if not index.persons or frame.height == 0:
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
-    index = index or PeopleIndex(people)
     names = [n for n, s in cols.items() if n not in public_columns and s.dtype == pl.String
              and bool(index.names.contains(_text(_distinct_or_all(s))).any())]
     if not names:
@@ -290,13 +337,14 @@ def linked_people(frame: pl.DataFrame, people: pl.DataFrame, public_columns: set
             district = t.to_frame("a").select(rules.to_level(pl.col("a"), "district")).to_series()
             if district.drop_nulls().len():
                 regions[n] = ("district", district)
-    unique = index.unique
     out = []
     for nn in names:
+        name = _text(cols[nn])
         for dn, birth in dates.items():
             for rn, (kind, place) in regions.items():
-                q = pl.DataFrame({"name": _text(cols[nn]), "birth": birth, "place": place})
-                matched = q.join(unique[kind], on=["name", "birth", "place"], how="inner")
-                if matched.height:
-                    out.append(([nn, dn, rn], matched.height, matched.get_column("name")[0]))
+                q = pl.DataFrame({"name": name, "birth": birth, "place": place})
+                combo = q.select(_combination(pl.col("name"), pl.col("birth"), pl.col("place"))).to_series()
+                matched = index.unique[kind].contains(combo)
+                if matched.any():
+                    out.append(([nn, dn, rn], int(matched.sum()), name.filter(matched)[0]))
     return out

@@ -135,7 +135,7 @@ def test_every_injected_defect_is_found_and_nothing_else(generated_city, capsys)
                 frame = pl.DataFrame(doc["records"], infer_schema_length=None).select(qis)
                 assert smallest_group(frame, qis) >= doc["k"], path
         needles = Needles.from_warehouse(wh, load_catalogue(Path(env["GONGSHU_CATALOG"])))
-        assert needles.ids.len() > 1000 and needles.names.len() > 100
+        assert len(needles.ids) > 1000 and len(needles.names) > 100
         written = sorted((home / "reports").rglob("*.xlsx")) + sorted((home / "outbox").rglob("*.eml"))
         assert len(written) >= 8, written
         assert scan_tree(home / "reports", needles) == [] and scan_tree(home / "outbox", needles) == []

@@ -83,7 +83,7 @@ def test_a_check_sample_never_shows_a_masked_id_beside_the_birth_date_it_hides(w
     assert f"| `dob.date_range` | `{elder[:6]}********{elder[-4:]}` | `1895-**-**` |" in sample
     assert "1895-05-01" not in sample and elder not in sample
     needles = Needles.from_warehouse(warehouse, cat)
-    assert needles.ids.len() == 4 and scan_text(sample, needles, "不通过样例") == []
+    assert len(needles.ids) == 4 and scan_text(sample, needles, "不通过样例") == []
     with warehouse.engine.connect() as conn:  # what the table of failing records keeps is masked the same way
         stored = conn.execute(sa.text(f"SELECT entity_key_masked, value_masked FROM "
                                       f"{warehouse.qualified('quality', 'failures')} WHERE rule_id = 'dob.date_range'"))

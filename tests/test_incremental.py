@@ -177,7 +177,7 @@ def test_a_warehouse_from_before_digests_is_upgraded_and_carries_from_the_next_b
     wh.dispose()
     upgraded = Warehouse(wh.url)
     migrations.upgrade(upgraded)
-    assert migrations.current(upgraded) == "0008"
+    assert migrations.current(upgraded) == "0009"
     run(upgraded, cat, landing, D2)
     run(upgraded, cat, landing, D3)
     with upgraded.engine.connect() as conn:

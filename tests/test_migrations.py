@@ -20,7 +20,7 @@ from warehouse.migrations import IrreversibleMigration, heads, open_warehouse, u
 from warehouse.migrations.__main__ import main as cli
 from warehouse.store import Warehouse
 
-HEAD = "0008"
+HEAD = "0009"
 SHARE_TABLES = ["share.applications", "share.application_elements", "audit.share_events",
                 "audit.share_extracts", "audit.share_traces"]
 
@@ -141,6 +141,21 @@ def test_upgrading_again_changes_nothing(warehouse_url: str) -> None:
             conn.execute(sa.text(f"DROP TABLE {wh.qualified('audit', 'alembic_version')}"))
         upgrade(wh)
         assert state(wh) == once
+    finally:
+        wh.dispose()
+
+
+def test_the_needles_stored_as_text_are_dropped(warehouse_url: str) -> None:
+    """0009: ``audit.leak_needles`` held every raw identifier as text; the needles are stored as hashes
+    now (``audit.leak_needle_hashes``), so the old table goes, with whatever it held."""
+    wh = Warehouse(warehouse_url)
+    try:
+        upgrade(wh, "0008")
+        with wh.begin() as conn:
+            conn.execute(sa.text(f"CREATE TABLE {wh.qualified('audit', 'leak_needles')} (state TEXT, data TEXT)"))
+            conn.execute(sa.text(f"INSERT INTO {wh.qualified('audit', 'leak_needles')} VALUES ('s', '11010519491231002X')"))
+        upgrade(wh)
+        assert migrations.current(wh) == HEAD and "leak_needles" not in wh.layer_tables("audit")
     finally:
         wh.dispose()
 

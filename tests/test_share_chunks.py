@@ -85,24 +85,28 @@ def test_a_leak_scan_in_pages_finds_what_one_scan_finds(warehouse, city) -> None
 
 
 def test_a_value_set_answers_as_is_in_does_even_when_hashes_collide() -> None:
-    """The needles' lookup (hashed once, binary search): the same answer as ``is_in`` for every value,
-    nulls included — and when several members share a hash (forced here), still by their text."""
+    """The needles' lookup (two hashes a value, kept sorted, binary search): the same answer as ``is_in``
+    for every value, nulls included — and when several members share the first hash (forced here), still
+    by the second; a set keeps no member's text."""
     import numpy as np
     import polars as pl
 
-    from desensitize import lookup
-    from desensitize.lookup import ValueSet, member
+    from desensitize.lookup import ValueSet, hash_pair, member
 
     members = pl.Series("v", [f"1{i:010d}" for i in range(0, 3000, 3)] + [None, "李丽", "李丽"])
     values = pl.Series("x", [f"1{i:010d}" for i in range(0, 200)] + [None, "李丽", "李丽华", ""])
     expected = values.is_in(members.implode()).fill_null(False).to_list()
-    assert member(values, ValueSet(members)).to_list() == expected == member(values, members).to_list()
-    assert sum(expected) == 68
-    for probe, inside in (("李丽", True), ("王五", False)):  # every member under the probe's hash
-        collided = ValueSet(members)
-        collided._hashes = np.full_like(collided._hashes, pl.Series([probe]).hash(seed=lookup._SEED)[0])
+    assert member(values, ValueSet.of(members)).to_list() == expected == member(values, members).to_list()
+    assert sum(expected) == 68 and len(ValueSet.of(members)) == 1001
+    assert not any(isinstance(v, pl.Series | str) for v in vars(ValueSet.of(members)).values())
+    for probe, inside in (("李丽", True), ("王五", False)):  # every member under the probe's first hash
+        a, b = hash_pair(members.drop_nulls())
+        collided = ValueSet(np.full_like(a, hash_pair(pl.Series([probe]))[0][0]), b)
+        assert len(collided) == 1001
         assert collided.contains(pl.Series([probe, None])).to_list() == [inside, False]
-    assert ValueSet(pl.Series([], dtype=pl.String)).contains(values).sum() == 0
+    assert ValueSet.of(pl.Series([], dtype=pl.String)).contains(values).sum() == 0
+    halves = ValueSet.union([hash_pair(members.drop_nulls().head(500)), hash_pair(members.drop_nulls().tail(600))])
+    assert halves == ValueSet.of(members)
 
 
 def test_a_diff_writes_only_the_copies_whose_count_changed(warehouse) -> None:
