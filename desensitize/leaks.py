@@ -163,7 +163,7 @@ class Needles:
                     col = wh.quote(e.code)
                     # every version's value read as it is and made distinct here, a page at a time
                     for page in wh.read_pages(conn, f"SELECT {col} AS v FROM {table} WHERE {col} IS NOT NULL",
-                                              {"v": pl.String()}, page_rows):
+                                              {"v": pl.String()}, page_rows, bulk=True):
                         values = page.get_column("v")
                         for k in kinds:
                             collector.add(k, values)
@@ -303,7 +303,7 @@ def _persons(wh: Warehouse, conn: sa.Connection, lib: Library, table: str,
     cols = {"id": key[0].code, "name": names[0].code, **({"address": address.code} if address else {})}
     select = ", ".join(f"{wh.quote(c)} AS {a}" for a, c in cols.items())
     for rows in wh.read_pages(conn, f"SELECT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
-                              {a: pl.String() for a in cols}, page_rows):
+                              {a: pl.String() for a in cols}, page_rows, bulk=True):
         yield people_table(rows.get_column("id"), rows.get_column("name"),
                            rows.get_column("address") if address else None)
 

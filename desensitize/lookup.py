@@ -10,7 +10,7 @@ value, where the strings and their positions took ~60), so the needles of a 10 M
 share step and what is stored of them (``audit.leak_needle_hashes``) holds no raw identifier. A value
 is a member when both of its hashes are a member's: ``is_in``'s answer (nulls are never members),
 except for a value sharing 128 bits of hash with a member — a false finding, never a missed one,
-about once in 10²² lookups against 10⁷ needles. The hashes are polars' (stable within one polars
+about once in 10³¹ lookups against 10⁷ needles. The hashes are polars' (stable within one polars
 version: :data:`HASH_SCHEME` names the version, and the needles stored under another are collected
 again).
 """
@@ -30,18 +30,26 @@ def hash_pair(values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return s.hash(seed=_SEEDS[0]).to_numpy(), s.hash(seed=_SEEDS[1]).to_numpy()
 
 
+def _ascending(a: np.ndarray, b: np.ndarray) -> bool:
+    """Are the pairs (a, b) strictly ascending (sorted, no repeats)?"""
+    return bool(np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] > b[:-1]))))
+
+
 class ValueSet:
     """A fixed set of strings as their sorted hash pairs (:func:`hash_pair`), for :meth:`contains`."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
         """From the hash pairs of its members (in any order, repeats allowed)."""
         a, b = np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)
-        order = np.lexsort((b, a))
-        a, b = a[order], b[order]
-        del order
-        keep = np.ones(len(a), dtype=bool)
-        keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-        self.a, self.b = (a, b) if keep.all() else (a[keep], b[keep])
+        if not _ascending(a, b):  # (read back, they are stored in order)
+            pairs = pl.DataFrame({"a": a, "b": b}).sort("a", "b")  # polars' sort: on every core
+            a, b = pairs.get_column("a").to_numpy(), pairs.get_column("b").to_numpy()
+            del pairs
+            keep = np.ones(len(a), dtype=bool)
+            keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+            if not keep.all():
+                a, b = a[keep], b[keep]
+        self.a, self.b = a, b
 
     @classmethod
     def of(cls, values: pl.Series) -> ValueSet:

@@ -62,13 +62,21 @@ def test_a_table_read_in_pages_is_the_table_read_at_once(warehouse: Warehouse) -
     query = f"SELECT {', '.join(SCHEMA)} FROM {warehouse._name(table)}"
     with warehouse.engine.connect() as conn:
         for rows in (1, 3, 4, 10):
-            pages = list(warehouse.read_pages(conn, query, SCHEMA, rows))
-            assert [p.height for p in pages] == [min(rows, 4 - i) for i in range(0, 4, rows)]
-            assert pl.concat(pages).sort("k").equals(frame)
+            for bulk in (False, True):  # bulk: ADBC's record batches on PostgreSQL
+                pages = list(warehouse.read_pages(conn, query, SCHEMA, rows, bulk=bulk))
+                assert [p.height for p in pages] == [min(rows, 4 - i) for i in range(0, 4, rows)]
+                assert pl.concat(pages).sort("k").equals(frame)
         (whole,) = warehouse.read_pages(conn, query, SCHEMA, None)  # what read() returns: one frame
         assert whole.sort("k").equals(frame)
-        empty = list(warehouse.read_pages(conn, f"{query} WHERE k > 99", SCHEMA, 2))
-    assert len(empty) == 1 and empty[0].height == 0 and empty[0].schema == frame.schema
+        for bulk in (False, True):
+            empty = list(warehouse.read_pages(conn, f"{query} WHERE k > 99", SCHEMA, 2, bulk=bulk))
+            assert len(empty) == 1 and empty[0].height == 0 and empty[0].schema == frame.schema
+        if warehouse.is_postgres:  # ~30 MB: ADBC hands it over in several record batches, gathered into pages
+            many = "SELECT g AS k, repeat('值', 20) || g AS v FROM generate_series(1, 400000) g ORDER BY g"
+            schema = {"k": pl.Int64(), "v": pl.String()}
+            pages = list(warehouse.read_pages(conn, many, schema, 150_000, bulk=True))
+            assert [p.height for p in pages] == [150_000, 150_000, 100_000]
+            assert pl.concat(pages).equals(warehouse.read(conn, many, schema))
 
 
 def test_frames_are_sent_in_the_columns_types(warehouse: Warehouse) -> None:

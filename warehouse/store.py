@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 import psycopg
+import pyarrow as pa
 import sqlalchemy as sa
 from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg.copy import QueuedLibpqWriter
@@ -395,13 +396,18 @@ class Warehouse:
         return frame
 
     def read_pages(self, conn: Connection, query: str, schema: dict[str, pl.DataType], rows: int | None,
-                   params: dict | None = None) -> Iterator[pl.DataFrame]:
+                   params: dict | None = None, *, bulk: bool = False) -> Iterator[pl.DataFrame]:
         """Run a SELECT once and yield it as typed frames of ``rows`` rows (the last one shorter, at
         least one frame; ``rows=None``: one frame, the whole result, as :meth:`read` returns it):
         a whole table read in one sequential pass with only a page in memory. On
         PostgreSQL the COPY's rows are gathered as they arrive (libpq hands over one whole row at a
-        time) and parsed a page at a time; on SQLite the cursor is fetched a page at a time."""
+        time) and parsed a page at a time; on SQLite the cursor is fetched a page at a time.
+        ``bulk`` (as for :meth:`read`: committed data, outside a write transaction): on PostgreSQL,
+        ADBC's record batches (binary COPY into Arrow, no Python per row) gathered into pages."""
         params, rows, empty = params or {}, None if rows is None else max(int(rows), 1), True
+        if bulk and rows is not None and self.is_postgres and not conn.info.get("gongshu_write"):
+            yield from self._read_adbc_pages(query, schema, params, rows)
+            return
         if self.is_postgres:
             dbapi = conn.connection.driver_connection
             stmt, args = _pyformat(query, params)
@@ -439,22 +445,49 @@ class Warehouse:
             self._adbc = adbc_connect(self.engine, autocommit=True)
         with redacting(), self._adbc.cursor() as cur:  # the literal SQL holds the parameters' values
             cur.execute(literal_sql(self.engine, query, params))
-            raw = pl.from_arrow(cur.fetch_arrow_table())
-        assert isinstance(raw, pl.DataFrame)
-        raw = raw.rename(dict(zip(raw.columns, schema, strict=True)))
-        exprs = []
-        for name, dtype in schema.items():
-            have = raw.schema[name]
-            if have == dtype:
-                exprs.append(pl.col(name))
-            elif have == pl.String:
-                exprs.append(_from_text(pl.col(name), dtype).alias(name))
-            else:  # zoned timestamps (timestamptz) as UTC, then the declared type
-                exprs.append(_to_wire(pl.col(name), have, dtype).alias(name))
-        return raw.select(exprs)
+            return _arrow_typed(cur.fetch_arrow_table(), schema)
+
+    def _read_adbc_pages(self, query: str, schema: dict[str, pl.DataType], params: dict,
+                         rows: int) -> Iterator[pl.DataFrame]:
+        if self._adbc is None:
+            self._adbc = adbc_connect(self.engine, autocommit=True)
+        with redacting(), self._adbc.cursor() as cur:
+            cur.execute(literal_sql(self.engine, query, params))
+            reader = cur.fetch_record_batch()
+            pending: list[pa.RecordBatch] = []
+            held, empty = 0, True
+            for batch in reader:
+                pending.append(batch)
+                held += batch.num_rows
+                if held < rows:
+                    continue
+                table = pa.Table.from_batches(pending)
+                while table.num_rows >= rows:
+                    yield _arrow_typed(table.slice(0, rows), schema)
+                    table, empty = table.slice(rows), False
+                pending, held = table.to_batches(), table.num_rows
+            if held or empty:
+                yield _arrow_typed(pa.Table.from_batches(pending, schema=reader.schema), schema)
 
     def scalar(self, conn: Connection, query: str, params: dict | None = None):
         return conn.execute(sa.text(query), params or {}).scalar()
+
+
+def _arrow_typed(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """An Arrow result as the frame of ``schema`` (columns named and typed as declared)."""
+    raw = pl.from_arrow(table)
+    assert isinstance(raw, pl.DataFrame)
+    raw = raw.rename(dict(zip(raw.columns, schema, strict=True)))
+    exprs = []
+    for name, dtype in schema.items():
+        have = raw.schema[name]
+        if have == dtype:
+            exprs.append(pl.col(name))
+        elif have == pl.String:
+            exprs.append(_from_text(pl.col(name), dtype).alias(name))
+        else:  # zoned timestamps (timestamptz) as UTC, then the declared type
+            exprs.append(_to_wire(pl.col(name), have, dtype).alias(name))
+    return raw.select(exprs)
 
 
 def wire_type(column_type: sa.types.TypeEngine) -> pl.DataType:
