@@ -6,7 +6,7 @@ scanned and masked in pages, that is the whole needle set again for every page, 
 hashes only the batch and binary-searches the sorted hashes (numpy).
 
 The set keeps no strings: each member is two 64-bit hashes of its text under two seeds (16 bytes a
-value, where the strings and their positions took ~60), so the needles of a 10 M-person city fit a
+value; the strings, their hashes and positions took several times that), so the needles of a 10 M-person city fit a
 share step and what is stored of them (``audit.leak_needle_hashes``) holds no raw identifier. A value
 is a member when both of its hashes are a member's: ``is_in``'s answer (nulls are never members),
 except for a value sharing 128 bits of hash with a member — a false finding, never a missed one,

@@ -138,8 +138,11 @@ def receive(
         "rows_carried": 0,
     }
     schema = ods_schema(resource)
-    rows = wh.stored(delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
-        [pl.col(c).cast(t) for c, t in schema.items() if c != DIGEST]).sort("_row_no", maintain_order=True))
+    rows = delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
+        [pl.col(c).cast(t) for c, t in schema.items() if c != DIGEST])
+    if not rows.get_column("_row_no").is_sorted():  # (a 前置库's rows and one file's are in order already)
+        rows = rows.sort("_row_no", maintain_order=True)
+    rows = wh.stored(rows)
     rows = rows.with_columns(record_digest(resource)).select(list(schema))
     runs = None
     if catalogue is not None:
