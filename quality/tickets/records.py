@@ -17,6 +17,7 @@ from catalog.loader import Catalogue
 from catalog.models import Element, Library, Resource
 from catalog.normalize import parse_expr
 from desensitize.linkage import NOTHING, Exposure
+from desensitize.lookup import ValueSet, hash_pair
 from desensitize.rules import (
     REDACTED,
     display_exposure,
@@ -96,25 +97,26 @@ def batch_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id
     select = ", ".join(wh.quote(c) for c in schema)
     with wh.engine.connect() as conn:
         raw = wh.read(conn, f"SELECT {select} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b",
-                      schema, {"b": batch_id})
+                      schema, {"b": batch_id}, bulk=True)
     return raw.select(pl.col("_row_no").alias("row_no"), _entity_key(catalogue, resource).alias("entity_key"))
 
 
-def carried_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id: str) -> set[str]:
-    """Entity keys of the records a batch carried unchanged from the previous batch (``ods.carried``):
-    each fails the rules it failed there, so its ticket is seen again, neither fixed nor new."""
+def carried_keys(wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_id: str) -> ValueSet:
+    """Entity keys of the records a batch carried unchanged from the previous batch (``ods.carried``),
+    as hashes (:class:`desensitize.lookup.ValueSet`: most of a re-delivered snapshot is carried): each
+    fails the rules it failed there, so its ticket is seen again, neither fixed nor new."""
     cols, _ = _key_columns(resource)
     schema = {"_row_no": pl.Int64(), **{c: pl.String() for c in cols}}
     select = ", ".join(wh.quote(c) for c in schema)
-    keys: set[str] = set()
+    parts = []
     with wh.engine.connect() as conn:
         rows = carried_rows(read_carried(wh, conn, batch_id))
         for (source,), part in rows.group_by("source_batch_id"):
             raw = wh.read(conn, f"SELECT {select} FROM {wh.qualified('ods', resource.id)} WHERE _batch_id = :b",
                           schema, {"b": str(source)}, bulk=True)
             found = raw.join(part.select(pl.col("source_row_no").alias("_row_no")), on="_row_no", how="semi")
-            keys |= set(found.select(_entity_key(catalogue, resource)).to_series().drop_nulls().to_list())
-    return keys
+            parts.append(hash_pair(found.select(_entity_key(catalogue, resource)).to_series().drop_nulls()))
+    return ValueSet.union(parts)
 
 
 def _key_columns(resource: Resource) -> tuple[list[str], dict]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from catalog.loader import Catalogue
+from desensitize.lookup import ValueSet
 from quality.config import ScorecardConfig
 from quality.conflicts import CONFLICTS, TABLE_SCHEMA
 from quality.tickets.records import batch_keys, carried_keys, failing_records
@@ -139,8 +140,11 @@ def sync_tickets(
         for b in plan[resource.id]:
             keys = batch_keys(wh, catalogue, resource, b)
             records = failing_records(wh, catalogue, resource, b, keys)
-            loaded[b] = (_group(records), set(keys.get_column("entity_key").drop_nulls().to_list()),
-                         carried_keys(wh, catalogue, resource, b) if active else set())
+            # every key the batch delivered, as hashes (16 bytes a key, desensitize.lookup): as a set of
+            # Python strings, a 10 M-person city's batches held GBs until the ledger was written
+            loaded[b] = (_group(records), ValueSet.of(keys.get_column("entity_key")),
+                         carried_keys(wh, catalogue, resource, b) if active else ValueSet.of(pl.Series([], dtype=pl.String)))
+            del keys, records
     open_conflicts, closed_conflicts = conflicts_open_at(wh, catalogue, day)
 
     result = TicketSync(day)
@@ -166,8 +170,9 @@ def sync_tickets(
 
         for resource in catalogue.resources:
             for b in plan.get(resource.id, []):
-                failing, carried, unchanged = loaded[b]
+                failing, sent, kept = loaded[b]
                 active = active_of(TicketKind.record, resource.id, "resource_id")
+                delivered, unchanged = _among(sent, active), _among(kept, active)
                 for entity, t in active.items():
                     if batch_order(t["last_batch"]) >= batch_order(b):
                         continue
@@ -178,7 +183,7 @@ def sync_tickets(
                     elif entity in unchanged:  # delivered again unchanged (carried): still failing as it was
                         ledger.touch(t, last_batch=b)
                         result.seen_again.append(t["ticket_id"])
-                    elif entity in carried:
+                    elif entity in delivered:
                         _fix(ledger, t, b, batch_day(b), "后续交付已更正该记录")
                         result.fixed.append(t["ticket_id"])
                 if b != batches[resource.id][-1]:
@@ -244,6 +249,12 @@ def sync_tickets(
                 result.overdue.append(t["ticket_id"])
         ledger.write(wh, conn)
     return result
+
+
+def _among(keys: ValueSet, entities: Iterable[str]) -> set[str]:
+    """The entities whose key is one of ``keys``."""
+    wanted = pl.Series(list(entities), dtype=pl.String)
+    return set(wanted.filter(keys.contains(wanted)).to_list())
 
 
 def response_counts(tickets: pl.DataFrame, day: dt.date) -> pl.DataFrame:
