@@ -21,7 +21,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
-from warehouse.base import merged_batches, read_as_of
+from warehouse.base import SLICE, merged_batches, read_as_of_slices
 from warehouse.std import mergeable_batch, read_std
 from warehouse.store import Column, Warehouse, slice_numbers
 
@@ -127,14 +127,12 @@ def _copy_batches(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date
     return out
 
 
-def _observe(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
-             batches: list[tuple]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None:
-    """(rates, conflicts, every identity compared with its batch) of ``batches`` against what the base
-    library held on ``batch_date``, whatever order dates were merged in; None: nothing to compare."""
-    keys = pl.concat([f.select(lib.key) for _, _, f in batches]).unique() if batches else None
-    used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
-    current = read_as_of(wh, conn, lib, keys, batch_date, used) if keys is not None else None
-    if current is None:
+def _observe(catalogue, lib, batches: list[tuple],
+             current: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None:
+    """(rates, conflicts, every identity compared with its batch) of ``batches`` against ``current``,
+    what the base library held for their entities on the date (whatever order dates were merged in);
+    None: nothing to compare."""
+    if not batches:
         return None
     result = compare_copies(catalogue, lib, batches, current)
     compared = pl.concat([
@@ -143,7 +141,7 @@ def _observe(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.
             pl.lit(resource.department).alias("department"), entity_key(lib).alias("entity_key"),
             pl.lit(batch_id).alias("batch_id"))
         for resource, batch_id, f in batches for code in copies(catalogue, resource)
-    ]) if batches else pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]})
+    ])
     return result.rates, result.conflicts, compared
 
 
@@ -187,14 +185,17 @@ def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date
     return run
 
 
-def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> list[list[tuple]]:
+def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> tuple[list[list[tuple]], pl.DataFrame]:
     """``batches`` cut into ⌈entities / ``chunk_keys``⌉ slices by a hash of the entity key: every copy of
-    one entity (in every resource) is in the same slice, with the same resources in every slice."""
-    n = -(-sum(f.height for _, _, f in batches) // max(chunk_keys, 1))
-    if n <= 1:
-        return [batches]
+    one entity (in every resource) is in the same slice, with the same resources in every slice; and
+    the keys with their slice (:data:`warehouse.base.SLICE`), to read the base library for them."""
+    n = max(-(-sum(f.height for _, _, f in batches) // max(chunk_keys, 1)), 1)
+    if n == 1:
+        keys = pl.concat([f.select(lib.key) for _, _, f in batches]) if batches else pl.DataFrame()
+        return [batches], keys.with_columns(pl.lit(0, pl.Int32).alias(SLICE))
     parts = [(r, b, f, slice_numbers(f, [pl.col(k) for k in lib.key], n)) for r, b, f in batches]
-    return [[(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)]
+    keys = pl.concat([f.select(lib.key).with_columns(p.cast(pl.Int32).alias(SLICE)) for _, _, f, p in parts])
+    return [[(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)], keys
 
 
 def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
@@ -206,8 +207,12 @@ def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: 
     known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
     earlier = known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY)
     rates, found_parts, match_parts = None, [], []
-    for part in _key_slices(lib, _copy_batches(wh, conn, catalogue, lib, batch_date), chunk_keys):
-        observed = _observe(wh, conn, catalogue, lib, batch_date, part)
+    batches = _copy_batches(wh, conn, catalogue, lib, batch_date)
+    slices, keys = _key_slices(lib, batches, chunk_keys)
+    used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
+    held = read_as_of_slices(wh, conn, lib, keys, len(slices), batch_date, used) if batches else iter([None])
+    for part, current in zip(slices, held, strict=True):
+        observed = _observe(catalogue, lib, part, current) if current is not None else None
         if observed is None:
             continue
         slice_rates, found, compared = observed
