@@ -15,6 +15,7 @@ masks them.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import polars as pl
@@ -185,17 +186,18 @@ def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date
     return run
 
 
-def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> tuple[list[list[tuple]], pl.DataFrame]:
+def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> tuple[int, Iterator[list[tuple]], pl.DataFrame]:
     """``batches`` cut into ⌈entities / ``chunk_keys``⌉ slices by a hash of the entity key: every copy of
-    one entity (in every resource) is in the same slice, with the same resources in every slice; and
-    the keys with their slice (:data:`warehouse.base.SLICE`), to read the base library for them."""
+    one entity (in every resource) is in the same slice, with the same resources in every slice. Returns
+    how many, the slices (each cut when it is taken), and the keys with their slice
+    (:data:`warehouse.base.SLICE`), to read the base library for them."""
     n = max(-(-sum(f.height for _, _, f in batches) // max(chunk_keys, 1)), 1)
     if n == 1:
         keys = pl.concat([f.select(lib.key) for _, _, f in batches]) if batches else pl.DataFrame()
-        return [batches], keys.with_columns(pl.lit(0, pl.Int32).alias(SLICE))
+        return 1, iter([batches]), keys.with_columns(pl.lit(0, pl.Int32).alias(SLICE))
     parts = [(r, b, f, slice_numbers(f, [pl.col(k) for k in lib.key], n)) for r, b, f in batches]
     keys = pl.concat([f.select(lib.key).with_columns(p.cast(pl.Int32).alias(SLICE)) for _, _, f, p in parts])
-    return [[(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)], keys
+    return n, ([(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)), keys
 
 
 def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
@@ -208,9 +210,10 @@ def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: 
     earlier = known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY)
     rates, found_parts, match_parts = None, [], []
     batches = _copy_batches(wh, conn, catalogue, lib, batch_date)
-    slices, keys = _key_slices(lib, batches, chunk_keys)
+    n, slices, keys = _key_slices(lib, batches, chunk_keys)
     used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
-    held = read_as_of_slices(wh, conn, lib, keys, len(slices), batch_date, used) if batches else iter([None])
+    held = read_as_of_slices(wh, conn, lib, keys, n, batch_date, used) if batches else iter([None])
+    del keys  # (loaded into the database when the first slice is read)
     for part, current in zip(slices, held, strict=True):
         observed = _observe(catalogue, lib, part, current) if current is not None else None
         if observed is None:

@@ -195,6 +195,7 @@ def read_as_of_slices(wh: Warehouse, conn: sa.Connection, lib: Library, keys: pl
             yield empty
         return
     tmp = wh.temp_table(conn, "gongshu_slice_keys", keys.select(*lib.key, pl.col(SLICE).cast(pl.Int32)).unique())
+    del keys  # in the database now: not held while the slices are read
     cols = ", ".join(f"b.{wh.quote(c)}" for c in schema)
     query = (f"SELECT {cols}, t.{SLICE} FROM {wh.qualified('base', lib.code)} b JOIN {tmp} t "
              f"ON {key_match(wh, 'b', 't', lib.key)} WHERE {valid_on('b')} ORDER BY t.{SLICE}")
