@@ -110,19 +110,15 @@ class _Collector:
         return Needles(**sets, people=self.people.finish())
 
 
-def _empty() -> ValueSet:
-    return ValueSet.of(pl.Series([], dtype=pl.String))
-
-
 @dataclass(frozen=True)
 class Needles:
     """Raw identifiers to look for, each kind a :class:`ValueSet`: hashes, no raw value kept
     (16 bytes a value: the needles of a 10 M-person city fit beside a share step's page)."""
 
-    ids: ValueSet = field(default_factory=_empty)
-    mobiles: ValueSet = field(default_factory=_empty)
-    names: ValueSet = field(default_factory=_empty)
-    addresses: ValueSet = field(default_factory=_empty)
+    ids: ValueSet = field(default_factory=ValueSet.empty)
+    mobiles: ValueSet = field(default_factory=ValueSet.empty)
+    names: ValueSet = field(default_factory=ValueSet.empty)
+    addresses: ValueSet = field(default_factory=ValueSet.empty)
     # persons of libraries keyed by an ID number: for name + birth date + region
     people: PeopleIndex = field(default_factory=PeopleIndex)
 

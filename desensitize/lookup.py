@@ -57,10 +57,14 @@ class ValueSet:
         return cls(*hash_pair(values.cast(pl.String).drop_nulls()))
 
     @classmethod
+    def empty(cls) -> ValueSet:
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+    @classmethod
     def union(cls, parts: list[tuple[np.ndarray, np.ndarray]]) -> ValueSet:
         """The set of several batches of hash pairs (one per page read)."""
         if not parts:
-            return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+            return cls.empty()
         return cls(np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]))
 
     def __len__(self) -> int:

@@ -264,8 +264,8 @@ class PeopleIndex:
 
     def __init__(self, names: ValueSet | None = None, unique: dict[str, ValueSet] | None = None,
                  persons: int = 0) -> None:
-        self.names = names or ValueSet.of(pl.Series([], dtype=pl.String))
-        self.unique = unique or {k: ValueSet.of(pl.Series([], dtype=pl.String)) for k in _PLACES}
+        self.names = names or ValueSet.empty()
+        self.unique = unique or {k: ValueSet.empty() for k in _PLACES}
         self.persons = persons
         self._names: list[tuple[np.ndarray, np.ndarray]] = []
         self._ids: list[np.ndarray] = []

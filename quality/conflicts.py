@@ -212,10 +212,10 @@ def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: 
     batches = _copy_batches(wh, conn, catalogue, lib, batch_date)
     n, slices, keys = _key_slices(lib, batches, chunk_keys)
     used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
-    held = read_as_of_slices(wh, conn, lib, keys, n, batch_date, used) if batches else iter([None])
+    held = read_as_of_slices(wh, conn, lib, keys, n, batch_date, used) if batches else iter([pl.DataFrame()])
     del keys  # (loaded into the database when the first slice is read)
     for part, current in zip(slices, held, strict=True):
-        observed = _observe(catalogue, lib, part, current) if current is not None else None
+        observed = _observe(catalogue, lib, part, current)
         if observed is None:
             continue
         slice_rates, found, compared = observed

@@ -143,7 +143,7 @@ def sync_tickets(
             # every key the batch delivered, as hashes (16 bytes a key, desensitize.lookup): as a set of
             # Python strings, a 10 M-person city's batches held GBs until the ledger was written
             loaded[b] = (_group(records), ValueSet.of(keys.get_column("entity_key")),
-                         carried_keys(wh, catalogue, resource, b) if active else ValueSet.of(pl.Series([], dtype=pl.String)))
+                         carried_keys(wh, catalogue, resource, b) if active else ValueSet.empty())
             del keys, records
     open_conflicts, closed_conflicts = conflicts_open_at(wh, catalogue, day)
 
