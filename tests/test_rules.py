@@ -177,3 +177,40 @@ def test_a_null_field_is_neither_a_parse_failure_nor_a_lost_row() -> None:
     out = standardize(ods, CAT, res, DAY)
     assert out.accepted.get_column("_row_no").to_list() == [1, 2]
     assert out.quarantine.select("_row_no", "reason_code").rows() == [(3, "bad_date")]
+
+
+def test_a_batch_validated_in_slices_keeps_none_of_them_once_each_is_validated(monkeypatch) -> None:
+    """GX keeps every batch a data source's execution engine loaded (and the metrics on it) while the
+    data source lives: validated slice by slice in one data source, a 10 M-person batch stayed whole in
+    pandas form. Each slice's frame is let go once validated, and slices of the same shape that follow
+    one another are each counted on their own rows (a metric cached for an earlier slice is never reused)."""
+    import gc
+    import weakref
+
+    import quality.expectations as qe
+    from great_expectations.exceptions import DataContextError
+
+    given = []
+    to_gx = qe.gx_frame
+
+    def watched(frame: pl.DataFrame, rules: list):
+        pdf = to_gx(frame, rules)
+        given.append(weakref.ref(pdf))
+        return pdf
+
+    monkeypatch.setattr(qe, "gx_frame", watched)
+    rows = sbcb_rows()
+    rules = resource_rules(CAT, CAT.resource("rsj_sbcb"), DAY)
+    clean = rows.filter(pl.col("_row_no") == 1)
+    v = qe.Validation(rules, "sbcb_slices")
+    for part in [clean, rows.filter(pl.col("_row_no") == 6), clean, rows.filter(pl.col("_row_no") == 2)]:
+        v.add(part)
+        gc.collect()
+        assert all(ref() is None for ref in given), "a validated slice is still held"
+    results = {g.rule_id: (g.evaluated, g.failed) for g in v.finish()[0]}
+    assert results["mobile.mobile"] == (4, 1) and results["id_number.id_number"] == (4, 1)
+    assert results["name.not_null"] == (4, 0)
+    names = list(qe._context().data_sources.all())
+    assert not [n for n in names if "sbcb_slices" in n], names
+    with pytest.raises((KeyError, ValueError, DataContextError)):
+        qe._context().data_sources.get("ds_sbcb_slices")
