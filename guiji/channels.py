@@ -46,7 +46,7 @@ from urllib3.util.retry import Retry
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource, outside_folder
 from warehouse.ods import source_columns
 from warehouse.std import QuarantineReason
-from warehouse.store import adbc_connect, literal_sql
+from warehouse.store import adbc_connect, arrow_pages, literal_sql
 
 META_COLUMNS = ("_row_no", "_source", "_raw", "_error")
 REPLACEMENT = "\ufffd"  # what undecodable bytes become; the 标准层 quarantines such values
@@ -531,7 +531,7 @@ def read_database(
     params = {"high": high, **({"low": watermark_low} if watermark_low else {})}
     shown = safe_url(url)
     try:
-        frame = _fetch_arrow(engine, sql, params)
+        frame = _fetch_arrow(engine, sql, params, columns)
         if frame is None:
             with engine.connect() as conn:
                 rows = conn.execute(sa.text(sql), params).fetchall()
@@ -548,8 +548,7 @@ def read_database(
     finally:
         engine.dispose()
     source = f"{ch.table or 'query'}@{PurePosixPath(engine.url.database or '').name}"
-    # every value as text, whatever the source column's type (ODS keeps what was delivered)
-    frame = frame.select([pl.col(c).cast(pl.String) for c in columns])
+    frame = _as_text(frame, columns)
     frame = frame.sort([wm, *[c for c in columns if c != wm]], nulls_last=True)
     frame = _finish(frame.with_row_index("_row_no", offset=1), columns, source)
     digest = frame_digest(frame.select(columns)) if frame.height else ""
@@ -580,16 +579,27 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 
 
-def _fetch_arrow(engine: sa.Engine, sql: str, params: dict[str, str]) -> pl.DataFrame | None:
-    """The query's rows as Arrow straight from the driver (ADBC) for SQLite and PostgreSQL 前置库;
-    None for other databases (read through SQLAlchemy instead)."""
+FETCH_PAGE_ROWS = 100_000
+
+
+def _as_text(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Every value as text, whatever the source column's type (ODS keeps what was delivered)."""
+    return frame.select([pl.col(c).cast(pl.String) for c in columns])
+
+
+def _fetch_arrow(engine: sa.Engine, sql: str, params: dict[str, str], columns: list[str]) -> pl.DataFrame | None:
+    """The query's rows, as text, straight from the driver (ADBC) for SQLite and PostgreSQL 前置库;
+    None for other databases (read through SQLAlchemy instead). The driver's record batches are
+    turned into text a page of :data:`FETCH_PAGE_ROWS` at a time, so the Arrow result is never held
+    whole beside the frame made of it."""
     if engine.dialect.name not in ("sqlite", "postgresql"):
         return None
     conn = adbc_connect(engine)
     try:
         with conn.cursor() as cur:
             cur.execute(literal_sql(engine, sql, params))
-            return pl.from_arrow(cur.fetch_arrow_table())
+            pages = [_as_text(pl.from_arrow(t), columns) for t in arrow_pages(cur.fetch_record_batch(), FETCH_PAGE_ROWS)]
+            return pl.concat(pages, rechunk=False)
     finally:
         conn.close()
 

@@ -453,24 +453,31 @@ class Warehouse:
             self._adbc = adbc_connect(self.engine, autocommit=True)
         with redacting(), self._adbc.cursor() as cur:
             cur.execute(literal_sql(self.engine, query, params))
-            reader = cur.fetch_record_batch()
-            pending: list[pa.RecordBatch] = []
-            held, empty = 0, True
-            for batch in reader:
-                pending.append(batch)
-                held += batch.num_rows
-                if held < rows:
-                    continue
-                table = pa.Table.from_batches(pending)
-                while table.num_rows >= rows:
-                    yield _arrow_typed(table.slice(0, rows), schema)
-                    table, empty = table.slice(rows), False
-                pending, held = table.to_batches(), table.num_rows
-            if held or empty:
-                yield _arrow_typed(pa.Table.from_batches(pending, schema=reader.schema), schema)
+            for table in arrow_pages(cur.fetch_record_batch(), rows):
+                yield _arrow_typed(table, schema)
 
     def scalar(self, conn: Connection, query: str, params: dict | None = None):
         return conn.execute(sa.text(query), params or {}).scalar()
+
+
+def arrow_pages(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """A result's record batches (an ADBC driver's, ~1,000 rows each on SQLite) gathered into tables of
+    ``rows`` rows, the last one shorter; one empty table for an empty result. Only a page and the
+    batches of the next are held at a time."""
+    pending: list[pa.RecordBatch] = []
+    held, empty = 0, True
+    for batch in reader:
+        pending.append(batch)
+        held += batch.num_rows
+        if held < rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        while table.num_rows >= rows:
+            yield table.slice(0, rows)
+            table, empty = table.slice(rows), False
+        pending, held = table.to_batches(), table.num_rows
+    if held or empty:
+        yield pa.Table.from_batches(pending, schema=reader.schema)
 
 
 def _arrow_typed(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
