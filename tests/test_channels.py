@@ -230,6 +230,44 @@ def test_a_qianzhiku_read_does_not_depend_on_the_order_the_database_returns(cat,
     assert fwd.frame.get_column("ZJHM").to_list() == [p[0] for p in citykit.PEOPLE]  # watermark order
 
 
+def test_the_qianzhiku_sorts_its_rows_as_polars_sorts_their_text(cat, warehouse_url: str, tmp_path: Path) -> None:
+    """The 前置库 gives its rows in order (the watermark, then every column, as text byte by byte, NULL
+    last), so a delivery is read a page at a time and never sorted whole here: that order is the one
+    polars gives the same text values, on SQLite and on PostgreSQL (COLLATE "C", not the server's
+    locale), and both databases give the same batch."""
+    import sqlalchemy as sa
+
+    import guiji.channels as channels
+
+    names = ["b", "B", "a", "ab", "abc", "", None, "李", "王", "Ä", "z9", "z10", " x"]
+    tels = ["2", "10", None, "", "1"]
+    rows = [{"z": citykit.PEOPLE[i % len(citykit.PEOPLE)][0] if i % 5 else None, "n": names[i % len(names)],
+             "t": tels[i % len(tels)], "u": f"2026-10-09 0{i % 3}:00:00"} for i in range(40)]
+    engine = sa.create_engine(warehouse_url)
+    # on PostgreSQL a department's columns in a locale's order (ICU: a before B before b, Ä beside A)
+    text_type = "text" if engine.dialect.name == "sqlite" else 'text COLLATE "und-x-icu"'
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE TABLE "CB" ("ZJHM" {text_type}, "NAME" {text_type}, "TEL" {text_type}, '
+                             f'"UPD" {text_type})'))
+        conn.execute(sa.text('INSERT INTO "CB" VALUES (:z, :n, :t, :u)'), rows)
+    engine.dispose()
+    res = cat.resource("shebao_canbao")
+    monkey = pytest.MonkeyPatch()
+    try:
+        monkey.setattr(channels, "FETCH_PAGE_ROWS", 7)  # pages of 7 rows: the order is the database's
+        got = read_database(res, DAY, tmp_path, None, {"SHANHAI_SB_URL": warehouse_url})
+    finally:
+        monkey.undo()
+    text = pl.DataFrame(rows, schema={"z": pl.String, "n": pl.String, "t": pl.String, "u": pl.String}).rename(
+        {"z": "ZJHM", "n": "NAME", "t": "TEL", "u": "UPD"})
+    cols = channels.source_columns(res)
+    wm = res.channel.watermark
+    sorted_here = text.select(cols).sort([wm, *[c for c in cols if c != wm]], nulls_last=True)
+    assert got.frame.select(cols).equals(sorted_here)
+    assert got.frame.get_column("_row_no").to_list() == list(range(1, 41))
+    assert got.content_hash == channels.frame_digest(sorted_here)
+
+
 # --- wrong encodings, huge fields, repeated headers ------------------------------------------
 
 
