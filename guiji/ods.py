@@ -34,7 +34,7 @@ from warehouse.ods import (
     ods_table,
     prepare_batches,
     previous_batch,
-    record_digest,
+    with_record_digest,
 )
 from warehouse.std import QUARANTINE, RECONCILIATION
 from warehouse.store import Warehouse
@@ -143,7 +143,7 @@ def receive(
     if not rows.get_column("_row_no").is_sorted():  # (a 前置库's rows and one file's are in order already)
         rows = rows.sort("_row_no", maintain_order=True)
     rows = wh.stored(rows)
-    rows = rows.with_columns(record_digest(resource)).select(list(schema))
+    rows = with_record_digest(resource, rows).select(list(schema))
     runs = None
     if catalogue is not None:
         rows, runs, source = carry(wh, catalogue, resource, batch_date, batch_id, rows)

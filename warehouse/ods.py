@@ -90,6 +90,19 @@ def record_digest(resource: Resource) -> pl.Expr:
     return pl.struct(cols).hash(DIGEST_SEED).reinterpret(signed=True).alias(DIGEST)
 
 
+DIGEST_SLICE_ROWS = 200_000
+
+
+def with_record_digest(resource: Resource, rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with their :data:`DIGEST` column, hashed :data:`DIGEST_SLICE_ROWS` records at a time: the
+    struct hash of a whole batch needs ~20× the 8 bytes a record it returns (measured on the 户籍
+    delivery at 1 M persons: 193 MB for an 8 MB column)."""
+    expr = record_digest(resource)
+    parts = [rows.slice(i, DIGEST_SLICE_ROWS).select(expr).to_series() for i in range(0, rows.height, DIGEST_SLICE_ROWS)]
+    digest = pl.concat(parts) if parts else pl.Series(DIGEST, [], pl.Int64)
+    return rows.with_columns(digest)
+
+
 CARRIED = "carried"
 """``ods.carried``: the records of a batch that were not stored again because the resource's previous
 batch held them unchanged, as runs: rows ``row_no`` … ``row_no + rows - 1`` of ``batch_id`` are the
