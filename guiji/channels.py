@@ -28,7 +28,7 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -514,71 +514,126 @@ def read_database(
     resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None,
     variables: Mapping[str, str] | None = None,
 ) -> Delivery:
-    """Rows whose watermark lies in [``watermark_low``, the next day 00:00) (no lower bound when None).
+    """Rows whose watermark lies in [``watermark_low``, the next day 00:00) (no lower bound when None),
+    as one frame (:func:`open_database` reads them a page at a time).
 
     Both bounds come from the batch date alone (:func:`guiji.ods.read_window`), so a partition reads
     the same rows whenever and in whatever order it runs.
     """
+    reading = open_database(resource, batch_date, landing, watermark_low, variables)
+    frame = pl.concat(list(reading.pages()))
+    return Delivery(frame, [reading.source], reading.content_hash, watermark_high=reading.watermark_high)
+
+
+@dataclass
+class DatabaseRead:
+    """A 前置库 delivery read a page at a time: :meth:`pages` yields its records in the ODS shape, in
+    order, numbered from 1; once every page is read, ``rows``, ``content_hash`` and ``watermark_high``
+    describe the whole delivery (what :func:`read_database` returns with it)."""
+
+    source: str
+    columns: list[str]
+    watermark: str
+    fetch: Callable[[], Iterator[pl.DataFrame]]
+    rows: int = 0
+    content_hash: str = ""
+    watermark_high: str | None = None
+
+    def pages(self) -> Iterator[pl.DataFrame]:
+        digest, rows, high = RowDigest(), 0, None
+        for page in self.fetch():
+            page = _finish(page.with_row_index("_row_no", offset=rows + 1), self.columns, self.source)
+            digest.update(page.select(self.columns))
+            rows += page.height
+            top = page.get_column(self.watermark).max()
+            if top is not None and (high is None or top > high):
+                high = top
+            yield page
+        self.rows, self.content_hash, self.watermark_high = rows, digest.hexdigest() if rows else "", high
+
+
+def open_database(
+    resource: Resource, batch_date: dt.date, landing: Path, watermark_low: str | None,
+    variables: Mapping[str, str] | None = None,
+) -> DatabaseRead:
+    """The 前置库 delivery of ``batch_date`` (see :func:`read_database`), to be read a page at a time."""
     ch = resource.channel
     assert isinstance(ch, DatabaseChannel)
     columns = source_columns(resource)
     url = database_url(ch, landing, variables)
-    engine = sa.create_engine(url, hide_parameters=True)  # an error names no watermark value
     wm = ch.watermark
-    q = engine.dialect.identifier_preparer.quote
-    src = ch.query if ch.query else f"SELECT * FROM {q(ch.table)}"
     high = (batch_date + dt.timedelta(days=1)).strftime("%Y-%m-%d 00:00:00")
-    where = f"{q(wm)} < :high" + (f" AND {q(wm)} >= :low" if watermark_low else "")
-    cols = ", ".join(q(c) for c in columns)
-    # The rows in a deterministic order: the watermark, then every column, each compared as text byte
-    # by byte with NULL last — polars' order of the text values. Where the 前置库 can give that order
-    # (SQLite, PostgreSQL with COLLATE "C") it sorts, and the rows arrive a page at a time already in
-    # place: sorting here needs the whole delivery twice over (a 10 M-person 户籍 delivery, 3 GB).
-    order = [wm, *[c for c in columns if c != wm]]
-    sql = f"SELECT {cols} FROM ({src}) AS src WHERE {where}"
     params = {"high": high, **({"low": watermark_low} if watermark_low else {})}
-    shown = safe_url(url)
-    try:
-        frame = _fetch_arrow(engine, sql + _text_order(engine, order), params, columns)
-        if frame is None:
+    source = f"{ch.table or 'query'}@{PurePosixPath(sa.engine.make_url(url).database or '').name}"
+
+    def fetch() -> Iterator[pl.DataFrame]:
+        engine = sa.create_engine(url, hide_parameters=True)  # an error names no watermark value
+        q = engine.dialect.identifier_preparer.quote
+        src = ch.query if ch.query else f"SELECT * FROM {q(ch.table)}"
+        where = f"{q(wm)} < :high" + (f" AND {q(wm)} >= :low" if watermark_low else "")
+        cols = ", ".join(q(c) for c in columns)
+        # The rows in a deterministic order: the watermark, then every column, each compared as text
+        # byte by byte with NULL last — polars' order of the text values. Where the 前置库 can give
+        # that order (SQLite, PostgreSQL with COLLATE "C") it sorts, and the rows arrive a page at a
+        # time already in place: sorting here needs the whole delivery twice over.
+        order = [wm, *[c for c in columns if c != wm]]
+        sql = f"SELECT {cols} FROM ({src}) AS src WHERE {where}"
+        shown = safe_url(url)
+        try:
+            if engine.dialect.name in ("sqlite", "postgresql"):
+                yield from _fetch_arrow(engine, sql + _text_order(engine, order), params, columns)
+                return
             with engine.connect() as conn:
                 rows = conn.execute(sa.text(sql), params).fetchall()
             frame = pl.DataFrame([tuple(r) for r in rows], schema=columns, orient="row", infer_schema_length=None) \
                 if rows else pl.DataFrame(schema={c: pl.String for c in columns})
-            frame = _as_text(frame, columns).sort(order, nulls_last=True)
-    except sa.exc.SQLAlchemyError as exc:
-        raise DeliveryError(scrub(
-            f"前置库 {shown} 读取失败: {type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}", url
-        )) from None
-    except Exception as exc:  # the ADBC drivers raise their own DB-API errors
-        if type(exc).__module__.startswith(("adbc_driver", "_adbc")):
-            raise DeliveryError(scrub(f"前置库 {shown} 读取失败: {type(exc).__name__}: {_first_line(exc)}", url)) from None
-        raise
-    finally:
-        engine.dispose()
-    source = f"{ch.table or 'query'}@{PurePosixPath(engine.url.database or '').name}"
-    frame = _finish(frame.with_row_index("_row_no", offset=1), columns, source)
-    digest = frame_digest(frame.select(columns)) if frame.height else ""
-    high_seen = frame.get_column(wm).max() if frame.height else None
-    return Delivery(frame, [source], digest, watermark_high=high_seen)
+            yield _as_text(frame, columns).sort(order, nulls_last=True)
+        except sa.exc.SQLAlchemyError as exc:
+            raise DeliveryError(scrub(
+                f"前置库 {shown} 读取失败: {type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}", url
+            )) from None
+        except Exception as exc:  # the ADBC drivers raise their own DB-API errors
+            if type(exc).__module__.startswith(("adbc_driver", "_adbc")):
+                raise DeliveryError(scrub(f"前置库 {shown} 读取失败: {type(exc).__name__}: {_first_line(exc)}",
+                                          url)) from None
+            raise
+        finally:
+            engine.dispose()
+
+    return DatabaseRead(source, columns, wm, fetch)
 
 
 DIGEST_SLICE_ROWS = 100_000
 
 
-def frame_digest(frame: pl.DataFrame) -> str:
-    """SHA-256 of a text frame's rows in order: equal frames, equal digests, in any version.
+class RowDigest:
+    """SHA-256 of a text frame's rows in order, fed a frame (or a page of one) at a time: equal rows in
+    equal order, equal digests, in any version and whatever the pages.
 
     Each row is hashed natively (polars-hash, SHA-256 of its fields joined by a unit separator,
     NULL marked apart from the empty string); the digest is the SHA-256 of those row digests.
     """
-    row = plh.concat_str(
-        [pl.when(pl.col(c).is_null()).then(pl.lit("\x00N")).otherwise(pl.lit("\x00V") + pl.col(c)) for c in frame.columns],
-        separator="\x1f",
-    )
-    digest = hashlib.sha256()
-    for i in range(0, frame.height, DIGEST_SLICE_ROWS):  # the joined row text of a slice at a time, not the whole
-        digest.update(frame.slice(i, DIGEST_SLICE_ROWS).select(row.chash.sha2_256().str.join("")).item().encode())
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def update(self, frame: pl.DataFrame) -> None:
+        row = plh.concat_str(
+            [pl.when(pl.col(c).is_null()).then(pl.lit("\x00N")).otherwise(pl.lit("\x00V") + pl.col(c))
+             for c in frame.columns],
+            separator="\x1f",
+        )
+        for i in range(0, frame.height, DIGEST_SLICE_ROWS):  # the joined row text of a slice at a time
+            self._sha.update(frame.slice(i, DIGEST_SLICE_ROWS).select(row.chash.sha2_256().str.join("")).item().encode())
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def frame_digest(frame: pl.DataFrame) -> str:
+    """:class:`RowDigest` of a whole frame."""
+    digest = RowDigest()
+    digest.update(frame)
     return digest.hexdigest()
 
 
@@ -605,19 +660,16 @@ def _as_text(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     return frame.select([pl.col(c).cast(pl.String) for c in columns])
 
 
-def _fetch_arrow(engine: sa.Engine, sql: str, params: dict[str, str], columns: list[str]) -> pl.DataFrame | None:
-    """The query's rows, as text, straight from the driver (ADBC) for SQLite and PostgreSQL 前置库;
-    None for other databases (read through SQLAlchemy instead). The driver's record batches are
-    turned into text a page of :data:`FETCH_PAGE_ROWS` at a time, so the Arrow result is never held
-    whole beside the frame made of it."""
-    if engine.dialect.name not in ("sqlite", "postgresql"):
-        return None
+def _fetch_arrow(engine: sa.Engine, sql: str, params: dict[str, str], columns: list[str]) -> Iterator[pl.DataFrame]:
+    """The query's rows, as text, straight from the driver (ADBC; SQLite and PostgreSQL 前置库), a page of
+    :data:`FETCH_PAGE_ROWS` at a time (at least one page, empty for no rows): the Arrow result is never
+    held whole, nor beside a frame made of it."""
     conn = adbc_connect(engine)
     try:
         with conn.cursor() as cur:
             cur.execute(literal_sql(engine, sql, params))
-            pages = [_as_text(pl.from_arrow(t), columns) for t in arrow_pages(cur.fetch_record_batch(), FETCH_PAGE_ROWS)]
-            return pl.concat(pages, rechunk=False)
+            for table in arrow_pages(cur.fetch_record_batch(), FETCH_PAGE_ROWS):
+                yield _as_text(pl.from_arrow(table), columns)
     finally:
         conn.close()
 

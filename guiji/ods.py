@@ -8,7 +8,7 @@ gets a new batch with the next sequence number, and the old one stays as it was.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import polars as pl
 
 from catalog.loader import Catalogue
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource
-from guiji.channels import Delivery, read_api, read_database, read_files
+from guiji.channels import FETCH_PAGE_ROWS, Delivery, open_database, read_api, read_database, read_files
+from guiji.spill import Spill
 from guiji.standardize import key_values
 from warehouse.ods import (
     BATCH_FAILED,
@@ -39,13 +40,17 @@ from warehouse.ods import (
 from warehouse.std import QUARANTINE, RECONCILIATION
 from warehouse.store import Warehouse
 
+MEMORY_ROWS = 200_000
+"""Rows of a new batch held in memory before it is spilled to local disk (one 标准层 slice:
+``GONGSHU_STD_CHUNK_ROWS``; :func:`guiji.std.collect` passes its own)."""
+
 
 @dataclass
 class IngestResult:
     status: str  # "new" | "unchanged" | "none"
     batch: Batch | None
     problems: list[str]
-    rows: pl.DataFrame | None = None  # a new batch's ODS rows as stored (ods_schema, delivery order)
+    rows: Spill | None = None  # a new batch's ODS rows as stored (ods_schema), until written; close() after
     record: dict | None = None  # a new batch's row of ods.batches
     carried: pl.DataFrame | None = None  # a new batch's carried runs (warehouse.ods.CARRIED_SCHEMA)
 
@@ -87,32 +92,70 @@ def ingest(
     """Read the delivery of ``resource`` for ``batch_date`` and store it as an ODS batch."""
     result = receive(wh, resource, batch_date, landing, variables, catalogue=catalogue)
     if result.status == "new":
-        store(wh, resource, result)
+        assert result.rows is not None
+        try:
+            store(wh, resource, result)
+        finally:
+            result.rows.close()
     return result
 
 
 def receive(
     wh: Warehouse, resource: Resource, batch_date: dt.date, landing: Path, variables: Mapping[str, str] | None = None,
-    *, catalogue: Catalogue | None = None,
+    *, catalogue: Catalogue | None = None, memory_rows: int = MEMORY_ROWS,
 ) -> IngestResult:
     """Read a delivery and decide what it is: no delivery, the batch already stored, or a new batch.
 
-    A new batch comes back with its rows in the form the warehouse stores them, not yet written:
-    :func:`store` writes it, and the 标准层 may go on with the same rows meanwhile. With the
-    ``catalogue``, a full snapshot delivered again keeps out of its rows the records the previous
-    batch holds unchanged (:func:`carry`): they come back as carried runs.
+    A new batch comes back with its rows in the form the warehouse stores them, not yet written, in a
+    :class:`~guiji.spill.Spill` (in memory up to ``memory_rows`` rows, beyond that on local disk; the
+    caller closes it): :func:`store` writes it, and the 标准层 may go on with the same rows meanwhile.
+    A 前置库 delivery is read a page at a time and never held whole. With the ``catalogue``, a full
+    snapshot delivered again leaves out of its rows the records the previous batch holds unchanged
+    (:func:`carry`): they come back as carried runs.
     """
-    low = read_window(resource, batch_date) if isinstance(resource.channel, DatabaseChannel) else None
+    db = isinstance(resource.channel, DatabaseChannel)
+    low = read_window(resource, batch_date) if db else None
     with wh.engine.connect() as conn:
         prev = latest_batch(wh, conn, resource, batch_date)
-    delivery = read_batch(resource, batch_date, landing, low, variables)
-    if isinstance(resource.channel, FileChannel) and not delivery.sources:
-        return IngestResult("none", prev, [])
-    if prev is not None and prev.content_hash == delivery.content_hash:
-        return IngestResult("unchanged", prev, delivery.problems)
+    problems: list[str] = []
+    if db:
+        reading = open_database(resource, batch_date, landing, low, variables)
+        pages, sources, unreadable = reading.pages(), [reading.source], []
+    else:
+        delivery = read_batch(resource, batch_date, landing, low, variables)
+        if isinstance(resource.channel, FileChannel) and not delivery.sources:
+            return IngestResult("none", prev, [])
+        if prev is not None and prev.content_hash == delivery.content_hash:
+            return IngestResult("unchanged", prev, delivery.problems)
+        pages, sources, unreadable, problems = _pages_of(delivery), delivery.sources, delivery.unreadable, \
+            delivery.problems
     seq = (prev.seq + 1) if prev else 1
     batch_id = f"{resource.id}.{batch_date:%Y%m%d}.{seq}"
-    unparseable = int(delivery.frame.get_column("_error").is_not_null().sum())
+    schema = ods_schema(resource)
+    keys = key_values(catalogue, resource) if catalogue is not None else []
+    spill = Spill(keys, memory_rows)
+    compared = catalogue is not None and _carries(resource)
+    thin, unparseable = [], 0
+    try:
+        for page in pages:
+            rows = page.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
+                [pl.col(c).cast(t) for c, t in schema.items() if c != DIGEST])
+            rows = with_record_digest(resource, wh.stored(rows)).select(list(schema))
+            unparseable += int(rows.get_column("_error").is_not_null().sum())
+            if compared:
+                thin.append(rows.select("_row_no", DIGEST, "_error", "_source", *keys))
+            spill.add(rows)
+        spill.finish()
+    except BaseException:
+        spill.close()
+        raise
+    if db:
+        content_hash, delivered, high = reading.content_hash, reading.rows, reading.watermark_high
+        if prev is not None and prev.content_hash == content_hash:
+            spill.close()
+            return IngestResult("unchanged", prev, problems)
+    else:
+        content_hash, delivered, high = delivery.content_hash, spill.rows, None
     record = {
         "batch_id": batch_id,
         "batch_no": None,
@@ -124,39 +167,57 @@ def receive(
         "seq": seq,
         "received_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
         "channel": resource.channel.kind,
-        "sources": "; ".join(delivery.sources),
-        "content_hash": delivery.content_hash,
-        "rows_delivered": delivery.rows,
+        "sources": "; ".join(sources),
+        "content_hash": content_hash,
+        "rows_delivered": delivered,
         "rows_unparseable": unparseable,
         "watermark_low": low,
-        "watermark_high": delivery.watermark_high or low,
-        "problems": "\n".join(delivery.problems) or None,
-        "unreadable_bytes": sum(u.bytes for u in delivery.unreadable),
-        "unreadable_lines": sum(u.lines for u in delivery.unreadable),
-        "status": BATCH_FAILED if delivery.unreadable else BATCH_OK,
+        "watermark_high": high or low,
+        "problems": "\n".join(problems) or None,
+        "unreadable_bytes": sum(u.bytes for u in unreadable),
+        "unreadable_lines": sum(u.lines for u in unreadable),
+        "status": BATCH_FAILED if unreadable else BATCH_OK,
         "carried_from": None,
         "rows_carried": 0,
     }
-    schema = ods_schema(resource)
-    rows = delivery.frame.with_columns(pl.lit(batch_id).alias("_batch_id")).select(
-        [pl.col(c).cast(t) for c, t in schema.items() if c != DIGEST])
-    if not rows.get_column("_row_no").is_sorted():  # (a 前置库's rows and one file's are in order already)
-        rows = rows.sort("_row_no", maintain_order=True)
-    rows = wh.stored(rows)
-    rows = with_record_digest(resource, rows).select(list(schema))
     runs = None
-    if catalogue is not None:
-        rows, runs, source = carry(wh, catalogue, resource, batch_date, batch_id, rows)
+    if compared:
+        try:
+            carried, runs, source = carry(wh, catalogue, resource, batch_date, batch_id,
+                                          pl.concat(thin) if thin else None)
+        except BaseException:
+            spill.close()
+            raise
         if runs is not None:
+            spill.leave_out(carried)
             record["carried_from"] = source
             record["rows_carried"] = int(runs.get_column("rows").sum())
-    return IngestResult("new", Batch.from_row(record), delivery.problems, rows, record, runs)
+    return IngestResult("new", Batch.from_row(record), problems, spill, record, runs)
+
+
+def _pages_of(delivery: Delivery) -> Iterator[pl.DataFrame]:
+    """A file or API delivery's frame a page at a time; the delivery lets go of the frame as it goes."""
+    frame, delivery.frame = delivery.frame, delivery.frame.clear()
+    if frame.height == 0:
+        yield frame
+        return
+    page = FETCH_PAGE_ROWS
+    while frame.height:
+        yield frame.head(page)
+        frame = frame.slice(page)
+
+
+def _carries(resource: Resource) -> bool:
+    """A resource whose deliveries are compared with the previous batch: a full snapshot (files, API),
+    not a 前置库's versions."""
+    return not resource.version_column
 
 
 def carry(
-    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch_id: str, rows: pl.DataFrame,
-) -> tuple[pl.DataFrame, pl.DataFrame | None, str | None]:
-    """Split a new batch's rows into those to store and those the previous batch holds unchanged.
+    wh: Warehouse, catalogue: Catalogue, resource: Resource, batch_date: dt.date, batch_id: str,
+    rows: pl.DataFrame | None,
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None, str | None]:
+    """Which records of a new batch the previous batch holds unchanged (not to be stored again).
 
     A full snapshot delivered again (file and API channels; a 前置库 delivers only its changed rows)
     is compared with the resource's newest batch of an earlier date — when that batch was read whole
@@ -167,37 +228,37 @@ def carry(
     accepted record stays accepted on a later date: the blocking rules are the key's format and
     uniqueness, and an ID number's birth date, which only a later date can let pass.
 
-    Returns the rows to store, the carried runs (None: nothing carried) and the compared batch's id.
+    ``rows``: the new batch's ``_row_no``, digest, ``_error``, ``_source`` and parsed key columns
+    (:func:`guiji.standardize.key_values`). Returns the carried records (``_source``, ``_row_no``), the
+    carried runs (None: nothing carried) and the compared batch's id.
     """
-    if resource.version_column or rows.height == 0:
-        return rows, None, None
+    if not _carries(resource) or rows is None or rows.height == 0:
+        return None, None, None
     with wh.engine.connect() as conn:
         prev = previous_batch(wh, conn, resource, batch_date)
         # a batch of several files numbers records inside each file: only one file's rows are addressable
         if prev is None or prev.failed or "; " in prev.sources or not wh.exists("audit", RECONCILIATION):
-            return rows, None, None
+            return None, None, None
         rec = wh.read(conn, f"SELECT withheld FROM {wh.qualified('audit', RECONCILIATION)} WHERE batch_id = :b",
                       {"withheld": pl.String()}, {"b": prev.batch_id})
         if rec.height == 0 or rec.item(0, 0) is not None:
-            return rows, None, None
+            return None, None, None
         before = batch_records(wh, conn, resource, prev.batch_id)
         quarantined = wh.read(conn, f"SELECT DISTINCT row_no FROM {wh.qualified('quality', QUARANTINE)} "
                               "WHERE batch_id = :b", {"row_no": pl.Int64()}, {"b": prev.batch_id})
     accepted = before.filter(pl.col("digest").is_not_null()).join(
         quarantined, on="row_no", how="anti").filter(pl.col("digest").is_unique())
-    keys = key_values(catalogue, resource)
-    mine = rows.select("_row_no", DIGEST, "_error", "_source", *keys)
-    key_cols = [f"__key_{e}" for e in resource.key if f"__key_{e}" in mine.columns]
+    key_cols = [f"__key_{e}" for e in resource.key if f"__key_{e}" in rows.columns]
     twice = pl.any_horizontal([pl.col(c).is_null() for c in key_cols]) | pl.struct(key_cols).is_duplicated() \
         if key_cols else pl.lit(True)
-    candidates = mine.filter(pl.col("_error").is_null() & ~twice.fill_null(True) & pl.col(DIGEST).is_unique())
+    candidates = rows.filter(pl.col("_error").is_null() & ~twice.fill_null(True) & pl.col(DIGEST).is_unique())
     matched = candidates.join(accepted, left_on=DIGEST, right_on="digest", how="inner").select(
         pl.col("_row_no").alias("row_no"), "source_batch_id", "source_row_no", pl.col("_source").alias("source"))
     if matched.height == 0:
-        return rows, None, None
+        return None, None, None
     runs = carried_runs(batch_id, matched)
     carried = matched.select(pl.col("source").alias("_source"), pl.col("row_no").alias("_row_no"))
-    return rows.join(carried, on=["_source", "_row_no"], how="anti", nulls_equal=True), runs, prev.batch_id
+    return carried, runs, prev.batch_id
 
 
 def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
@@ -211,7 +272,7 @@ def store(wh: Warehouse, resource: Resource, result: IngestResult) -> None:
         wh.create(conn, table)
         result.record["batch_no"] = result.batch.batch_no = number_batch(wh, conn)
         wh.insert(conn, batches, pl.DataFrame([result.record], schema=BATCH_SCHEMA))
-        wh.insert(conn, table, result.rows)
+        wh.insert_pages(conn, table, result.rows.pages())
         if result.carried is not None and result.carried.height:
             carried = carried_table(wh)
             wh.create(conn, carried)

@@ -187,8 +187,9 @@ def test_a_batch_validated_in_slices_keeps_none_of_them_once_each_is_validated(m
     import gc
     import weakref
 
-    import quality.expectations as qe
     from great_expectations.exceptions import DataContextError
+
+    import quality.expectations as qe
 
     given = []
     to_gx = qe.gx_frame

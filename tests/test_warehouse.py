@@ -79,6 +79,23 @@ def test_a_table_read_in_pages_is_the_table_read_at_once(warehouse: Warehouse) -
             assert pl.concat(pages).equals(warehouse.read(conn, many, schema))
 
 
+def test_pages_inserted_in_one_copy_are_the_frame_inserted_at_once(warehouse: Warehouse, monkeypatch) -> None:
+    """A batch's ODS rows go in as pages (a spilled batch a key bucket at a time) through one COPY: the
+    table holds what one insert of all of them holds, empty pages and a page larger than a COPY block
+    included; no page at all inserts nothing."""
+    import warehouse.store as store
+
+    monkeypatch.setattr(store, "_COPY_CHUNK_ROWS", 2)  # a page of 3 rows is two COPY blocks
+    table = warehouse.table("audit", "pages", columns_of(SCHEMA))
+    frame = _frame()
+    with warehouse.begin() as conn:
+        warehouse.create(conn, table)
+        assert warehouse.insert_pages(conn, table, []) == 0
+        assert warehouse.insert_pages(conn, table, [frame.clear(), frame.head(3), frame.clear(), frame.slice(3)]) \
+            == frame.height
+    assert _read_all(warehouse, table).sort("k").equals(frame.sort("k"))
+
+
 def test_frames_are_sent_in_the_columns_types(warehouse: Warehouse) -> None:
     """A frame whose dtypes differ from the table's (narrower integers, nanosecond or zoned
     timestamps, a subset of the columns) is stored as the table declares it."""

@@ -11,9 +11,10 @@ SQLite uses executemany inside the caller's transaction.
 from __future__ import annotations
 
 import io
+import itertools
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,6 +327,28 @@ class Warehouse:
                 conn.connection.driver_connection.executemany(sql, frame.iter_rows())
         return frame.height
 
+    def insert_pages(self, conn: Connection, table: sa.Table, pages: Iterable[pl.DataFrame]) -> int:
+        """Append frames of the same columns to a table in the order given, as one COPY on PostgreSQL
+        (a page at a time: only one page is held here), executemany a page at a time on SQLite. For a
+        table without a primary key (:meth:`insert` sorts by the key first)."""
+        pages = iter(pages)
+        first = next((p for p in pages if p.height), None)
+        if first is None:
+            return 0
+        rest = (p for p in pages if p.height)
+        if not self.is_postgres:
+            return sum(self.insert(conn, table, p) for p in itertools.chain([first], rest))
+        names = [c.name for c in table.columns if c.name in first.columns]
+        counted = [0]
+
+        def frames() -> Iterator[pl.DataFrame]:
+            for p in itertools.chain([first], rest):
+                counted[0] += p.height
+                yield p.select(names)
+        with redacting():
+            self._copy_frames(conn, table, names, {n: first.schema[n] for n in names}, frames())
+        return counted[0]
+
     def _name(self, table: sa.Table) -> str:
         return f"{self.quote(table.schema)}.{self.quote(table.name)}" if table.schema else self.quote(table.name)
 
@@ -353,8 +376,13 @@ class Warehouse:
         binary format carries each value in its column's exact type, so the frame is first cast to
         the types of the table's columns (:func:`wire_type`).
         """
-        cols = ", ".join(self.quote(n) for n in frame.columns)
-        wire = [_to_wire(pl.col(n), frame.schema[n], wire_type(table.c[n].type)).alias(n) for n in frame.columns]
+        self._copy_frames(conn, table, frame.columns, frame.schema, [frame])
+
+    def _copy_frames(self, conn: Connection, table: sa.Table, names: list[str], schema: Mapping[str, pl.DataType],
+                     frames: Iterable[pl.DataFrame]) -> None:
+        """One binary COPY of every frame (columns ``names`` of types ``schema``), in order."""
+        cols = ", ".join(self.quote(n) for n in names)
+        wire = [_to_wire(pl.col(n), schema[n], wire_type(table.c[n].type)).alias(n) for n in names]
         dbapi = conn.connection.driver_connection
         encoder = None
         # A queued writer sends each block from a worker thread while the next one is encoded; the frame
@@ -362,13 +390,14 @@ class Warehouse:
         with dbapi.cursor() as cur, cur.copy(
             f"COPY {self._name(table)} ({cols}) FROM STDIN WITH (FORMAT binary)", writer=QueuedLibpqWriter(cur),
         ) as copy:
-            for i in range(0, frame.height, _COPY_CHUNK_ROWS):
-                arrow = self.stored(frame.slice(i, _COPY_CHUNK_ROWS)).select(wire).to_arrow()
-                if encoder is None:
-                    encoder = ArrowToPostgresBinaryEncoder(arrow.schema)
-                    copy.write(encoder.write_header())
-                for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
-                    copy.write(encoder.write_batch(batch))
+            for frame in frames:
+                for i in range(0, frame.height, _COPY_CHUNK_ROWS):
+                    arrow = self.stored(frame.slice(i, _COPY_CHUNK_ROWS)).select(wire).to_arrow()
+                    if encoder is None:
+                        encoder = ArrowToPostgresBinaryEncoder(arrow.schema)
+                        copy.write(encoder.write_header())
+                    for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
+                        copy.write(encoder.write_batch(batch))
             if encoder is not None:
                 copy.write(encoder.finish())
 

@@ -1,0 +1,201 @@
+"""A new batch's ODS rows between the channel and the warehouse, without holding a large one whole.
+
+A delivery comes in pages (:mod:`guiji.channels`); its rows go on to two writers in the same step —
+the ODS COPY, and the 标准层, which standardises them in slices that each hold every copy of a key
+(the unique rule compares rows). Up to ``memory_rows`` rows (one 标准层 slice, ``GONGSHU_STD_CHUNK_ROWS``)
+a batch stays in memory, as before. A larger one is spilled to Arrow IPC files in a folder of its own
+on local disk (``TMPDIR``), one file per bucket of a hash of the key as the 标准层 parses it: a slice
+is then a few buckets read back, and the ODS COPY reads the buckets one after the other. Polars holds
+text as 16-byte views beside the bytes: the 户籍 delivery of a 10 M-person city is ~2.5 GB as a frame
+(247 MB at 1 M, measured as Arrow IPC), more than half the step's budget before anything is done with it.
+
+Records the previous batch holds unchanged (:func:`guiji.ods.carry`) are left out when the rows are
+read back (:meth:`Spill.leave_out`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from warehouse.store import slice_numbers
+
+SPILL_BUCKETS = 128
+"""Buckets of a spilled batch: a slice is at least one bucket, so slices stay within
+``GONGSHU_STD_CHUNK_ROWS`` (200,000) up to 128 × that many records (25.6 M) in one batch."""
+FIRST_ROWS = 1_000  # the first rows in delivery order, kept in memory for the step's preview
+
+
+class Spill:
+    """The rows of one new batch, in memory up to ``memory_rows``, beyond that in bucket files.
+
+    ``keys``: the key as the 标准层 parses it (:func:`guiji.standardize.key_values`): every copy of a key
+    lands in one bucket; a row with part of its key missing goes by its row number.
+    """
+
+    def __init__(self, keys: list[pl.Expr], memory_rows: int, buckets: int = SPILL_BUCKETS) -> None:
+        self.keys, self.memory_rows, self.buckets = keys, max(memory_rows, 1), buckets
+        self.held: list[pl.DataFrame] = []
+        self.rows = 0  # every row added (before leave_out)
+        self.first: pl.DataFrame | None = None
+        self.schema: dict[str, pl.DataType] | None = None
+        self.folder: Path | None = None
+        self.counts = [0] * buckets
+        self._writers: dict[int, ipc.RecordBatchFileWriter] = {}
+        self._left_out: pl.DataFrame | None = None
+        self._left_out_rows = 0
+
+    # --- filling --------------------------------------------------------------------------------
+    def add(self, page: pl.DataFrame) -> None:
+        if self.schema is None:
+            self.schema = dict(page.schema)
+        if page.height == 0:
+            return
+        self.rows += page.height
+        if self.first is None or self.first.height < FIRST_ROWS:
+            head = page.head(FIRST_ROWS)
+            self.first = head if self.first is None else pl.concat([self.first, head]).head(FIRST_ROWS)
+        if self.folder is None:
+            self.held.append(page)
+            if self.rows <= self.memory_rows:
+                return
+            self.folder = Path(tempfile.mkdtemp(prefix="gongshu_spill_"))
+            held, self.held = self.held, []
+            for part in held:
+                self._write(part)
+            return
+        self._write(page)
+
+    def _write(self, page: pl.DataFrame) -> None:
+        assert self.folder is not None
+        numbers = _bucket_numbers(page, self.keys, self.buckets)
+        for (bucket,), part in page.with_columns(numbers.alias("__bucket")).partition_by(
+                "__bucket", as_dict=True, include_key=False).items():
+            table = part.to_arrow()
+            writer = self._writers.get(bucket)
+            if writer is None:
+                writer = self._writers[bucket] = ipc.new_file(str(self.folder / f"{bucket}.arrow"), table.schema)
+            writer.write_table(table)
+            self.counts[bucket] += part.height
+
+    def finish(self) -> None:
+        """Every page added: the bucket files are closed, ready to be read (by several readers at once)."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def leave_out(self, rows: pl.DataFrame) -> None:
+        """Leave the records ``rows`` names (``_source``, ``_row_no``; each one of this batch's) out of
+        every read from now on."""
+        self._left_out = rows.select("_source", "_row_no").unique()
+        self._left_out_rows = self._left_out.height
+        if self.first is not None:
+            self.first = self._kept(self.first)
+
+    # --- reading --------------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        """Rows to store: every row added, less those left out."""
+        return self.rows - self._left_out_rows
+
+    @property
+    def spilled(self) -> bool:
+        return self.folder is not None
+
+    def _kept(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if self._left_out is None or frame.height == 0:
+            return frame
+        return frame.join(self._left_out, on=["_source", "_row_no"], how="anti", nulls_equal=True)
+
+    def _empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.schema or {})
+
+    def _read(self, buckets: list[int]) -> pl.DataFrame:
+        assert self.folder is not None
+        tables = []
+        for b in buckets:
+            with pa.OSFile(str(self.folder / f"{b}.arrow")) as source:
+                tables.append(ipc.open_file(source).read_all())
+        frame = pl.from_arrow(pa.concat_tables(tables))
+        assert isinstance(frame, pl.DataFrame)
+        return self._kept(frame.cast(self.schema) if self.schema else frame)
+
+    def pages(self) -> Iterator[pl.DataFrame]:
+        """Every row to store: the pages as added (in memory) or a bucket at a time."""
+        if not self.spilled:
+            for page in self.held:
+                kept = self._kept(page)
+                if kept.height:
+                    yield kept
+            return
+        for b in range(self.buckets):
+            if self.counts[b]:
+                yield self._read([b])
+
+    def slices(self, chunk_rows: int) -> Iterator[pl.DataFrame]:
+        """Every row to store in slices of about ``chunk_rows`` (at least one slice, empty for no rows),
+        every copy of a key in one slice."""
+        if not self.spilled:
+            frame = self._kept(pl.concat(self.held)) if self.held else self._empty()
+            yield from key_slices(frame, self.keys, chunk_rows)
+            return
+        group: list[int] = []
+        held = 0
+        for b in range(self.buckets):
+            n = self.counts[b]
+            if not n:
+                continue
+            if group and held + n > chunk_rows:
+                yield self._read(group)
+                group, held = [], 0
+            group.append(b)
+            held += n
+        if group:
+            yield self._read(group)
+
+    def head(self, n: int) -> pl.DataFrame:
+        """The first ``n`` (≤ :data:`FIRST_ROWS`) rows to store, in delivery order (also once closed)."""
+        return self.first.head(n) if self.first is not None else self._empty()
+
+    def frame(self) -> pl.DataFrame:
+        """Every row to store as one frame, in row order (for small batches and tests)."""
+        pages = list(self.pages())
+        return pl.concat(pages).sort("_source", "_row_no") if pages else self._empty()
+
+    def close(self) -> None:
+        """Let go of the rows: the bucket files are deleted (their folder with them)."""
+        self.finish()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+        self.held = []
+
+
+def key_slices(frame: pl.DataFrame, keys: list[pl.Expr], chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """A frame in ⌈rows / ``chunk_rows``⌉ slices (the frame itself when it fits in one), every copy of a key
+    in one slice (:func:`warehouse.store.slice_numbers`)."""
+    n = -(-frame.height // max(chunk_rows, 1))
+    if n <= 1:
+        yield frame
+        return
+    part = slice_numbers(frame, keys, n)
+    for i in range(n):
+        yield frame.filter(part == i)
+
+
+def _bucket_numbers(page: pl.DataFrame, keys: list[pl.Expr], buckets: int) -> pl.Series:
+    """Each row's bucket: a hash of its key (the seed of :func:`warehouse.store.slice_numbers`), or its row
+    number when part of the key is missing."""
+    by_row = pl.col("_row_no").cast(pl.UInt64) % buckets
+    if not keys:
+        return page.select(by_row.cast(pl.UInt32).alias("b")).get_column("b")
+    names = [k.meta.output_name() for k in keys]
+    pick = pl.when(pl.any_horizontal([pl.col(c).is_null() for c in names])).then(by_row).otherwise(
+        pl.struct(names).hash(seed=17) % buckets)
+    return page.select(*keys, "_row_no").select(pick.cast(pl.UInt32).alias("b")).get_column("b")
