@@ -177,6 +177,19 @@ class Spill:
         self.held = []
 
 
+def detached(frame: pl.DataFrame) -> pl.DataFrame:
+    """A copy of a (small) frame that shares no buffer with the frame it was cut from.
+
+    Polars text is views into shared buffers: a few quarantined rows filtered from a slice keep the
+    whole slice's text alive, and ``shrink_to_fit`` does not always let go (measured on the 户籍
+    quarantine: ~9 MB kept per 50,000-record slice either way). Through Arrow's plain (non-view) text
+    the values are copied into buffers of their own.
+    """
+    out = pl.from_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
+    assert isinstance(out, pl.DataFrame)
+    return out.cast(dict(frame.schema)) if out.schema != frame.schema else out
+
+
 def key_slices(frame: pl.DataFrame, keys: list[pl.Expr], chunk_rows: int) -> Iterator[pl.DataFrame]:
     """A frame in ⌈rows / ``chunk_rows``⌉ slices (the frame itself when it fits in one), every copy of a key
     in one slice (:func:`warehouse.store.slice_numbers`)."""

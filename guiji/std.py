@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from catalog.loader import Catalogue
 from catalog.models import Resource
 from guiji.ods import IngestResult, receive, store
-from guiji.spill import key_slices
+from guiji.spill import detached, key_slices
 from guiji.standardize import Standardized, key_values, standardize
 from quality.expectations import Validation
 from quality.results import BLOCKING_MIN_PASS_RATE, masked_failures, store_results, withheld_reason
@@ -253,13 +253,13 @@ def _standardize(
         write(result.accepted)
         accepted += result.accepted.height
         id15 += result.converted_id15
-        # What is kept of a slice is copied out of it (shrink_to_fit): a frame filtered from the slice shares
+        # What is kept of a slice is copied out of it (detached): a frame filtered from the slice shares
         # its text buffers, and the quarantine and failing records of every slice would keep every slice
         # (measured at 10 M persons: ~45 MB a slice of 200,000 户籍 records, the whole batch by the end).
         if preview is None or preview.height < PREVIEW_ROWS:
-            head = result.accepted.head(PREVIEW_ROWS).shrink_to_fit()
+            head = detached(result.accepted.head(PREVIEW_ROWS))
             preview = head if preview is None else pl.concat([preview, head]).head(PREVIEW_ROWS)
-        quarantine.append(result.quarantine.shrink_to_fit())
+        quarantine.append(detached(result.quarantine))
         counts = result.rule_counts if counts is None else counts.with_columns(
             pl.col("evaluated") + result.rule_counts.get_column("evaluated"),
             pl.col("failed") + result.rule_counts.get_column("failed"))
@@ -267,7 +267,7 @@ def _standardize(
             validation.add(result.parsed)
         keys = result.parsed.select(["_row_no", *resource.key]) if result.parsed is not None \
             else pl.DataFrame(schema={"_row_no": pl.Int64})
-        failures.append(masked_failures(catalogue, resource, result.failures, keys).shrink_to_fit())
+        failures.append(detached(masked_failures(catalogue, resource, result.failures, keys)))
     assert counts is not None and preview is not None
     result = Standardized(preview, pl.concat(quarantine).sort("_row_no", "reason_code", "field", nulls_last=True),
                           id15, counts)

@@ -78,3 +78,19 @@ def test_an_empty_delivery_is_one_empty_slice_and_no_page() -> None:
     assert only.height == 0 and only.columns == ["_row_no", "_source", "k", "v"]
     assert spill.head(FIRST_ROWS).height == 0
     spill.close()
+
+
+def test_a_detached_frame_has_the_values_and_types_of_the_frame() -> None:
+    """What the 标准层 keeps of a slice is copied through Arrow's plain text (values, types and nulls
+    as they were), so it holds none of the slice's buffers."""
+    import datetime as dt
+
+    from guiji.spill import detached
+
+    big = pl.DataFrame({"t": [f"值{i}" * (i % 4) if i % 5 else None for i in range(1000)],
+                        "n": list(range(1000)), "d": [dt.date(2026, 1, 1 + i % 28) for i in range(1000)],
+                        "c": pl.Series(["甲", "乙"] * 500, dtype=pl.Categorical)})
+    small = big.filter(pl.col("n") % 97 == 0)
+    out = detached(small)
+    assert out.schema == small.schema and out.equals(small)
+    assert detached(big.clear()).schema == big.schema
