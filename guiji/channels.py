@@ -284,22 +284,27 @@ def parse_csv(
             ", 无法确定取哪一列, 全部记录隔离" if h in columns else ", 该列不在目录中, 已忽略"))
     encoded = text.encode("utf-8")
     del text
-    try:
-        table, bad = _read_csv(encoded, names, delimiter, None)
-    except pa.ArrowInvalid as exc:
-        if "straddling" not in str(exc):
-            raise
-        # a field larger than pyarrow's block (1 MB): read this file as one block
-        table, bad = _read_csv(encoded, names, delimiter, min(len(encoded) + 1, _MAX_BLOCK))
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    del table, encoded
+    pieces = []  # (frame of the piece's good records, its invalid records with their line numbers)
+    for first, piece, lines_before in _csv_pieces(encoded, CSV_PIECE_BYTES):
+        table, bad = _read_csv(piece, names, delimiter, min(len(piece) + 1, _MAX_BLOCK), header=first)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        del table, piece
+        # a line number counts the header in the first piece, and the line itself in the others
+        shift = lines_before + (0 if first else 1)
+        pieces.append((frame, [(n + shift, t, e) for n, t, e in bad]))
+    del encoded
+    bad = [b for _, part in pieces for b in part]
     # The physical line numbers of the skipped records tell where the good ones sit.
-    total = frame.height + len(bad)
+    total = sum(f.height for f, _ in pieces) + len(bad)
     good_rows = pl.int_range(1, total + 1, dtype=pl.Int64, eager=True)
     if bad:
         good_rows = good_rows.filter(~good_rows.is_in([n for n, _, _ in bad]))
-    frame = frame.with_columns(good_rows.alias("_row_no"))
+    frames, at = [], 0
+    for f, _ in pieces:
+        frames.append(f.with_columns(good_rows.slice(at, f.height).alias("_row_no")))
+        at += f.height
+    del pieces
     error = None
     if missing:
         problems.append(f"{source}: 表头缺少列 {', '.join(missing)} (期望: {', '.join(columns)})")
@@ -309,17 +314,16 @@ def parse_csv(
     if wrong:  # the one reason for every record of the file, whatever else is wrong with it
         error = record_error(WRONG_ENCODING, wrong)
     if error:
-        frame = _whole_record(frame, names, delimiter, error)
+        frames = [_whole_record(f, names, delimiter, error) for f in frames]
+    broken = None
     if bad:
         problems.append(f"{source}: {len(bad)} 行列数不符 (第 {', '.join(str(n) for n, _, _ in bad[:5])}{' …' if len(bad) > 5 else ''} 行)")
-        broken = pl.DataFrame(
+        broken = _finish(pl.DataFrame(
             {"_row_no": [n for n, _, _ in bad], "_raw": [t for _, t, _ in bad],
              "_error": [record_error(WRONG_ENCODING, wrong) if wrong else e for _, _, e in bad]},
             schema={"_row_no": pl.Int64, "_raw": pl.String, "_error": pl.String},
-        )
-        frame = pl.concat([_finish(frame, columns, source), _finish(broken, columns, source)]).sort("_row_no")
-    else:
-        frame = _finish(frame, columns, source)
+        ), columns, source)
+    frame = _in_row_order([_finish(f, columns, source) for f in frames], broken)
     if wrong:
         problems.append(f"{wrong} (共 {frame.height} 条记录)")
     return frame, problems
@@ -338,17 +342,60 @@ def _unique_names(header: list[str]) -> tuple[list[str], dict[str, list[int]]]:
     return names, {h: where for h, where in seen.items() if len(where) > 1}
 
 
-def _read_csv(encoded: bytes, names: list[str], delimiter: str, block_size: int | None) -> tuple[pa.Table, list]:
+CSV_PIECE_BYTES = 64 * 2**20
+"""A delimited file is parsed a piece of about this many bytes (whole lines) at a time: the Arrow table
+and the frame made of it are never both held for the whole file, and a field larger than pyarrow's
+default block fits the piece's own block."""
+
+
+def _csv_pieces(encoded: bytes, size: int) -> Iterator[tuple[bool, memoryview, int]]:
+    """The file cut after a line end every ``size`` bytes or more: (first piece?, piece, data lines before
+    it — the header not counted)."""
+    view = memoryview(encoded)
+    start, lines = 0, 0
+    while True:
+        cut = encoded.find(b"\n", start + size) if start + size < len(encoded) else -1
+        end = len(encoded) if cut < 0 else cut + 1
+        yield start == 0, view[start:end], lines
+        if end >= len(encoded):
+            return
+        lines += encoded.count(b"\n", start, end) - (1 if start == 0 else 0)
+        start = end
+
+
+def _in_row_order(frames: list[pl.DataFrame], broken: pl.DataFrame | None) -> pl.DataFrame:
+    """The pieces' records (each piece in row order, the pieces one after the other; at least one piece)
+    and the invalid ones, in row order, without sorting the whole file: each invalid record joins the
+    piece whose numbers surround it."""
+    kept = [f for f in frames if f.height]
+    if broken is None or broken.height == 0:
+        return (pl.concat(kept, rechunk=False) if len(kept) > 1 else kept[0]) if kept else frames[0]
+    if not kept:
+        return broken.sort("_row_no")
+    starts = [f.get_column("_row_no")[0] for f in kept]
+    out = []
+    for i, f in enumerate(kept):
+        mine = broken
+        if i > 0:
+            mine = mine.filter(pl.col("_row_no") >= starts[i])
+        if i + 1 < len(kept):
+            mine = mine.filter(pl.col("_row_no") < starts[i + 1])
+        out.append(pl.concat([f, mine]).sort("_row_no") if mine.height else f)
+    return pl.concat(out, rechunk=False) if len(out) > 1 else out[0]
+
+
+def _read_csv(encoded: bytes | memoryview, names: list[str], delimiter: str, block_size: int | None,
+              header: bool = True) -> tuple[pa.Table, list]:
     bad: list[tuple[int, str, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         bad.append((row.number - 1, row.text, f"列数不符: 期望 {row.expected_columns} 列, 实际 {row.actual_columns} 列"))
         return "skip"
 
-    read = pacsv.ReadOptions(use_threads=False, column_names=names, skip_rows=1,
+    read = pacsv.ReadOptions(use_threads=False, column_names=names, skip_rows=1 if header else 0,
                              **({"block_size": block_size} if block_size else {}))
     table = pacsv.read_csv(
-        io.BytesIO(encoded),
+        pa.BufferReader(pa.py_buffer(encoded)),
         read_options=read,
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, newlines_in_values=False),
         convert_options=pacsv.ConvertOptions(

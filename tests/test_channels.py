@@ -305,6 +305,38 @@ def test_a_field_larger_than_the_csv_block_is_read_and_every_record_counted() ->
     assert frame.get_column("B")[181] == huge and frame.get_column("_row_no").to_list() == list(range(1, 183))
 
 
+@pytest.mark.parametrize("case", ["clean", "broken", "wrong-encoding", "missing-column", "crlf-bom", "huge-field"])
+def test_a_file_parsed_in_pieces_is_the_file_parsed_at_once(case: str, monkeypatch) -> None:
+    """A delimited file is parsed a piece of whole lines at a time (the Arrow table and its frame never
+    both held for the whole file): records, row numbers, reasons and problems are those of one piece,
+    whatever the pieces — lines with the wrong number of fields in the first, a middle and the last
+    piece, a file in another encoding, a missing column, CRLF with a BOM, a field larger than a piece."""
+    import guiji.channels as channels
+
+    names = ["李旭", "王小明", "赵强强", "欧阳娜娜"]
+    lines = [f"{i:04d};{names[i % 4]};{i % 7}" for i in range(240)]
+    columns, encoding, header = ["SFZ", "XINGMING", "BIE"], "gbk", "SFZ;XINGMING;BIE"
+    if case in ("broken", "wrong-encoding"):
+        for i in (0, 1, 97, 98, 150, 239):
+            lines[i] += ";多余"
+    if case == "missing-column":
+        header = "SFZ;XINGMING;QITA"
+    if case == "huge-field":
+        lines[120] = "0120;" + "长" * 5000 + ";1"
+    text = header + "\n" + "\n".join(lines) + "\n"
+    if case == "crlf-bom":
+        text = "\ufeff" + text.replace("\n", "\r\n")
+    data = text.encode("utf-8" if case in ("wrong-encoding", "crlf-bom") else "gbk")
+    encoding = "utf-8" if case == "crlf-bom" else encoding
+    whole = parse_csv(data, "p.csv", columns, encoding, ";")
+    for size in (1, 100, 997, 4000):
+        monkeypatch.setattr(channels, "CSV_PIECE_BYTES", size)
+        frame, problems = parse_csv(data, "p.csv", columns, encoding, ";")
+        assert problems == whole[1]
+        assert frame.equals(whole[0]), size
+    assert whole[0].height == 240 and whole[0].get_column("_row_no").to_list() == list(range(1, 241))
+
+
 def test_a_header_naming_a_declared_column_twice_flags_every_record() -> None:
     frame, problems = parse_csv(b"A,B,A\n1,2,3\n4,5,6\n", "dup.csv", ["A", "B"], "utf-8", ",")
     assert frame.select("_row_no", "_raw", "_error").rows() == [
