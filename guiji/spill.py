@@ -2,8 +2,8 @@
 
 A delivery comes in pages (:mod:`guiji.channels`); its rows go on to two writers in the same step —
 the ODS COPY, and the 标准层, which standardises them in slices that each hold every copy of a key
-(the unique rule compares rows). Up to ``memory_rows`` rows (one 标准层 slice, ``GONGSHU_STD_CHUNK_ROWS``)
-a batch stays in memory, as before. A larger one is spilled to Arrow IPC files in a folder of its own
+(the unique rule compares rows). Up to ``memory_rows`` rows (five 标准层 slices of ``GONGSHU_STD_CHUNK_ROWS``,
+:data:`guiji.ods.SPILL_SLICES`) a batch stays in memory, as before. A larger one is spilled to Arrow IPC files in a folder of its own
 on local disk (``TMPDIR``), one file per bucket of a hash of the key as the 标准层 parses it: a slice
 is then a few buckets read back, and the ODS COPY reads the buckets one after the other. Polars holds
 text as 16-byte views beside the bytes: the 户籍 delivery of a 10 M-person city is ~2.5 GB as a frame

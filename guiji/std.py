@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from catalog.loader import Catalogue
 from catalog.models import Resource
-from guiji.ods import IngestResult, receive, store
+from guiji.ods import SPILL_SLICES, IngestResult, receive, store
 from guiji.spill import detached, key_slices
 from guiji.standardize import Standardized, key_values, standardize
 from quality.expectations import Validation
@@ -119,7 +119,8 @@ def collect(
     A delivery that is not a new batch (none, or the same content again) rebuilds the std rows of
     the latest batch. ``variables``: the values of the channel's variables (:mod:`guiji.channels`).
     """
-    received = receive(wh, resource, batch_date, landing, variables, catalogue=catalogue, memory_rows=chunk_rows)
+    received = receive(wh, resource, batch_date, landing, variables, catalogue=catalogue,
+                       memory_rows=SPILL_SLICES * chunk_rows)
     checking = {"run_id": run_id, "with_gx": with_gx, "min_pass_rate": min_pass_rate, "docs": docs,
                 "chunk_rows": chunk_rows}
     if received.status != "new":

@@ -246,7 +246,7 @@ def test_a_batch_standardised_in_slices_is_the_batch_standardised_at_once(wareho
     whole = night(1000, tmp_path / "whole")
     assert not folders  # a batch within one slice stays in memory
     _clear(warehouse)
-    sliced = night(2, tmp_path / "sliced")  # more rows than a slice: spilled to local disk in key buckets
+    sliced = night(2, tmp_path / "sliced")  # more rows than 5 slices: spilled to local disk in key buckets
     assert sliced == whole
     assert folders and not [f for f in folders if f.exists()]  # every spill deleted once written
     res = cat.resource("huzheng_renkou")
