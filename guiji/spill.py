@@ -74,7 +74,7 @@ class Spill:
 
     def _write(self, page: pl.DataFrame) -> None:
         assert self.folder is not None
-        numbers = _bucket_numbers(page, self.keys, self.buckets)
+        numbers = slice_numbers(page, self.keys, self.buckets, row="_row_no").cast(pl.UInt32)
         for (bucket,), part in page.with_columns(numbers.alias("__bucket")).partition_by(
                 "__bucket", as_dict=True, include_key=False).items():
             table = part.to_arrow()
@@ -163,11 +163,6 @@ class Spill:
         """The first ``n`` (≤ :data:`FIRST_ROWS`) rows to store, in delivery order (also once closed)."""
         return self.first.head(n) if self.first is not None else self._empty()
 
-    def frame(self) -> pl.DataFrame:
-        """Every row to store as one frame, in row order (for small batches and tests)."""
-        pages = list(self.pages())
-        return pl.concat(pages).sort("_source", "_row_no") if pages else self._empty()
-
     def close(self) -> None:
         """Let go of the rows: the bucket files are deleted (their folder with them)."""
         self.finish()
@@ -200,15 +195,3 @@ def key_slices(frame: pl.DataFrame, keys: list[pl.Expr], chunk_rows: int) -> Ite
     part = slice_numbers(frame, keys, n)
     for i in range(n):
         yield frame.filter(part == i)
-
-
-def _bucket_numbers(page: pl.DataFrame, keys: list[pl.Expr], buckets: int) -> pl.Series:
-    """Each row's bucket: a hash of its key (the seed of :func:`warehouse.store.slice_numbers`), or its row
-    number when part of the key is missing."""
-    by_row = pl.col("_row_no").cast(pl.UInt64) % buckets
-    if not keys:
-        return page.select(by_row.cast(pl.UInt32).alias("b")).get_column("b")
-    names = [k.meta.output_name() for k in keys]
-    pick = pl.when(pl.any_horizontal([pl.col(c).is_null() for c in names])).then(by_row).otherwise(
-        pl.struct(names).hash(seed=17) % buckets)
-    return page.select(*keys, "_row_no").select(pick.cast(pl.UInt32).alias("b")).get_column("b")

@@ -595,17 +595,19 @@ def _from_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return col.cast(dtype)
 
 
-def slice_numbers(frame: pl.DataFrame, keys: list[pl.Expr], n: int) -> pl.Series:
+def slice_numbers(frame: pl.DataFrame, keys: list[pl.Expr], n: int, row: str | None = None) -> pl.Series:
     """Which of ``n`` slices each row of ``frame`` goes to (a step holding one slice at a time): by a hash
     of the ``keys`` expressions, so rows with equal keys share a slice; a row with part of its key
-    missing (or with no keys given) by its row number."""
-    by_row = pl.int_range(pl.len(), dtype=pl.UInt64) % n
+    missing (or with no keys given) by its row number — its position, or the column ``row`` (the same
+    wherever the frame was cut, as for a batch spilled page by page)."""
+    position = pl.int_range(pl.len(), dtype=pl.UInt64) if row is None else pl.col(row).cast(pl.UInt64)
+    by_row = position % n
     if not keys:
         return frame.select(by_row.alias("p")).get_column("p")
     names = [k.meta.output_name() for k in keys]
     pick = pl.when(pl.any_horizontal([pl.col(c).is_null() for c in names])).then(by_row).otherwise(
         pl.struct(names).hash(seed=17) % n)
-    return frame.select(*keys).select(pick.alias("p")).get_column("p")
+    return frame.select(*keys, *([row] if row else [])).select(pick.alias("p")).get_column("p")
 
 
 def cast_frame(raw: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
