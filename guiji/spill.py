@@ -11,11 +11,18 @@ text as 16-byte views beside the bytes: the 户籍 delivery of a 10 M-person cit
 
 Records the previous batch holds unchanged (:func:`guiji.ods.carry`) are left out when the rows are
 read back (:meth:`Spill.leave_out`).
+
+A spill folder is named by its host and process (``gongshu_spill_<host>_<pid>_…``): a step killed
+mid-way (out of memory, a worker stopped) cannot delete its own, so the next spill on the same host
+deletes the folders of processes that are gone (:func:`sweep`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +37,43 @@ SPILL_BUCKETS = 128
 """Buckets of a spilled batch: a slice is at least one bucket, so slices stay within
 ``GONGSHU_STD_CHUNK_ROWS`` (200,000) up to 128 × that many records (25.6 M) in one batch."""
 FIRST_ROWS = 1_000  # the first rows in delivery order, kept in memory for the step's preview
+PREFIX = "gongshu_spill_"
+
+
+def _host() -> str:
+    return re.sub(r"[^0-9A-Za-z.-]", "-", socket.gethostname())
+
+
+def new_folder() -> Path:
+    """A new spill folder under ``TMPDIR`` named by this host and process; the folders other processes
+    of this host left behind (processes gone) are deleted first."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{_host()}_{os.getpid()}_"))
+    sweep(folder.parent)
+    return folder
+
+
+def sweep(root: Path) -> list[Path]:
+    """Delete the spill folders in ``root`` of this host's processes that are gone; the deleted ones.
+    A folder of another host (a shared ``TMPDIR``) or of a running process is left alone."""
+    mine = re.compile(re.escape(f"{PREFIX}{_host()}_") + r"(\d+)_")
+    gone = []
+    for path in root.glob(f"{PREFIX}*"):
+        m = mine.match(path.name)
+        if m is None or not path.is_dir() or _running(int(m.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(path)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class Spill:
@@ -65,7 +109,7 @@ class Spill:
             self.held.append(page)
             if self.rows <= self.memory_rows:
                 return
-            self.folder = Path(tempfile.mkdtemp(prefix="gongshu_spill_"))
+            self.folder = new_folder()
             held, self.held = self.held, []
             for part in held:
                 self._write(part)

@@ -4,6 +4,8 @@ key together, without the records carried from the previous batch."""
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 import pytest
 
@@ -93,3 +95,33 @@ def test_a_detached_frame_has_the_values_and_types_of_the_frame() -> None:
     out = detached(small)
     assert out.schema == small.schema and out.equals(small)
     assert detached(big.clear()).schema == big.schema
+
+
+def test_a_spill_deletes_the_folders_this_hosts_killed_steps_left_and_no_other(tmp_path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    import guiji.spill as spill_mod
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(spill_mod.tempfile, "tempdir", None)  # TMPDIR read again
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dead = int(ended.stdout)  # a process that has ended: its folder is what a killed step leaves
+    host = spill_mod._host()
+    left = tmp_path / f"gongshu_spill_{host}_{dead}_x1"
+    running = tmp_path / f"gongshu_spill_{host}_{os.getpid()}_x2"  # a step of this host still spilling
+    other = tmp_path / f"gongshu_spill_{host}x_{dead}_x3"  # another host's, on a shared TMPDIR
+    unrelated = tmp_path / "gongshu_spill_notes"
+    for folder in (left, running, other, unrelated):
+        folder.mkdir()
+        (folder / "0.arrow").write_bytes(b"rows")
+    spill = _filled(_pages(300, 64), 50)
+    try:
+        assert spill.spilled and spill.folder is not None and spill.folder.parent == tmp_path
+        assert spill.folder.name.startswith(f"gongshu_spill_{host}_{os.getpid()}_")
+        assert not left.exists()
+        assert running.exists() and other.exists() and unrelated.exists()
+    finally:
+        spill.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (running, other, unrelated))
