@@ -79,16 +79,12 @@ CHANNEL_KIND = {"csv": "csv", "xlsx": "excel", "json": "json"}
 T = TypeVar("T")
 
 # The executor starts the executable step of highest priority first (Dagster's ``dagster/priority``
-# op tag; among equals, in the plan's order): a library's merge as soon as its resources are in, then
-# the resources' steps, and the later stages (checks, share outputs, scorecard, reports) only when no
-# 归集 step is waiting — they used to start inside the 归集 as soon as their own library was merged,
-# holding a worker slot a resource of another library was waiting for. Of the later stages, the longest
-# chain first (LATER_FIRST_PRIORITY): the leak needles, which every share output waits for, then the
-# outputs of the population library, the largest (one entity per resident) — they used to start last,
-# after every other library's outputs, and end the night alone on one core.
-MERGE_PRIORITY = {"dagster/priority": "3"}
-GUIJI_PRIORITY = {"dagster/priority": "2"}
-LATER_FIRST_PRIORITY = {"dagster/priority": "1"}
+# op tag): a library's merge as soon as its resources are in, then the resources' steps, and the
+# later stages (checks, share outputs, scorecard, reports) only when no 归集 step is waiting — they
+# used to start inside the 归集 as soon as their own library was merged, holding a worker slot a
+# resource of another library was waiting for.
+MERGE_PRIORITY = {"dagster/priority": "2"}
+GUIJI_PRIORITY = {"dagster/priority": "1"}
 
 RETRY_POLICY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 """The 归集 steps' retries: 3 more attempts, after about 2, 6 and 14 s (±2 s). Only a transient

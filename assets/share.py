@@ -41,11 +41,11 @@ from dagster import (
 )
 
 from assets.checks import with_batch_date
-from assets.factory import LATER_FIRST_PRIORITY, preview
+from assets.factory import preview
 from assets.keys import Layer, base_key, label_kinds, labelled, ods_key, owner, std_key
 from assets.resources import OpenDataResource, PseudonymKeyResource, WarehouseResource
 from catalog.loader import Catalogue
-from catalog.models import ElementType, Labelled, Library, OutputKind, Sensitivity
+from catalog.models import Labelled, OutputKind, Sensitivity
 from desensitize.export import ExportFiles, write_open_export_pages
 from desensitize.kanon import KAnonymity
 from desensitize.leaks import Finding, Needles, scan_file, scan_table, scan_text
@@ -688,7 +688,6 @@ def build_needles_asset(catalogue: Catalogue, partitions: DailyPartitionsDefinit
             "以两个 64 位哈希值存入内部表 audit.leak_needle_hashes (不共享, 不存原值), "
             "供本分区每个共享/开放数据集的泄露扫描与格式保留令牌复用。元数据只记数量, 不含任何原值。"),
         automation_condition=AutomationCondition.eager(),
-        op_tags=LATER_FIRST_PRIORITY,  # every share output waits for it
     )
     def _needles(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         needles, reused = Needles.cached(warehouse.get(), catalogue)
@@ -698,11 +697,6 @@ def build_needles_asset(catalogue: Catalogue, partitions: DailyPartitionsDefinit
         }), context.partition_key)
 
     return _needles
-
-
-def keyed_by_person(lib: Library) -> bool:
-    """The population library: one entity per resident (keyed by the 公民身份号码), the largest of a city."""
-    return len(lib.key) == 1 and lib.element(lib.key[0]).type == ElementType.id_number
 
 
 def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
@@ -738,7 +732,6 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         description=labelled(f"{Layer.share.label} · {policy.label}", description),
         automation_condition=AutomationCondition.eager(),
         metadata={"基础库": lib.name, "类别": policy.kind.label, "适用目录属性": ", ".join(policy.classes)},
-        op_tags=LATER_FIRST_PRIORITY if keyed_by_person(lib) else None,
     )
     def _share(context: AssetExecutionContext, warehouse: WarehouseResource, pseudonym: PseudonymKeyResource,
                open_data: OpenDataResource) -> MaterializeResult:
