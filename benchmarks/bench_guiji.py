@@ -131,7 +131,7 @@ def reference_data(catalogue: Catalogue, landing: Path, day: dt.date, variables:
         if isinstance(res.channel, DatabaseChannel):
             pages = open_database(res, day, landing, None, variables).pages()
         else:
-            pages = iter([read_batch(res, day, landing, None, variables).frame])
+            pages = [read_batch(res, day, landing, None, variables).frame]
         cols: list[str] | None = None
         with path.open("wb") as out:
             for page in pages:
@@ -140,6 +140,13 @@ def reference_data(catalogue: Catalogue, landing: Path, day: dt.date, variables:
                 page.select(cols).write_csv(out, include_header=out.tell() == 0)
         prepared.append((res.id, cols or [], path))
     return prepared
+
+
+def copy_file(cp, path: Path) -> None:
+    """Send a file to a running COPY ... FROM STDIN (psycopg's ``Copy``) ``COPY_BLOCK`` bytes at a time."""
+    with path.open("rb") as data:
+        while block := data.read(COPY_BLOCK):
+            cp.write(block)
 
 
 def raw_copy_reference(prepared: Prepared, url: str, streams: int = 1) -> tuple[float, int]:
@@ -160,10 +167,8 @@ def raw_copy_reference(prepared: Prepared, url: str, streams: int = 1) -> tuple[
             with dbapi.cursor() as cur:
                 coldefs = ", ".join(f'"{c}" text' for c in cols)
                 cur.execute(f'CREATE TABLE "raw_{table}" ({coldefs})')
-                with cur.copy(f'COPY "raw_{table}" FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING \'UTF8\')') as cp, \
-                        path.open("rb") as data:
-                    while block := data.read(COPY_BLOCK):
-                        cp.write(block)
+                with cur.copy(f'COPY "raw_{table}" FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING \'UTF8\')') as cp:
+                    copy_file(cp, path)
                 n = max(cur.rowcount, 0)
             dbapi.commit()
             return n
@@ -221,9 +226,8 @@ def write_floor(url: str) -> tuple[float, int, int]:
             for schema, table, path in dumps:
                 name = f'floor."{schema}__{table}"'
                 cur.execute(f'CREATE TABLE {name} (LIKE "{schema}"."{table}" INCLUDING ALL)')
-                with cur.copy(f"COPY {name} FROM STDIN WITH (FORMAT binary)") as cp, path.open("rb") as data:
-                    while block := data.read(COPY_BLOCK):
-                        cp.write(block)
+                with cur.copy(f"COPY {name} FROM STDIN WITH (FORMAT binary)") as cp:
+                    copy_file(cp, path)
                 rows += max(cur.rowcount, 0)
             dbapi.commit()
             seconds = time.perf_counter() - start
@@ -668,7 +672,6 @@ def main() -> int:
     # median of --runs, each into fresh databases, with the reference measured twice per run,
     # between the runs, so a slow spell weighs on both sides alike.
     reference = Path(tempfile.mkdtemp(prefix="gongshu_bench_reference_"))
-    prepared = reference_data(catalogue, landing, day, variables, reference)
     streams = sorted({1, args.workers})
     refs: dict[int, list[tuple[float, int]]] = {n: [] for n in streams}
     nights: list[Night] = []
@@ -676,6 +679,7 @@ def main() -> int:
     key = os.environ.get(KEY_ENV) or secrets.token_urlsafe(32)  # one key for every night of a warehouse
     floors: list[tuple[float, int, int]] = []
     try:
+        prepared = reference_data(catalogue, landing, day, variables, reference)
         for _ in range(args.runs):
             for _ in range(REFERENCES_PER_RUN):
                 for n in streams:

@@ -40,11 +40,12 @@ from warehouse.ods import (
 from warehouse.std import QUARANTINE, RECONCILIATION
 from warehouse.store import Warehouse
 
+STD_CHUNK_ROWS = 200_000  # records the 标准层 takes at a time (Settings.std_chunk_rows, GONGSHU_STD_CHUNK_ROWS)
 SPILL_SLICES = 5
 """A new batch of more than this many 标准层 slices (``GONGSHU_STD_CHUNK_ROWS``) is spilled to local disk;
 a smaller one stays in memory (at 1 M persons every delivery does: 1 M 户籍 records are ~250 MB as a
 frame, and writing and reading them back cost the step ~40 % more time — measured 36 → 60 s)."""
-MEMORY_ROWS = SPILL_SLICES * 200_000
+MEMORY_ROWS = SPILL_SLICES * STD_CHUNK_ROWS
 
 
 @dataclass

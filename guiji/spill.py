@@ -52,27 +52,23 @@ def new_folder() -> Path:
     return folder
 
 
-def sweep(root: Path) -> list[Path]:
-    """Delete the spill folders in ``root`` of this host's processes that are gone; the deleted ones.
-    A folder of another host (a shared ``TMPDIR``) or of a running process is left alone."""
+def sweep(root: Path) -> None:
+    """Delete the spill folders in ``root`` of this host's processes that are gone. A folder of another
+    host (a shared ``TMPDIR``) or of a running process is left alone."""
     mine = re.compile(re.escape(f"{PREFIX}{_host()}_") + r"(\d+)_")
-    gone = []
     for path in root.glob(f"{PREFIX}*"):
         m = mine.match(path.name)
-        if m is None or not path.is_dir() or _running(int(m.group(1))):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        gone.append(path)
-    return gone
+        if m is not None and path.is_dir() and not _running(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: another user's process, running
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:
+        pass
     return True
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from catalog.loader import Catalogue
 from catalog.models import Resource
-from guiji.ods import SPILL_SLICES, IngestResult, receive, store
+from guiji.ods import SPILL_SLICES, STD_CHUNK_ROWS, IngestResult, receive, store
 from guiji.spill import detached, key_slices
 from guiji.standardize import Standardized, key_values, standardize
 from quality.expectations import Validation
@@ -37,7 +37,6 @@ from warehouse.std import (
 )
 from warehouse.store import Warehouse
 
-STD_CHUNK_ROWS = 200_000  # records standardised at a time (Settings.std_chunk_rows, GONGSHU_STD_CHUNK_ROWS)
 PREVIEW_ROWS = 20  # accepted rows a result keeps for the asset's preview
 
 
