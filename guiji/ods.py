@@ -233,8 +233,8 @@ def carry(
     uniqueness, and an ID number's birth date, which only a later date can let pass.
 
     ``rows``: the new batch's ``_row_no``, digest, ``_error``, ``_source`` and parsed key columns
-    (:func:`guiji.standardize.key_values`). Returns the carried records (``_source``, ``_row_no``), the
-    carried runs (None: nothing carried) and the compared batch's id.
+    (:func:`guiji.standardize.key_values`). Returns the carried records (``_source``, ``_row_no``, the
+    parsed key columns), the carried runs (None: nothing carried) and the compared batch's id.
     """
     if not _carries(resource) or rows is None or rows.height == 0:
         return None, None, None
@@ -257,11 +257,12 @@ def carry(
         if key_cols else pl.lit(True)
     candidates = rows.filter(pl.col("_error").is_null() & ~twice.fill_null(True) & pl.col(DIGEST).is_unique())
     matched = candidates.join(accepted, left_on=DIGEST, right_on="digest", how="inner").select(
-        pl.col("_row_no").alias("row_no"), "source_batch_id", "source_row_no", pl.col("_source").alias("source"))
+        pl.col("_row_no").alias("row_no"), "source_batch_id", "source_row_no", pl.col("_source").alias("source"),
+        *key_cols)
     if matched.height == 0:
         return None, None, None
     runs = carried_runs(batch_id, matched)
-    carried = matched.select(pl.col("source").alias("_source"), pl.col("row_no").alias("_row_no"))
+    carried = matched.select(pl.col("source").alias("_source"), pl.col("row_no").alias("_row_no"), *key_cols)
     return carried, runs, prev.batch_id
 
 

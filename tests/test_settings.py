@@ -5,10 +5,6 @@ the environment."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,16 +14,15 @@ from dagster._serdes import serialize_value
 
 from assets.resources import Settings, SettingsError, channel_variables, resources_from_env
 from catalog.loader import DEMO_CATALOGUE, load_catalogue
-from pipelines import ALLOCATOR_CONF, ALLOCATOR_ENV, cli
+from pipelines import cli
 from pipelines.definitions import build_definitions
 from tests.codelocation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 # The modules that may read the environment: where the settings and resources are built, and the
-# command line (DAGSTER_HOME, DAGSTER_PG_URL, GONGSHU_DEBUG, serve-api --token-env), and the orchestration
-# package's default for polars' allocator, which reads no setting. Benchmarks are command-line scripts of
-# their own and are not scanned.
-READERS = {"assets/resources.py", "pipelines/cli.py", "pipelines/__init__.py"}
+# command line (DAGSTER_HOME, DAGSTER_PG_URL, GONGSHU_DEBUG, serve-api --token-env). Benchmarks are
+# command-line scripts of their own and are not scanned.
+READERS = {"assets/resources.py", "pipelines/cli.py"}
 PACKAGES = ("catalog", "warehouse", "guiji", "generator", "quality", "desensitize", "assets", "pipelines")
 SECRETS = {  # the demo catalogue names GONGSHU_QZK_GAJ_URL (前置库) and GONGSHU_API_ZRZY_TOKEN (API)
     "GONGSHU_WAREHOUSE_URL": "postgresql+psycopg://gongshu:wh-s3cret@127.0.0.1:1/gongshu",
@@ -158,35 +153,3 @@ def test_the_commands_build_the_same_resources_as_the_code_location(monkeypatch,
         assert {name for name in defs.resources if getattr(r, name, None) is not None} == set(defs.resources)
         assert r.warehouse.get().url == url and r.mailer.get().outbox == tmp_path / "gongshu-home" / "outbox"
         assert r.pseudonym.get().secret == SECRETS["GONGSHU_PSEUDONYM_KEY"].encode()
-
-
-def test_the_processes_the_pipeline_starts_give_polars_freed_memory_back_at_once() -> None:
-    """A process that imports the orchestration package (code server, run worker, step, Celery worker)
-    passes polars' allocator the setting that returns freed pages at once, unless the environment says
-    otherwise: a step's peak does not carry the slices it has let go of."""
-    script = textwrap.dedent("""
-        import os, sys
-        import pipelines
-        import polars as pl
-
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096 / 2**20
-
-        frame = pl.DataFrame({"x": pl.int_range(0, 10_000_000, eager=True)}).with_columns(pl.col("x").cast(pl.String))
-        held = rss()
-        del frame
-        print(os.environ["_RJEM_MALLOC_CONF"], held, rss())
-    """)
-    env = {k: v for k, v in os.environ.items() if k != ALLOCATOR_ENV}
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, check=True)
-    conf, held, after = out.stdout.split()
-    assert conf.endswith(ALLOCATOR_CONF)  # after polars' own defaults, which polars writes in front
-    assert float(held) - float(after) > 150, out.stdout  # the ~200 MB frame's pages are given back
-    # polars loaded first (its defaults then in the variable): the processes started later still get it
-    later = "import polars, pipelines, os; print(os.environ['_RJEM_MALLOC_CONF'])"
-    out = subprocess.run([sys.executable, "-c", later], env=env, cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip().endswith(ALLOCATOR_CONF)
-    env[ALLOCATOR_ENV] = "dirty_decay_ms:250"  # an operator's own value is kept
-    out = subprocess.run([sys.executable, "-c", later], env=env, cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip().endswith("dirty_decay_ms:250")
