@@ -45,6 +45,7 @@ def test_the_rows_read_back_are_the_rows_added_in_slices_that_keep_each_key_toge
         keys = [set(s.select(KEY).get_column("__key_k").drop_nulls()) for s in slices]
         assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1:])  # a key is in one slice only
         assert len(slices) > 1
+        assert all(max(s.n_chunks("all")) == 1 for s in slices)  # each standardised in one piece
         if spill.spilled:  # buckets of ~19 rows gathered into slices of at most 60
             assert all(s.height <= 60 for s in slices)
         assert spill.head(5).equals(whole.head(5))  # the first rows in delivery order
