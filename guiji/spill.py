@@ -143,7 +143,7 @@ class Spill:
         self._left_out_rows = left.height
         self._left_out = left.select("_source", "_row_no")
         if self.first is not None:
-            self.first = self._kept(self.first)
+            self.first = _kept(self.first, self._left_out)
         if self.spilled:
             names = [k.meta.output_name() for k in self.keys]
             numbers = slice_numbers(left, [pl.col(n) for n in names], self.buckets, row="_row_no").cast(pl.UInt32)
@@ -161,12 +161,6 @@ class Spill:
     def spilled(self) -> bool:
         return self.folder is not None
 
-    def _kept(self, frame: pl.DataFrame, left_out: pl.DataFrame | None = None) -> pl.DataFrame:
-        left_out = self._left_out if left_out is None else left_out
-        if left_out is None or frame.height == 0 or left_out.height == 0:
-            return frame
-        return frame.join(left_out, on=["_source", "_row_no"], how="anti", nulls_equal=True)
-
     def _empty(self) -> pl.DataFrame:
         return pl.DataFrame(schema=self.schema or {})
 
@@ -179,14 +173,13 @@ class Spill:
         frame = pl.from_arrow(pa.concat_tables(tables))
         assert isinstance(frame, pl.DataFrame)
         left = [self._left_by_bucket[b] for b in buckets if b in self._left_by_bucket]
-        return self._kept(frame.cast(self.schema) if self.schema else frame,
-                          (pl.concat(left) if len(left) > 1 else left[0]) if left else None)
+        return _kept(frame.cast(self.schema) if self.schema else frame, pl.concat(left) if left else None)
 
     def pages(self) -> Iterator[pl.DataFrame]:
         """Every row to store: the pages as added (in memory) or a bucket at a time."""
         if not self.spilled:
             for page in self.held:
-                kept = self._kept(page)
+                kept = _kept(page, self._left_out)
                 if kept.height:
                     yield kept
             return
@@ -198,7 +191,7 @@ class Spill:
         """Every row to store in slices of about ``chunk_rows`` (at least one slice, empty for no rows),
         every copy of a key in one slice; each slice in one piece (:func:`key_slices`)."""
         if not self.spilled:
-            frame = self._kept(pl.concat(self.held)) if self.held else self._empty()
+            frame = _kept(pl.concat(self.held), self._left_out) if self.held else self._empty()
             yield from key_slices(frame, self.keys, chunk_rows)
             return
         group: list[int] = []
@@ -226,6 +219,13 @@ class Spill:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
         self.held = []
+
+
+def _kept(frame: pl.DataFrame, left_out: pl.DataFrame | None) -> pl.DataFrame:
+    """``frame`` without the records ``left_out`` names (``_source``, ``_row_no``)."""
+    if left_out is None or frame.height == 0 or left_out.height == 0:
+        return frame
+    return frame.join(left_out, on=["_source", "_row_no"], how="anti", nulls_equal=True)
 
 
 def detached(frame: pl.DataFrame) -> pl.DataFrame:

@@ -81,7 +81,7 @@ def run(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date, *, steps: st
 
 @pytest.mark.parametrize("chunk_rows", [200_000, 4], ids=["in-memory", "spilled"])
 def test_unchanged_records_are_carried_not_stored_again(warehouse: Warehouse, hz_city, chunk_rows: int) -> None:
-    """(``spilled``: more rows than five 标准层 slices, so the batch's rows wait on local disk in key buckets
+    """(``spilled``: more rows than one 标准层 slice, so the batch's rows wait on local disk in key buckets
     between the channel and the two writers, the carried ones left out when they are read back.)"""
     cat, landing = hz_city
     r = cat.resource(RESOURCE)
