@@ -73,8 +73,14 @@ class LeakKind(Labelled):
 
 
 KINDS = ("ids", "mobiles", "names", "addresses")
-NEEDLE_PAGE_ROWS = 500_000
-"""Values of a base-library column read and hashed at a time while the needles are collected."""
+NEEDLE_PAGE_ROWS = 50_000
+"""Values of a base-library column read and hashed at a time while the needles are collected (500,000
+until session 11: the page, not the needles, was what grew with the city below that many versions —
+the needles step at 200,000 persons grew 193 MB over its start against 140 MB with pages of 50,000)."""
+
+JSON_PAGE_RECORDS = 10_000
+"""At most this many records of a JSON file are held as Python objects at a time while it is scanned
+(a parsed record is ~1 kB of dicts and strings: pages of 50,000 added ~40 MB to an open output's step)."""
 
 
 def _cleaned(kind: str, values: pl.Series) -> pl.Series:
@@ -485,7 +491,7 @@ def _json_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> Non
 def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[str],
                page_rows: int | None) -> list[Finding]:
     """A JSON file read as it is parsed (ijson): the records (``{"records": [...]}`` or a top-level
-    list) ``page_rows`` at a time — flat records (what the open-data export writes) as a frame, JSON
+    list) ``page_rows`` at a time (at most :data:`JSON_PAGE_RECORDS`) — flat records (what the open-data export writes) as a frame, JSON
     numbers compared exactly, a key whose values mix numbers and text read as text; records with
     nested values by the row rules and as leaves (decided page by page: a file mixing both reads each
     page as what it holds) — and every other value as a leaf, by its key."""
@@ -517,7 +523,7 @@ def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[
             page: list = []
             for item in ijson.items(f, items, use_float=True):
                 page.append(item)
-                if page_rows is not None and len(page) >= page_rows:
+                if page_rows is not None and len(page) >= min(page_rows, JSON_PAGE_RECORDS):
                     records(page)
                     page = []
             records(page)

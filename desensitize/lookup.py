@@ -65,6 +65,8 @@ class ValueSet:
         """The set of several batches of hash pairs (one per page read)."""
         if not parts:
             return cls.empty()
+        if len(parts) == 1:  # no copy of the only part
+            return cls(*parts[0])
         return cls(np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]))
 
     def __len__(self) -> int:

@@ -365,3 +365,26 @@ def test_a_file_scanned_in_pages_gives_what_one_scan_of_it_gives(tmp_path: Path)
     for page_rows in (1, 2, 3, 100):
         paged = {(f.column, f.kind) for f in scan_file(tmp_path / "nested.json", needles, page_rows=page_rows)}
         assert raw <= paged, page_rows
+
+
+def test_a_json_file_is_never_held_more_than_a_few_records_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """Whatever page the caller asks for, a JSON file's records are parsed into Python objects at most
+    ``JSON_PAGE_RECORDS`` at a time (a parsed record is ~1 kB: pages of the share steps' 50,000 rows grew
+    an open output's step by ~40 MB), and the findings are those of the file read whole."""
+    from desensitize import leaks
+
+    rows = pl.DataFrame({"id": [RAW_ID, "x", "y", RAW_ID, "z"], "phone": ["13812345678", None, "-", "1", "2"]})
+    (tmp_path / "release.json").write_text(json.dumps({"records": rows.to_dicts()}), encoding="utf-8")
+    needles = Needles.of(ids=[RAW_ID], mobiles=["13812345678"])
+    whole = scan_file(tmp_path / "release.json", needles)
+    heights: list[int] = []
+    real = leaks.scan_frame
+
+    def spy(frame: pl.DataFrame, *args, **kwargs):
+        heights.append(frame.height)
+        return real(frame, *args, **kwargs)
+
+    monkeypatch.setattr(leaks, "JSON_PAGE_RECORDS", 2)
+    monkeypatch.setattr(leaks, "scan_frame", spy)
+    assert scan_file(tmp_path / "release.json", needles, page_rows=50_000) == whole
+    assert heights[:3] == [2, 2, 1]  # the records' pages; then the values around them
