@@ -16,7 +16,16 @@ import polars as pl
 
 from catalog.loader import Catalogue
 from catalog.models import ApiChannel, DatabaseChannel, FileChannel, Resource
-from guiji.channels import FETCH_PAGE_ROWS, Delivery, open_database, read_api, read_database, read_files
+from guiji.channels import (
+    FETCH_PAGE_ROWS,
+    Delivery,
+    FileReading,
+    open_database,
+    open_files,
+    read_api,
+    read_database,
+    read_files,
+)
 from guiji.spill import Spill
 from guiji.standardize import key_values
 from warehouse.ods import (
@@ -126,13 +135,16 @@ def receive(
         reading = open_database(resource, batch_date, landing, low, variables)
         pages, sources, unreadable = reading.pages(), [reading.source], []
     else:
-        delivery = read_batch(resource, batch_date, landing, low, variables)
+        # a file delivery is hashed before it is parsed (and parsed a piece at a time as it is stored)
+        delivery = open_files(resource, resource.channel, batch_date, landing) \
+            if isinstance(resource.channel, FileChannel) else read_batch(resource, batch_date, landing, low, variables)
         if isinstance(resource.channel, FileChannel) and not delivery.sources:
             return IngestResult("none", prev, [])
         if prev is not None and prev.content_hash == delivery.content_hash:
-            return IngestResult("unchanged", prev, delivery.problems)
-        pages, sources, unreadable, problems = _pages_of(delivery), delivery.sources, delivery.unreadable, \
-            delivery.problems
+            # the same content as the stored batch: not parsed again, its problems are the stored batch's
+            return IngestResult("unchanged", prev, prev.problems.split("\n") if prev.problems else [])
+        pages = delivery.pages() if isinstance(delivery, FileReading) else _pages_of(delivery)
+        sources, unreadable, problems = delivery.sources, delivery.unreadable, delivery.problems
     seq = (prev.seq + 1) if prev else 1
     batch_id = f"{resource.id}.{batch_date:%Y%m%d}.{seq}"
     schema = ods_schema(resource)
@@ -200,7 +212,7 @@ def receive(
 
 
 def _pages_of(delivery: Delivery) -> Iterator[pl.DataFrame]:
-    """A file or API delivery's frame a page at a time; the delivery lets go of the frame as it goes."""
+    """An API delivery's frame a page at a time; the delivery lets go of the frame as it goes."""
     frame, delivery.frame = delivery.frame, delivery.frame.clear()
     if frame.height == 0:
         yield frame

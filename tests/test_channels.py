@@ -307,9 +307,8 @@ def test_a_field_larger_than_the_csv_block_is_read_and_every_record_counted() ->
 
 @pytest.mark.parametrize("case", ["clean", "broken", "wrong-encoding", "missing-column", "crlf-bom", "huge-field"])
 def test_a_file_parsed_in_pieces_is_the_file_parsed_at_once(case: str, monkeypatch) -> None:
-    """A delimited file is parsed a piece of whole lines at a time (the Arrow table and its frame never
-    both held for the whole file): records, row numbers, reasons and problems are those of one piece,
-    whatever the pieces — lines with the wrong number of fields in the first, a middle and the last
+    """A delimited file is read a few bytes and parsed a piece of whole lines at a time (never held whole):
+    records, row numbers, reasons and problems are those of one piece, whatever the reads and pieces — lines with the wrong number of fields in the first, a middle and the last
     piece, a file in another encoding, a missing column, CRLF with a BOM, a field larger than a piece."""
     import guiji.channels as channels
 
@@ -331,6 +330,8 @@ def test_a_file_parsed_in_pieces_is_the_file_parsed_at_once(case: str, monkeypat
     whole = parse_csv(data, "p.csv", columns, encoding, ";")
     for size in (1, 100, 997, 4000):
         monkeypatch.setattr(channels, "CSV_PIECE_BYTES", size)
+        # read a few bytes at a time too: a character split between two reads, the encoding told chunk by chunk
+        monkeypatch.setattr(channels, "READ_CHUNK_BYTES", {1: 1, 100: 3, 997: 64}.get(size, 10**6))
         frame, problems = parse_csv(data, "p.csv", columns, encoding, ";")
         assert problems == whole[1]
         assert frame.equals(whole[0]), size

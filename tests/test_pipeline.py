@@ -448,3 +448,61 @@ def test_steps_two_at_a_time_on_a_new_warehouse_build_what_one_at_a_time_builds(
     for lib in cat.libraries:
         assert current(warehouse, cat, lib.code).equals(parallel_base[lib.code]), lib.code
         assert parallel_base[lib.code].height > 0
+
+
+def test_a_delimited_file_is_stored_a_piece_at_a_time_and_an_unchanged_one_not_parsed(warehouse: Warehouse, city,
+                                                                                      monkeypatch) -> None:
+    """A CSV delivery is parsed a piece at a time as it is stored (never held whole: the first records
+    are handed on before the file is read to its end); the same file again is recognised by its hash
+    before any parsing, with the stored batch's problems; a piece failing after the first is a delivery
+    error naming the file, and nothing of the batch is stored."""
+    import guiji.channels as channels
+
+    cat, landing = city
+    rows = [[f"33010219900101{i:04d}", f"人{i}", "1", "19900101"] for i in range(60)]
+    rows[45].append("多余")  # a line with the wrong number of fields: a problem of the file
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], rows)
+    res = cat.resource("huzheng_renkou")
+    monkeypatch.setattr(channels, "CSV_PIECE_BYTES", 200)
+    monkeypatch.setattr(channels, "READ_CHUNK_BYTES", 64)
+    reading = channels.open_files(res, res.channel, DAY1, landing)
+    size = reading.files[0].stat().st_size
+    read: list[int] = []
+    real_chunks = channels.Bytes.chunks
+
+    def chunks(self, n):
+        for chunk in real_chunks(self, n):
+            read.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(channels.Bytes, "chunks", chunks)
+    pages = reading.pages()
+    next(pages)
+    encoding_pass = size  # the encoding is told from one pass over the file first
+    assert encoding_pass < sum(read) < 2 * size  # the first records before the second pass ends
+    rest = list(pages)
+    assert rest and sum(read) == 2 * size
+
+    # a piece after the first fails: the delivery is refused, naming the file; nothing is stored
+    calls = {"n": 0}
+    real_read_csv = channels._read_csv
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk gone")
+        return real_read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(channels, "_read_csv", failing)
+    with pytest.raises(channels.DeliveryError, match="renkou.csv: 读取中途失败, 本次交付未入库: OSError: disk gone"):
+        ingest(warehouse, cat, res, DAY1, landing)
+    assert not warehouse.exists("ods", res.id) or warehouse.scalar(
+        warehouse.engine.connect(), f"SELECT COUNT(*) FROM {warehouse.qualified('ods', res.id)}") == 0
+    monkeypatch.setattr(channels, "_read_csv", real_read_csv)
+
+    first = ingest(warehouse, cat, res, DAY1, landing)
+    assert first.status == "new" and first.batch.rows_delivered == 60
+    assert first.problems == ["renkou.csv: 1 行列数不符 (第 46 行)"]
+    monkeypatch.setattr(channels, "csv_pages", lambda *a, **k: pytest.fail("an unchanged file was parsed"))
+    again = ingest(warehouse, cat, res, DAY1, landing)
+    assert again.status == "unchanged" and again.problems == first.problems
