@@ -369,7 +369,7 @@ def test_a_file_scanned_in_pages_gives_what_one_scan_of_it_gives(tmp_path: Path)
 
 def test_a_json_file_is_never_held_more_than_a_few_records_at_a_time(tmp_path: Path, monkeypatch) -> None:
     """Whatever page the caller asks for, a JSON file's records are parsed into Python objects at most
-    ``JSON_PAGE_RECORDS`` at a time (a parsed record is ~1 kB: pages of the share steps' 50,000 rows grew
+    ``JSON_PAGE_RECORDS`` at a time (a parsed record is ~1 kB: pages of the share steps' 50,000 rows then grew
     an open output's step by ~40 MB), and the findings are those of the file read whole."""
     from desensitize import leaks
 
