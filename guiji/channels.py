@@ -188,6 +188,7 @@ class FileReading:
     sheet: str | None
     files: list[Path]
     content_hash: str
+    digests: dict[Path, bytes] = field(default_factory=dict)  # each file's SHA-256 when the delivery was opened
     problems: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
 
@@ -207,13 +208,24 @@ class FileReading:
             yield empty_frame(self.columns)
 
     def _file(self, path: Path) -> Iterator[pl.DataFrame]:
+        try:
+            yield from self._records(path)
+        except OSError as exc:  # gone or unreadable since it was hashed
+            raise DeliveryError(f"{path.name}: 读取失败, 本次交付未入库: {type(exc).__name__}: {exc}") from exc
+
+    def _records(self, path: Path) -> Iterator[pl.DataFrame]:
         data = Bytes(path=path)
+        raw = None
+        if self.format != "csv":
+            raw = path.read_bytes()
+            data.passes.append(hashlib.sha256(raw).digest())
+            self._same(path, data)
         try:
             if self.format == "csv":
                 pages = csv_pages(data, path.name, self.columns, self.encoding, self.delimiter, self.problems)
                 first = next(pages)  # the encoding told and the header and first piece parsed
             else:
-                raw = path.read_bytes()
+                assert raw is not None
                 if self.format == "xlsx":
                     first, found = parse_xlsx(raw, path.name, self.columns, self.sheet)
                 else:
@@ -221,6 +233,8 @@ class FileReading:
                 del raw
                 self.problems.extend(found)
                 pages = iter(())
+        except OSError:
+            raise
         except Exception as exc:  # not a csv/xlsx/json at all: its records cannot even be counted
             lines = data.lines()
             self.unreadable.append(Unreadable(path.name, data.size, lines))
@@ -232,20 +246,29 @@ class FileReading:
             yield from pages
         except Exception as exc:  # a later piece of a file whose first piece was read: nothing is stored
             raise DeliveryError(f"{path.name}: 读取中途失败, 本次交付未入库: {type(exc).__name__}: {exc}") from exc
+        self._same(path, data)
+
+    def _same(self, path: Path, data: Bytes) -> None:
+        """A file is read more than once (hashed, its encoding told, parsed): the records stored must be
+        those of the bytes the content hash describes."""
+        if any(p != self.digests[path] for p in data.passes):
+            raise DeliveryError(f"{path.name}: 文件在读取期间被改动 (内容与读取开始时的哈希不符), 本次交付未入库, "
+                                "请在交付完成后重新运行")
 
 
 def open_files(resource: Resource, ch: FileChannel, batch_date: dt.date, landing: Path) -> FileReading:
     """The file delivery of a batch date, opened (:class:`FileReading`): its files found and hashed
     (the content hash: every file's name and the SHA-256 of its bytes), nothing parsed yet."""
     files = delivery_files(ch, batch_date, landing)
-    digest = hashlib.sha256()
+    digest, digests = hashlib.sha256(), {}
     for path in files:
-        content = hashlib.sha256()
-        for chunk in Bytes(path=path).chunks(READ_CHUNK_BYTES):
-            content.update(chunk)
-        digest.update(path.name.encode() + b"\0" + content.digest())
+        data = Bytes(path=path)
+        for _ in data.chunks(READ_CHUNK_BYTES):
+            pass
+        digests[path] = data.passes[0]
+        digest.update(path.name.encode() + b"\0" + digests[path])
     return FileReading(source_columns(resource), ch.format, ch.encoding, ch.delimiter, ch.sheet, files,
-                       digest.hexdigest() if files else "")
+                       digest.hexdigest() if files else "", digests)
 
 
 # --- encodings -------------------------------------------------------------------------------
@@ -279,6 +302,7 @@ class Bytes:
     def __init__(self, path: Path | None = None, data: bytes | None = None) -> None:
         assert (path is None) != (data is None)
         self.path, self.data = path, data
+        self.passes: list[bytes] = []  # the SHA-256 of each whole pass over a file on disk
 
     @property
     def size(self) -> int:
@@ -291,9 +315,12 @@ class Bytes:
                 yield self.data[at:at + size]
             return
         assert self.path is not None
+        digest = hashlib.sha256()
         with self.path.open("rb") as f:
             while chunk := f.read(size):
+                digest.update(chunk)
                 yield chunk
+        self.passes.append(digest.digest())
 
     def lines(self) -> int:
         """Lines as an unreadable file is counted: line ends, and a last line without one."""

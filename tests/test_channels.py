@@ -513,3 +513,28 @@ def test_credentials_in_an_api_url_never_appear_in_errors_logs_or_sources(cat, a
     d = read_api(res, res.channel, DAY, variables)
     assert d.sources == [f"{server.url.removeprefix('http://')}?date={DAY}"]
     assert not d.frame.get_column("_source").str.contains("s3cret|apiuser").any()
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_a_file_changed_or_gone_while_it_is_read_is_refused_not_stored_as_another(cat, tmp_path: Path, kind: str) -> None:
+    """A delivery is hashed when it is opened and read again to parse it: a file rewritten in between
+    (a department re-delivering during the night) would store records the content hash does not
+    describe — the delivery is refused, naming the file; a file gone in between likewise."""
+    from guiji.channels import open_files
+
+    landing = tmp_path / "landing"
+    if kind == "csv":
+        res, path = cat.resource("huzheng_renkou"), landing / "hz" / "20261009" / "renkou.csv"
+        citykit.write_csv(path, ["SFZ", "XINGMING", "XINGBIE", "SHENGRI"], [[p[0], p[1], "1", "19900101"] for p in citykit.PEOPLE])
+    else:
+        res, path = cat.resource("zhengzhao_zheng"), landing / "zz" / "20261009" / "z.json"
+        citykit.write_json(path, [{"no": "A-1", "owner": "1", "owner_name": "某"}])
+    assert len(list(open_files(res, res.channel, DAY, landing).pages())) == 1  # as delivered: read
+    reading = open_files(res, res.channel, DAY, landing)
+    path.write_bytes(path.read_bytes().replace(b"1", b"2"))
+    with pytest.raises(DeliveryError, match=f"{path.name}: 文件在读取期间被改动"):
+        list(reading.pages())
+    reading = open_files(res, res.channel, DAY, landing)
+    path.unlink()
+    with pytest.raises(DeliveryError, match=f"{path.name}: 读取失败, 本次交付未入库: FileNotFoundError"):
+        list(reading.pages())
