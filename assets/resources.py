@@ -121,8 +121,8 @@ class Settings(ConfigurableResource):
                                   description="GONGSHU_MERGE_CHUNK_KEYS: 基础库合并每次处理的实体数(按主键区间分段, "
                                               "同一事务内), 决定合并步骤的内存上限")
     share_chunk_rows: int = Field(SHARE_CHUNK_ROWS, ge=1,
-                                  description="GONGSHU_SHARE_CHUNK_ROWS: 共享/开放数据集每次脱敏、写入与泄露扫描的行数"
-                                              "(同一事务内), 决定共享步骤的内存上限")
+                                  description="GONGSHU_SHARE_CHUNK_ROWS: 共享/开放数据集每次脱敏与写入的行数"
+                                              "(同一事务内; 泄露扫描每次读取其两倍), 决定共享步骤的内存上限")
     executor: str = Field("multiprocess", description="GONGSHU_EXECUTOR: 每晚归集作业的执行器: multiprocess "
                                                       "(本机多进程) 或 celery (Celery 工作进程, 见 docs/deploy.md)")
     celery_queue: str = Field("gongshu",

@@ -569,14 +569,18 @@ def _as_date(v) -> dt.date:
 def leak_findings(wh: Warehouse, catalogue: Catalogue, build: ShareBuild,
                   texts: dict[str, tuple[str, set[str]]], needles: Needles | None = None,
                   chunk_rows: int = SHARE_CHUNK_ROWS) -> tuple[list[Finding], Needles]:
-    """Raw identifiers in the stored table (read in pages of about ``chunk_rows`` rows), the export
-    files and metadata texts ({where: (text, public columns)})."""
+    """Raw identifiers in the stored table, the export files and metadata texts ({where: (text, public
+    columns)}). The table and files are read in pages of twice the build's ``chunk_rows``: a page's scan
+    has a fixed cost (~0.1 s of per-column lookups and row rules, whatever its size), and the memory a
+    build's page leaves behind holds it (measured at 200,000 persons, 人口 restricted: build and scan in
+    pages of 25,000, 157 MB over the step's start and 3.3 s; scan in 50,000, 159 MB and 2.8 s)."""
     needles = needles or Needles.from_warehouse(wh, catalogue)
     public = build.policy.public_columns()
     typed = [c for c, t in build.policy.schema().items() if t != pl.String]
-    findings = scan_table(wh, "share", build.policy.name, needles, public, page_rows=chunk_rows)
+    page = 2 * chunk_rows
+    findings = scan_table(wh, "share", build.policy.name, needles, public, page_rows=page)
     for path in build.files.all() if build.files else []:
-        findings += scan_file(path, needles, public, typed, page_rows=chunk_rows)
+        findings += scan_file(path, needles, public, typed, page_rows=page)
     for where, (text, columns) in texts.items():
         findings += scan_text(text, needles, where, columns)
     return findings, needles
