@@ -141,8 +141,10 @@ def receive(
         if isinstance(resource.channel, FileChannel) and not delivery.sources:
             return IngestResult("none", prev, [])
         if prev is not None and prev.content_hash == delivery.content_hash:
-            # the same content as the stored batch: not parsed again, its problems are the stored batch's
-            return IngestResult("unchanged", prev, prev.problems.split("\n") if prev.problems else [])
+            # the same content as the stored batch; a file is not even parsed: its problems are the stored batch's
+            same = delivery.problems if not isinstance(delivery, FileReading) else \
+                prev.problems.split("\n") if prev.problems else []
+            return IngestResult("unchanged", prev, same)
         pages = delivery.pages() if isinstance(delivery, FileReading) else _pages_of(delivery)
         sources, unreadable, problems = delivery.sources, delivery.unreadable, delivery.problems
     seq = (prev.seq + 1) if prev else 1
