@@ -1,6 +1,7 @@
 """Read one batch of a resource from its delivery channel: file, 前置库 (database) or API.
 
-Every reader returns a :class:`Delivery`: all values as text, exactly as received, one row per
+Every reader returns a :class:`Delivery` (a file delivery opened by :func:`open_files` hands its
+records on a page at a time, :class:`FileReading`): all values as text, exactly as received, one row per
 delivered record, with ``_row_no`` (1-based record number inside its source), ``_source`` and,
 for records that could not be split into the declared columns, ``_raw`` (the record's text) and
 ``_error`` (why). Nothing is dropped here: rows delivered = rows in the frame. A file whose records
@@ -480,7 +481,9 @@ def csv_pages(
                  "_error": [record_error(WRONG_ENCODING, wrong) if wrong else e for _, _, e in bad]},
                 schema={"_row_no": pl.Int64, "_raw": pl.String, "_error": pl.String},
             ), columns, source)
-        return _in_row_order([_finish(frame, columns, source)], broken)
+        frame = _finish(frame, columns, source)
+        # an invalid record between the piece's good ones, by its line number
+        return pl.concat([frame, broken]).sort("_row_no") if broken is not None else frame
 
     first = True
     for more in texts:
@@ -518,27 +521,6 @@ CSV_PIECE_BYTES = 4 * 2**20
 80,000 参保 records): the
 text, the Arrow table and the frame made of it are never held for the whole file, and a field larger
 than pyarrow's default block fits the piece's own block."""
-
-
-def _in_row_order(frames: list[pl.DataFrame], broken: pl.DataFrame | None) -> pl.DataFrame:
-    """The pieces' records (each piece in row order, the pieces one after the other; at least one piece)
-    and the invalid ones, in row order, without sorting the whole file: each invalid record joins the
-    piece whose numbers surround it."""
-    kept = [f for f in frames if f.height]
-    if broken is None or broken.height == 0:
-        return (pl.concat(kept, rechunk=False) if len(kept) > 1 else kept[0]) if kept else frames[0]
-    if not kept:
-        return broken.sort("_row_no")
-    starts = [f.get_column("_row_no")[0] for f in kept]
-    out = []
-    for i, f in enumerate(kept):
-        mine = broken
-        if i > 0:
-            mine = mine.filter(pl.col("_row_no") >= starts[i])
-        if i + 1 < len(kept):
-            mine = mine.filter(pl.col("_row_no") < starts[i + 1])
-        out.append(pl.concat([f, mine]).sort("_row_no") if mine.height else f)
-    return pl.concat(out, rechunk=False) if len(out) > 1 else out[0]
 
 
 def _read_csv(encoded: bytes | memoryview, names: list[str], delimiter: str, block_size: int | None,

@@ -134,19 +134,22 @@ def receive(
     if db:
         reading = open_database(resource, batch_date, landing, low, variables)
         pages, sources, unreadable = reading.pages(), [reading.source], []
-    else:
-        # a file delivery is hashed before it is parsed (and parsed a piece at a time as it is stored)
-        delivery = open_files(resource, resource.channel, batch_date, landing) \
-            if isinstance(resource.channel, FileChannel) else read_batch(resource, batch_date, landing, low, variables)
-        if isinstance(resource.channel, FileChannel) and not delivery.sources:
+    elif isinstance(resource.channel, FileChannel):
+        # hashed before it is parsed, and parsed a piece at a time as it is stored
+        delivery: FileReading | Delivery = open_files(resource, resource.channel, batch_date, landing)
+        if not delivery.sources:
             return IngestResult("none", prev, [])
         if prev is not None and prev.content_hash == delivery.content_hash:
-            # the same content as the stored batch; a file is not even parsed: its problems are the stored batch's
-            same = delivery.problems if not isinstance(delivery, FileReading) else \
-                prev.problems.split("\n") if prev.problems else []
-            return IngestResult("unchanged", prev, same)
-        pages = delivery.pages() if isinstance(delivery, FileReading) else _pages_of(delivery)
-        sources, unreadable, problems = delivery.sources, delivery.unreadable, delivery.problems
+            # the stored batch's content, not even parsed: its problems are the stored batch's
+            return IngestResult("unchanged", prev, prev.problems.split("\n") if prev.problems else [])
+        pages, sources, unreadable, problems = delivery.pages(), delivery.sources, delivery.unreadable, \
+            delivery.problems
+    else:
+        delivery = read_batch(resource, batch_date, landing, low, variables)
+        if prev is not None and prev.content_hash == delivery.content_hash:
+            return IngestResult("unchanged", prev, delivery.problems)
+        pages, sources, unreadable, problems = _pages_of(delivery), delivery.sources, delivery.unreadable, \
+            delivery.problems
     seq = (prev.seq + 1) if prev else 1
     batch_id = f"{resource.id}.{batch_date:%Y%m%d}.{seq}"
     schema = ods_schema(resource)
