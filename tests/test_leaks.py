@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from desensitize.leaks import Needles, markdown_tables, scan_file, scan_frame, scan_text, scan_tree
+from desensitize.leaks import LeakKind, Needles, markdown_tables, scan_file, scan_frame, scan_text, scan_tree
 
 RAW_ID = "11010519491231002X"
 NEEDLES = Needles.of(
@@ -370,21 +370,58 @@ def test_a_file_scanned_in_pages_gives_what_one_scan_of_it_gives(tmp_path: Path)
 def test_a_json_file_is_never_held_more_than_a_few_records_at_a_time(tmp_path: Path, monkeypatch) -> None:
     """Whatever page the caller asks for, a JSON file's records are parsed into Python objects at most
     ``JSON_PAGE_RECORDS`` at a time (a parsed record is ~1 kB: pages of the share steps' 50,000 rows then grew
-    an open output's step by ~40 MB), and the findings are those of the file read whole."""
+    an open output's step by ~40 MB); their frames are put together into pages of at most the caller's rows
+    before they are scanned (a scan's cost per page: 10,000-row pages took three times as long over 1 M
+    records), and the findings are those of the file read whole."""
     from desensitize import leaks
 
     rows = pl.DataFrame({"id": [RAW_ID, "x", "y", RAW_ID, "z"], "phone": ["13812345678", None, "-", "1", "2"]})
     (tmp_path / "release.json").write_text(json.dumps({"records": rows.to_dicts()}), encoding="utf-8")
     needles = Needles.of(ids=[RAW_ID], mobiles=["13812345678"])
     whole = scan_file(tmp_path / "release.json", needles)
+    parsed: list[int] = []
     heights: list[int] = []
-    real = leaks.scan_frame
+    real_frame, real_scan = leaks._records_frame, leaks.scan_frame
 
-    def spy(frame: pl.DataFrame, *args, **kwargs):
+    def parsing(page: list):
+        parsed.append(len(page))
+        return real_frame(page)
+
+    def scanning(frame: pl.DataFrame, *args, **kwargs):
         heights.append(frame.height)
-        return real(frame, *args, **kwargs)
+        return real_scan(frame, *args, **kwargs)
 
     monkeypatch.setattr(leaks, "JSON_PAGE_RECORDS", 2)
-    monkeypatch.setattr(leaks, "scan_frame", spy)
+    monkeypatch.setattr(leaks, "_records_frame", parsing)
+    monkeypatch.setattr(leaks, "scan_frame", scanning)
     assert scan_file(tmp_path / "release.json", needles, page_rows=50_000) == whole
-    assert heights[:3] == [2, 2, 1]  # the records' pages; then the values around them
+    assert parsed == [2, 2, 1] and heights[:1] == [5]  # the records, one page; then the values around them
+    parsed.clear(), heights.clear()
+    assert scan_file(tmp_path / "release.json", needles, page_rows=3) == whole
+    assert parsed == [2, 2, 1] and heights[:2] == [2, 3]  # never more than the caller's page
+
+
+def test_json_record_pages_are_put_together_only_as_the_same_columns_and_types(tmp_path: Path, monkeypatch) -> None:
+    """A column with no value in one parsed page takes the type of the others; a key that is a JSON number
+    in one page and text in another is scanned as each page holds it: a 12-digit number is compared whole
+    (no mobile-shaped run found in its digits), the text beside it searched."""
+    from desensitize import leaks
+
+    monkeypatch.setattr(leaks, "JSON_PAGE_RECORDS", 2)
+    mobile = "13812345678"
+    records = [{"n": None, "v": "a"}, {"n": None, "v": "b"},  # "n" has no value in the first page
+               {"n": f"电话{mobile}", "v": "c"}, {"n": "x", "v": "d"},
+               {"n": 913812345678, "v": "e"}, {"n": 7, "v": "f"}]  # numbers: exact
+    (tmp_path / "mixed.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    needles = Needles.of(mobiles=[mobile])
+    heights: list[int] = []
+    real_scan = leaks.scan_frame
+
+    def scanning(frame: pl.DataFrame, *args, **kwargs):
+        heights.append(frame.height)
+        return real_scan(frame, *args, **kwargs)
+
+    monkeypatch.setattr(leaks, "scan_frame", scanning)
+    findings = scan_file(tmp_path / "mixed.json", needles, page_rows=50_000)
+    assert heights[:2] == [4, 2]  # the null page with the text page; the numbers on their own
+    assert [(f.column, f.kind, f.count) for f in findings] == [("n", LeakKind.mobile, 1)]
