@@ -51,6 +51,8 @@ from warehouse.store import Column, Warehouse, is_transient
 
 ID_RUN = r"\d{17}[\dXx]"
 MOBILE_RUN = r"1[3-9]\d{9}"
+ID_SHAPE = r"^\d{17}[\dX]$"  # what an ID-number needle is, upper-cased (:func:`_cleaned`)
+MOBILE_SHAPE = r"^1[3-9]\d{9}$"
 TEXT_SUFFIXES = {".md", ".txt", ".html", ".htm", ".log"}
 _SEPARATORS = r"[\s,，;；:：<>\"'()（）\[\]{}、|=`]+"
 _NOT_TEXT = (sa.Integer, sa.Numeric, sa.Float, sa.Date, sa.DateTime, sa.Boolean)
@@ -89,9 +91,9 @@ def _cleaned(kind: str, values: pl.Series) -> pl.Series:
     v = values.cast(pl.String).drop_nulls().str.strip_chars()
     if kind == "ids":
         v = v.str.to_uppercase()
-        return v.filter(v.str.contains(r"^\d{17}[\dX]$"))
+        return v.filter(v.str.contains(ID_SHAPE))
     if kind == "mobiles":
-        return v.filter(v.str.contains(r"^1[3-9]\d{9}$"))
+        return v.filter(v.str.contains(MOBILE_SHAPE))
     if kind == "names":
         return v.filter(v.str.len_chars() >= 2)
     # An "address" that is only a district is what the open data publishes on purpose.
@@ -394,12 +396,16 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         # of their digits can be shaped like a phone number by chance; compare them whole.
         whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
-        runs = ((LeakKind.id_number, ID_RUN, needles.ids), (LeakKind.mobile, MOBILE_RUN, needles.mobiles))
-        upper = _Lookup(s.str.to_uppercase()) if whole and any(len(pool) for _, _, pool in runs) else None
-        for kind, pattern, pool in runs:
+        runs = ((LeakKind.id_number, ID_RUN, ID_SHAPE, needles.ids),
+                (LeakKind.mobile, MOBILE_RUN, MOBILE_SHAPE, needles.mobiles))
+        upper = s.str.to_uppercase() if whole and any(len(pool) for *_, pool in runs) else None
+        for kind, pattern, shape, pool in runs:
             if not len(pool):
                 continue
-            candidates = upper or _Lookup(text.str.extract_all(pattern).explode().drop_nulls().str.to_uppercase())
+            # A whole value is looked up only when it has the needles' shape (every needle of the kind
+            # has it, :func:`_cleaned`): a column of tokens or dates is not hashed for nothing.
+            candidates = _Lookup(upper.filter(upper.str.contains(shape)) if upper is not None else
+                                 text.str.extract_all(pattern).explode().drop_nulls().str.to_uppercase())
             found = candidates.hits(pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))

@@ -93,6 +93,12 @@ def test_a_digest_whose_digits_happen_to_spell_a_phone_number_is_no_leak() -> No
     assert kinds(scan_frame(frame, NEEDLES, "t")) == [("phone", "mobile", 1)]
     # the same digits as a whole value are still found
     assert kinds(scan_frame(pl.DataFrame({"token": ["13812345678"]}), NEEDLES, "t")) == [("token", "mobile", 1)]
+    # a column of tokens is compared whole, only its values shaped like a needle looked up: a raw ID
+    # (lower-case x) among the tokens is found, as is an ID in a date column
+    tokens = pl.DataFrame({"token": ["abcdefghij234567", RAW_ID.lower(), "q13812345678zzzz"]})
+    assert kinds(scan_frame(tokens, NEEDLES, "t")) == [("token", "id_number", 1)]
+    typed = pl.DataFrame({"d": ["2026-11-20", "330302198001010011"], "n": [1.5, 13812345678.0]})
+    assert kinds(scan_frame(typed, NEEDLES, "t", exact_columns={"d"})) == [("d", "id_number", 1)]
 
 
 def test_workbooks_and_mails_are_scanned_cell_by_cell_and_part_by_part(tmp_path: Path) -> None:
