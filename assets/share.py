@@ -690,14 +690,18 @@ def build_needles_asset(catalogue: Catalogue, partitions: DailyPartitionsDefinit
             f"{Layer.share.label} · 泄露扫描比对值",
             "各基础库全部版本中的身份号码、手机号、姓名、完整地址原值(去重), 在各库合并之后每晚汇集一次, "
             "以两个 64 位哈希值存入内部表 audit.leak_needle_hashes (不共享, 不存原值), "
-            "供本分区每个共享/开放数据集的泄露扫描与格式保留令牌复用。元数据只记数量, 不含任何原值。"),
+            "供本分区每个共享/开放数据集的泄露扫描与格式保留令牌复用。按 (基础库, 版本生效日期) 分组汇集: "
+            "各组的哈希存入内部表 audit.leak_needle_dates, 只有新增或内容有变化的组才重新读取基础库。"
+            "元数据只记数量, 不含任何原值。"),
         automation_condition=AutomationCondition.eager(),
     )
     def _needles(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         needles, reused = Needles.cached(warehouse.get(), catalogue)
+        collected, kept = needles.dates
         return with_batch_date(MaterializeResult(metadata={
             **needles.counts(),
-            "来源": "沿用已汇集的比对值(基础库未变)" if reused else "自基础库汇集",
+            "来源": "沿用已汇集的比对值(基础库未变)" if reused else
+                    f"自基础库汇集: 重新读取新增或有变化的版本组 {collected} 个, 沿用已存的版本组 {kept} 个",
         }), context.partition_key)
 
     return _needles

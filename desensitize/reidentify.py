@@ -26,6 +26,7 @@ a workbook sheet), vectorised over all rows:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
@@ -290,6 +291,31 @@ class PeopleIndex:
             frame = pl.DataFrame({"p": person, "c": combo.get_column("c")}).drop_nulls()
             a, b = hash_pair(frame.get_column("c"))
             self._combos[kind].append(pl.DataFrame({"p": frame.get_column("p"), "a": a, "b": b}).unique())
+
+    def pieces(self) -> Iterator[tuple[str, pl.DataFrame]]:
+        """What the pages added so far hold, before :meth:`finish` (to be stored and put together with
+        the pieces of other pages: :meth:`add_piece`): ``names`` (a, b), ``persons`` (p) and per kind of
+        place (p, a, b). The names are made distinct (the same names recur page after page); the persons
+        and their combinations as the pages hold them (distinct within a page), counted once by :meth:`finish`."""
+        if self._names:
+            yield "names", pl.DataFrame({"a": np.concatenate([a for a, _ in self._names]),
+                                         "b": np.concatenate([b for _, b in self._names])}).unique()
+        if self._ids:
+            yield "persons", pl.DataFrame({"p": np.concatenate(self._ids)})
+        for kind, parts in self._combos.items():
+            if parts:
+                yield kind, pl.concat(parts, rechunk=True)
+
+    def add_piece(self, kind: str, frame: pl.DataFrame) -> None:
+        """A piece of :meth:`pieces` (of this index or another), as if its pages were added here."""
+        if kind == "names":
+            self._names.append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
+        elif kind == "persons":
+            self._ids.append(frame.get_column("p").to_numpy())
+        elif kind in self._combos:
+            self._combos[kind].append(frame.select("p", "a", "b"))
+        else:
+            raise ValueError(f"unknown piece of a people index: {kind}")
 
     def finish(self) -> PeopleIndex:
         """The index of every page added (the pages are let go)."""

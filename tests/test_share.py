@@ -230,7 +230,7 @@ def test_share_assets_materialise_through_dagster_with_metadata_and_passing_chec
     run_day(wh, cat, landing, DAY1)
     monkeypatch.setenv("GONGSHU_PSEUDONYM_KEY", KEY.secret.decode())
     assets = [a for a in build_share_assets(cat, _partitions(cat))
-              if a.key in (AssetKey(["share", "people_restricted"]), AssetKey(["share", "people_open"]))]
+              if a.key in (AssetKey(["share", "people_restricted"]), AssetKey(["share", "people_open"]), NEEDLES_KEY)]
     with DagsterInstance.ephemeral() as instance:
         result = materialize(assets, partition_key=DAY1.isoformat(), instance=instance, resources={
             "warehouse": WarehouseResource(url=url), "pseudonym": resources_from_env()["pseudonym"],
@@ -239,6 +239,9 @@ def test_share_assets_materialise_through_dagster_with_metadata_and_passing_chec
         md = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("share__people_restricted")
               + result.asset_materializations_for_node("share__people_open")}
         checks = {(c.asset_key.path[-1], c.check_name): c for c in result.get_asset_check_evaluations()}
+        (needles,) = result.asset_materializations_for_node("share__leak_needles")
+    groups = _groups_starting(wh, cat, DAY1)
+    assert needles.metadata["来源"].value == f"自基础库汇集: 重新读取新增或有变化的版本组 {groups} 个, 沿用已存的版本组 0 个"
     assert md["people_restricted"]["dagster/row_count"].value == 45
     assert md["people_restricted"]["假名化密钥编号"].value == KEY.key_id
     assert "保留前1位和后2位" in md["people_restricted"]["脱敏策略"].value
@@ -433,6 +436,58 @@ def test_the_needles_are_collected_once_per_state_of_the_base_libraries(warehous
     assert _same_needles(third, Needles.from_warehouse(warehouse, cat))
     assert len(_stored_needles(warehouse)) == 1  # the earlier state's rows are gone
     assert Needles.cached(warehouse, cat)[1]
+
+
+def _groups_starting(wh: Warehouse, cat: Catalogue, day: dt.date) -> int:
+    """How many base libraries with identifying elements hold versions that start on ``day``."""
+    from desensitize.leaks import _identifying
+
+    with wh.engine.connect() as conn:
+        return sum(1 for lib in cat.libraries if wh.exists("base", lib.code) and _identifying(lib) and conn.execute(sa.text(
+            f"SELECT COUNT(*) FROM {wh.qualified('base', lib.code)} WHERE valid_from = :d"), {"d": day}).scalar_one())
+
+
+def test_the_needles_are_collected_again_only_from_the_versions_that_changed(warehouse, city, monkeypatch) -> None:
+    """Each (library, valid_from date) group of versions is collected once and stored as hashes under a
+    digest of the group; a new night collects only the groups of its date, a re-delivery of an earlier
+    date the groups it folded again — and the needles are always those collected whole."""
+    from desensitize import leaks
+
+    cat, landing, _ = city
+    monkeypatch.setattr(leaks, "PART_VALUES", 7)  # several parts a kind: every part read back
+    run_day(warehouse, cat, landing, DAY1)
+    first = Needles.from_dates(warehouse, cat)
+    groups = _groups_starting(warehouse, cat, DAY1)
+    assert groups >= 2 and first.dates == (groups, 0)
+    assert _same_needles(first, Needles.from_warehouse(warehouse, cat))
+    again = Needles.from_dates(warehouse, cat)
+    assert again.dates == (0, groups) and _same_needles(again, first)
+    with warehouse.engine.connect() as conn:
+        stored = b"".join(bytes(d) for (d,) in conn.execute(sa.text(
+            f"SELECT data FROM {warehouse.qualified('audit', 'leak_needle_dates')}")))
+    raw = [p[0] for p in PEOPLE] + [p[1] for p in PEOPLE]
+    assert stored and not any(v.encode() in stored or v.encode("utf-16-le") in stored for v in raw)
+
+    # day 2 renames a resident: only the versions starting on day 2 are read from the base library
+    citykit.write_csv(landing / "hz" / f"{DAY2:%Y%m%d}" / "renkou.csv", HEADER,
+                      crowd_rows(rename={PEOPLE[2][0]: "钱强"}))
+    run_day(warehouse, cat, landing, DAY2)
+    new = _groups_starting(warehouse, cat, DAY2)
+    second = Needles.from_dates(warehouse, cat)
+    assert new >= 1 and second.dates == (new, groups)
+    assert second.names.contains(pl.Series(["钱强"])).item()
+    assert _same_needles(second, Needles.from_warehouse(warehouse, cat))
+
+    # day 1 delivered again with another resident renamed: the groups it folds again are collected
+    citykit.write_csv(landing / "hz" / f"{DAY1:%Y%m%d}" / "renkou.csv", HEADER,
+                      crowd_rows(rename={PEOPLE[1][0]: "孙敏"}))
+    run_day(warehouse, cat, landing, DAY1)
+    third = Needles.from_dates(warehouse, cat)
+    assert third.dates[0] >= 1 and sum(third.dates) == _groups_starting(warehouse, cat, DAY1) + \
+        _groups_starting(warehouse, cat, DAY2)
+    assert third.names.contains(pl.Series(["孙敏"])).item()
+    assert _same_needles(third, Needles.from_warehouse(warehouse, cat))
+    assert Needles.from_dates(warehouse, cat).dates == (0, sum(third.dates))
 
 
 def test_two_steps_collecting_the_needles_at_once_store_one_set(warehouse_url, city) -> None:
