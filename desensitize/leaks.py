@@ -45,7 +45,7 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
-from desensitize.lookup import HASH_SCHEME, Probe, ValueSet, distinct_if_few, hash_pair
+from desensitize.lookup import HASH_SCHEME, Probe, ValueSet, distinct_if_few, hash_pair, runs
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import VALID_FROM, lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
@@ -115,21 +115,30 @@ class _Collector:
             self.parts[kind].append(hash_pair(clean.unique()))
 
     def add_piece(self, kind: str, frame: pl.DataFrame) -> None:
-        """A piece of :meth:`pieces` (of this collector or another)."""
+        """A frame of :meth:`chunks` (of this collector or another)."""
         if kind in self.parts:
             self.parts[kind].append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
         else:
             self.people.add_piece(kind.removeprefix("people_"), frame)
 
-    def pieces(self) -> Iterator[tuple[str, pl.DataFrame]]:
-        """What the pages added hold, each kind made distinct: (kind, frame) to store and put together
-        with other collectors' pieces (:meth:`add_piece`)."""
+    def chunks(self, rows: int) -> Iterator[tuple[str, pl.DataFrame]]:
+        """What the pages added hold, as (kind, frame) of at most about ``rows`` rows — consecutive pages
+        put together, nothing else copied — to be stored and read back into another collector
+        (:meth:`add_piece`). A frame may repeat values (each page is distinct in itself)."""
         for kind in KINDS:
-            if self.parts[kind]:
-                yield kind, pl.DataFrame({"a": np.concatenate([a for a, _ in self.parts[kind]]),
-                                          "b": np.concatenate([b for _, b in self.parts[kind]])}).unique()
-        for kind, frame in self.people.pieces():
+            for group in runs(self.parts[kind], rows, lambda part: len(part[0])):
+                frame = pl.DataFrame({"a": np.concatenate([a for a, _ in group]),
+                                      "b": np.concatenate([b for _, b in group])})
+                yield kind, frame.unique() if kind == "names" else frame  # names recur page after page
+        for kind, frame in self.people.chunks(rows):
             yield f"people_{kind}", frame
+
+    def take(self, other: _Collector) -> None:
+        """Everything another collector gathered, moved here (no copy)."""
+        for kind in KINDS:
+            self.parts[kind] += other.parts[kind]
+            other.parts[kind] = []
+        self.people.take(other.people)
 
     def finish(self) -> Needles:
         sets = {k: ValueSet.union(self.parts.pop(k)) for k in KINDS}
@@ -214,7 +223,7 @@ class Needles:
             for code, d in kept:
                 for kind, frame in _read_parts(conn, table, code, d):
                     collector.add_piece(kind, frame)
-        fresh: dict[tuple[str, dt.date], list[tuple[str, pl.DataFrame]]] = {}
+        fresh: dict[tuple[str, dt.date], _Collector] = {}
         with wh.engine.connect() as conn:
             for lib in libraries:
                 stale = [d for d in digests[lib.code] if (lib.code, d) not in kept]
@@ -222,19 +231,21 @@ class Needles:
                     continue
                 groups = _collect_dates(wh, conn, lib, None if len(stale) == len(digests[lib.code]) else stale,
                                         page_rows)
-                while groups:  # each group's pieces made distinct, its pages let go
-                    d, part = groups.popitem()
-                    fresh[(lib.code, d)] = list(part.pieces())
-            after = {lib.code: _date_digests(wh, conn, catalogue, lib) for lib in libraries}
+                fresh.update({(lib.code, d): part for d, part in groups.items()})
+            # the digests of what was read, taken again: a group a merge changed meanwhile is not stored
+            after = {code: _date_digests(wh, conn, catalogue, catalogue.library(code),
+                                         None if {d for c, d in fresh if c == code} == set(digests[code]) else
+                                         sorted(d for c, d in fresh if c == code))
+                     for code in {c for c, _ in fresh}}
         try:
             with wh.begin() as conn:
                 for code, d in set(stored) - set(kept):  # groups that changed or are gone
                     conn.execute(table.delete().where(table.c.library == code, table.c.valid_from == d))
-                for (code, d), pieces in fresh.items():
+                for (code, d), part in fresh.items():
                     digest = digests[code].get(d)
-                    if digest is None or after[code].get(d) != digest:
+                    if digest is None or after.get(code, {}).get(d) != digest:
                         continue  # changed while it was read: collected again next time
-                    for i, (kind, data) in enumerate(_stored_pieces(pieces)):
+                    for i, (kind, data) in enumerate(_stored_pieces(part)):
                         conn.execute(table.insert().values(library=code, valid_from=d, digest=digest, part=i,
                                                            kind=kind, data=data))
         except sa.exc.IntegrityError:
@@ -242,12 +253,11 @@ class Needles:
         except sa.exc.DBAPIError as e:
             if not is_transient(e):
                 raise
-        for pieces in fresh.values():
-            for kind, frame in pieces:
-                collector.add_piece(kind, frame)
+        counts = (len(fresh), len(kept))
+        while fresh:  # moved, not copied
+            collector.take(fresh.popitem()[1])
         needles = collector.finish()
-        return cls(needles.ids, needles.mobiles, needles.names, needles.addresses, needles.people,
-                   dates=(len(fresh), len(kept)))
+        return cls(needles.ids, needles.mobiles, needles.names, needles.addresses, needles.people, dates=counts)
 
     def __len__(self) -> int:
         return len(self.ids) + len(self.mobiles) + len(self.names) + len(self.addresses)
@@ -350,13 +360,20 @@ def needles_table(wh: Warehouse) -> sa.Table:
 
 
 NEEDLE_DATES = "leak_needle_dates"
+GROUP_PART_ROWS = 250_000
+"""Rows (hash pairs, or persons' combinations) per stored part of a group, gathered from consecutive
+pages: only a part is copied at a time (making a group's pages one distinct frame per kind grew the
+first load's collection by ~150 MB at 1 M persons)."""
 DATES_SCHEME = "needle dates 1"  # how a group's pieces are made: another scheme collects every group again
 
 
+GROUP_PART_SCHEMA: dict[str, pl.DataType] = {
+    "library": pl.String(), "valid_from": pl.Date(), "digest": pl.String(), "part": pl.Int64(), "kind": pl.String(),
+    "data": pl.Binary()}
+
+
 def needle_dates_table(wh: Warehouse) -> sa.Table:
-    return wh.table("audit", NEEDLE_DATES, [Column("library", pl.String()), Column("valid_from", pl.Date()),
-                                            Column("digest", pl.String()), Column("part", pl.Int64()),
-                                            Column("kind", pl.String()), Column("data", pl.Binary())],
+    return wh.table("audit", NEEDLE_DATES, [Column(n, t) for n, t in GROUP_PART_SCHEMA.items()],
                     primary_key=["library", "valid_from", "part"])
 
 
@@ -380,24 +397,41 @@ def _scheme(catalogue: Catalogue) -> list[str]:
                                       e.sensitivity.value) for lib in catalogue.libraries for e in lib.elements))]
 
 
-def _lineage_sums(wh: Warehouse, lib: Library) -> str:
-    sums = [f"SUM(CAST({wh.quote(c)} AS BIGINT))" for code in value_elements(lib) for c in lineage(code)]
+def _lineage_sums(wh: Warehouse, lib: Library, elements: list[str] | None = None) -> str:
+    """COUNT(*) and the sums of the lineage columns of ``elements`` (default: every value element)."""
+    sums = [f"SUM(CAST({wh.quote(c)} AS BIGINT))" for code in (value_elements(lib) if elements is None else elements)
+            for c in lineage(code)]
     return f"COUNT(*), {', '.join(sums) or '0'}"
 
 
-def _date_digests(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library) -> dict[dt.date, str]:
-    """Per date a version of ``lib`` starts (``valid_from``), a digest of those versions: their count and
-    the sums of their lineage columns (as :func:`base_state`: a value merged, replaced or folded again
-    changes a sum), under the scheme (:func:`_scheme`, :data:`DATES_SCHEME`). One pass of integer sums."""
+def _date_digests(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib: Library,
+                  dates: list[dt.date] | None = None) -> dict[dt.date, str]:
+    """Per date a version of ``lib`` starts (``valid_from``; only ``dates`` when given), a digest of those
+    versions: their count and the sums of the lineage columns of the elements whose values are needles
+    (as :func:`base_state`: a value merged, replaced or folded again changes a sum; the key has no
+    lineage, and another entity's version has other lineage), under the scheme (:func:`_scheme`,
+    :data:`DATES_SCHEME`). One pass of integer sums."""
     scheme = "\n".join([DATES_SCHEME, *_scheme(catalogue), lib.code])
-    rows = conn.execute(sa.text(f"SELECT {VALID_FROM}, {_lineage_sums(wh, lib)} FROM {wh.qualified('base', lib.code)} "
-                                f"GROUP BY {VALID_FROM}")).all()
+    values = set(value_elements(lib))
+    needled = [c for c in dict.fromkeys([c for c, _ in _identifying(lib)] + list((_person_columns(lib) or {}).values()))
+               if c in values]
+    where, params = _dates_in(dates)
+    rows = conn.execute(sa.text(f"SELECT {VALID_FROM}, {_lineage_sums(wh, lib, needled or None)} "
+                                f"FROM {wh.qualified('base', lib.code)}{where} GROUP BY {VALID_FROM}"), params).all()
     out = {}
     for r in rows:
         d = _as_date(r[0])
         sums = ":".join("" if v is None else str(int(v)) for v in r[1:])
         out[d] = hashlib.sha256(f"{scheme}\n{d.isoformat()}:{sums}".encode()).hexdigest()[:32]
     return out
+
+
+def _dates_in(dates: list[dt.date] | None) -> tuple[str, dict]:
+    """A WHERE clause keeping the versions that start on one of ``dates`` (None: every version), and its parameters."""
+    if dates is None:
+        return "", {}
+    return (f" WHERE {VALID_FROM} IN ({', '.join(f':d{i}' for i in range(len(dates)))})",
+            {f"d{i}": d for i, d in enumerate(dates)})
 
 
 def _collect_dates(wh: Warehouse, conn: sa.Connection, lib: Library, dates: list[dt.date] | None,
@@ -410,10 +444,7 @@ def _collect_dates(wh: Warehouse, conn: sa.Connection, lib: Library, dates: list
     out: dict[dt.date, _Collector] = {}
     if not read:
         return out
-    where, params = "", {}
-    if dates is not None:
-        where = f" WHERE {VALID_FROM} IN ({', '.join(f':d{i}' for i in range(len(dates)))})"
-        params = {f"d{i}": d for i, d in enumerate(dates)}
+    where, params = _dates_in(dates)
     query = (f"SELECT {VALID_FROM}, {', '.join(wh.quote(c) for c in read)} "
              f"FROM {wh.qualified('base', lib.code)}{where}")
     schema = {VALID_FROM: pl.Date(), **{c: pl.String() for c in read}}
@@ -430,17 +461,18 @@ def _collect_dates(wh: Warehouse, conn: sa.Connection, lib: Library, dates: list
     return out
 
 
-def _stored_pieces(pieces: list[tuple[str, pl.DataFrame]]) -> Iterator[tuple[str, bytes]]:
-    """(kind, Parquet) of a group's pieces (:meth:`_Collector.pieces`), at most :data:`PART_VALUES` rows a
+def _stored_pieces(collector: _Collector) -> Iterator[tuple[str, bytes]]:
+    """(kind, Parquet) of a group's pages (:meth:`_Collector.chunks`), about :data:`GROUP_PART_ROWS` rows a
     part; a group without a value (every identifying column empty) as one empty part of the kind ``none``,
     so that it is not read again."""
-    if not pieces:
+    empty = True
+    for kind, frame in collector.chunks(GROUP_PART_ROWS):
+        empty = False
+        buf = io.BytesIO()
+        frame.write_parquet(buf, compression="lz4")
+        yield kind, buf.getvalue()
+    if empty:
         yield "none", b""
-    for kind, frame in pieces:
-        for lo in range(0, max(frame.height, 1), PART_VALUES):
-            buf = io.BytesIO()
-            frame.slice(lo, PART_VALUES).write_parquet(buf, compression="lz4")
-            yield kind, buf.getvalue()
 
 
 def _read_parts(conn: sa.Connection, table: sa.Table, library: str, day: dt.date) -> Iterator[tuple[str, pl.DataFrame]]:

@@ -17,6 +17,9 @@ again).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import numpy as np
 import polars as pl
 
@@ -107,6 +110,21 @@ class Probe:
         self.nulls = self.values.is_null().to_numpy() if self.values.null_count() else None
         # in ascending order, each search starts where the last one ended (numpy keeps the hint)
         self.by_hash = np.argsort(self.a, kind="stable")
+
+
+def runs(items: list, rows: int, size: Callable[[Any], int]) -> Iterator[list]:
+    """Consecutive items (pages of hashes) gathered into runs of about ``rows`` rows (``size``: an
+    item's rows), the last one shorter."""
+    run: list = []
+    held = 0
+    for item in items:
+        run.append(item)
+        held += size(item)
+        if held >= rows:
+            yield run
+            run, held = [], 0
+    if run:
+        yield run
 
 
 SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)

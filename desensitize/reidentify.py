@@ -33,7 +33,7 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
-from desensitize.lookup import ValueSet, distinct_if_few, hash_pair, member
+from desensitize.lookup import ValueSet, distinct_if_few, hash_pair, member, runs
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
@@ -292,22 +292,29 @@ class PeopleIndex:
             a, b = hash_pair(frame.get_column("c"))
             self._combos[kind].append(pl.DataFrame({"p": frame.get_column("p"), "a": a, "b": b}).unique())
 
-    def pieces(self) -> Iterator[tuple[str, pl.DataFrame]]:
-        """What the pages added so far hold, before :meth:`finish` (to be stored and put together with
-        the pieces of other pages: :meth:`add_piece`): ``names`` (a, b), ``persons`` (p) and per kind of
-        place (p, a, b). The names are made distinct (the same names recur page after page); the persons
-        and their combinations as the pages hold them (distinct within a page), counted once by :meth:`finish`."""
-        if self._names:
-            yield "names", pl.DataFrame({"a": np.concatenate([a for a, _ in self._names]),
-                                         "b": np.concatenate([b for _, b in self._names])}).unique()
-        if self._ids:
-            yield "persons", pl.DataFrame({"p": np.concatenate(self._ids)})
+    def chunks(self, rows: int) -> Iterator[tuple[str, pl.DataFrame]]:
+        """What the pages added so far hold, before :meth:`finish`, as (kind, frame) of about ``rows`` rows
+        (consecutive pages put together) to be stored and read back into another index
+        (:meth:`add_piece`): ``names`` (a, b), ``persons`` (p) and per kind of place (p, a, b)."""
+        for group in runs(self._names, rows, lambda part: len(part[0])):  # names recur page after page
+            yield "names", pl.DataFrame({"a": np.concatenate([a for a, _ in group]),
+                                         "b": np.concatenate([b for _, b in group])}).unique()
+        for group in runs(self._ids, rows, len):
+            yield "persons", pl.DataFrame({"p": np.concatenate(group)})
         for kind, parts in self._combos.items():
-            if parts:
-                yield kind, pl.concat(parts, rechunk=True)
+            for group in runs(parts, rows, lambda f: f.height):
+                yield kind, pl.concat(group, rechunk=True)
+
+    def take(self, other: PeopleIndex) -> None:
+        """Every page another index was given, moved here (no copy)."""
+        self._names += other._names
+        self._ids += other._ids
+        for kind in self._combos:
+            self._combos[kind] += other._combos[kind]
+        other._names, other._ids, other._combos = [], [], {k: [] for k in other._combos}
 
     def add_piece(self, kind: str, frame: pl.DataFrame) -> None:
-        """A piece of :meth:`pieces` (of this index or another), as if its pages were added here."""
+        """A frame of :meth:`chunks` (of this index or another), as if its pages were added here."""
         if kind == "names":
             self._names.append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
         elif kind == "persons":
