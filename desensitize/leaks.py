@@ -219,8 +219,8 @@ class Needles:
             stored = {(r[0], _as_date(r[1])): r[2] for r in conn.execute(
                 sa.select(table.c.library, table.c.valid_from, table.c.digest).distinct())}
             digests = {lib.code: _date_digests(wh, conn, catalogue, lib) for lib in libraries}
-            kept = [(code, d) for code, ds in digests.items() for d, g in ds.items() if stored.get((code, d)) == g]
-            for code, d in kept:
+            kept = {(code, d) for code, ds in digests.items() for d, g in ds.items() if stored.get((code, d)) == g}
+            for code, d in sorted(kept):
                 for kind, frame in _read_parts(conn, table, code, d):
                     collector.add_piece(kind, frame)
         fresh: dict[tuple[str, dt.date], _Collector] = {}
@@ -239,7 +239,7 @@ class Needles:
                      for code in {c for c, _ in fresh}}
         try:
             with wh.begin() as conn:
-                for code, d in set(stored) - set(kept):  # groups that changed or are gone
+                for code, d in set(stored) - kept:  # groups that changed or are gone
                     conn.execute(table.delete().where(table.c.library == code, table.c.valid_from == d))
                 for (code, d), part in fresh.items():
                     digest = digests[code].get(d)
