@@ -490,6 +490,48 @@ def test_the_needles_are_collected_again_only_from_the_versions_that_changed(war
     assert Needles.from_dates(warehouse, cat).dates == (0, sum(third.dates))
 
 
+def test_a_group_of_versions_that_changes_while_it_is_read_is_not_stored(warehouse, city, monkeypatch) -> None:
+    """The groups are read outside the snapshot their digests come from; a merge committing meanwhile
+    changes a group: what was read is used for these needles, and the group is never stored under a
+    digest that does not describe what was stored (PostgreSQL: not stored, its digest taken again after
+    the read differs; SQLite: the read and the second digest share one snapshot, both before the merge)
+    — the next collection reads the group again and has the new value, the one after reads every group
+    back."""
+    from catalog.models import Semantic
+    from desensitize import leaks
+
+    cat, landing, _ = city
+    run_day(warehouse, cat, landing, DAY1)
+    lib = cat.library("people")
+    name = next(e.code for e in lib.elements if e.semantic == Semantic.person_name)
+    real = leaks._collect_dates
+
+    def collect_then_merge(wh, conn, library, dates, page_rows):
+        groups = real(wh, conn, library, dates, page_rows)
+        if library.code == "people":  # another step's merge commits after the read
+            with warehouse.begin() as write:
+                write.execute(sa.text(
+                    f"UPDATE {warehouse.qualified('base', 'people')} SET {warehouse.quote(name)} = '赵六', "
+                    f"{warehouse.quote(name + '__batch')} = {warehouse.quote(name + '__batch')} + 1000 "
+                    f"WHERE {warehouse.quote(lib.key[0])} = :k"), {"k": PEOPLE[0][0]})
+        return groups
+
+    monkeypatch.setattr(leaks, "_collect_dates", collect_then_merge)
+    first = Needles.from_dates(warehouse, cat)
+    monkeypatch.setattr(leaks, "_collect_dates", real)
+    assert not first.names.contains(pl.Series(["赵六"])).item()  # read before the merge
+    with warehouse.engine.connect() as conn:
+        stored = {r[0] for r in conn.execute(sa.text(
+            f"SELECT DISTINCT library FROM {warehouse.qualified('audit', 'leak_needle_dates')}"))}
+    groups = _groups_starting(warehouse, cat, DAY1)
+    assert stored - {"people"} and ("people" not in stored) == warehouse.is_postgres
+    second = Needles.from_dates(warehouse, cat)
+    assert second.dates == (1, groups - 1) and second.names.contains(pl.Series(["赵六"])).item()
+    assert _same_needles(second, Needles.from_warehouse(warehouse, cat))
+    third = Needles.from_dates(warehouse, cat)
+    assert third.dates == (0, groups) and _same_needles(third, second)
+
+
 def test_two_steps_collecting_the_needles_at_once_store_one_set(warehouse_url, city) -> None:
     from concurrent.futures import ThreadPoolExecutor
     cat, landing, _ = city
