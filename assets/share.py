@@ -60,7 +60,7 @@ from desensitize.masking import (
 )
 from desensitize.policy import ROW_HASH_COLUMN, OutputPolicy, share_policies
 from desensitize.pseudonym import PseudonymKey
-from warehouse.base import VALID_FROM, VALID_TO, base_schema, merges_digest, valid_on
+from warehouse.base import VALID_FROM, VALID_TO, as_date, base_schema, merges_digest, valid_on
 from warehouse.store import Warehouse, sql_type
 
 OUTPUTS = "outputs"  # share.outputs: one row per dataset — its snapshot date, rows, key id, policy
@@ -244,7 +244,7 @@ def build_share_output(
         state = conn.execute(sa.text(f"SELECT as_of, rows, key_id, policy, base_merges "
                                      f"FROM {wh.qualified('share', OUTPUTS)} WHERE output = :o"),
                              {"o": policy.name}).one_or_none()
-        stored_as_of = _as_date(state[0]) if state else None
+        stored_as_of = as_date(state[0]) if state else None
         older = stored_as_of is not None and stored_as_of > as_of
         # what the library's versions valid on as_of are made of, read in the snapshot the pages come from
         merges = merges_digest(wh, read, policy.library.code, as_of)
@@ -394,7 +394,7 @@ def _incremental_from(wh: Warehouse, read: sa.Connection, policy: OutputPolicy, 
     if (state is None or state[4] is None or state[1] is None or policy.kind == OutputKind.open or policy.dated or fpe
             or state[2] != key_id or state[3] != fingerprint or not wh.exists("base", policy.library.code)):
         return None
-    prior = _as_date(state[0])
+    prior = as_date(state[0])
     return prior if merges_digest(wh, read, policy.library.code, prior) == state[4] else None
 
 
@@ -557,10 +557,6 @@ def _ensure(wh: Warehouse, tables: list[sa.Table]) -> None:
     with wh.begin() as conn:
         for t in tables:
             wh.create(conn, t)
-
-
-def _as_date(v) -> dt.date:
-    return v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10])
 
 
 # --- checks ------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
 from desensitize.lookup import HASH_SCHEME, Probe, ValueSet, distinct_if_few, hash_pair, runs
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
-from warehouse.base import VALID_FROM, lineage, value_elements
+from warehouse.base import VALID_FROM, as_date, lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
 
 ID_RUN = r"\d{17}[\dXx]"
@@ -199,7 +199,8 @@ class Needles:
         adds versions of its date and ends others (a value never changes in place), a backfill or a
         re-delivery folds the versions from its date on again. What each (library, date) group gives
         is stored in ``audit.leak_needle_dates`` (hashes, an internal table) under a digest of the group
-        (:func:`_date_digests`: its rows and the sums of its lineage columns, like :func:`base_state`);
+        (:func:`_date_digests`: its rows and the sums of its identifying elements' lineage columns, like
+        :func:`base_state`);
         the groups whose digest is not stored are read from the base library (one pass per library,
         only their dates), the others read back, and all of them put together — the same needles as
         :meth:`from_warehouse` (the union of the groups' values; the persons' combinations counted
@@ -216,7 +217,7 @@ class Needles:
         libraries = [lib for lib in catalogue.libraries
                      if wh.exists("base", lib.code) and (_identifying(lib) or _person_columns(lib))]
         with _snapshot(wh) as conn:
-            stored = {(r[0], _as_date(r[1])): r[2] for r in conn.execute(
+            stored = {(r[0], as_date(r[1])): r[2] for r in conn.execute(
                 sa.select(table.c.library, table.c.valid_from, table.c.digest).distinct())}
             digests = {lib.code: _date_digests(wh, conn, catalogue, lib) for lib in libraries}
             kept = {(code, d) for code, ds in digests.items() for d, g in ds.items() if stored.get((code, d)) == g}
@@ -287,8 +288,8 @@ class Needles:
         state and the part are the key: of two steps that collected them at once, one stores them,
         and the rows of earlier states are deleted in the same transaction. A state not stored is
         collected by :meth:`from_dates`: only the groups of versions that changed are read from the
-        base libraries (an incremental night at 1 M persons: 2.3–2.5 s against 4.6–5.4 s collected
-        whole, measured alone; a first load pays 1.3–1.7 s more for storing the groups).
+        base libraries (the next night at 1 M persons, measured alone: 2.5–2.8 s against 4.6–5.5 s
+        collected whole; a first load pays 1.5–2.5 s more, for storing the groups).
         """
         state = base_state(wh, catalogue)
         table = needles_table(wh)
@@ -420,7 +421,7 @@ def _date_digests(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib:
                                 f"FROM {wh.qualified('base', lib.code)}{where} GROUP BY {VALID_FROM}"), params).all()
     out = {}
     for r in rows:
-        d = _as_date(r[0])
+        d = as_date(r[0])
         sums = ":".join("" if v is None else str(int(v)) for v in r[1:])
         out[d] = hashlib.sha256(f"{scheme}\n{d.isoformat()}:{sums}".encode()).hexdigest()[:32]
     return out
@@ -450,7 +451,7 @@ def _collect_dates(wh: Warehouse, conn: sa.Connection, lib: Library, dates: list
     schema = {VALID_FROM: pl.Date(), **{c: pl.String() for c in read}}
     for page in wh.read_pages(conn, query, schema, page_rows, params, bulk=True):
         for (d,), rows in page.partition_by(VALID_FROM, as_dict=True).items():
-            collector = out.setdefault(_as_date(d), _Collector())
+            collector = out.setdefault(as_date(d), _Collector())
             for code, kinds in columns:
                 values = rows.get_column(code)
                 for k in kinds:
@@ -486,10 +487,6 @@ def _read_parts(conn: sa.Connection, table: sa.Table, library: str, day: dt.date
         data = conn.execute(sa.select(table.c.data).where(table.c.library == library, table.c.valid_from == day,
                                                           table.c.part == part)).scalar_one()
         yield kind, pl.read_parquet(io.BytesIO(bytes(data)))
-
-
-def _as_date(v) -> dt.date:
-    return v if isinstance(v, dt.date) and not isinstance(v, dt.datetime) else dt.date.fromisoformat(str(v)[:10])
 
 
 def base_state(wh: Warehouse, catalogue: Catalogue) -> str:

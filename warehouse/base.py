@@ -81,7 +81,7 @@ def merged_batches(wh: Warehouse, conn: sa.Connection, library: str) -> dict[dt.
         return {}
     rows = conn.execute(sa.text(f"SELECT batch_date, batch_ids FROM {wh.qualified('audit', MERGE_LOG)} "
                                 "WHERE library = :l"), {"l": library}).fetchall()
-    return {_as_date(d): [b for b in (ids or "").split(",") if b] for d, ids in rows}
+    return {as_date(d): [b for b in (ids or "").split(",") if b] for d, ids in rows}
 
 
 def merges_digest(wh: Warehouse, conn: sa.Connection, library: str, upto: dt.date) -> str:
@@ -95,12 +95,13 @@ def merges_digest(wh: Warehouse, conn: sa.Connection, library: str, upto: dt.dat
             "SELECT batch_date, batch_ids, incoming, new_entities, changed_entities, unchanged, rebuilt_entities "
             f"FROM {wh.qualified('audit', MERGE_LOG)} WHERE library = :l AND batch_date <= :d ORDER BY batch_date"),
             {"l": library, "d": upto}).fetchall()
-    text = repr([(_as_date(r[0]).isoformat(), r[1] or "", *(None if v is None else int(v) for v in r[2:]))
+    text = repr([(as_date(r[0]).isoformat(), r[1] or "", *(None if v is None else int(v) for v in r[2:]))
                  for r in rows])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _as_date(v) -> dt.date:
+def as_date(v) -> dt.date:
+    """A date as a driver returns it (a date, or SQLite's text) as a date."""
     return v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10])
 
 
