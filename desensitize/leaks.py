@@ -45,7 +45,16 @@ from catalog.loader import Catalogue
 from catalog.models import ElementType, Labelled, Library, Semantic, Sensitivity
 from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
-from desensitize.lookup import HASH_SCHEME, Probe, ValueSet, distinct_if_few, hash_pair, runs
+from desensitize.lookup import (
+    HASH_SCHEME,
+    Probe,
+    ValueSet,
+    distinct_if_few,
+    frame_pairs,
+    hash_pair,
+    pair_frame,
+    runs,
+)
 from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
 from warehouse.base import VALID_FROM, as_date, lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
@@ -117,7 +126,7 @@ class _Collector:
     def add_piece(self, kind: str, frame: pl.DataFrame) -> None:
         """A frame of :meth:`chunks` (of this collector or another)."""
         if kind in self.parts:
-            self.parts[kind].append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
+            self.parts[kind].append(frame_pairs(frame))
         else:
             self.people.add_piece(kind.removeprefix("people_"), frame)
 
@@ -127,8 +136,7 @@ class _Collector:
         (:meth:`add_piece`). A frame may repeat values (each page is distinct in itself)."""
         for kind in KINDS:
             for group in runs(self.parts[kind], rows, lambda part: len(part[0])):
-                frame = pl.DataFrame({"a": np.concatenate([a for a, _ in group]),
-                                      "b": np.concatenate([b for _, b in group])})
+                frame = pair_frame(group)
                 yield kind, frame.unique() if kind == "names" else frame  # names recur page after page
         for kind, frame in self.people.chunks(rows):
             yield f"people_{kind}", frame
@@ -172,27 +180,19 @@ class Needles:
 
     @classmethod
     def from_warehouse(cls, wh: Warehouse, catalogue: Catalogue, *, page_rows: int = NEEDLE_PAGE_ROWS) -> Needles:
-        """Every raw identifier of every version of every base library, read ``page_rows`` values at a time."""
+        """Every raw identifier of every version of every base library, read ``page_rows`` versions at a
+        time (one pass per library, :func:`_collect_dates`), nothing stored."""
         collector = _Collector()
         with wh.engine.connect() as conn:
             for lib in catalogue.libraries:
-                if not wh.exists("base", lib.code):
-                    continue
-                table = wh.qualified("base", lib.code)
-                for code, kinds in _identifying(lib):
-                    col = wh.quote(code)
-                    # every version's value read as it is and made distinct here, a page at a time
-                    for page in wh.read_pages(conn, f"SELECT {col} AS v FROM {table} WHERE {col} IS NOT NULL",
-                                              {"v": pl.String()}, page_rows, bulk=True):
-                        values = page.get_column("v")
-                        for k in kinds:
-                            collector.add(k, values)
-                for persons in _persons(wh, conn, lib, table, page_rows):
-                    collector.people.add(persons)
+                if wh.exists("base", lib.code):
+                    for group in _collect_dates(wh, conn, lib, None, page_rows).values():
+                        collector.take(group)
         return collector.finish()
 
     @classmethod
-    def from_dates(cls, wh: Warehouse, catalogue: Catalogue, *, page_rows: int = NEEDLE_PAGE_ROWS) -> Needles:
+    def from_dates(cls, wh: Warehouse, catalogue: Catalogue, *, page_rows: int = NEEDLE_PAGE_ROWS,
+                   digests: dict[str, dict[dt.date, str]] | None = None) -> Needles:
         """:meth:`from_warehouse`, collected only from the versions that changed since the last time.
 
         A base library's versions are grouped by the date they start (``valid_from``): a night's merge
@@ -206,45 +206,44 @@ class Needles:
         :meth:`from_warehouse` (the union of the groups' values; the persons' combinations counted
         over all groups). ``dates``: (groups collected, read back).
 
-        The digests and the stored parts are read in one snapshot; the groups are read in bulk (ADBC on
-        PostgreSQL) and their digests taken again afterwards: a group that changed meanwhile (a merge
-        committing) is used but not stored, so no group is stored under a digest that does not describe it.
+        The stored digests and parts are read in one snapshot (a group's parts are written at once, under
+        its digest; ``digests``: the groups' current digests, :func:`group_digests`, taken by the caller or
+        in that snapshot); the groups are read in bulk (ADBC on PostgreSQL) and their digests taken again
+        afterwards: a group that changed meanwhile (a merge committing) is used but not stored, so no group
+        is stored under a digest that does not describe it.
         """
         table = needle_dates_table(wh)
         with wh.begin() as conn:
             wh.create(conn, table)
         collector = _Collector()
-        libraries = [lib for lib in catalogue.libraries
-                     if wh.exists("base", lib.code) and (_identifying(lib) or _person_columns(lib))]
         with _snapshot(wh) as conn:
             stored = {(r[0], as_date(r[1])): r[2] for r in conn.execute(
                 sa.select(table.c.library, table.c.valid_from, table.c.digest).distinct())}
-            digests = {lib.code: _date_digests(wh, conn, catalogue, lib) for lib in libraries}
+            if digests is None:
+                digests = group_digests(wh, conn, catalogue)
             kept = {(code, d) for code, ds in digests.items() for d, g in ds.items() if stored.get((code, d)) == g}
             for code, d in sorted(kept):
                 for kind, frame in _read_parts(conn, table, code, d):
                     collector.add_piece(kind, frame)
         fresh: dict[tuple[str, dt.date], _Collector] = {}
+        after: dict[str, dict[dt.date, str]] = {}
         with wh.engine.connect() as conn:
-            for lib in libraries:
+            for lib in map(catalogue.library, digests):
                 stale = [d for d in digests[lib.code] if (lib.code, d) not in kept]
                 if not stale:
                     continue
-                groups = _collect_dates(wh, conn, lib, None if len(stale) == len(digests[lib.code]) else stale,
-                                        page_rows)
+                read = None if len(stale) == len(digests[lib.code]) else stale  # None: the whole library
+                groups = _collect_dates(wh, conn, lib, read, page_rows)
                 fresh.update({(lib.code, d): part for d, part in groups.items()})
-            # the digests of what was read, taken again: a group a merge changed meanwhile is not stored
-            after = {code: _date_digests(wh, conn, catalogue, catalogue.library(code),
-                                         None if {d for c, d in fresh if c == code} == set(digests[code]) else
-                                         sorted(d for c, d in fresh if c == code))
-                     for code in {c for c, _ in fresh}}
+                # the digests of what was read, taken again: a group a merge changed meanwhile is not stored
+                after[lib.code] = _date_digests(wh, conn, catalogue, lib, read)
         try:
             with wh.begin() as conn:
                 for code, d in set(stored) - kept:  # groups that changed or are gone
                     conn.execute(table.delete().where(table.c.library == code, table.c.valid_from == d))
                 for (code, d), part in fresh.items():
                     digest = digests[code].get(d)
-                    if digest is None or after.get(code, {}).get(d) != digest:
+                    if digest is None or after[code].get(d) != digest:
                         continue  # changed while it was read: collected again next time
                     for i, (kind, data) in enumerate(_stored_pieces(part)):
                         conn.execute(table.insert().values(library=code, valid_from=d, digest=digest, part=i,
@@ -291,13 +290,15 @@ class Needles:
         base libraries (the next night at 1 M persons, measured alone: 2.5–2.8 s against 4.6–5.5 s
         collected whole; a first load pays 1.5–2.5 s more, for storing the groups).
         """
-        state = base_state(wh, catalogue)
+        with wh.engine.connect() as conn:
+            digests = group_digests(wh, conn, catalogue)
+        state = base_state(wh, catalogue, digests)
         table = needles_table(wh)
         if wh.exists("audit", NEEDLES):
             needles = cls._stored(wh, table, state)
             if needles is not None:
                 return needles, True
-        needles = cls.from_dates(wh, catalogue)
+        needles = cls.from_dates(wh, catalogue, digests=digests)
         try:
             with wh.begin() as conn:
                 wh.create(conn, table)
@@ -320,8 +321,8 @@ class Needles:
                 **{f"people_{k}": v for k, v in self.people.unique.items()}}
         for kind, values in sets.items():
             for lo in range(0, max(len(values), 1), PART_VALUES):
-                yield kind, _parquet(values.a[lo:lo + PART_VALUES], values.b[lo:lo + PART_VALUES])
-        yield "persons", _parquet(np.array([self.people.persons], np.uint64), np.zeros(1, np.uint64))
+                yield kind, _parquet(pair_frame([(values.a[lo:lo + PART_VALUES], values.b[lo:lo + PART_VALUES])]))
+        yield "persons", _parquet(pair_frame([(np.array([self.people.persons], np.uint64), np.zeros(1, np.uint64))]))
 
     @classmethod
     def _stored(cls, wh: Warehouse, table: sa.Table, state: str) -> Needles | None:
@@ -336,16 +337,17 @@ class Needles:
                 data = conn.execute(sa.select(table.c.data).where(table.c.state == state, table.c.part == part)).scalar_one()
                 frame = pl.read_parquet(io.BytesIO(bytes(data)))
                 del data
-                arrays.setdefault(kind, []).append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
+                arrays.setdefault(kind, []).append(frame_pairs(frame))
         sets = {k: ValueSet.union(v) for k, v in arrays.items()}
         people = PeopleIndex(sets["people_names"], {k: sets[f"people_{k}"] for k in PeopleIndex().unique},
                              int(arrays["persons"][0][0][0]))
         return cls(*(sets[k] for k in KINDS), people=people)
 
 
-def _parquet(a: np.ndarray, b: np.ndarray) -> bytes:
+def _parquet(frame: pl.DataFrame) -> bytes:
+    """A stored part: one Parquet value."""
     buf = io.BytesIO()
-    pl.DataFrame({"a": a, "b": b}, schema={"a": pl.UInt64, "b": pl.UInt64}).write_parquet(buf, compression="lz4")
+    frame.write_parquet(buf, compression="lz4")
     return buf.getvalue()
 
 
@@ -469,9 +471,7 @@ def _stored_pieces(collector: _Collector) -> Iterator[tuple[str, bytes]]:
     empty = True
     for kind, frame in collector.chunks(GROUP_PART_ROWS):
         empty = False
-        buf = io.BytesIO()
-        frame.write_parquet(buf, compression="lz4")
-        yield kind, buf.getvalue()
+        yield kind, _parquet(frame)
     if empty:
         yield "none", b""
 
@@ -489,22 +489,30 @@ def _read_parts(conn: sa.Connection, table: sa.Table, library: str, day: dt.date
         yield kind, pl.read_parquet(io.BytesIO(bytes(data)))
 
 
-def base_state(wh: Warehouse, catalogue: Catalogue) -> str:
-    """A digest of what the needles are made of: per base library, its rows and the sums of its
-    lineage columns (every value carries the number of the batch and the row it came from, and
-    batch numbers only grow, so a value merged, replaced or folded again changes a sum), the
-    catalogue's identifying elements, and how values are hashed (:data:`HASH_SCHEME`: polars'
-    hashes hold within one version). Cheaper than the reads it stands for: one pass of integer sums
-    per library."""
-    parts = _scheme(catalogue)
-    with wh.engine.connect() as conn:
-        for lib in catalogue.libraries:
-            if not wh.exists("base", lib.code):
-                parts.append(f"{lib.code}:-")
-                continue
-            row = conn.execute(sa.text(f"SELECT {_lineage_sums(wh, lib)} FROM {wh.qualified('base', lib.code)}")).one()
-            parts.append(f"{lib.code}:{':'.join('' if v is None else str(int(v)) for v in row)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+def _needled(wh: Warehouse, catalogue: Catalogue) -> list[Library]:
+    """The base libraries that hold needles: stored, with an identifying element."""
+    return [lib for lib in catalogue.libraries
+            if wh.exists("base", lib.code) and (_identifying(lib) or _person_columns(lib))]
+
+
+def group_digests(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue) -> dict[str, dict[dt.date, str]]:
+    """Per base library holding needles, the digest of each group of versions (:func:`_date_digests`)."""
+    return {lib.code: _date_digests(wh, conn, catalogue, lib) for lib in _needled(wh, catalogue)}
+
+
+def base_state(wh: Warehouse, catalogue: Catalogue,
+               digests: dict[str, dict[dt.date, str]] | None = None) -> str:
+    """A digest of what the needles are made of: the digests of every group of versions of the base
+    libraries (:func:`group_digests`: rows and lineage sums of the identifying elements — every value
+    carries the number of the batch and the row it came from, and batch numbers only grow, so a value
+    merged, replaced or folded again changes a sum — under the catalogue's identifying elements and how
+    values are hashed, :data:`HASH_SCHEME`). Cheaper than the reads it stands for: one pass of integer
+    sums per library; ``digests`` when the caller has them."""
+    if digests is None:
+        with wh.engine.connect() as conn:
+            digests = group_digests(wh, conn, catalogue)
+    text = repr(sorted((code, d.isoformat(), g) for code, ds in digests.items() for d, g in ds.items()))
+    return hashlib.sha256("\n".join([DATES_SCHEME, *_scheme(catalogue), text]).encode()).hexdigest()[:32]
 
 
 def _identifying(lib: Library) -> list[tuple[str, list[str]]]:
@@ -538,20 +546,6 @@ def _person_columns(lib: Library) -> dict[str, str] | None:
     address = next((e for e in lib.elements if e.semantic == Semantic.address
                     and e.sensitivity != Sensitivity.public), None)
     return {"id": key[0].code, "name": names[0].code, **({"address": address.code} if address else {})}
-
-
-def _persons(wh: Warehouse, conn: sa.Connection, lib: Library, table: str,
-             page_rows: int = NEEDLE_PAGE_ROWS) -> Iterator[pl.DataFrame]:
-    """(id, name, district) of every version of a library keyed by an ID number with a person's name,
-    ``page_rows`` versions at a time (:func:`desensitize.reidentify.people_table`)."""
-    cols = _person_columns(lib)
-    if cols is None:
-        return
-    select = ", ".join(f"{wh.quote(c)} AS {a}" for a, c in cols.items())
-    for rows in wh.read_pages(conn, f"SELECT {select} FROM {table} WHERE {wh.quote(cols['id'])} IS NOT NULL",
-                              {a: pl.String() for a in cols}, page_rows, bulk=True):
-        yield people_table(rows.get_column("id"), rows.get_column("name"),
-                           rows.get_column("address") if "address" in cols else None)
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,17 @@ def runs(items: list, rows: int, size: Callable[[Any], int]) -> Iterator[list]:
         yield run
 
 
+def pair_frame(parts: list[tuple[np.ndarray, np.ndarray]]) -> pl.DataFrame:
+    """Pages of hash pairs (:func:`hash_pair`) as one frame (a, b), to be stored."""
+    return pl.DataFrame({"a": np.concatenate([a for a, _ in parts]), "b": np.concatenate([b for _, b in parts])},
+                        schema={"a": pl.UInt64, "b": pl.UInt64})
+
+
+def frame_pairs(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A stored frame of :func:`pair_frame` as hash pairs again."""
+    return frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()
+
+
 SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)
 
 

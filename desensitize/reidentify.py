@@ -33,7 +33,7 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
-from desensitize.lookup import ValueSet, distinct_if_few, hash_pair, member, runs
+from desensitize.lookup import ValueSet, distinct_if_few, frame_pairs, hash_pair, member, pair_frame, runs
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
@@ -297,8 +297,7 @@ class PeopleIndex:
         (consecutive pages put together) to be stored and read back into another index
         (:meth:`add_piece`): ``names`` (a, b), ``persons`` (p) and per kind of place (p, a, b)."""
         for group in runs(self._names, rows, lambda part: len(part[0])):  # names recur page after page
-            yield "names", pl.DataFrame({"a": np.concatenate([a for a, _ in group]),
-                                         "b": np.concatenate([b for _, b in group])}).unique()
+            yield "names", pair_frame(group).unique()
         for group in runs(self._ids, rows, len):
             yield "persons", pl.DataFrame({"p": np.concatenate(group)})
         for kind, parts in self._combos.items():
@@ -316,7 +315,7 @@ class PeopleIndex:
     def add_piece(self, kind: str, frame: pl.DataFrame) -> None:
         """A frame of :meth:`chunks` (of this index or another), as if its pages were added here."""
         if kind == "names":
-            self._names.append((frame.get_column("a").to_numpy(), frame.get_column("b").to_numpy()))
+            self._names.append(frame_pairs(frame))
         elif kind == "persons":
             self._ids.append(frame.get_column("p").to_numpy())
         elif kind in self._combos:

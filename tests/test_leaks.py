@@ -402,7 +402,8 @@ def test_a_json_file_is_never_held_more_than_a_few_records_at_a_time(tmp_path: P
     monkeypatch.setattr(leaks, "scan_frame", scanning)
     assert scan_file(tmp_path / "release.json", needles, page_rows=50_000) == whole
     assert parsed == [2, 2, 1] and heights[:1] == [5]  # the records, one page; then the values around them
-    parsed.clear(), heights.clear()
+    parsed.clear()
+    heights.clear()
     assert scan_file(tmp_path / "release.json", needles, page_rows=3) == whole
     assert parsed == [2, 2, 1] and heights[:2] == [2, 3]  # never more than the caller's page
 
