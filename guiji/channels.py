@@ -263,10 +263,7 @@ def open_files(resource: Resource, ch: FileChannel, batch_date: dt.date, landing
     files = delivery_files(ch, batch_date, landing)
     digest, digests = hashlib.sha256(), {}
     for path in files:
-        data = Bytes(path=path)
-        for _ in data.chunks(READ_CHUNK_BYTES):
-            pass
-        digests[path] = data.passes[0]
+        digests[path] = Bytes(path=path).sha256()
         digest.update(path.name.encode() + b"\0" + digests[path])
     return FileReading(source_columns(resource), ch.format, ch.encoding, ch.delimiter, ch.sheet, files,
                        digest.hexdigest() if files else "", digests)
@@ -322,6 +319,12 @@ class Bytes:
                 digest.update(chunk)
                 yield chunk
         self.passes.append(digest.digest())
+
+    def sha256(self) -> bytes:
+        """The SHA-256 of a file on disk, one pass of chunks (recorded in :attr:`passes` as every pass is)."""
+        for _ in self.chunks(READ_CHUNK_BYTES):
+            pass
+        return self.passes[-1]
 
     def lines(self) -> int:
         """Lines as an unreadable file is counted: line ends, and a last line without one."""
