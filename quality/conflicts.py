@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import polars as pl
 import sqlalchemy as sa
 
-from quality.consistency import CONFLICT_SCHEMA, compare_copies, copies, entity_key
+from quality.consistency import CONFLICT_SCHEMA, RATE_SCHEMA, compare_copies, copies, entity_key
 from warehouse.base import SLICE, merged_batches, read_as_of_slices
 from warehouse.std import mergeable_batch, read_std
 from warehouse.store import Column, Warehouse, slice_numbers
@@ -69,6 +69,38 @@ OBSERVATION_SCHEMA: dict[str, pl.DataType] = {
 def observations_table(wh: Warehouse) -> sa.Table:
     return wh.table("quality", OBSERVATIONS, [Column(n, t) for n, t in OBSERVATION_SCHEMA.items()],
                     primary_key=[*IDENTITY, "batch_date"])
+
+
+RATES = "consistency_rates"
+RATES_SCHEMA: dict[str, pl.DataType] = {"batch_date": pl.Date(), **{k: v() for k, v in RATE_SCHEMA.items()}}
+
+
+def rates_table(wh: Warehouse) -> sa.Table:
+    """The 一数一源 rates of every checked date: per copied element and resource batch, values compared with
+    the authority's of that day and values matching it (replaced whenever the date is checked again)."""
+    return wh.table("quality", RATES, [Column(n, t) for n, t in RATES_SCHEMA.items()],
+                    primary_key=["library", "batch_date", "resource_id", "element"], indexes=[["batch_id"]])
+
+
+def read_rates(wh: Warehouse, batch_ids: list[str]) -> pl.DataFrame:
+    """The stored rates (RATES_SCHEMA) of ``batch_ids``."""
+    if not batch_ids or not wh.exists("quality", RATES):
+        return pl.DataFrame(schema=RATES_SCHEMA)
+    names = {f"b{i}": b for i, b in enumerate(batch_ids)}
+    cols = ", ".join(wh.quote(c) for c in RATES_SCHEMA)
+    with wh.engine.connect() as conn:
+        return wh.read(conn, f"SELECT {cols} FROM {wh.qualified('quality', RATES)} "
+                             f"WHERE batch_id IN ({', '.join(':' + n for n in names)})", RATES_SCHEMA, names)
+
+
+def rated_dates(wh: Warehouse) -> set[tuple[str, dt.date]]:
+    """(library, batch date) of every date whose rates are stored."""
+    if not wh.exists("quality", RATES):
+        return set()
+    with wh.engine.connect() as conn:
+        frame = wh.read(conn, f"SELECT DISTINCT library, batch_date FROM {wh.qualified('quality', RATES)}",
+                        {"library": pl.String(), "batch_date": pl.Date()})
+    return set(frame.iter_rows())
 
 
 def fold_conflicts(observations: pl.DataFrame) -> pl.DataFrame:
@@ -177,6 +209,7 @@ def check_library_consistency(wh: Warehouse, catalogue, library: str, batch_date
     with wh.begin() as conn:
         wh.create(conn, observations_table(wh))
         wh.create(conn, conflicts_table(wh))
+        wh.create(conn, rates_table(wh))
         run = _check_date(wh, conn, catalogue, lib, batch_date, chunk_keys)
         for day in sorted(d for d in merged_batches(wh, conn, library) if d > batch_date):
             _check_date(wh, conn, catalogue, lib, day, chunk_keys)
@@ -200,15 +233,10 @@ def _key_slices(lib, batches: list[tuple], chunk_keys: int) -> tuple[int, Iterat
     return n, ([(r, b, f.filter(p == i)) for r, b, f, p in parts] for i in range(n)), keys
 
 
-def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
-                chunk_keys: int = CONSISTENCY_CHUNK_KEYS) -> ConsistencyRun:
-    """One date's comparison, observations and the ledger rows they touch (inside the caller's transaction)."""
-    library = lib.code
-    obs_name = wh.qualified("quality", OBSERVATIONS)
-    cols = ", ".join(wh.quote(c) for c in OBSERVATION_SCHEMA)
-    known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
-    earlier = known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY)
-    rates, found_parts, match_parts = None, [], []
+def _slices_compared(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
+                     chunk_keys: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]]:
+    """(rates, conflicts, every identity compared) of each slice of the copies merged for ``batch_date``,
+    against what the base library held for their entities that day (:func:`_observe`)."""
     batches = _copy_batches(wh, conn, catalogue, lib, batch_date)
     n, slices, keys = _key_slices(lib, batches, chunk_keys)
     used = set(lib.key) | {code for resource, _, _ in batches for code in copies(catalogue, resource)}
@@ -216,18 +244,52 @@ def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: 
     del keys  # (loaded into the database when the first slice is read)
     for part, current in zip(slices, held, strict=True):
         observed = _observe(catalogue, lib, part, current)
-        if observed is None:
-            continue
-        slice_rates, found, compared = observed
+        if observed is not None:
+            yield observed
+
+
+def _add_rates(total: pl.DataFrame | None, part: pl.DataFrame) -> pl.DataFrame:
+    """Rates of two slices added up (every slice holds the same resources and elements, in the same order)."""
+    if total is None:
+        return part
+    return total.with_columns(pl.col("compared") + part.get_column("compared"),
+                              pl.col("matched") + part.get_column("matched"))
+
+
+def date_rates(wh: Warehouse, catalogue, library: str, batch_date: dt.date,
+               chunk_keys: int = CONSISTENCY_CHUNK_KEYS) -> pl.DataFrame:
+    """The 一数一源 rates (RATE_SCHEMA) of the copies merged for ``batch_date`` against what the base library
+    held that day, computed as :func:`check_library_consistency` computes them but neither stored nor
+    observed: for a batch whose rates were never stored (checked before they were)."""
+    rates = None
+    with wh.engine.connect() as conn:
+        for part, _, _ in _slices_compared(wh, conn, catalogue, catalogue.library(library), batch_date, chunk_keys):
+            rates = _add_rates(rates, part)
+    return rates if rates is not None else pl.DataFrame(schema=RATE_SCHEMA)
+
+
+def _check_date(wh: Warehouse, conn: sa.Connection, catalogue, lib, batch_date: dt.date,
+                chunk_keys: int = CONSISTENCY_CHUNK_KEYS) -> ConsistencyRun:
+    """One date's comparison, observations, rates and the ledger rows they touch (inside the caller's
+    transaction)."""
+    library = lib.code
+    obs_name = wh.qualified("quality", OBSERVATIONS)
+    cols = ", ".join(wh.quote(c) for c in OBSERVATION_SCHEMA)
+    known = wh.read(conn, f"SELECT {cols} FROM {obs_name} WHERE library = :l", OBSERVATION_SCHEMA, {"l": library})
+    earlier = known.filter(pl.col("conflict") & (pl.col("batch_date") != batch_date)).select(IDENTITY)
+    rates, found_parts, match_parts = None, [], []
+    for slice_rates, found, compared in _slices_compared(wh, conn, catalogue, lib, batch_date, chunk_keys):
         found = found.cast(CONFLICT_SCHEMA)
         # a match is kept only for an identity that differed on some date: it may be what closes it
         # (an identity's comparisons and differences are all in one slice)
         differed = pl.concat([earlier, found.select(IDENTITY)]).unique()
         match_parts.append(compared.join(found, on=IDENTITY, how="anti").join(differed, on=IDENTITY, how="semi"))
         found_parts.append(found)
-        rates = slice_rates if rates is None else rates.with_columns(  # the same resources and elements
-            pl.col("compared") + slice_rates.get_column("compared"), pl.col("matched") + slice_rates.get_column("matched"))
-    rates = rates if rates is not None else pl.DataFrame()
+        rates = _add_rates(rates, slice_rates)
+    rates = rates if rates is not None else pl.DataFrame(schema=RATE_SCHEMA)
+    conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', RATES)} WHERE library = :l AND batch_date = :d"),
+                 {"l": library, "d": batch_date})
+    wh.insert(conn, rates_table(wh), rates.with_columns(pl.lit(batch_date).alias("batch_date")).select(list(RATES_SCHEMA)))
     found = pl.concat(found_parts) if found_parts else pl.DataFrame(schema=CONFLICT_SCHEMA)
     matches = pl.concat(match_parts) if match_parts else pl.DataFrame(schema={c: pl.String for c in [*IDENTITY, "batch_id"]})
     today = _as_observations(found, matches, batch_date)

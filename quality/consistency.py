@@ -24,8 +24,8 @@ CONFLICT_SCHEMA = {
     "resource_id": pl.String, "batch_id": pl.String, "row_no": pl.Int64, "entity_key": pl.String,
     "value": pl.String, "authority_value": pl.String,
 }
-RATE_SCHEMA = {"library": pl.String, "element": pl.String, "department": pl.String, "compared": pl.Int64,
-               "matched": pl.Int64}
+RATE_SCHEMA = {"library": pl.String, "element": pl.String, "department": pl.String, "resource_id": pl.String,
+               "batch_id": pl.String, "compared": pl.Int64, "matched": pl.Int64}
 
 
 def copies(catalogue: Catalogue, resource: Resource) -> dict[str, list[str] | None]:
@@ -69,7 +69,8 @@ def compare_copies(
             differs = pl.col("__copy") != pl.col("__auth")
             stats = pair.select(pl.len().alias("compared"), (~differs).sum().alias("matched")).row(0, named=True)
             rates.append({"library": lib.code, "element": code, "department": resource.department,
-                          "compared": int(stats["compared"]), "matched": int(stats["matched"] or 0)})
+                          "resource_id": resource.id, "batch_id": batch_id, "compared": int(stats["compared"]),
+                          "matched": int(stats["matched"] or 0)})
             conflicts.append(pair.filter(differs).select(
                 pl.lit(lib.code).alias("library"), pl.lit(code).alias("element"),
                 pl.lit(resource.department).alias("department"), pl.lit(auth).alias("authority"),

@@ -342,3 +342,51 @@ def test_a_merge_by_key_ranges_gives_what_a_merge_in_one_piece_gives(warehouses:
         results.append((base_state(wh, cat), merge_log(wh)))
         wh.dispose()
     assert results[0][0] and results[1] == results[0]
+
+
+def scorecard_consistency(wh: Warehouse, cat: Catalogue, day: dt.date) -> list[tuple]:
+    """The 一致性 rule counts the scorecard of ``day`` is computed from, as text."""
+    from quality.scorecard.inputs import consistency_rule_counts, latest_batches
+
+    frame = consistency_rule_counts(wh, cat, latest_batches(wh, day), day)
+    return sorted(tuple("" if v is None else str(v) for v in r) for r in frame.iter_rows())
+
+
+def test_the_scorecards_consistency_of_a_date_does_not_depend_on_what_was_merged_after_it(
+        warehouses: Warehouses, order_city) -> None:
+    """The scorecard of D2 compares 社保's D2 batch with 户政's names of D2 (赵强 against 赵刚: one of one
+    differs), and counts the licences' references as the libraries stood on D2 (A-0002's holder 李力
+    against 李丽) — computed the night of D2, after D3 was merged (赵刚 back to 赵强), or with the dates
+    run backwards and rerun; a date checked before the rates were stored computes them the same way."""
+    from quality.conflicts import check_library_consistency
+    from quality.references import check_references
+
+    cat, landing = order_city
+
+    def night(wh: Warehouse, day: dt.date) -> None:
+        run_date(wh, cat, landing, day)
+        for lib in cat.libraries:
+            check_library_consistency(wh, cat, lib.code, day)
+            check_references(wh, cat, lib.code, day)
+
+    wh = warehouses.new()
+    that_night = {}
+    for day in DAYS:
+        night(wh, day)
+        that_night[day] = scorecard_consistency(wh, cat, day)
+    d2 = {(r[1], r[3]): (r[7], r[8]) for r in that_night[D2]}
+    assert d2[("shebao_canbao", "full_name.authority")] == ("1", "1"), that_night[D2]
+    assert d2[("zhengzhao_zheng", "holder.reference")] == ("2", "1"), that_night[D2]  # A-0001 and A-0002
+    d3 = {(r[1], r[3]): (r[7], r[8]) for r in that_night[D3]}
+    assert d3[("shebao_canbao", "full_name.authority")] == ("2", "1"), that_night[D3]
+    assert {day: scorecard_consistency(wh, cat, day) for day in DAYS} == that_night
+    with wh.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('quality', 'consistency_rates')}"))
+    assert {day: scorecard_consistency(wh, cat, day) for day in DAYS} == that_night
+    wh.dispose()
+    for order in (tuple(reversed(DAYS)), (D3, D1, D2, D3, D1)):
+        wh = warehouses.new()
+        for day in order:
+            night(wh, day)
+        assert {day: scorecard_consistency(wh, cat, day) for day in DAYS} == that_night, order
+        wh.dispose()

@@ -22,17 +22,17 @@ import datetime as dt
 import polars as pl
 
 from catalog.loader import Catalogue
-from quality.consistency import compare_copies, copies, referential
+from quality.conflicts import RATES_SCHEMA, date_rates, rated_dates, read_rates
+from quality.consistency import copies, referential
 from quality.freshness.calendar import city_zone, end_of_day
 from quality.freshness.evaluate import Status
 from quality.freshness.store import evaluate_catalogue
-from quality.references import reference_columns
+from quality.references import read_references_on
 from quality.rules import Dimension, Severity, resource_rules
 from quality.scorecard.compute import RESPONSE_SCHEMA, RULE_INPUT_SCHEMA
 from quality.tickets.store import read_tickets
 from quality.tickets.transitions import TicketKind
-from warehouse.base import read_current
-from warehouse.std import read_std, reconciliation_for
+from warehouse.std import reconciliation_for
 from warehouse.store import Warehouse
 
 READABLE_REASONS = ("unparseable", "wrong_encoding", "bad_encoding", "nul_byte", "formula_no_value")
@@ -121,78 +121,80 @@ def timeliness_rule_counts(wh: Warehouse, catalogue: Catalogue, day: dt.date) ->
     return pl.DataFrame(rows, schema=RULE_INPUT_SCHEMA)
 
 
-def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFrame) -> pl.DataFrame:
-    """一致性: each copied element of each resource against the base library (matched / compared),
-    and each 关联数据 reference of a library, attributed to the resource that supplied the value."""
+def _authority_name(catalogue: Catalogue, library: str, element: str) -> str:
+    auth = catalogue.authority(library, element)
+    return catalogue.department(auth).name if isinstance(auth, str) else "权威部门"
+
+
+def copy_rates(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFrame) -> pl.DataFrame:
+    """The 一数一源 rates (``quality.conflicts.RATES_SCHEMA``) of ``batches`` (resource_id, batch_id,
+    batch_date): what the check of each batch's date stored when it compared the copies merged that day
+    with the authority's values of that day (a batch that was not merged — withheld, or superseded by a
+    later one of its date — has none). A date checked before rates were stored has them computed the
+    same way, a slice of entities at a time, and not stored."""
+    copying = {r.id: r.library for r in catalogue.resources if copies(catalogue, r)}
+    wanted = batches.filter(pl.col("resource_id").is_in(list(copying))).with_columns(
+        pl.col("resource_id").replace_strict(copying).alias("library"))
+    stored = read_rates(wh, wanted.get_column("batch_id").to_list())
+    rated = rated_dates(wh)
+    computed = []
+    for (library, day), part in wanted.group_by("library", "batch_date", maintain_order=True):
+        if (library, day) not in rated and wh.exists("base", library):
+            rates = date_rates(wh, catalogue, library, day)
+            computed.append(rates.filter(pl.col("batch_id").is_in(part.get_column("batch_id").to_list()))
+                            .with_columns(pl.lit(day).alias("batch_date")).select(list(RATES_SCHEMA)))
+    return pl.concat([stored, *computed]) if computed else stored
+
+
+def consistency_rule_counts(wh: Warehouse, catalogue: Catalogue, batches: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """一致性: each copied element of each resource's latest batch against the authority's value of that
+    batch's date (:func:`copy_rates`), and each 关联数据 reference of a library as it stood on ``day``,
+    attributed to the resource that supplied the value. Neither depends on what was merged after: the
+    scorecard of a date is the same whenever it is computed and whatever order dates ran in."""
     latest = {r["resource_id"]: r["batch_id"] for r in batches.iter_rows(named=True)}
     by_id = {r.id: r for r in catalogue.resources}
     rows: list[dict] = []
-    current: dict[str, pl.DataFrame] = {}
-    # only the base-library columns the comparisons and references use
-    used: dict[str, set[str]] = {}
+    for r in copy_rates(wh, catalogue, batches).sort("resource_id", "element").iter_rows(named=True):
+        resource = by_id[r["resource_id"]]
+        name = _authority_name(catalogue, r["library"], r["element"])
+        rows.append({
+            "department": resource.department, "resource_id": resource.id, "batch_id": r["batch_id"],
+            "rule_id": f"{r['element']}.authority",
+            "label": f"{catalogue.library(r['library']).element(r['element']).name}: 与权威部门({name})一致",
+            "dimension": Dimension.consistency.value, "severity": Severity.warning.value,
+            "evaluated": r["compared"], "failed": r["compared"] - r["matched"],
+        })
     for lib in catalogue.libraries:
-        used.setdefault(lib.code, set()).update(lib.key, *(copies(catalogue, r) for r in catalogue.resources_of(lib.code)))
-        for code, cols in (reference_columns(catalogue, lib) if lib.references else {}).items():
-            used.setdefault(code, set()).update(cols)
-    with wh.engine.connect() as conn:
-        def base(code: str) -> pl.DataFrame | None:
-            if code not in current and wh.exists("base", code):
-                current[code] = read_current(wh, conn, catalogue.library(code), columns=used[code])
-            return current.get(code)
-
-        for lib in catalogue.libraries:
-            for resource in catalogue.resources_of(lib.code):
-                batch_id = latest.get(resource.id)
-                if batch_id is None or not copies(catalogue, resource) or not wh.exists("std", resource.id):
-                    continue
-                cur = base(lib.code)
-                if cur is None:
-                    continue
-                frame = read_std(wh, conn, catalogue, resource, batch_id, [*lib.key, *copies(catalogue, resource)],
-                                 latest=True)
-                result = compare_copies(catalogue, lib, [(resource, batch_id, frame)], cur)
-                auth_names = {}
-                for r in result.rates.iter_rows(named=True):
-                    auth = catalogue.authority(lib.code, r["element"])
-                    auth_names[r["element"]] = catalogue.department(auth).name if isinstance(auth, str) else "权威部门"
-                    rows.append({
-                        "department": resource.department, "resource_id": resource.id, "batch_id": batch_id,
-                        "rule_id": f"{r['element']}.authority",
-                        "label": f"{lib.element(r['element']).name}: 与权威部门({auth_names[r['element']]})一致",
-                        "dimension": Dimension.consistency.value, "severity": Severity.warning.value,
-                        "evaluated": r["compared"], "failed": r["compared"] - r["matched"],
-                    })
-            if not lib.references:
+        needed = {lib.code} | {t.library for ref in lib.references for t in ref.targets}
+        if not lib.references or not all(wh.exists("base", code) for code in needed):
+            continue
+        with wh.engine.connect() as conn:
+            frames, empty = read_references_on(wh, conn, catalogue, lib, day)
+        failures, _ = referential(catalogue, lib, frames[lib.code], frames, empty=empty)
+        for ref in lib.references:
+            lineage = f"{ref.element}__batch"
+            value = pl.col(ref.element)
+            checked = frames[lib.code].filter(value.is_not_null())
+            if ref.local_only:
+                checked = checked.filter(value.str.slice(0, 6).is_in(catalogue.city.city.region_codes))
+            if lineage not in checked.columns:
                 continue
-            needed = {lib.code} | {t.library for ref in lib.references for t in ref.targets}
-            frames = {code: base(code) for code in needed}
-            if any(f is None for f in frames.values()):
-                continue
-            failures, _ = referential(catalogue, lib, frames[lib.code], frames)
-            for ref in lib.references:
-                lineage = f"{ref.element}__batch"
-                value = pl.col(ref.element)
-                checked = frames[lib.code].filter(value.is_not_null())
-                if ref.local_only:
-                    checked = checked.filter(value.str.slice(0, 6).is_in(catalogue.city.city.region_codes))
-                if lineage not in checked.columns:
+            evaluated = checked.group_by(_resource_of_batch(pl.col(lineage)).alias("resource_id")).len()
+            failed = failures.filter(pl.col("element") == ref.element).group_by(
+                _resource_of_batch(pl.col("source_batch")).alias("resource_id")).agg(
+                pl.col("entity_key").n_unique().alias("failed"))
+            counts = evaluated.join(failed, on="resource_id", how="left").fill_null(0)
+            for r in counts.iter_rows(named=True):
+                resource = by_id.get(r["resource_id"])
+                if resource is None:
                     continue
-                evaluated = checked.group_by(_resource_of_batch(pl.col(lineage)).alias("resource_id")).len()
-                failed = failures.filter(pl.col("element") == ref.element).group_by(
-                    _resource_of_batch(pl.col("source_batch")).alias("resource_id")).agg(
-                    pl.col("entity_key").n_unique().alias("failed"))
-                counts = evaluated.join(failed, on="resource_id", how="left").fill_null(0)
-                for r in counts.iter_rows(named=True):
-                    resource = by_id.get(r["resource_id"])
-                    if resource is None:
-                        continue
-                    rows.append({
-                        "department": resource.department, "resource_id": resource.id,
-                        "batch_id": latest.get(resource.id), "rule_id": f"{ref.element}.reference",
-                        "label": f"{lib.element(ref.element).name}: 关联数据存在且名称一致",
-                        "dimension": Dimension.consistency.value, "severity": Severity.warning.value,
-                        "evaluated": r["len"], "failed": r["failed"],
-                    })
+                rows.append({
+                    "department": resource.department, "resource_id": resource.id,
+                    "batch_id": latest.get(resource.id), "rule_id": f"{ref.element}.reference",
+                    "label": f"{lib.element(ref.element).name}: 关联数据存在且名称一致",
+                    "dimension": Dimension.consistency.value, "severity": Severity.warning.value,
+                    "evaluated": r["len"], "failed": r["failed"],
+                })
     return pl.DataFrame(rows, schema=RULE_INPUT_SCHEMA)
 
 
@@ -208,8 +210,7 @@ def rule_labels(catalogue: Catalogue) -> pl.DataFrame:
                      Severity.blocking.value))
         rows.append((resource.id, "delivery.parse", PARSE_LABEL, Dimension.conformity.value, Severity.warning.value))
         for element in copies(catalogue, resource):
-            auth = catalogue.authority(lib.code, element)
-            name = catalogue.department(auth).name if isinstance(auth, str) else "权威部门"
+            name = _authority_name(catalogue, lib.code, element)
             rows.append((resource.id, f"{element}.authority", f"{lib.element(element).name}: 与权威部门({name})一致",
                          Dimension.consistency.value, Severity.warning.value))
     return pl.DataFrame(rows, schema={"resource_id": pl.String, "rule_id": pl.String, "label": pl.String,
@@ -281,7 +282,7 @@ def gather_rules(wh: Warehouse, catalogue: Catalogue, day: dt.date) -> pl.DataFr
     known = {r.id for r in catalogue.resources}
     batches = batches.filter(pl.col("resource_id").is_in(list(known)))
     parts = [stored_rule_counts(wh, batches), delivery_rule_counts(wh, catalogue, batches),
-             timeliness_rule_counts(wh, catalogue, day), consistency_rule_counts(wh, catalogue, batches)]
+             timeliness_rule_counts(wh, catalogue, day), consistency_rule_counts(wh, catalogue, batches, day)]
     rules = pl.concat([p.select(list(RULE_INPUT_SCHEMA)).cast(RULE_INPUT_SCHEMA) for p in parts])
     carried = open_ticket_counts(read_tickets(wh), batches.select("resource_id", "batch_id"), day,
                                  rule_labels(catalogue))
