@@ -630,7 +630,9 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
             continue
         # Digests and tokens (a row hash, an HMAC pseudonym) are random letters and digits: a run
         # of their digits can be shaped like a phone number by chance; compare them whole.
-        whole = whole or (bool(s.str.contains(DIGEST).all()) and bool(s.str.contains(r"[a-zA-Z]").any()))
+        # (the first values tell most columns apart before the whole column is matched)
+        whole = whole or (bool(s.head(64).str.contains(DIGEST).all()) and bool(s.str.contains(DIGEST).all())
+                          and bool(s.str.contains(r"[a-zA-Z]").any()))
         text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
         runs = ((LeakKind.id_number, ID_RUN, ID_SHAPE, needles.ids),
                 (LeakKind.mobile, MOBILE_RUN, MOBILE_SHAPE, needles.mobiles))

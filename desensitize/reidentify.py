@@ -70,6 +70,12 @@ def id_fragments(s: pl.Series) -> pl.Series | None:
     few = distinct_if_few(s)
     if few is not None and not _masked_id(few)[1].any():
         return None
+    # what every masked ID number has before it is cleaned: a mask character and 18 characters or more
+    # (a column of names, tokens or masked mobiles is told by two literal searches and a length)
+    raw = s.cast(pl.String)
+    starred = raw.str.contains(rules.MASK, literal=True) | raw.str.contains(rules.FULLWIDTH_MASK, literal=True)
+    if not (starred & (raw.str.len_chars() >= CHECK_DIGIT + 1)).any():
+        return None
     t, masked = _masked_id(s)
     if not masked.any():
         return None
