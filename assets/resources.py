@@ -258,6 +258,11 @@ class Settings(ConfigurableResource):
         return self.home_path / "share"
 
     @property
+    def needles_cache(self) -> Path:
+        """``$GONGSHU_HOME/cache/needles``: this machine's copy of the leak needles (hashes, not served)."""
+        return self.home_path / "cache" / "needles"
+
+    @property
     def gx_docs(self) -> Path:
         """``$GONGSHU_HOME/gx_docs``: one Great Expectations Data Docs page per validated batch."""
         return self.home_path / "gx_docs"
@@ -286,6 +291,9 @@ class WarehouseResource(ConfigurableResource):
     # GONGSHU_SHARE_CHUNK_ROWS) by resources_from_env, handed to the steps with the warehouse they bound
     merge_chunk_keys: int = Field(MERGE_CHUNK_KEYS, ge=1)
     share_chunk_rows: int = Field(SHARE_CHUNK_ROWS, ge=1)
+    # this machine's copy of the stored leak needles, read memory-mapped by every share step
+    # (desensitize.leaks.Needles.cached): $GONGSHU_HOME/cache/needles; None: read from the warehouse
+    needles_cache: str | None = None
     _wh: Warehouse | None = PrivateAttr(default=None)
 
     def get(self) -> Warehouse:
@@ -295,6 +303,9 @@ class WarehouseResource(ConfigurableResource):
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # the home folder, on first use
             self._wh = open_warehouse(self.url)
         return self._wh
+
+    def needles_cache_path(self) -> Path | None:
+        return Path(self.needles_cache) if self.needles_cache else None
 
     def discard(self) -> None:
         """Close the warehouse's connections (after a transient error: a retry starts on new ones)."""
@@ -440,7 +451,8 @@ def resources_from_env(catalogue: Catalogue | None = None, settings: Settings | 
     environ = os.environ if environ is None else environ
     settings = settings or Settings.from_env(environ)
     warehouse = WarehouseResource(url=secret(WAREHOUSE_URL, environ) or sqlite_url(settings.home_path),
-                                  merge_chunk_keys=settings.merge_chunk_keys, share_chunk_rows=settings.share_chunk_rows)
+                                  merge_chunk_keys=settings.merge_chunk_keys, share_chunk_rows=settings.share_chunk_rows,
+                                  needles_cache=str(settings.needles_cache))
     variables = {n: EnvVar(n) for n in channel_variables(catalogue) if environ.get(n)} if catalogue else {}
     return {
         "settings": settings,

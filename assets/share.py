@@ -692,7 +692,7 @@ def build_needles_asset(catalogue: Catalogue, partitions: DailyPartitionsDefinit
         automation_condition=AutomationCondition.eager(),
     )
     def _needles(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-        needles, reused = Needles.cached(warehouse.get(), catalogue)
+        needles, reused = Needles.cached(warehouse.get(), catalogue, warehouse.needles_cache_path())
         collected, kept = needles.dates
         return with_batch_date(MaterializeResult(metadata={
             **needles.counts(),
@@ -750,7 +750,7 @@ def build_share_asset(catalogue: Catalogue, policy: OutputPolicy,
         # the base libraries' raw identifiers: collected once a night by the leak-needles asset this
         # output depends on, read back here (Needles.cached collects them itself only when the base
         # libraries changed since, e.g. this asset materialised alone); for the format-preserving tokens and the scan
-        needles, reused = Needles.cached(wh, catalogue)
+        needles, reused = Needles.cached(wh, catalogue, warehouse.needles_cache_path())
         build = build_share_output(wh, catalogue, policy, as_of, key=secret, open_root=open_data.root(),
                                    needles=needles, chunk_rows=warehouse.share_chunk_rows)
         m = build.masked

@@ -438,6 +438,46 @@ def test_the_needles_are_collected_once_per_state_of_the_base_libraries(warehous
     assert Needles.cached(warehouse, cat)[1]
 
 
+def test_the_stored_needles_are_kept_on_this_machine_and_read_back_mapped(warehouse, city, tmp_path, monkeypatch) -> None:
+    """The needles stored for a state are kept in the cache folder as arrays of hashes (no raw identifier
+    among their bytes) and read back from it, memory-mapped, without the database's parts; an entry left
+    broken is read from the database and kept again; needles stored again (the warehouse made anew,
+    another state) are kept under another entry and the earlier one is removed."""
+    import numpy as np
+
+    from desensitize import leaks
+
+    cat, landing, _ = city
+    run_day(warehouse, cat, landing, DAY1)
+    cache = tmp_path / "needles-cache"
+    first, reused = Needles.cached(warehouse, cat, cache)
+    assert not reused and _same_needles(first, Needles.from_warehouse(warehouse, cat))
+    (entry,) = [p for p in cache.iterdir()]
+    kept = b"".join(f.read_bytes() for f in entry.iterdir())
+    raw = [p[0] for p in PEOPLE] + [p[1] for p in PEOPLE]
+    assert kept and not any(v.encode() in kept or v.encode("utf-16-le") in kept for v in raw)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the database's parts were read")
+
+    with monkeypatch.context() as m:
+        m.setattr(Needles, "_stored", classmethod(unread))
+        second, reused = Needles.cached(warehouse, cat, cache)
+    assert reused and _same_needles(second, first)
+    assert isinstance(second.ids.a.base, np.memmap) or isinstance(second.ids.a, np.memmap)
+    assert second.names.contains(pl.Series([PEOPLE[0][1], "无此人"])).to_list() == [True, False]
+
+    (entry / "ids_b.npy").unlink()  # broken: read from the database again, and kept again
+    third, reused = Needles.cached(warehouse, cat, cache)
+    assert reused and _same_needles(third, first) and (entry / "ids_b.npy").exists()
+
+    with warehouse.begin() as conn:  # stored anew (a warehouse made again at the same address)
+        conn.execute(sa.text(f"DELETE FROM {warehouse.qualified('audit', leaks.NEEDLES)}"))
+    fourth, reused = Needles.cached(warehouse, cat, cache)
+    assert not reused and _same_needles(fourth, first)
+    assert [p.name for p in cache.iterdir()] != [entry.name] and len(list(cache.iterdir())) == 1
+
+
 def _groups_starting(wh: Warehouse, cat: Catalogue, day: dt.date) -> int:
     """How many base libraries with identifying elements hold versions that start on ``day``."""
     from desensitize.leaks import _identifying
