@@ -57,6 +57,7 @@ EXECUTORS = ("multiprocess", "celery")
 # Settings field → the environment variable it is read from (README, «Configuration»)
 VARIABLES: dict[str, str] = {
     "home": "GONGSHU_HOME",
+    "cache_dir": "GONGSHU_CACHE_DIR",
     "landing": "GONGSHU_LANDING",
     "catalogue": "GONGSHU_CATALOG",
     "blocking_min_pass_rate": "GONGSHU_BLOCKING_MIN_PASS_RATE",
@@ -104,6 +105,9 @@ class Settings(ConfigurableResource):
 
     home: str = Field(DEFAULT_HOME, description="GONGSHU_HOME: 报告、发件箱、开放数据、GX 数据文档与内置 "
                                                 "SQLite 数仓所在目录")
+    cache_dir: str | None = Field(None, description="GONGSHU_CACHE_DIR: 本机缓存目录(泄露扫描比对值的哈希数组, "
+                                                    "各共享步骤以内存映射读取), 默认 $GONGSHU_HOME/cache; "
+                                                    "多台机器运行步骤时设为每台机器的本地磁盘")
     landing: str = Field(f"{DEFAULT_HOME}/landing", description="GONGSHU_LANDING: 文件交付根目录")
     catalogue: str = Field(str(DEMO_CATALOGUE), description="GONGSHU_CATALOG: 数据资源目录所在文件夹")
     blocking_min_pass_rate: float = Field(
@@ -259,8 +263,9 @@ class Settings(ConfigurableResource):
 
     @property
     def needles_cache(self) -> Path:
-        """``$GONGSHU_HOME/cache/needles``: this machine's copy of the leak needles (hashes, not served)."""
-        return self.home_path / "cache" / "needles"
+        """``$GONGSHU_CACHE_DIR/needles`` (default ``$GONGSHU_HOME/cache/needles``): this machine's copy of the
+        leak needles (hashes, never served)."""
+        return (Path(self.cache_dir) if self.cache_dir else self.home_path / "cache") / "needles"
 
     @property
     def gx_docs(self) -> Path:
