@@ -130,6 +130,17 @@ def run_date(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date, **merge
         merge_library(wh, cat, lib.code, day, **merge)
 
 
+def checked_date(wh: Warehouse, cat: Catalogue, landing: Path, day: dt.date) -> None:
+    """:func:`run_date` and the date's 一数一源 and 关联一致性 checks of every library, as the night runs them."""
+    from quality.conflicts import check_library_consistency
+    from quality.references import check_references
+
+    run_date(wh, cat, landing, day)
+    for lib in cat.libraries:
+        check_library_consistency(wh, cat, lib.code, day)
+        check_references(wh, cat, lib.code, day)
+
+
 def base_state(wh: Warehouse, cat: Catalogue) -> dict[str, list[tuple]]:
     """Every version of every base library, lineage as batch id and row: what must not depend on order."""
     out = {}
@@ -287,16 +298,10 @@ def test_the_conflict_ledger_and_reference_failures_do_not_depend_on_the_order_d
     conflict, and a backfill that finds a difference looks at the dates checked after it. The licence
     A-0002 names its holder 李力 from D2 on: its 关联一致性 failure of each date compares with the 人口库
     of that date (李丽 on D2, 李莉 on D3), not with whatever was merged last."""
-    from quality.conflicts import check_library_consistency
-    from quality.references import check_references
-
     cat, landing = order_city
 
     def night(wh: Warehouse, day: dt.date) -> None:
-        run_date(wh, cat, landing, day)
-        for lib in cat.libraries:
-            check_library_consistency(wh, cat, lib.code, day)
-            check_references(wh, cat, lib.code, day)
+        checked_date(wh, cat, landing, day)
 
     wh = warehouses.new()
     for day in DAYS:
@@ -358,16 +363,10 @@ def test_the_scorecards_consistency_of_a_date_does_not_depend_on_what_was_merged
     differs), and counts the licences' references as the libraries stood on D2 (A-0002's holder 李力
     against 李丽) — computed the night of D2, after D3 was merged (赵刚 back to 赵强), or with the dates
     run backwards and rerun; a date checked before the rates were stored computes them the same way."""
-    from quality.conflicts import check_library_consistency
-    from quality.references import check_references
-
     cat, landing = order_city
 
     def night(wh: Warehouse, day: dt.date) -> None:
-        run_date(wh, cat, landing, day)
-        for lib in cat.libraries:
-            check_library_consistency(wh, cat, lib.code, day)
-            check_references(wh, cat, lib.code, day)
+        checked_date(wh, cat, landing, day)
 
     wh = warehouses.new()
     that_night = {}
