@@ -294,7 +294,7 @@ class Needles:
         base libraries (the next night at 1 M persons, measured alone: 2.5–2.8 s against 4.6–5.5 s
         collected whole; a first load pays 1.5–2.5 s more, for storing the groups).
 
-        ``cache``: a folder of this machine (``$GONGSHU_HOME/cache/needles``) where the stored needles are
+        ``cache``: a folder of this machine (``$GONGSHU_CACHE_DIR/needles``) where the stored needles are
         also kept as plain arrays (:func:`_save_cache`), read back memory-mapped: a share step of a
         10 M-person city read ~500 MB of parts from the database for ~8.5 s, every step of the night.
         The folder's entry is named after the warehouse, the state and when the needles were stored in
@@ -401,13 +401,13 @@ def _cache_key(wh: Warehouse, state: str, built: dt.datetime) -> str:
 CACHE_STALE_S = 3600  # a cache entry being written for longer than this was left by a process that died
 
 
-def _save_cache(cache: Path, key: str, needles: Needles) -> bool:
+def _save_cache(cache: Path, key: str, needles: Needles) -> None:
     """Keep ``needles`` in ``cache/key/`` (one ``.npy`` file per array of hashes, written under a temporary
     name and renamed, so an entry is complete or absent) and remove the other entries: the needles of
-    earlier states. False when the folder cannot be written (the needles are read from the database)."""
+    earlier states. A folder that cannot be written keeps nothing: the steps read the database's parts."""
     target = cache / key
     if target.is_dir():
-        return True
+        return
     tmp = cache / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         cache.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -422,13 +422,15 @@ def _save_cache(cache: Path, key: str, needles: Needles) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        return False
+        return
     now = time.time()
     for entry in cache.iterdir():
-        stale = entry.name.startswith(".") and now - entry.stat().st_mtime > CACHE_STALE_S
-        if entry.name != key and (stale or not entry.name.startswith(".")):
+        try:  # (another step may be removing it too)
+            writing = entry.name.startswith(".") and now - entry.stat().st_mtime <= CACHE_STALE_S
+        except OSError:
+            continue
+        if entry.name != key and not writing:
             shutil.rmtree(entry, ignore_errors=True)  # a process reading it keeps its mapped files
-    return True
 
 
 def _load_cache(cache: Path, key: str) -> Needles | None:
