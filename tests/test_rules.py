@@ -179,7 +179,7 @@ def test_a_null_field_is_neither_a_parse_failure_nor_a_lost_row() -> None:
     assert out.quarantine.select("_row_no", "reason_code").rows() == [(3, "bad_date")]
 
 
-def test_a_batch_validated_in_slices_keeps_none_of_them_once_each_is_validated(monkeypatch) -> None:
+def test_a_batch_validated_in_slices_keeps_none_of_them_once_each_is_validated(monkeypatch, tmp_path) -> None:
     """GX keeps every batch a data source's execution engine loaded (and the metrics on it) while the
     data source lives: validated slice by slice in one data source, a 10 M-person batch stayed whole in
     pandas form. Each slice's frame is let go once validated, and slices of the same shape that follow
@@ -213,5 +213,10 @@ def test_a_batch_validated_in_slices_keeps_none_of_them_once_each_is_validated(m
     assert results["name.not_null"] == (4, 0)
     names = list(qe._context().data_sources.all())
     assert not [n for n in names if "sbcb_slices" in n], names
+    # the Data Docs page shows the slice's data source as the batch id: its name, never random digits a
+    # reader (or the UI test's scan) takes for a mobile or ID number
+    page = qe.write_data_docs(v.result, tmp_path / "docs" / "rsj_sbcb" / "page.html").read_text(encoding="utf-8")
+    assert "ds_sbcb_slices_slice1" in page
+    assert not re.search(r"(?<!\d)(1[3-9]\d{9}|\d{17}[\dXx])(?!\d)", page)
     with pytest.raises((KeyError, ValueError, DataContextError)):
         qe._context().data_sources.get("ds_sbcb_slices")
