@@ -363,9 +363,12 @@ class Needles:
                 frame = pl.read_parquet(io.BytesIO(bytes(data)))
                 del data
                 arrays.setdefault(kind, []).append(frame_pairs(frame))
-        sets = {k: ValueSet.union(v) for k, v in arrays.items()}
-        people = PeopleIndex(sets["people_names"], {k: sets[f"people_{k}"] for k in PeopleIndex().unique},
-                             int(arrays["persons"][0][0][0]))
+        return cls._from_sets({k: ValueSet.union(v) for k, v in arrays.items()}, int(arrays["persons"][0][0][0]))
+
+    @classmethod
+    def _from_sets(cls, sets: dict[str, ValueSet], persons: int) -> Needles:
+        """The needles of the sets of :meth:`_sets_by_name` and the persons' count."""
+        people = PeopleIndex(sets["people_names"], {k: sets[f"people_{k}"] for k in PeopleIndex().unique}, persons)
         return cls(*(sets[k] for k in KINDS), people=people)
 
 
@@ -439,23 +442,17 @@ def _load_cache(cache: Path, key: str) -> Needles | None:
     folder = cache / key
     if not folder.is_dir():
         return None
-    names = [*KINDS, "people_names", *(f"people_{k}" for k in PeopleIndex().unique)]
 
     def array(name: str) -> np.ndarray:
-        path = folder / f"{name}.npy"
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError:  # an empty array cannot be mapped
-            return np.load(path, allow_pickle=False)
+        return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
 
     try:
-        sets = {n: ValueSet(array(f"{n}_a"), array(f"{n}_b")) for n in names}
+        sets = {n: ValueSet(array(f"{n}_a"), array(f"{n}_b")) for n in Needles()._sets_by_name()}
         persons = int(array("persons")[0])
     except (OSError, ValueError, IndexError):
         shutil.rmtree(folder, ignore_errors=True)  # kept again from the database
         return None
-    people = PeopleIndex(sets["people_names"], {k: sets[f"people_{k}"] for k in PeopleIndex().unique}, persons)
-    return Needles(*(sets[k] for k in KINDS), people=people)
+    return Needles._from_sets(sets, persons)
 
 
 def needles_table(wh: Warehouse) -> sa.Table:
@@ -518,8 +515,7 @@ def _date_digests(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue, lib:
     :data:`DATES_SCHEME`). One pass of integer sums."""
     scheme = "\n".join([DATES_SCHEME, *_scheme(catalogue), lib.code])
     values = set(value_elements(lib))
-    needled = [c for c in dict.fromkeys([c for c, _ in _identifying(lib)] + list((_person_columns(lib) or {}).values()))
-               if c in values]
+    needled = [c for c in _needle_columns(lib) if c in values]
     where, params = _dates_in(dates)
     rows = conn.execute(sa.text(f"SELECT {VALID_FROM}, {_lineage_sums(wh, lib, needled or None)} "
                                 f"FROM {wh.qualified('base', lib.code)}{where} GROUP BY {VALID_FROM}"), params).all()
@@ -545,7 +541,7 @@ def _collect_dates(wh: Warehouse, conn: sa.Connection, lib: Library, dates: list
     over the library reading every identifying column, ``page_rows`` versions at a time."""
     columns = _identifying(lib)
     people = _person_columns(lib)
-    read = list(dict.fromkeys([c for c, _ in columns] + list((people or {}).values())))
+    read = _needle_columns(lib)
     out: dict[dt.date, _Collector] = {}
     if not read:
         return out
@@ -593,8 +589,7 @@ def _read_parts(conn: sa.Connection, table: sa.Table, library: str, day: dt.date
 
 def _needled(wh: Warehouse, catalogue: Catalogue) -> list[Library]:
     """The base libraries that hold needles: stored, with an identifying element."""
-    return [lib for lib in catalogue.libraries
-            if wh.exists("base", lib.code) and (_identifying(lib) or _person_columns(lib))]
+    return [lib for lib in catalogue.libraries if wh.exists("base", lib.code) and _needle_columns(lib)]
 
 
 def group_digests(wh: Warehouse, conn: sa.Connection, catalogue: Catalogue) -> dict[str, dict[dt.date, str]]:
@@ -636,6 +631,11 @@ def _identifying(lib: Library) -> list[tuple[str, list[str]]]:
             continue
         out.append((e.code, kinds))
     return out
+
+
+def _needle_columns(lib: Library) -> list[str]:
+    """The columns of ``lib`` whose values make needles: its identifying elements and a person's columns."""
+    return list(dict.fromkeys([c for c, _ in _identifying(lib)] + list((_person_columns(lib) or {}).values())))
 
 
 def _person_columns(lib: Library) -> dict[str, str] | None:
