@@ -51,15 +51,14 @@ from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
 from desensitize.lookup import (
     HASH_SCHEME,
-    Probe,
+    Lookup,
     ValueSet,
-    distinct_if_few,
     frame_pairs,
     hash_pair,
     pair_frame,
     runs,
 )
-from desensitize.reidentify import PeopleIndex, linked_people, people_table, rebuilt_ids
+from desensitize.reidentify import PeopleIndex, linked_people, masked_id_columns, people_table, rebuilt_ids
 from warehouse.base import VALID_FROM, as_date, lineage, value_elements
 from warehouse.store import Column, Warehouse, is_transient
 
@@ -690,28 +689,6 @@ def _mask(kind: LeakKind, value: str) -> str:
 DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 
-class _Lookup:
-    """A column's values prepared once for the needle sets it is looked up in. A column whose
-    first values repeat (a code, a mask, a date) is looked up by its distinct values: the same
-    answer, a fraction of the hashing and sorting on a large table."""
-
-    def __init__(self, values: pl.Series) -> None:
-        self.values = values
-        self.distinct = distinct_if_few(values)
-        self._probe: Probe | None = None
-
-    def hits(self, needles: ValueSet) -> pl.Series:
-        """The values that are needles, in order (with repeats)."""
-        if not len(needles) or not self.values.len():
-            return self.values.clear()
-        if self._probe is None:
-            self._probe = Probe(self.values if self.distinct is None else self.distinct)
-        found = self._probe.values.filter(needles.contains(self._probe))
-        if self.distinct is None or not found.len():
-            return found
-        return self.values.filter(self.values.is_in(found.implode()))
-
-
 def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
                public_columns: Iterable[str] = (), exact_columns: Iterable[str] = ()) -> list[Finding]:
     """Findings in every column of a frame (values compared as text).
@@ -722,6 +699,10 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
     """
     findings: list[Finding] = []
     public, exact = set(public_columns), set(exact_columns)
+    # a text column's values hashed for the name/address lookups, handed to the row rules, which look the
+    # same values up in the persons' names (:func:`linked_people`) — only where they read the same values
+    # (no full-width mask, which they read as ``*``)
+    hashed: dict[str, Lookup] = {}
     for name in frame.columns:
         s = frame.get_column(name)
         if s.dtype == pl.Null:
@@ -744,32 +725,38 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
                 continue
             # A whole value is looked up only when it has the needles' shape (every needle of the kind
             # has it, :func:`_cleaned`): a column of tokens or dates is not hashed for nothing.
-            candidates = _Lookup(upper.filter(upper.str.contains(shape)) if upper is not None else
+            candidates = Lookup(upper.filter(upper.str.contains(shape)) if upper is not None else
                                  text.str.extract_all(pattern).explode().drop_nulls().str.to_uppercase())
             found = candidates.hits(pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
         if name in public:
             continue
-        plain = _Lookup(s)
+        plain = Lookup(s)
+        if frame.schema[name] == pl.String and not s.str.contains(rules.FULLWIDTH_MASK, literal=True).any():
+            hashed[name] = plain
         for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
             if not len(pool):
                 continue
             found = plain.hits(pool)
             if found.len():
                 findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
-    return findings + scan_rows(frame, needles, location, public)
+    return findings + scan_rows(frame, needles, location, public, hashed)
 
 
-def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_columns: Iterable[str] = ()) -> list[Finding]:
+def scan_rows(frame: pl.DataFrame, needles: Needles, location: str, public_columns: Iterable[str] = (),
+              hashed: dict[str, Lookup] | None = None) -> list[Finding]:
     """Findings that need several columns of one row: a masked ID number completed by the columns
-    beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py)."""
+    beside it, a person pinned down by name + birth date + region (desensitize/reidentify.py).
+    ``hashed``: columns whose values :func:`scan_frame` hashed already (as :func:`linked_people` reads
+    them). The masked-ID columns are told once for both rules."""
+    fragments = masked_id_columns(frame)
     findings = [Finding(location, " + ".join([col, *helpers]), LeakKind.id_rebuilt, count,
                         _mask(LeakKind.id_rebuilt, sample))
-                for col, helpers, count, sample in rebuilt_ids(frame, needles.ids)]
+                for col, helpers, count, sample in rebuilt_ids(frame, needles.ids, fragments)]
     findings += [Finding(location, " + ".join(cols), LeakKind.person_linked, count,
                          _mask(LeakKind.person_linked, name))
-                 for cols, count, name in linked_people(frame, needles.people, set(public_columns))]
+                 for cols, count, name in linked_people(frame, needles.people, set(public_columns), hashed, fragments)]
     return findings
 
 

@@ -112,6 +112,37 @@ class Probe:
         self.by_hash = np.argsort(self.a, kind="stable")
 
 
+class Lookup:
+    """A column's values prepared once for the needle sets it is looked up in. A column whose
+    first values repeat (a code, a mask, a date) is looked up by its distinct values: the same
+    answer, a fraction of the hashing and sorting on a large table."""
+
+    def __init__(self, values: pl.Series) -> None:
+        self.values = values
+        self.distinct = distinct_if_few(values)
+        self._probe: Probe | None = None
+
+    @property
+    def probe(self) -> Probe:
+        """The values (distinct ones, for a column of few) hashed, once."""
+        if self._probe is None:
+            self._probe = Probe(self.values if self.distinct is None else self.distinct)
+        return self._probe
+
+    def hits(self, needles: ValueSet) -> pl.Series:
+        """The values that are needles, in order (with repeats)."""
+        if not len(needles) or not self.values.len():
+            return self.values.clear()
+        found = self.probe.values.filter(needles.contains(self.probe))
+        if self.distinct is None or not found.len():
+            return found
+        return self.values.filter(self.values.is_in(found.implode()))
+
+    def any_in(self, needles: ValueSet) -> bool:
+        """Is any value a needle?"""
+        return bool(len(needles) and self.values.len() and needles.contains(self.probe).any())
+
+
 def runs(items: list, rows: int, size: Callable[[Any], int]) -> Iterator[list]:
     """Consecutive items (pages of hashes) gathered into runs of about ``rows`` rows (``size``: an
     item's rows), the last one shorter."""

@@ -33,7 +33,7 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
-from desensitize.lookup import ValueSet, distinct_if_few, frame_pairs, hash_pair, member, pair_frame, runs
+from desensitize.lookup import Lookup, ValueSet, distinct_if_few, frame_pairs, hash_pair, member, pair_frame, runs
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""
@@ -205,13 +205,20 @@ def rebuild_ids(fragments: pl.Series, birth: pl.Series | None = None, sex: pl.Se
     return out
 
 
-def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series | ValueSet) -> list[tuple[str, list[str], int, str]]:
+def masked_id_columns(frame: pl.DataFrame) -> dict[str, pl.Series]:
+    """The columns of ``frame`` that hold masked ID numbers, as their :func:`id_fragments`."""
+    return {n: f for n, s in frame.to_dict().items() if s.dtype != pl.Null and (f := id_fragments(s)) is not None}
+
+
+def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series | ValueSet,
+                fragments: dict[str, pl.Series] | None = None) -> list[tuple[str, list[str], int, str]]:
     """Rows of ``frame`` whose masked ID number, with the columns beside it, gives back a real one:
-    (masked-ID column, the columns that completed it, rows, one rebuilt number)."""
+    (masked-ID column, the columns that completed it, rows, one rebuilt number). ``fragments``: the
+    frame's :func:`masked_id_columns`, when the caller has them."""
     if len(real_ids) == 0 or frame.height == 0:
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
-    frags = {n: f for n, s in cols.items() if (f := id_fragments(s)) is not None}
+    frags = masked_id_columns(frame) if fragments is None else dict(fragments)
     # hidden digits of the 17 before the check character: a birth date fills at most 8 of them, and
     # more than log10(MAX_COMBOS) left are never enumerated — such columns need no further look
     fewest = {n: int(f.str.slice(0, CHECK_DIGIT).str.count_matches(r"\*").min() or 0) for n, f in frags.items()}
@@ -347,14 +354,24 @@ class PeopleIndex:
         return self.persons
 
 
-def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[str]) -> list[tuple[list[str], int, str]]:
+def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[str],
+                  hashed: dict[str, Lookup] | None = None,
+                  fragments: dict[str, pl.Series] | None = None) -> list[tuple[list[str], int, str]]:
     """Rows whose full name, full birth date and region match exactly one person of the index:
-    (the three columns, rows, the name)."""
+    (the three columns, rows, the name). ``hashed``: columns whose values (as :func:`_text` reads them,
+    nulls aside) the caller hashed already; ``fragments``: the frame's :func:`masked_id_columns`."""
     if not index.persons or frame.height == 0:
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
-    names = [n for n, s in cols.items() if n not in public_columns and s.dtype == pl.String
-             and bool(index.names.contains(_text(_distinct_or_all(s))).any())]
+    hashed = hashed or {}
+    frags = masked_id_columns(frame) if fragments is None else fragments
+
+    def has_names(n: str, s: pl.Series) -> bool:
+        if n in hashed:
+            return hashed[n].any_in(index.names)
+        return bool(index.names.contains(_text(_distinct_or_all(s))).any())
+
+    names = [n for n, s in cols.items() if n not in public_columns and s.dtype == pl.String and has_names(n, s)]
     if not names:
         return []
     dates = {n: b for n, s in cols.items() if n not in names and (b := date_column(s, full=True)) is not None}
@@ -365,7 +382,7 @@ def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[s
         if n in names or n in dates:
             continue
         t = _text(s)
-        if (f := id_fragments(s)) is not None:
+        if (f := frags.get(n)) is not None:
             regions[n] = ("region", f.str.slice(0, 6).to_frame("r").select(
                 pl.when(pl.col("r").str.contains(r"^\d{6}$")).then(pl.col("r"))).to_series())
         elif t.str.contains(r"^\d{6}$").any():

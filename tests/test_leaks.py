@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from desensitize.reidentify import linked_people
 from desensitize.leaks import LeakKind, Needles, markdown_tables, scan_file, scan_frame, scan_text, scan_tree
 
 RAW_ID = "11010519491231002X"
@@ -217,6 +218,18 @@ def test_a_name_birth_date_and_region_shared_by_two_persons_pin_down_neither() -
                                 "district": ["浙江省温州市鹿城区", "浙江省温州市瓯海区"]})
     found = [f for f in scan_frame(by_district, needles, "t") if f.kind == "person_linked"]
     assert [(f.column, f.count) for f in found] == [("name + birth + district", 1)]  # only 瓯海区: one person
+
+
+def test_the_row_rules_read_a_column_the_scan_hashed_as_they_would_read_it_alone() -> None:
+    """scan_frame hands the person rule the name lookups' hashes of a column; a column holding a
+    full-width ＊ (which the row rules read as ``*``, the value lookups as itself) is read again."""
+    pid = _id("330302", "19800101", 11)
+    needles = Needles.of(ids=[pid], people=[(pid, "李*丽", "浙江省温州市鹿城区解放路1号")])  # a defective name
+    for name in ("李*丽", "李＊丽"):
+        frame = pl.DataFrame({"name": [name], "birth": ["1980-01-01"], "region": ["330302"]})
+        assert [(f.column, f.count) for f in scan_frame(frame, needles, "t") if f.kind == "person_linked"] == [
+            ("name + birth + region", 1)], name
+        assert [c for c, _, _ in linked_people(frame, needles.people, set())] == [["name", "birth", "region"]]
 
 
 def test_values_in_markdown_code_spans_are_read_as_their_text() -> None:
