@@ -60,7 +60,7 @@ def _distinct_or_all(s: pl.Series) -> pl.Series:
 def _masked_id(s: pl.Series) -> tuple[pl.Series, pl.Series]:
     """(the values upper-cased as text, whether each is a masked ID number)."""
     t = _text(s).str.to_uppercase()
-    return t, t.str.contains(_FRAGMENT) & t.str.contains(r"\*")
+    return t, t.str.contains(_FRAGMENT) & t.str.contains(rules.MASK, literal=True)
 
 
 def id_fragments(s: pl.Series) -> pl.Series | None:
@@ -68,13 +68,13 @@ def id_fragments(s: pl.Series) -> pl.Series | None:
     upper-cased, null elsewhere; None when the column holds none (most columns of a large table:
     told by their distinct values alone)."""
     few = distinct_if_few(s)
-    if few is not None and not _masked_id(few)[1].any():
+    # what every masked ID number has before it is cleaned: a mask character and 18 characters (bytes) or
+    # more — a column of names, tokens or masked mobiles is told by a length and two literal searches
+    raw = (s if few is None else few).cast(pl.String)
+    long = raw.filter(raw.str.len_bytes() >= CHECK_DIGIT + 1)
+    if not (long.str.contains(rules.MASK, literal=True) | long.str.contains(rules.FULLWIDTH_MASK, literal=True)).any():
         return None
-    # what every masked ID number has before it is cleaned: a mask character and 18 characters or more
-    # (a column of names, tokens or masked mobiles is told by two literal searches and a length)
-    raw = s.cast(pl.String)
-    starred = raw.str.contains(rules.MASK, literal=True) | raw.str.contains(rules.FULLWIDTH_MASK, literal=True)
-    if not (starred & (raw.str.len_chars() >= CHECK_DIGIT + 1)).any():
+    if few is not None and not _masked_id(few)[1].any():
         return None
     t, masked = _masked_id(s)
     if not masked.any():
