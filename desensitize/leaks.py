@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import ijson
@@ -817,13 +819,17 @@ def _json_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> Non
         for v in value:
             _json_leaves(v, key, out)
     elif value is not None:
-        number = isinstance(value, int | float) and not isinstance(value, bool)
+        number = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
         out.setdefault((key, number), []).append(str(value))
 
 
-def _records_frame(page: list[dict]) -> pl.DataFrame:
-    """A page of parsed JSON records as a frame (their Python objects can go once it is built)."""
-    return pl.DataFrame(page, infer_schema_length=None, strict=False)
+def _records_frame(page: list[dict]) -> pl.DataFrame | None:
+    """A page of parsed JSON records as a frame (their Python objects can go once it is built); None when
+    a key's values have no common type (a list in one record, an object in another)."""
+    try:
+        return pl.DataFrame(page, infer_schema_length=None, strict=False)
+    except (TypeError, ValueError, pl.exceptions.PolarsError):
+        return None
 
 
 class _FramePages:
@@ -864,8 +870,121 @@ class _FramePages:
             self.scan(frames[0] if len(frames) == 1 else pl.concat(frames, rechunk=True))
 
 
+SPAN_CHUNK_BYTES = 2 << 20
+"""Bytes of a JSON file read at a time while the span of its records array is looked for."""
+
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_RECORDS_KEY = re.compile(rb'[{,]\s*"records"\s*:\s*$')  # a key opens after { or , (valid JSON)
+
+
+def _records_span(path: Path, chunk: int = SPAN_CHUNK_BYTES) -> tuple[int, int, int] | None:
+    """Where the array of the top-level key ``records`` of a JSON object file lies: (offset of its
+    ``[``, offset of its ``]``, how many objects it holds directly); None when there is none.
+
+    Vectorised over the bytes (numpy), a chunk at a time: a quote not escaped (by an odd run of
+    backslashes, which in JSON occur only inside strings) opens or closes a string; brackets outside
+    strings change the depth. The array is the first whose ``[`` opens depth 2 right after the key
+    ``"records"`` and a colon, written literally (a key spelt with escapes is not found: the caller then
+    reads the file event by event); it ends at the first bracket after it that brings the depth back to 1.
+    Only meaningful for a file that parses (the caller has parsed its records).
+    """
+    inside, run, depth = False, 0, 0  # in a string; backslashes ending the previous chunk; nesting depth
+    start = objects = None
+    tail = b""  # the file's last bytes before this chunk, for a key split between chunks
+    offset = 0
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            a = np.frombuffer(block, dtype=np.uint8)
+            quotes = np.flatnonzero(a == _QUOTE)
+            if quotes.size:
+                before = np.where(quotes > 0, a[np.maximum(quotes - 1, 0)], _BACKSLASH if run else 0)
+                escaped = np.zeros(quotes.size, dtype=bool)
+                for i in np.flatnonzero(before == _BACKSLASH):  # rare: count the run of backslashes
+                    q, n = int(quotes[i]), 0
+                    while q - n - 1 >= 0 and a[q - n - 1] == _BACKSLASH:
+                        n += 1
+                    if q - n == 0:
+                        n += run
+                    escaped[i] = n % 2 == 1
+                quotes = quotes[~escaped]
+            folded = a | 0x20  # [ and ] fold onto { and }
+            at = np.flatnonzero((folded == ord("{")) | (folded == ord("}")))
+            # outside a string: an even number of quotes before it (odd when the chunk starts in one)
+            at = at[(np.searchsorted(quotes, at) & 1) == inside]
+            depths = depth + np.cumsum((a[at] & 2).astype(np.int64) - 1)  # [ { have bit 1 set, ] } not
+            if start is None:
+                opened = at[(a[at] == ord("[")) & (depths == 2)]
+                for o in opened.tolist():
+                    window = (tail + block[:o]) if o < 256 else block[o - 256:o]
+                    if _RECORDS_KEY.search(window):
+                        start = offset + o
+                        break
+            if start is not None:
+                mine = (offset + at > start)
+                closed = np.flatnonzero(mine & (depths == 1))
+                last = closed[0] if closed.size else None
+                span = mine if last is None else mine & (np.arange(at.size) < last)
+                objects = (objects or 0) + int(((a[at] == ord("{")) & (depths == 3) & span).sum())
+                if last is not None:
+                    return start, offset + int(at[last]), objects
+            inside = bool(quotes.size & 1) != inside
+            trailing = 0
+            while trailing < a.size and a[a.size - 1 - trailing] == _BACKSLASH:
+                trailing += 1
+            run = trailing + (run if trailing == a.size else 0)
+            depth = int(depths[-1]) if depths.size else depth
+            tail = (tail + block[-256:])[-256:]
+            offset += a.size
+    return None
+
+
+def _pairs_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> None:
+    """:func:`_json_leaves` of a value parsed with every key of an object kept (pairs, not a dict)."""
+    if isinstance(value, _Pairs):
+        for k, v in value:
+            _pairs_leaves(v, str(k), out)
+    elif isinstance(value, list):
+        for v in value:
+            _pairs_leaves(v, key, out)
+    else:
+        _json_leaves(value, key, out)
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, a key repeated kept (``json``'s dict keeps the last)."""
+
+
+def _rest_leaves(path: Path, span: tuple[int, int, int]) -> dict[tuple[str, bool], list[str]] | None:
+    """The leaves of a JSON file but its records array (``span``), parsed with the array left out;
+    None when what is left does not parse (the caller reads the file event by event instead)."""
+    start, end, _ = span
+    with path.open("rb") as f:
+        head = f.read(start)
+        f.seek(end + 1)
+        rest = head + b"[]" + f.read()
+    try:
+        value = json.loads(rest, object_pairs_hook=_Pairs)
+    except ValueError:
+        return None
+    out: dict[tuple[str, bool], list[str]] = {}
+    _pairs_leaves(value, "", out)
+    return out
+
+
 def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[str],
                page_rows: int | None) -> list[Finding]:
+    """:func:`_scan_json_as` with JSON numbers as floats and ints; a file with an integer beyond 64 bits
+    (which ijson's C parser refuses as floats and ints) read again with its numbers as decimals."""
+    try:
+        return _scan_json_as(path, needles, loc, public_columns, page_rows, use_float=True)
+    except ijson.common.IncompleteJSONError as e:
+        if "integer overflow" not in str(e):
+            raise
+        return _scan_json_as(path, needles, loc, public_columns, page_rows, use_float=False)
+
+
+def _scan_json_as(path: Path, needles: Needles, loc: str, public_columns: Iterable[str],
+                  page_rows: int | None, *, use_float: bool) -> list[Finding]:
     """A JSON file read as it is parsed (ijson): the records (``{"records": [...]}`` or a top-level
     list) parsed at most :data:`JSON_PAGE_RECORDS` at a time (``page_rows=None``: all at once) — flat records (what the open-data export
     writes) as frames, scanned ``page_rows`` rows at a time (:class:`_FramePages`), JSON numbers compared
@@ -886,38 +1005,66 @@ def _scan_json(path: Path, needles: Needles, loc: str, public_columns: Iterable[
 
     flat = _FramePages(scan_flat, page_rows)
 
+    kinds = {"objects": 0, "others": 0}  # the records that are JSON objects, and the others
+
     def records(page: list) -> None:
         if not page:
             return
-        if not all(isinstance(r, dict) for r in page):
+        objects = sum(isinstance(r, dict) for r in page)
+        kinds["objects"] += objects
+        kinds["others"] += len(page) - objects
+        if objects < len(page):
             _json_leaves(page, under, leaves)
             return
         rows = _records_frame(page)
+        if rows is None:  # a key's values of nested types no frame holds: the row rules read them as text
+            rows = _records_frame([{k: json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, dict | list) else v
+                                    for k, v in r.items()} for r in page])
+        if rows is None:
+            columns.update(dict.fromkeys(k for r in page for k in r))
+            flat.flush()
+            _json_leaves(page, under, leaves)
+            return
         columns.update(dict.fromkeys(rows.columns))
         if all(t.is_numeric() or t in (pl.String, pl.Boolean, pl.Null) for t in rows.dtypes):
             flat.add(rows)
         else:
             flat.flush()  # the pages' findings stay in the file's order (the first page's sample)
-            parts.append(scan_rows(rows.select(pl.all().cast(pl.String)), needles, loc, public_columns))
+            scalars = [c for c, t in rows.schema.items() if not t.is_nested()]  # nested values: as leaves
+            parts.append(scan_rows(rows.select(pl.col(scalars).cast(pl.String)), needles, loc, public_columns))
             _json_leaves(page, under, leaves)
 
     if items is not None:
         with path.open("rb") as f:
             page: list = []
-            for item in ijson.items(f, items, use_float=True):
+            for item in ijson.items(f, items, use_float=use_float):
                 page.append(item)
                 if page_rows is not None and len(page) >= min(page_rows, JSON_PAGE_RECORDS):
                     records(page)
                     page = []
             records(page)
         flat.flush()
-    rest = ObjectBuilder()
-    inside = None if items is None else items + "."
-    with path.open("rb") as f:  # everything but the records
-        for prefix, event, value in ijson.parse(f, use_float=True):
-            if items is None or (prefix != items and not prefix.startswith(inside)):
-                rest.event(event, value)
-    _json_leaves(getattr(rest, "value", None), "", leaves)
+    # everything but the records: nothing in a top-level list; beside a records array of objects (what the
+    # open-data export writes), the file parsed with the array's bytes left out — found by a vectorised
+    # pass and checked against the objects parsed (:func:`_records_span`); else the file event by event
+    rest = None
+    if items == "item":
+        rest = {}
+    elif items is not None and not kinds["others"]:
+        span = _records_span(path)
+        if span is not None and span[2] == kinds["objects"]:
+            rest = _rest_leaves(path, span)
+    if rest is None:
+        builder = ObjectBuilder()
+        inside = None if items is None else items + "."
+        with path.open("rb") as f:
+            for prefix, event, value in ijson.parse(f, use_float=use_float):
+                if items is None or (prefix != items and not prefix.startswith(inside)):
+                    builder.event(event, value)
+        rest = {}
+        _json_leaves(getattr(builder, "value", None), "", rest)
+    for where, values in rest.items():
+        leaves.setdefault(where, []).extend(values)
     findings = merge_findings(parts, list(columns)) if parts else []
     for (key, number), values in leaves.items():
         name = key or "_"

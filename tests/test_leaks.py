@@ -445,3 +445,68 @@ def test_json_record_pages_are_put_together_only_as_the_same_columns_and_types(t
     findings = scan_file(tmp_path / "mixed.json", needles, page_rows=50_000)
     assert heights[:2] == [4, 2]  # the null page with the text page; the numbers on their own
     assert [(f.column, f.kind, f.count) for f in findings] == [("n", LeakKind.mobile, 1)]
+
+
+def _tricky(rng, depth: int = 0):
+    """A JSON value whose strings hold quotes, backslashes, brackets and the word records."""
+    pieces = ['"', "\\", "\\\\", '\\"', "[", "]", "{", "}", ",", ":", "records", '"records":[', "李丽", " ", "x"]
+    kind = rng.randrange(6 if depth < 3 else 3)
+    if kind == 0:
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(8)))
+    if kind == 1:
+        return rng.choice([0, -1.5, 10**20, True, None])
+    if kind == 2:
+        return RAW_ID if rng.random() < 0.3 else "13812345678"
+    if kind == 3:
+        return [_tricky(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {_tricky_key(rng): _tricky(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def _tricky_key(rng) -> str:
+    return rng.choice(["records", "rec\\ords", 'a"b', "[", "note", "contact", "records\\", "\\records"])
+
+
+def test_the_records_array_of_a_json_file_is_found_by_its_bytes_whatever_its_strings_hold(tmp_path: Path) -> None:
+    """The vectorised pass (:func:`_records_span`) finds exactly the array ``json`` reads as the records,
+    chunk boundaries anywhere (inside a run of backslashes, between a backslash and its quote), and the
+    file with that array left out parses to the rest of it; the scan finds what the event-by-event read
+    finds."""
+    import random
+
+    from desensitize import leaks
+
+    rng = random.Random(11)
+    needles = Needles.of(ids=[RAW_ID], mobiles=["13812345678"])
+    for n in range(60):
+        records = [{_tricky_key(rng): _tricky(rng) for _ in range(rng.randrange(1, 4))} for _ in range(rng.randrange(5))]
+        before = {k: _tricky(rng) for k in ("dataset", "fields", "x\\\"records\\\"")[: rng.randrange(4)]}
+        after = {"after": _tricky(rng)} if rng.random() < 0.5 else {}
+        doc = {**before, "records": records, **after}
+        text = json.dumps(doc, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 1, 4]))
+        path = tmp_path / f"doc{n}.json"
+        path.write_bytes(text.encode("utf-8"))
+        data = path.read_bytes()
+        for chunk in (1, 2, 3, 5, 16, 1 << 20):
+            start, end, objects = leaks._records_span(path, chunk)
+            assert json.loads(data[start:end + 1]) == records, (n, chunk)
+            assert objects == len(records)
+        assert json.loads(data[:start] + b"[]" + data[end + 1:]) == {**doc, "records": []}
+        fast = scan_file(path, needles)
+        leaks_span, leaks._records_span = leaks._records_span, lambda *a: None
+        try:
+            assert scan_file(path, needles) == fast, n  # read event by event
+        finally:
+            leaks._records_span = leaks_span
+
+
+def test_a_json_file_whose_records_key_is_spelt_with_escapes_is_read_event_by_event(tmp_path: Path) -> None:
+    """A key that JSON reads as ``records`` but whose bytes say otherwise is not found by the byte pass:
+    the values around the records are still read (event by event), none skipped."""
+    from desensitize import leaks
+
+    text = '{"\\u0072ecords": [{"id": "x"}], "owner": "%s", "records": [{"id": "y"}]}' % RAW_ID
+    (tmp_path / "escaped.json").write_text(text, encoding="utf-8")
+    needles = Needles.of(ids=[RAW_ID])
+    assert [(f.column, f.kind) for f in scan_file(tmp_path / "escaped.json", needles)] == [("owner", "id_number")]
+    start, end, objects = leaks._records_span(tmp_path / "escaped.json")
+    assert (text.encode()[start:end + 1], objects) == (b'[{"id": "y"}]', 1)  # the literal key's array only
