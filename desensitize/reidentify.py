@@ -33,7 +33,16 @@ import polars as pl
 
 from desensitize import rules
 from desensitize.linkage import BIRTH_DIGITS, CHECK_CHARS, CHECK_DIGIT, SEX_DIGIT, WEIGHTS
-from desensitize.lookup import Lookup, ValueSet, distinct_if_few, frame_pairs, hash_pair, member, pair_frame, runs
+from desensitize.lookup import (
+    Lookup,
+    ValueSet,
+    distinct_if_few,
+    frame_pairs,
+    hash_pair,
+    member,
+    pair_frame,
+    runs,
+)
 
 MAX_COMBOS = 100_000
 """Most assignments of hidden digits enumerated for one row pattern (10⁵: five hidden digits)."""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from desensitize.reidentify import linked_people
 from desensitize.leaks import LeakKind, Needles, markdown_tables, scan_file, scan_frame, scan_text, scan_tree
+from desensitize.reidentify import linked_people
 
 RAW_ID = "11010519491231002X"
 NEEDLES = Needles.of(
@@ -504,7 +504,7 @@ def test_a_json_file_whose_records_key_is_spelt_with_escapes_is_read_event_by_ev
     the values around the records are still read (event by event), none skipped."""
     from desensitize import leaks
 
-    text = '{"\\u0072ecords": [{"id": "x"}], "owner": "%s", "records": [{"id": "y"}]}' % RAW_ID
+    text = '{"\\u0072ecords": [{"id": "x"}], "owner": "' + RAW_ID + '", "records": [{"id": "y"}]}'
     (tmp_path / "escaped.json").write_text(text, encoding="utf-8")
     needles = Needles.of(ids=[RAW_ID])
     assert [(f.column, f.kind) for f in scan_file(tmp_path / "escaped.json", needles)] == [("owner", "id_number")]
