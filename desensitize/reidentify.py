@@ -72,10 +72,33 @@ def _masked_id(s: pl.Series) -> tuple[pl.Series, pl.Series]:
     return t, t.str.contains(_FRAGMENT) & t.str.contains(rules.MASK, literal=True)
 
 
-def id_fragments(s: pl.Series) -> pl.Series | None:
-    """The masked ID numbers of a column (18 characters of digits, X and ``*``, at least one ``*``),
-    upper-cased, null elsewhere; None when the column holds none (most columns of a large table:
-    told by their distinct values alone)."""
+class MaskedIds:
+    """A column that holds masked ID numbers: its fragments (the masked numbers upper-cased) made when a rule needs
+    them — told, and their fewest hidden digits counted, on the column's distinct values where it has few."""
+
+    def __init__(self, column: pl.Series, distinct: tuple[pl.Series, pl.Series] | None,
+                 fragments: pl.Series | None = None) -> None:
+        self.column, self._distinct, self._fragments = column, distinct, fragments
+
+    @property
+    def fragments(self) -> pl.Series:
+        """The masked ID numbers, upper-cased, row by row (null elsewhere)."""
+        if self._fragments is None:
+            t, masked = _masked_id(self.column)
+            self._fragments = t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series()
+        return self._fragments
+
+    @property
+    def fewest_hidden(self) -> int:
+        """The fewest ``*`` among the 17 characters before the check character of any of them."""
+        values = (self.fragments if self._distinct is None else self._distinct[0].filter(self._distinct[1]))
+        return int(values.str.slice(0, CHECK_DIGIT).str.count_matches(r"\*").min() or 0)
+
+
+def masked_ids(s: pl.Series) -> MaskedIds | None:
+    """The column as :class:`MaskedIds`, or None when it holds no masked ID number (18 characters of
+    digits, X and ``*``, at least one ``*``) — most columns of a large table, told by a length and two
+    literal searches on their distinct values where they have few."""
     few = distinct_if_few(s)
     # what every masked ID number has before it is cleaned: a mask character and 18 characters (bytes) or
     # more — a column of names, tokens or masked mobiles is told by a length and two literal searches
@@ -83,12 +106,13 @@ def id_fragments(s: pl.Series) -> pl.Series | None:
     long = raw.filter(raw.str.len_bytes() >= CHECK_DIGIT + 1)
     if not (long.str.contains(rules.MASK, literal=True) | long.str.contains(rules.FULLWIDTH_MASK, literal=True)).any():
         return None
-    if few is not None and not _masked_id(few)[1].any():
-        return None
+    if few is not None:
+        distinct = _masked_id(few)
+        return MaskedIds(s, distinct) if distinct[1].any() else None
     t, masked = _masked_id(s)
     if not masked.any():
         return None
-    return t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series()
+    return MaskedIds(s, None, t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series())
 
 
 def birth_digits(s: pl.Series) -> pl.Series:
@@ -214,25 +238,25 @@ def rebuild_ids(fragments: pl.Series, birth: pl.Series | None = None, sex: pl.Se
     return out
 
 
-def masked_id_columns(frame: pl.DataFrame) -> dict[str, pl.Series]:
-    """The columns of ``frame`` that hold masked ID numbers, as their :func:`id_fragments`."""
-    return {n: f for n, s in frame.to_dict().items() if s.dtype != pl.Null and (f := id_fragments(s)) is not None}
+def masked_id_columns(frame: pl.DataFrame) -> dict[str, MaskedIds]:
+    """The columns of ``frame`` that hold masked ID numbers (:func:`masked_ids`)."""
+    return {n: m for n, s in frame.to_dict().items() if s.dtype != pl.Null and (m := masked_ids(s)) is not None}
 
 
 def rebuilt_ids(frame: pl.DataFrame, real_ids: pl.Series | ValueSet,
-                fragments: dict[str, pl.Series] | None = None) -> list[tuple[str, list[str], int, str]]:
+                fragments: dict[str, MaskedIds] | None = None) -> list[tuple[str, list[str], int, str]]:
     """Rows of ``frame`` whose masked ID number, with the columns beside it, gives back a real one:
     (masked-ID column, the columns that completed it, rows, one rebuilt number). ``fragments``: the
     frame's :func:`masked_id_columns`, when the caller has them."""
     if len(real_ids) == 0 or frame.height == 0:
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
-    frags = masked_id_columns(frame) if fragments is None else dict(fragments)
+    masked = masked_id_columns(frame) if fragments is None else fragments
     # hidden digits of the 17 before the check character: a birth date fills at most 8 of them, and
     # more than log10(MAX_COMBOS) left are never enumerated — such columns need no further look
-    fewest = {n: int(f.str.slice(0, CHECK_DIGIT).str.count_matches(r"\*").min() or 0) for n, f in frags.items()}
+    fewest = {n: m.fewest_hidden for n, m in masked.items()}
     enumerable = int(math.log10(MAX_COMBOS))
-    frags = {n: f for n, f in frags.items() if fewest[n] - len(BIRTH_DIGITS) <= enumerable}
+    frags = {n: m.fragments for n, m in masked.items() if fewest[n] - len(BIRTH_DIGITS) <= enumerable}
     if not frags:
         return []
     dates = {n: b for n, s in cols.items() if n not in frags and (b := date_column(s)) is not None}
@@ -365,7 +389,7 @@ class PeopleIndex:
 
 def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[str],
                   hashed: dict[str, Lookup] | None = None,
-                  fragments: dict[str, pl.Series] | None = None) -> list[tuple[list[str], int, str]]:
+                  fragments: dict[str, MaskedIds] | None = None) -> list[tuple[list[str], int, str]]:
     """Rows whose full name, full birth date and region match exactly one person of the index:
     (the three columns, rows, the name). ``hashed``: columns whose values (as :func:`_text` reads them,
     nulls aside) the caller hashed already; ``fragments``: the frame's :func:`masked_id_columns`."""
@@ -391,8 +415,8 @@ def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[s
         if n in names or n in dates:
             continue
         t = _text(s)
-        if (f := frags.get(n)) is not None:
-            regions[n] = ("region", f.str.slice(0, 6).to_frame("r").select(
+        if (m := frags.get(n)) is not None:
+            regions[n] = ("region", m.fragments.str.slice(0, 6).to_frame("r").select(
                 pl.when(pl.col("r").str.contains(r"^\d{6}$")).then(pl.col("r"))).to_series())
         elif t.str.contains(r"^\d{6}$").any():
             regions[n] = ("region", t.to_frame("r").select(pl.when(pl.col("r").str.contains(r"^\d{6}$"))
