@@ -53,6 +53,7 @@ from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
 from desensitize.lookup import (
     HASH_SCHEME,
+    SAMPLE,
     Lookup,
     ValueSet,
     frame_pairs,
@@ -691,6 +692,44 @@ def _mask(kind: LeakKind, value: str) -> str:
 DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 
+class _Counted:
+    """A column's values (stripped), each with how often it stands in the column — its distinct values
+    in order of first occurrence when it has few (:func:`distinct_if_few`'s test), else every value once."""
+
+    def __init__(self, values: pl.Series, weights: np.ndarray | None) -> None:
+        self.values, self.weights = values, weights
+
+    @classmethod
+    def of(cls, s: pl.Series) -> _Counted:
+        if s.len() >= 4 * SAMPLE and s.head(SAMPLE).n_unique() * 2 < SAMPLE:
+            counted = s.to_frame("v").group_by("v", maintain_order=True).len()
+            return cls(counted.get_column("v").str.strip_chars(), counted.get_column("len").to_numpy())
+        return cls(s.str.strip_chars(), None)
+
+    def mapped(self, values: pl.Series) -> _Counted:
+        """Other values in the same places (a function of these)."""
+        return _Counted(values, self.weights)
+
+    def where(self, mask: pl.Series) -> _Counted:
+        return _Counted(self.values.filter(mask), None if self.weights is None else self.weights[mask.to_numpy()])
+
+    def extracted(self, pattern: str) -> _Counted:
+        """Every run of ``pattern`` in the values, upper-cased, each as often as its value stands."""
+        runs = self.values.str.extract_all(pattern)
+        weights = None if self.weights is None else np.repeat(self.weights, runs.list.len().fill_null(0).to_numpy())
+        return _Counted(runs.explode().drop_nulls().str.to_uppercase(), weights)
+
+    def hits(self, needles: ValueSet, lookup: Lookup | None = None) -> tuple[int, str | None]:
+        """(how many of the column's values are needles, the first of them)."""
+        if not len(needles) or not self.values.len():
+            return 0, None
+        found = (lookup or Lookup(self.values)).mask(needles)
+        if not found.any():
+            return 0, None
+        count = int(found.sum()) if self.weights is None else int(self.weights[found.to_numpy()].sum())
+        return count, self.values.filter(found)[0]
+
+
 def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
                public_columns: Iterable[str] = (), exact_columns: Iterable[str] = ()) -> list[Finding]:
     """Findings in every column of a frame (values compared as text).
@@ -710,39 +749,46 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
         if s.dtype == pl.Null:
             continue
         whole = name in exact or s.dtype != pl.String
-        s = s.cast(pl.String).drop_nulls().str.strip_chars()
+        s = s.cast(pl.String).drop_nulls()
         if s.len() == 0:
             continue
+        # a column of few distinct values (a code, a mask, a date) is matched by its distinct values, each
+        # counted as often as it occurs: the same findings, a fraction of the regular expressions
+        values = _Counted.of(s)
+        v = values.values
         # Digests and tokens (a row hash, an HMAC pseudonym) are random letters and digits: a run
         # of their digits can be shaped like a phone number by chance; compare them whole.
         # (the first values tell most columns apart before the whole column is matched)
-        whole = whole or (bool(s.head(64).str.contains(DIGEST).all()) and bool(s.str.contains(DIGEST).all())
-                          and bool(s.str.contains(r"[a-zA-Z]").any()))
-        text = s.filter(~s.str.contains(r"^[-+]?\d+\.\d+$"))
+        whole = whole or (bool(v.head(64).str.contains(DIGEST).all()) and bool(v.str.contains(DIGEST).all())
+                          and bool(v.str.contains(r"[a-zA-Z]").any()))
         runs = ((LeakKind.id_number, ID_RUN, ID_SHAPE, needles.ids),
                 (LeakKind.mobile, MOBILE_RUN, MOBILE_SHAPE, needles.mobiles))
-        upper = s.str.to_uppercase() if whole and any(len(pool) for *_, pool in runs) else None
+        text = values.where(~v.str.contains(r"^[-+]?\d+\.\d+$")) if not whole else None
+        upper = values.mapped(v.str.to_uppercase()) if whole and any(len(pool) for *_, pool in runs) else None
         for kind, pattern, shape, pool in runs:
             if not len(pool):
                 continue
             # A whole value is looked up only when it has the needles' shape (every needle of the kind
             # has it, :func:`_cleaned`): a column of tokens or dates is not hashed for nothing.
-            candidates = Lookup(upper.filter(upper.str.contains(shape)) if upper is not None else
-                                 text.str.extract_all(pattern).explode().drop_nulls().str.to_uppercase())
-            found = candidates.hits(pool)
-            if found.len():
-                findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
+            if upper is not None:
+                candidates = upper.where(upper.values.str.contains(shape))
+            else:
+                assert text is not None
+                candidates = text.extracted(pattern)
+            count, sample = candidates.hits(pool)
+            if count:
+                findings.append(Finding(location, name, kind, count, _mask(kind, sample)))
         if name in public:
             continue
-        plain = Lookup(s)
-        if frame.schema[name] == pl.String and not s.str.contains(rules.FULLWIDTH_MASK, literal=True).any():
+        plain = Lookup(v)
+        if frame.schema[name] == pl.String and not v.str.contains(rules.FULLWIDTH_MASK, literal=True).any():
             hashed[name] = plain
         for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
             if not len(pool):
                 continue
-            found = plain.hits(pool)
-            if found.len():
-                findings.append(Finding(location, name, kind, found.len(), _mask(kind, found[0])))
+            count, sample = values.hits(pool, plain)
+            if count:
+                findings.append(Finding(location, name, kind, count, _mask(kind, sample)))
     return findings + scan_rows(frame, needles, location, public, hashed)
 
 

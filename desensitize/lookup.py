@@ -138,6 +138,15 @@ class Lookup:
             return found
         return self.values.filter(self.values.is_in(found.implode()))
 
+    def mask(self, needles: ValueSet) -> pl.Series:
+        """A Boolean per value: is it a needle."""
+        if not len(needles) or not self.values.len():
+            return pl.Series(self.values.name, np.zeros(self.values.len(), dtype=bool))
+        found = needles.contains(self.probe)
+        if self.distinct is None:
+            return found
+        return self.values.is_in(self.probe.values.filter(found).implode()).fill_null(False)
+
     def any_in(self, needles: ValueSet) -> bool:
         """Is any value a needle?"""
         return bool(len(needles) and self.values.len() and needles.contains(self.probe).any())

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import polars as pl
 
-from desensitize.leaks import LeakKind, Needles, markdown_tables, scan_file, scan_frame, scan_text, scan_tree
+from desensitize.leaks import (
+    LeakKind,
+    Needles,
+    markdown_tables,
+    merge_findings,
+    scan_file,
+    scan_frame,
+    scan_text,
+    scan_tree,
+)
 from desensitize.reidentify import linked_people
 
 RAW_ID = "11010519491231002X"
@@ -510,3 +519,19 @@ def test_a_json_file_whose_records_key_is_spelt_with_escapes_is_read_event_by_ev
     assert [(f.column, f.kind) for f in scan_file(tmp_path / "escaped.json", needles)] == [("owner", "id_number")]
     start, end, objects = leaks._records_span(tmp_path / "escaped.json")
     assert (text.encode()[start:end + 1], objects) == (b'[{"id": "y"}]', 1)  # the literal key's array only
+
+
+def test_a_column_of_few_values_is_matched_by_its_distinct_values_and_counted_row_by_row() -> None:
+    """A large column of few distinct values is matched value by value once, each finding counting every
+    row it stands in (and every run of a value that holds two), its sample the first row's."""
+    rows = 60_000
+    cycle = [f" {RAW_ID} ", "abc", f"{RAW_ID}/13812345678", "欧阳娜娜", "13812345678 或 13812345678", "1.5"]
+    frame = pl.DataFrame({"note": [cycle[i % len(cycle)] for i in range(rows)],
+                          "unique": [f"u{i}" for i in range(rows - 1)] + [RAW_ID]})
+    found = {(f.column, f.kind): f.count for f in scan_frame(frame, NEEDLES, "t")}
+    per = rows // len(cycle)
+    assert found == {("note", "id_number"): 2 * per, ("note", "mobile"): 3 * per, ("note", "name"): per,
+                     ("unique", "id_number"): 1}
+    # the same as page by page, where no page is large enough to be told by its distinct values
+    small = [scan_frame(frame.slice(i, 1_000), NEEDLES, "t") for i in range(0, rows, 1_000)]
+    assert {(f.column, f.kind): f.count for f in merge_findings(small, frame.columns)} == found
