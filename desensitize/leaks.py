@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 
 import ijson
@@ -1056,7 +1057,7 @@ def _scan_json_as(path: Path, needles: Needles, loc: str, public_columns: Iterab
     def records(page: list) -> None:
         if not page:
             return
-        objects = sum(isinstance(r, dict) for r in page)
+        objects = len(page) if set(map(type, page)) == {dict} else sum(isinstance(r, dict) for r in page)
         kinds["objects"] += objects
         kinds["others"] += len(page) - objects
         if objects < len(page):
@@ -1082,13 +1083,12 @@ def _scan_json_as(path: Path, needles: Needles, loc: str, public_columns: Iterab
 
     if items is not None:
         with path.open("rb") as f:
-            page: list = []
-            for item in ijson.items(f, items, use_float=use_float):
-                page.append(item)
-                if page_rows is not None and len(page) >= min(page_rows, JSON_PAGE_RECORDS):
+            parsed = ijson.items(f, items, use_float=use_float)
+            if page_rows is None:
+                records(list(parsed))
+            else:  # pages taken by islice: no Python step per record
+                while page := list(islice(parsed, min(page_rows, JSON_PAGE_RECORDS))):
                     records(page)
-                    page = []
-            records(page)
         flat.flush()
     # everything but the records: nothing in a top-level list; beside a records array of objects (what the
     # open-data export writes), the file parsed with the array's bytes left out — found by a vectorised
