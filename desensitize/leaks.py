@@ -1011,7 +1011,7 @@ def _rest_leaves(path: Path, span: tuple[int, int, int]) -> dict[tuple[str, bool
         rest = head + b"[]" + f.read()
     try:
         value = json.loads(rest, object_pairs_hook=_Pairs)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
         return None
     out: dict[tuple[str, bool], list[str]] = {}
     _pairs_leaves(value, "", out)

@@ -129,15 +129,6 @@ class Lookup:
             self._probe = Probe(self.values if self.distinct is None else self.distinct)
         return self._probe
 
-    def hits(self, needles: ValueSet) -> pl.Series:
-        """The values that are needles, in order (with repeats)."""
-        if not len(needles) or not self.values.len():
-            return self.values.clear()
-        found = self.probe.values.filter(needles.contains(self.probe))
-        if self.distinct is None or not found.len():
-            return found
-        return self.values.filter(self.values.is_in(found.implode()))
-
     def mask(self, needles: ValueSet) -> pl.Series:
         """A Boolean per value: is it a needle."""
         if not len(needles) or not self.values.len():
