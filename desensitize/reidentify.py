@@ -397,7 +397,6 @@ def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[s
         return []
     cols = {n: s for n, s in frame.to_dict().items() if s.dtype != pl.Null}
     hashed = hashed or {}
-    frags = masked_id_columns(frame) if fragments is None else fragments
 
     def has_names(n: str, s: pl.Series) -> bool:
         if n in hashed:
@@ -411,6 +410,7 @@ def linked_people(frame: pl.DataFrame, index: PeopleIndex, public_columns: set[s
     if not dates:
         return []
     regions: dict[str, tuple[str, pl.Series]] = {}
+    frags = masked_id_columns(frame) if fragments is None else fragments
     for n, s in cols.items():
         if n in names or n in dates:
             continue
