@@ -2,6 +2,7 @@
 
     python benchmarks/bench_guiji.py --persons 1000000 [--runs 3] [--workers 2] [--landing DIR]
                                      [--pg-url postgresql+psycopg://...] [--json PATH]
+                                     [--dagster-storage sqlite|postgres]
 
 Generates the city (or reuses ``--landing``), serves its API channel, creates a database, and launches
 the nightly job through a Dagster instance (a temporary ``DAGSTER_HOME`` with the repo's
@@ -10,6 +11,9 @@ the nightly job through a Dagster instance (a temporary ``DAGSTER_HOME`` with th
 multiprocess executor (forkserver, ``--workers`` = ``GONGSHU_MAX_CONCURRENT`` steps at a time), GX,
 share outputs, scorecard and reports included. Settings reach the code location as they do in
 production, through the environment (``GONGSHU_WAREHOUSE_URL``, ``GONGSHU_LANDING``, ``GONGSHU_HOME``, …).
+The instance keeps its runs and events in Dagster's embedded SQLite (as ``make demo``), or with
+``--dagster-storage postgres`` in a PostgreSQL database of its own (dagster-postgres, as a deployment with
+``DAGSTER_PG_URL`` does; every step writes its events there).
 
 Every figure of the night comes from the run's event log: the whole night (RUN_STARTING → RUN_SUCCESS)
 and the run worker's start-up before its first step; the 归集 (first ods+std step start → last
@@ -348,11 +352,15 @@ def wait_for_children(timeout_s: float = 30.0) -> None:
 
 
 @contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str | None]) -> Iterator[None]:
     """``values`` set in this process's environment for the block (the code server and every process it
-    starts inherit them), the previous values restored afterwards."""
+    starts inherit them; None: the variable unset), the previous values restored afterwards."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -568,17 +576,21 @@ def layer_rows(url: str, catalogue: Catalogue, day: dt.date) -> dict[str, object
 
 
 def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: dict[str, str],
-              catalogue_path: Path, key: str) -> Night:
+              catalogue_path: Path, key: str, dagster_pg: str | None = None) -> Night:
     """Launch ``nightly_guiji`` for ``day`` through a fresh Dagster instance and the code location, as
     ``gongshu run`` does, into the warehouse at ``url``; wait for it; its figures. ``key``: the
     pseudonym key, the same for every night of one warehouse (as in production: a new key re-tokenises
-    every keyed output in full)."""
+    every keyed output in full). ``dagster_pg``: an admin URL where the instance's run/event/schedule
+    storage gets a database of its own (dagster-postgres, as ``DAGSTER_PG_URL`` sets it up in production);
+    None: Dagster's embedded SQLite under the temporary ``DAGSTER_HOME``."""
     from dagster import DagsterInstance
 
     from pipelines.cli import cmd_instance, console_logging
     from pipelines.runs import NightlyRuns
 
     tmp = tempfile.mkdtemp(prefix="gongshu_bench_night_")
+    storage = TempDatabase(dagster_pg) if dagster_pg else None
+    storage_url = storage.__enter__() if storage else None
     try:
         env = {
             "DAGSTER_HOME": str(Path(tmp) / "dagster"),
@@ -591,6 +603,9 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
             # the code server imports the code location of this checkout
             "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
             "DAGSTER_DISABLE_TELEMETRY": "1",
+            # Dagster's own storage: a database of its own, or SQLite in DAGSTER_HOME (never the
+            # storage a DAGSTER_PG_URL of the caller's environment names)
+            "DAGSTER_PG_URL": storage_url,
             **variables,
         }
         with environment(env):
@@ -615,6 +630,8 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
         # the folder goes once no process of ours is left
         wait_for_children()
         shutil.rmtree(tmp, ignore_errors=True)
+        if storage:
+            storage.__exit__(None, None, None)
     night.code_location_s, night.launch_to_end_s = loaded, seen
     single, total, night.processes = rss.peak(night.run_worker_pid)
     night.rss_single_mb, night.rss_sum_mb = single / 2**20, total / 2**20
@@ -639,6 +656,9 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     ap.add_argument("--change-rate", type=float, default=0.01,
                     help="the incremental night: share of each resource's entities changed on the next day")
+    ap.add_argument("--dagster-storage", choices=("sqlite", "postgres"), default="sqlite",
+                    help="the Dagster instance's run/event storage: embedded SQLite (as `make demo`) or a "
+                         "PostgreSQL database of its own on --pg-url's server (as DAGSTER_PG_URL in production)")
     ap.add_argument("--no-incremental", dest="incremental", action="store_false",
                     help="leave out the incremental night (the next day is then not generated)")
     args = ap.parse_args()
@@ -689,7 +709,8 @@ def main() -> int:
                 def night_of(when: dt.date, into: list[Night]) -> bool:
                     """One night into ``url`` (checkpointed first), its rows per layer counted; False: it failed."""
                     checkpoint(url)
-                    night = run_night(url, landing, when, args.workers, variables, catalogue_path, key)
+                    night = run_night(url, landing, when, args.workers, variables, catalogue_path, key,
+                                      args.pg_url if args.dagster_storage == "postgres" else None)
                     into.append(night)
                     if night.status == "SUCCESS":
                         night.rows = layer_rows(url, catalogue, when)
@@ -737,6 +758,7 @@ def report(args: argparse.Namespace, nights: list[Night], refs: dict[int, list[t
 
     print(f"\n夜间作业基准 · PostgreSQL · {args.persons:,} 人 · 交付 {delivered:,} 行 (参照 COPY {ref_rows:,} 行) · "
           f"nightly_guiji 经 Dagster 实例与代码位置运行 (同 gongshu run), 多进程执行器 {args.workers} 个步骤并行"
+          f" · Dagster 存储 {'PostgreSQL (dagster-postgres)' if args.dagster_storage == 'postgres' else 'SQLite (内置)'}"
           f" · {args.runs} 轮的中位数")
     for n in nights:
         print(f"  运行 {n.run_id} · {n.status} · 代码位置加载 {n.code_location_s:.1f} s · "
@@ -800,7 +822,7 @@ def report(args: argparse.Namespace, nights: list[Night], refs: dict[int, list[t
     print(f"  峰值 RSS 每进程: 运行进程 {max(n.run_worker_rss_mb for n in nights):,.0f} MB; 步骤进程最大者 "
           + ", ".join(f"{k} {mb:,.0f} MB" for k, mb in top))
     return {
-        "persons": args.persons, "workers": args.workers, "runs": args.runs,
+        "persons": args.persons, "workers": args.workers, "runs": args.runs, "dagster_storage": args.dagster_storage,
         "delivered": delivered, "accepted": accepted, "quarantined": quarantined, "raw_copy_rows": ref_rows,
         "median": {
             "night_s": night_s, "worker_startup_s": startup, "guiji_s": guiji_s,

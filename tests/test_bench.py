@@ -25,17 +25,22 @@ def test_the_benchmark_runs_the_real_nightly_job_and_accounts_for_every_delivere
     run's status and its steps from the event log), two steps at a time, and the records the night
     delivered into ODS are exactly those the raw-COPY reference loaded (``pg_url`` only checks that the
     server is there: the benchmark creates and drops its own databases and Dagster instance)."""
-    env = {**os.environ, "GONGSHU_TEST_PG_URL": PG_ADMIN_URL}
+    # Dagster's own storage on PostgreSQL, as production runs it: a database of the bench's own, never the
+    # one a DAGSTER_PG_URL of the caller's environment names (this one does not exist)
+    env = {**os.environ, "GONGSHU_TEST_PG_URL": PG_ADMIN_URL,
+           "DAGSTER_PG_URL": "postgresql://nobody@127.0.0.1:1/not_the_bench_storage"}
     figures = tmp_path / "bench.json"
     out = subprocess.run(
         [sys.executable, "benchmarks/bench_guiji.py", "--persons", "1500", "--runs", "1", "--workers", "2",
-         "--landing", str(tmp_path / "landing"), "--json", str(figures)],
+         "--landing", str(tmp_path / "landing"), "--json", str(figures), "--dagster-storage", "postgres"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     counted = re.search(r"交付 ([\d,]+) 行 \(参照 COPY ([\d,]+) 行\) · nightly_guiji 经 Dagster", out.stdout)
     assert counted and counted.group(1) == counted.group(2) and int(counted.group(1).replace(",", "")) > 1500
+    assert "Dagster 存储 PostgreSQL (dagster-postgres)" in out.stdout
     data = json.loads(figures.read_text(encoding="utf-8"))
+    assert data["dagster_storage"] == "postgres"
     night = data["nights"][0]
     assert night["status"] == "SUCCESS" and f"运行 {night['run_id']} · SUCCESS" in out.stdout
     assert data["delivered"] == data["raw_copy_rows"] == data["accepted"] + data["quarantined"]
