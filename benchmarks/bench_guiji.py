@@ -585,12 +585,14 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
     None: Dagster's embedded SQLite under the temporary ``DAGSTER_HOME``."""
     from dagster import DagsterInstance
 
-    from pipelines.cli import cmd_instance, console_logging
+    from pipelines.cli import DAGSTER_PG_DRIVER, cmd_instance, console_logging
     from pipelines.runs import NightlyRuns
 
     tmp = tempfile.mkdtemp(prefix="gongshu_bench_night_")
     storage = TempDatabase(dagster_pg) if dagster_pg else None
-    storage_url = storage.__enter__() if storage else None
+    # dagster-postgres needs psycopg2 (pipelines.cli.DAGSTER_PG_DRIVER)
+    storage_url = (sa.engine.make_url(storage.__enter__()).set(drivername=DAGSTER_PG_DRIVER).render_as_string(
+        hide_password=False) if storage else None)
     try:
         env = {
             "DAGSTER_HOME": str(Path(tmp) / "dagster"),

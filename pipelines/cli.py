@@ -73,12 +73,37 @@ def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or (Path(DEFAULT_HOME) / "dagster")).resolve()
 
 
+DAGSTER_PG_DRIVER = "postgresql+psycopg2"
+"""The driver ``DAGSTER_PG_URL`` must name: dagster-postgres binds the parameter of its ``NOTIFY`` on the
+client, which psycopg 2 does and psycopg 3 — SQLAlchemy 2.1's driver for a plain ``postgresql://`` —
+does not (the run's first event fails: ``syntax error at or near "$1"``)."""
+
+
+def dagster_pg_url() -> str | None:
+    """``DAGSTER_PG_URL`` when set, checked: a PostgreSQL URL with the psycopg 2 driver (ValueError, in
+    Chinese and without the URL, which carries the password, otherwise)."""
+    url = os.environ.get("DAGSTER_PG_URL")
+    if not url:
+        return None
+    import sqlalchemy as sa
+
+    try:
+        driver = sa.engine.make_url(url).drivername
+    except sa.exc.ArgumentError:
+        raise ValueError("DAGSTER_PG_URL 不是有效的数据库地址 (应为 postgresql+psycopg2://用户:密码@主机:端口/库)") from None
+    if driver != DAGSTER_PG_DRIVER:
+        raise ValueError(f"DAGSTER_PG_URL 须以 {DAGSTER_PG_DRIVER}:// 开头: Dagster 的 PostgreSQL 存储 (dagster-postgres) "
+                         f"需要 psycopg2 驱动, 而 {driver}:// 在 SQLAlchemy 2.1 下用 psycopg 3, 运行的第一个事件即失败")
+    return url
+
+
 def cmd_instance(args: argparse.Namespace) -> int:
     """Write $DAGSTER_HOME/dagster.yaml: the repo's dagster.yaml, plus PostgreSQL storage if configured."""
+    pg = dagster_pg_url()
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     text = (REPO_ROOT / "dagster.yaml").read_text(encoding="utf-8")
-    if os.environ.get("DAGSTER_PG_URL"):
+    if pg:
         text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
     (home / "dagster.yaml").write_text(text, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
@@ -95,7 +120,7 @@ def cmd_instance(args: argparse.Namespace) -> int:
 
     set_nux_seen()
     if not args.quiet:
-        kind = "PostgreSQL (DAGSTER_PG_URL)" if os.environ.get("DAGSTER_PG_URL") else "SQLite (内置)"
+        kind = "PostgreSQL (DAGSTER_PG_URL)" if pg else "SQLite (内置)"
         print(f"Dagster 实例: {home} · 存储: {kind}")
     return 0
 

@@ -5,6 +5,8 @@ the environment."""
 from __future__ import annotations
 
 import ast
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,22 @@ def test_the_commands_build_the_same_resources_as_the_code_location(monkeypatch,
         assert {name for name in defs.resources if getattr(r, name, None) is not None} == set(defs.resources)
         assert r.warehouse.get().url == url and r.mailer.get().outbox == tmp_path / "gongshu-home" / "outbox"
         assert r.pseudonym.get().secret == SECRETS["GONGSHU_PSEUDONYM_KEY"].encode()
+
+
+def test_dagster_pg_url_is_refused_with_a_driver_dagster_postgres_cannot_use(monkeypatch, tmp_path: Path) -> None:
+    """SQLAlchemy 2.1 gives a plain ``postgresql://`` psycopg 3, whose server-side parameters break
+    dagster-postgres's NOTIFY at a run's first event: ``gongshu instance`` says so in one line, without the
+    URL's password, and writes nothing; ``postgresql+psycopg2://`` is written as the instance's storage."""
+    from pipelines.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql://dagster:s3cret@127.0.0.1:5432/dagster")
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["instance", "--quiet"]) == 2
+    assert "postgresql+psycopg2://" in err.getvalue() and "s3cret" not in err.getvalue()
+    assert not (tmp_path / "dagster" / "dagster.yaml").exists()
+    from pipelines.cli import dagster_pg_url
+
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://dagster:s3cret@127.0.0.1:5432/dagster")
+    assert dagster_pg_url() == "postgresql+psycopg2://dagster:s3cret@127.0.0.1:5432/dagster"
