@@ -61,7 +61,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -589,11 +589,11 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
     from pipelines.runs import NightlyRuns
 
     tmp = tempfile.mkdtemp(prefix="gongshu_bench_night_")
-    storage = TempDatabase(dagster_pg) if dagster_pg else None
-    # dagster-postgres needs psycopg2 (pipelines.cli.DAGSTER_PG_DRIVER)
-    storage_url = (sa.engine.make_url(storage.__enter__()).set(drivername=DAGSTER_PG_DRIVER).render_as_string(
-        hide_password=False) if storage else None)
+    databases = ExitStack()  # Dagster's storage database, dropped with the folder
     try:
+        # dagster-postgres needs psycopg2 (pipelines.cli.DAGSTER_PG_DRIVER)
+        storage_url = (sa.engine.make_url(databases.enter_context(TempDatabase(dagster_pg))).set(
+            drivername=DAGSTER_PG_DRIVER).render_as_string(hide_password=False) if dagster_pg else None)
         env = {
             "DAGSTER_HOME": str(Path(tmp) / "dagster"),
             "GONGSHU_HOME": str(Path(tmp) / "home"),
@@ -632,8 +632,7 @@ def run_night(url: str, landing: Path, day: dt.date, workers: int, variables: di
         # the folder goes once no process of ours is left
         wait_for_children()
         shutil.rmtree(tmp, ignore_errors=True)
-        if storage:
-            storage.__exit__(None, None, None)
+        databases.close()
     night.code_location_s, night.launch_to_end_s = loaded, seen
     single, total, night.processes = rss.peak(night.run_worker_pid)
     night.rss_single_mb, night.rss_sum_mb = single / 2**20, total / 2**20

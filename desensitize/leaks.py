@@ -54,10 +54,10 @@ from desensitize import rules
 from desensitize.display import md_code, unquote_formulas
 from desensitize.lookup import (
     HASH_SCHEME,
-    SAMPLE,
     Lookup,
     ValueSet,
     frame_pairs,
+    has_few_distinct,
     hash_pair,
     pair_frame,
     runs,
@@ -695,14 +695,14 @@ DIGEST = r"^(?:[0-9a-z]{16,}|[0-9A-F]{32,})$"
 
 class _Counted:
     """A column's values (stripped), each with how often it stands in the column — its distinct values
-    in order of first occurrence when it has few (:func:`distinct_if_few`'s test), else every value once."""
+    in order of first occurrence when it has few (:func:`has_few_distinct`), else every value once."""
 
     def __init__(self, values: pl.Series, weights: np.ndarray | None) -> None:
         self.values, self.weights = values, weights
 
     @classmethod
     def of(cls, s: pl.Series) -> _Counted:
-        if s.len() >= 4 * SAMPLE and s.head(SAMPLE).n_unique() * 2 < SAMPLE:
+        if has_few_distinct(s):
             counted = s.to_frame("v").group_by("v", maintain_order=True).len()
             return cls(counted.get_column("v").str.strip_chars(), counted.get_column("len").to_numpy())
         return cls(s.str.strip_chars(), None)
@@ -764,24 +764,22 @@ def scan_frame(frame: pl.DataFrame, needles: Needles, location: str,
                           and bool(v.str.contains(r"[a-zA-Z]").any()))
         runs = ((LeakKind.id_number, ID_RUN, ID_SHAPE, needles.ids),
                 (LeakKind.mobile, MOBILE_RUN, MOBILE_SHAPE, needles.mobiles))
-        text = values.where(~v.str.contains(r"^[-+]?\d+\.\d+$")) if not whole else None
-        upper = values.mapped(v.str.to_uppercase()) if whole and any(len(pool) for *_, pool in runs) else None
+        # whole values upper-cased; else the values that are no decimal number, searched for runs
+        searched = (values.mapped(v.str.to_uppercase()) if whole
+                    else values.where(~v.str.contains(r"^[-+]?\d+\.\d+$")))
         for kind, pattern, shape, pool in runs:
             if not len(pool):
                 continue
             # A whole value is looked up only when it has the needles' shape (every needle of the kind
             # has it, :func:`_cleaned`): a column of tokens or dates is not hashed for nothing.
-            if upper is not None:
-                candidates = upper.where(upper.values.str.contains(shape))
-            else:
-                assert text is not None
-                candidates = text.extracted(pattern)
+            candidates = (searched.where(searched.values.str.contains(shape)) if whole
+                          else searched.extracted(pattern))
             count, sample = candidates.hits(pool)
             if count:
                 findings.append(Finding(location, name, kind, count, _mask(kind, sample)))
         if name in public:
             continue
-        plain = Lookup(v)
+        plain = Lookup(v, repeats=False)  # distinct already, or told not to have few by _Counted
         if frame.schema[name] == pl.String and not v.str.contains(rules.FULLWIDTH_MASK, literal=True).any():
             hashed[name] = plain
         for kind, pool in ((LeakKind.name, needles.names), (LeakKind.address, needles.addresses)):
@@ -857,10 +855,14 @@ def scan_text(text: str, needles: Needles, location: str, public_columns: Iterab
     return findings + scan_frame(pl.DataFrame({"text": tokens}), needles, location)
 
 
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, a key repeated kept (``json``'s dict keeps the last)."""
+
+
 def _json_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> None:
-    """Scalar values by (key, is a JSON number)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
+    """Scalar values by (key, is a JSON number); an object as a dict or as its :class:`_Pairs`."""
+    if isinstance(value, dict | _Pairs):
+        for k, v in value.items() if isinstance(value, dict) else value:
             _json_leaves(v, str(k), out)
     elif isinstance(value, list):
         for v in value:
@@ -985,22 +987,6 @@ def _records_span(path: Path, chunk: int = SPAN_CHUNK_BYTES) -> tuple[int, int, 
     return None
 
 
-def _pairs_leaves(value, key: str, out: dict[tuple[str, bool], list[str]]) -> None:
-    """:func:`_json_leaves` of a value parsed with every key of an object kept (pairs, not a dict)."""
-    if isinstance(value, _Pairs):
-        for k, v in value:
-            _pairs_leaves(v, str(k), out)
-    elif isinstance(value, list):
-        for v in value:
-            _pairs_leaves(v, key, out)
-    else:
-        _json_leaves(value, key, out)
-
-
-class _Pairs(list):
-    """A JSON object as its (key, value) pairs, a key repeated kept (``json``'s dict keeps the last)."""
-
-
 def _rest_leaves(path: Path, span: tuple[int, int, int]) -> dict[tuple[str, bool], list[str]] | None:
     """The leaves of a JSON file but its records array (``span``), parsed with the array left out;
     None when what is left does not parse (the caller reads the file event by event instead)."""
@@ -1014,7 +1000,7 @@ def _rest_leaves(path: Path, span: tuple[int, int, int]) -> dict[tuple[str, bool
     except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
         return None
     out: dict[tuple[str, bool], list[str]] = {}
-    _pairs_leaves(value, "", out)
+    _json_leaves(value, "", out)
     return out
 
 

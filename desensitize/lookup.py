@@ -117,9 +117,10 @@ class Lookup:
     first values repeat (a code, a mask, a date) is looked up by its distinct values: the same
     answer, a fraction of the hashing and sorting on a large table."""
 
-    def __init__(self, values: pl.Series) -> None:
+    def __init__(self, values: pl.Series, *, repeats: bool = True) -> None:
+        """``repeats=False``: the caller has told the values apart already (they are distinct, or not few)."""
         self.values = values
-        self.distinct = distinct_if_few(values)
+        self.distinct = distinct_if_few(values) if repeats else None
         self._probe: Probe | None = None
 
     @property
@@ -172,13 +173,17 @@ def frame_pairs(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 SAMPLE = 10_000  # values looked at to tell a column of few distinct values (codes, masks, dates)
 
 
+def has_few_distinct(values: pl.Series) -> bool:
+    """Is this a large column whose first values repeat (a code, a mask, a date)? Not a small column nor
+    one of mostly distinct values (tokens, hashes), where making them distinct would cost as much as what
+    it saves."""
+    return values.len() >= 4 * SAMPLE and values.head(SAMPLE).n_unique() * 2 < SAMPLE
+
+
 def distinct_if_few(values: pl.Series) -> pl.Series | None:
-    """The distinct values of a large column whose first values repeat (a code, a mask, a date), in
-    order of first occurrence; None for a small column or one of mostly distinct values (tokens,
-    hashes), where making them distinct would cost as much as what it saves."""
-    if values.len() >= 4 * SAMPLE and values.head(SAMPLE).n_unique() * 2 < SAMPLE:
-        return values.unique(maintain_order=True)
-    return None
+    """The distinct values of a column of few (:func:`has_few_distinct`), in order of first occurrence;
+    None for any other."""
+    return values.unique(maintain_order=True) if has_few_distinct(values) else None
 
 
 def member(values: pl.Series, pool: pl.Series | ValueSet) -> pl.Series:

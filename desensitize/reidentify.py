@@ -72,6 +72,11 @@ def _masked_id(s: pl.Series) -> tuple[pl.Series, pl.Series]:
     return t, t.str.contains(_FRAGMENT) & t.str.contains(rules.MASK, literal=True)
 
 
+def _only(values: pl.Series, keep: pl.Series) -> pl.Series:
+    """``values`` where ``keep``, null elsewhere."""
+    return values.to_frame("t").select(pl.when(keep).then(pl.col("t"))).to_series()
+
+
 class MaskedIds:
     """A column that holds masked ID numbers: its fragments (the masked numbers upper-cased) made when a rule needs
     them — told, and their fewest hidden digits counted, on the column's distinct values where it has few."""
@@ -84,8 +89,7 @@ class MaskedIds:
     def fragments(self) -> pl.Series:
         """The masked ID numbers, upper-cased, row by row (null elsewhere)."""
         if self._fragments is None:
-            t, masked = _masked_id(self.column)
-            self._fragments = t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series()
+            self._fragments = _only(*_masked_id(self.column))
         return self._fragments
 
     @property
@@ -112,7 +116,7 @@ def masked_ids(s: pl.Series) -> MaskedIds | None:
     t, masked = _masked_id(s)
     if not masked.any():
         return None
-    return MaskedIds(s, None, t.to_frame("t").select(pl.when(masked).then(pl.col("t"))).to_series())
+    return MaskedIds(s, None, _only(t, masked))
 
 
 def birth_digits(s: pl.Series) -> pl.Series:

@@ -535,3 +535,11 @@ def test_a_column_of_few_values_is_matched_by_its_distinct_values_and_counted_ro
     # the same as page by page, where no page is large enough to be told by its distinct values
     small = [scan_frame(frame.slice(i, 1_000), NEEDLES, "t") for i in range(0, rows, 1_000)]
     assert {(f.column, f.kind): f.count for f in merge_findings(small, frame.columns)} == found
+
+
+def test_a_key_repeated_beside_the_records_is_read_each_time(tmp_path: Path) -> None:
+    """JSON readers differ on a repeated key (Python's dict keeps the last): the scan reads every one."""
+    text = '{"owner": "' + RAW_ID + '", "owner": "x", "records": [{"id": "y"}]}'
+    (tmp_path / "twice.json").write_text(text, encoding="utf-8")
+    found = scan_file(tmp_path / "twice.json", Needles.of(ids=[RAW_ID]))
+    assert [(f.column, f.kind, f.count) for f in found] == [("owner", "id_number", 1)]
